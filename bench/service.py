@@ -1,0 +1,228 @@
+"""Benchmark: the HTTP teacher service under C concurrent clients vs in-process batched forward.
+
+Starts the real server (``python -m teacher_service.serve_cli``, uvicorn on 127.0.0.1) with a
+teacher big enough that compute dominates, drives it with C concurrent clients each sending
+single-image JSON requests (centre view) for a fixed count, then runs the same images in-process:
+decode + render + batched forward at the same max batch size. Prints a table, one JSON line per C,
+and as its last line one JSON object (the largest C, with the whole curve)::
+
+    {"bench": "service", "clients": 32, "service_img_s": ..., "inprocess_img_s": ...,
+     "service_ratio": ..., "p50_ms": ..., "p99_ms": ..., "mean_batch": ..., "errors": 0, ...}
+
+Usage: ``python bench/service.py [--clients 1,8,32] [--requests 96] [--arch resnet18 --width 32]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from store.decode import decode_image
+from store.views import get_recipe, render_center
+from teacher_service.checkpoint import load_encoder, save_checkpoint
+from teacher_service.encoders import EncoderConfig, build_encoder
+
+
+def make_images(n: int, size: int, seed: int = 0) -> list[bytes]:
+    """n random RGB PNG images of side ~size px (a little larger, so rendering resizes)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        arr = rng.integers(0, 256, (size + 8, size + 16, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(args: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "teacher_service.serve_cli", *args, "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"server did not start:\n{log.read_text()[-3000:]}")
+
+
+def batch_stats(url: str) -> tuple[float, float]:
+    """(sum, count) of the server's batch-size histogram."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(("disco_batch_size_sum", "disco_batch_size_count")):
+            name, value = line.split()
+            values[name] = float(value)
+    return values.get("disco_batch_size_sum", 0.0), values.get("disco_batch_size_count", 0.0)
+
+
+async def drive(url: str, bodies: list[bytes], clients: int) -> tuple[float, list[float], int]:
+    """Send every body once with ``clients`` concurrent workers; (seconds, latencies ms, errors)."""
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    headers = {"Content-Type": "application/json", "Accept": "application/octet-stream"}
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        while True:
+            try:
+                body = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            t0 = time.perf_counter()
+            r = await client.post(f"{url}/v1/embeddings", content=body, headers=headers)
+            latencies.append(1000 * (time.perf_counter() - t0))
+            if r.status_code != 200:
+                errors += 1
+
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+    return elapsed, latencies, errors
+
+
+def inprocess(teacher: Path, images: list[bytes], batch: int, size: int) -> float:
+    """Images/s of decode + render + batched forward in this process (same batch size)."""
+    encoder = load_encoder(teacher).encoder
+    recipe = get_recipe("mocov2", size)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for k in range(0, len(images), batch):
+            x = torch.stack([render_center(decode_image(b), recipe) for b in images[k : k + batch]])
+            encoder(x, output="embedding")
+    return len(images) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    """Run the benchmark and print the table and JSON lines."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--clients", default="1,8,32", help="comma-separated concurrency levels")
+    ap.add_argument("--requests", type=int, default=48, help="single-image requests per round")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per level (median)")
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--width", type=int, default=64, help="ResNet base width")
+    ap.add_argument("--size", type=int, default=112, help="input side in px")
+    ap.add_argument("--max-batch-size", type=int, default=32)
+    ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (server and in-process)")
+    ap.add_argument("--prep-threads", type=int, default=1, help="server decode/render threads")
+    args = ap.parse_args()
+    levels = [int(c) for c in args.clients.split(",")]
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        teacher = Path(tmp) / "teacher.pt"
+        torch.manual_seed(0)
+        cfg = EncoderConfig(arch=args.arch, width=args.width, head_hidden=512, head_out=128)
+        recipe = get_recipe("mocov2", args.size)
+        pre = {"size": args.size, "mean": list(recipe.mean), "std": list(recipe.std),
+               "interpolation": "bilinear", "antialias": True, "recipe": "mocov2"}  # fmt: skip
+        save_checkpoint(teacher, build_encoder(cfg), pre)
+        images = make_images(args.requests, args.size)
+        bodies = [
+            json.dumps({"images": [{"data": base64.b64encode(b).decode()}]}).encode()
+            for b in images
+        ]
+        server_args = ["--teacher", str(teacher), "--max-batch-size", str(args.max_batch_size),
+                       "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "4096",
+                       "--threads", str(args.threads), "--prep-threads", str(args.prep_threads),
+                       "--log-level", "warning"]  # fmt: skip
+        proc, url = start_server(server_args, Path(tmp) / "server.log")
+        rows: list[dict[str, Any]] = []
+        try:
+            asyncio.run(drive(url, bodies[:8], 4))  # warm-up
+            for clients in levels:
+                # Interleave service and in-process rounds: the machine is shared and noisy, so
+                # each figure is the median over rounds taken at nearly the same time.
+                svc_rates, ref_rates, lat, errors = [], [], [], 0
+                before = batch_stats(url)
+                for _ in range(args.rounds):
+                    elapsed, round_lat, round_err = asyncio.run(drive(url, bodies, clients))
+                    svc_rates.append(len(bodies) / elapsed)
+                    lat += round_lat
+                    errors += round_err
+                    ref_rates.append(inprocess(teacher, images, args.max_batch_size, args.size))
+                after = batch_stats(url)
+                count = after[1] - before[1]
+                mean_batch = (after[0] - before[0]) / count if count else 0.0
+                svc = statistics.median(svc_rates)
+                ref = statistics.median(ref_rates)
+                rows.append(
+                    {
+                        "bench": "service",
+                        "clients": clients,
+                        "service_img_s": round(svc, 2),
+                        "inprocess_img_s": round(ref, 2),
+                        "service_ratio": round(svc / ref, 3),
+                        "p50_ms": round(float(np.percentile(lat, 50)), 2),
+                        "p99_ms": round(float(np.percentile(lat, 99)), 2),
+                        "mean_batch": round(mean_batch, 2),
+                        "errors": errors,
+                        "requests": len(bodies) * args.rounds,
+                        "rounds": args.rounds,
+                        "threads": args.threads,
+                        "model": f"{args.arch}/w{args.width}@{args.size}px",
+                        "max_batch_size": args.max_batch_size,
+                    }
+                )
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    print(f"{'C':>4} {'service img/s':>14} {'in-proc img/s':>14} {'ratio':>6} "
+          f"{'p50 ms':>8} {'p99 ms':>8} {'batch':>6} {'err':>4}")  # fmt: skip
+    for r in rows:
+        print(f"{r['clients']:>4} {r['service_img_s']:>14.1f} {r['inprocess_img_s']:>14.1f} "
+              f"{r['service_ratio']:>6.2f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
+              f"{r['mean_batch']:>6.1f} {r['errors']:>4}")  # fmt: skip
+    for r in rows:
+        print(json.dumps(r))
+    last = dict(rows[-1])
+    last["curve"] = [
+        {k: r[k] for k in ("clients", "service_img_s", "service_ratio", "mean_batch")} for r in rows
+    ]
+    print(json.dumps(last))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""The FastAPI app: ``create_app(settings)`` wires routers, limits, metrics and the lifespan.
+
+The lifespan loads the teacher (unless a loaded runtime is passed in), warms it with one forward,
+and runs the :class:`~teacher_service.service.batching.DynamicBatcher` until shutdown. An ASGI
+guard in front of every route counts requests by route template and status, and refuses bodies
+over ``max_body_bytes`` (413) from the ``Content-Length`` header or while they stream in.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+import torch
+from fastapi import Depends, FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from store.errors import DiscoError, StoreError, StoreMismatchError, StoreNotFoundError
+from teacher_service.service import routes_embeddings, routes_health, routes_stores
+from teacher_service.service.batching import DynamicBatcher
+from teacher_service.service.deps import ServiceState, require_token
+from teacher_service.service.metrics import ServiceMetrics
+from teacher_service.service.model import TeacherRuntime, load_runtime
+from teacher_service.service.settings import ServiceSettings, get_settings
+from teacher_service.service.stores import InvalidStoreNameError, StoreRegistry, UnknownStoreError
+
+__all__ = ["BodyTooLargeError", "create_app"]
+
+log = logging.getLogger("teacher_service.service")
+
+
+class BodyTooLargeError(Exception):
+    """The request body grew past ``max_body_bytes`` while streaming in (answer 413)."""
+
+
+def _route_label(templates: list[tuple[re.Pattern[str], str]], scope: Scope) -> str:
+    """The route template of a request (``/v1/stores/{name}``), bounded label cardinality."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path
+    for regex, template in templates:
+        if regex.match(scope.get("path", "")):
+            return template
+    return "unmatched"
+
+
+class GuardMiddleware:
+    """Count every request (route template, method, status) and cap the body size."""
+
+    def __init__(
+        self, app: ASGIApp, templates: list[tuple[re.Pattern[str], str]], state: ServiceState
+    ) -> None:
+        self.app = app
+        self.templates = templates
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.state.settings.max_body_bytes
+        code = 500
+
+        async def send_counted(message: Message) -> None:
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = int(message["status"])
+            await send(message)
+
+        try:
+            declared = _content_length(scope)
+            if declared is not None and (declared < 0 or declared > limit):
+                await _json(
+                    scope, send_counted, 413, f"request body of {declared} bytes exceeds {limit}"
+                )
+                return
+            received = 0
+
+            async def receive_capped() -> Message:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > limit:
+                        raise BodyTooLargeError(f"request body exceeds {limit} bytes")
+                return message
+
+            await self.app(scope, receive_capped, send_counted)
+        finally:
+            self.state.metrics.requests.labels(
+                _route_label(self.templates, scope), scope.get("method", ""), str(code)
+            ).inc()
+
+
+def _content_length(scope: Scope) -> int | None:
+    for key, value in scope.get("headers", []):
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return -1
+    return None
+
+
+async def _json(scope: Scope, send: Send, code: int, detail: str) -> None:
+    response = JSONResponse({"detail": detail}, status_code=code, headers={"Connection": "close"})
+    await response(scope, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    def handler(code: int) -> Any:
+        async def handle(request: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse({"detail": str(exc)}, status_code=code)
+
+        return handle
+
+    app.add_exception_handler(BodyTooLargeError, handler(status.HTTP_413_CONTENT_TOO_LARGE))
+    app.add_exception_handler(InvalidStoreNameError, handler(status.HTTP_400_BAD_REQUEST))
+    app.add_exception_handler(UnknownStoreError, handler(status.HTTP_404_NOT_FOUND))
+    app.add_exception_handler(StoreNotFoundError, handler(status.HTTP_404_NOT_FOUND))
+    app.add_exception_handler(StoreMismatchError, handler(status.HTTP_409_CONFLICT))
+    app.add_exception_handler(StoreError, handler(status.HTTP_409_CONFLICT))
+    app.add_exception_handler(DiscoError, handler(status.HTTP_422_UNPROCESSABLE_CONTENT))
+
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            {"detail": f"internal error: {type(exc).__name__}"},
+            status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
+        )
+
+    app.add_exception_handler(Exception, internal)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load the teacher (in a thread), warm it up, run the batch worker until shutdown."""
+    state: ServiceState = app.state.service
+    settings = state.settings
+    if state.runtime is None:
+        state.runtime = await run_in_threadpool(
+            load_runtime,
+            settings.teacher,
+            settings.device,
+            settings.dtype,
+            settings.recipe,
+            settings.threads,
+        )
+    runtime = state.runtime
+    size = runtime.recipe.size
+    await run_in_threadpool(runtime.embed, torch.zeros(1, 3, size, size))
+    log.info(
+        "teacher %s (%s...) on %s, D=%d, recipe %s@%dpx",
+        runtime.info.get("arch"),
+        runtime.sha256[:12],
+        runtime.device,
+        runtime.embed_dim,
+        runtime.recipe.name,
+        size,
+    )
+    batcher = DynamicBatcher(
+        runtime.embed,
+        max_batch_size=settings.max_batch_size,
+        max_wait_s=settings.max_wait_ms / 1000.0,
+        max_queue=settings.max_queue,
+        metrics=state.metrics,
+    )
+    await batcher.start()
+    state.batcher = batcher
+    state.prep_pool = ThreadPoolExecutor(settings.prep_threads, thread_name_prefix="disco-prep")
+    try:
+        yield
+    finally:
+        state.batcher = None
+        await batcher.stop()
+        pool, state.prep_pool = state.prep_pool, None
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def create_app(
+    settings: ServiceSettings | None = None, runtime: TeacherRuntime | None = None
+) -> FastAPI:
+    """Build the service app. ``settings`` default to :func:`get_settings` (environment);
+    ``runtime`` skips loading the checkpoint in the lifespan (an already-loaded teacher)."""
+    settings = settings if settings is not None else get_settings()
+    state = ServiceState(
+        settings=settings,
+        metrics=ServiceMetrics(),
+        stores=StoreRegistry(settings.store_root),
+        runtime=runtime,
+    )
+    # With a token every route but /healthz needs it, so the open API docs are switched off.
+    docs = settings.token is None
+    app = FastAPI(
+        title="DisCo teacher service",
+        summary="Teacher embeddings on demand, dynamically batched; write-through to stores.",
+        version="1",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    app.state.service = state
+    guarded = [Depends(require_token)]
+    routers = [
+        (routes_health.open_router, []),
+        (routes_health.router, []),
+        (routes_embeddings.router, guarded),
+        (routes_stores.router, guarded),
+    ]
+    templates = []
+    for router, dependencies in routers:
+        app.include_router(router, dependencies=dependencies)
+        templates += [(r.path_regex, r.path) for r in router.routes if isinstance(r, APIRoute)]
+    _install_error_handlers(app)
+    app.add_middleware(GuardMiddleware, templates=templates, state=state)
+    return app

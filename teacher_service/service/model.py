@@ -1,0 +1,109 @@
+"""The teacher as the service runs it: a loaded encoder, its view recipe, and one batch forward."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from store.views import Recipe, get_recipe
+from teacher_service.checkpoint import load_encoder
+from teacher_service.encoders import Encoder
+
+__all__ = ["TeacherRuntime", "load_runtime", "resolve_device"]
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> ``cuda`` when available else ``cpu``; anything else as torch parses it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class TeacherRuntime:
+    """A frozen teacher in eval mode plus what requests need to render its input views.
+
+    ``recipe`` renders request views (its ``size`` is the model input side S in pixels);
+    ``info`` is :func:`teacher_service.checkpoint.load_encoder`'s identity dict.
+    """
+
+    encoder: Encoder
+    info: dict[str, Any]
+    recipe: Recipe
+    device: torch.device
+    dtype: str
+
+    @property
+    def embed_dim(self) -> int:
+        """D, the embedding width."""
+        return int(self.info["embed_dim"])
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of the checkpoint file."""
+        return str(self.info["sha256"])
+
+    def embed(self, x: torch.Tensor) -> np.ndarray:
+        """Embed ``x (B, 3, S, S) float32`` (normalised views) -> ``(B, D) float32``, L2-normalised.
+
+        Runs under ``torch.inference_mode``; autocast in ``dtype`` on CUDA only.
+        """
+        autocast: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if self.device.type == "cuda" and self.dtype != "float32":
+            autocast = torch.autocast("cuda", dtype=_DTYPES[self.dtype])
+        with torch.inference_mode(), autocast:
+            out = self.encoder(x.to(self.device, non_blocking=True), output="embedding")
+        out = torch.nn.functional.normalize(out.float(), dim=1)
+        return out.cpu().numpy().astype(np.float32, copy=False)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready identity: checkpoint info, recipe, device and compute dtype."""
+        return {
+            "arch": self.info.get("arch"),
+            "sha256": self.sha256,
+            "format": self.info.get("format"),
+            "embed_dim": self.embed_dim,
+            "feature_dim": self.info.get("feature_dim"),
+            "head": self.info.get("head"),
+            "embedding": self.info.get("embedding"),
+            "bn_mode": self.info.get("bn_mode"),
+            "preprocessing": self.info.get("preprocessing"),
+            "recipe": self.recipe.to_dict(),
+            "device": str(self.device),
+            "dtype": self.dtype,
+        }
+
+
+def load_runtime(
+    teacher: Path,
+    device: str = "auto",
+    dtype: str = "float32",
+    recipe: str | None = None,
+    threads: int | None = None,
+) -> TeacherRuntime:
+    """Load the teacher checkpoint and pick its view recipe.
+
+    The recipe is ``recipe`` if given, else the checkpoint's ``preprocessing["recipe"]``, else
+    ``mocov2``, at the checkpoint's input size. Raises ``CheckpointError`` / ``ConfigError``.
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    loaded = load_encoder(teacher, device=dev)
+    pre = dict(loaded.info.get("preprocessing") or {})
+    name = recipe or pre.get("recipe") or "mocov2"
+    size = int(pre.get("size") or 224)
+    return TeacherRuntime(
+        encoder=loaded.encoder,
+        info=loaded.info,
+        recipe=get_recipe(str(name), size),
+        device=dev,
+        dtype=dtype if dev.type == "cuda" else "float32",
+    )

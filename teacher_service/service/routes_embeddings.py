@@ -1,0 +1,213 @@
+"""``POST /v1/embeddings`` and ``GET /v1/model``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from teacher_service.service.batching import (
+    BatcherClosedError,
+    DynamicBatcher,
+    QueueFullError,
+    RowResult,
+)
+from teacher_service.service.deps import (
+    BatcherDep,
+    MetricsDep,
+    PrepPoolDep,
+    RuntimeDep,
+    SettingsDep,
+    StoresDep,
+)
+from teacher_service.service.inputs import (
+    ParsedRequest,
+    check_request,
+    parse_json,
+    parse_multipart,
+    prepare,
+)
+from teacher_service.service.schemas import EmbedRequest, EmbedResponse, ErrorResponse
+from teacher_service.service.writethrough import open_target, write_slots
+
+__all__ = ["binary_response", "router", "wants_binary"]
+
+router = APIRouter(prefix="/v1", tags=["embeddings"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 415, 422, 429, 503)
+}
+
+OCTET = "application/octet-stream"
+
+
+class ClientGoneError(Exception):
+    """The client disconnected while its rows were queued."""
+
+
+def wants_binary(request: Request) -> bool:
+    """True when the ``Accept`` header asks for ``application/octet-stream``."""
+    return OCTET in request.headers.get("accept", "").lower()
+
+
+def binary_response(array: np.ndarray, dtype: str, headers: dict[str, str]) -> Response:
+    """Raw little-endian bytes of ``array`` in ``dtype`` with ``x-shape`` / ``x-dtype`` headers."""
+    data = np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<"))
+    headers = {
+        **headers,
+        "x-shape": ",".join(str(s) for s in array.shape),
+        "x-dtype": dtype,
+    }
+    return Response(content=data.tobytes(), media_type=OCTET, headers=headers)
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _results(
+    request: Request, batcher: DynamicBatcher, futures: list[asyncio.Future[RowResult]]
+) -> list[RowResult]:
+    """Wait for every row, or drop them all from the queue when the client goes away."""
+    gathered: asyncio.Future[list[RowResult]] = asyncio.gather(*futures)
+    watcher: asyncio.Future[Any] = asyncio.ensure_future(_wait_disconnect(request))
+    waiting: set[asyncio.Future[Any]] = {gathered, watcher}
+    try:
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if gathered in done:
+            return list(gathered.result())
+        raise ClientGoneError
+    finally:
+        watcher.cancel()
+        if not gathered.done():
+            batcher.drop(futures)
+            gathered.cancel()
+        with contextlib.suppress(BaseException):
+            await watcher
+        with contextlib.suppress(BaseException):
+            await gathered
+
+
+async def _parse(request: Request, settings: SettingsDep) -> ParsedRequest:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "application/json":
+        body = await request.body()
+        return await run_in_threadpool(parse_json, body)  # big bodies: keep the loop free
+    if media == "multipart/form-data":
+        return await parse_multipart(request, settings)
+    raise HTTPException(
+        status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+        detail=f"content type {media or '(none)'!r} is not accepted; "
+        "send application/json or multipart/form-data",
+    )
+
+
+@router.post(
+    "/embeddings",
+    responses={
+        **_ERRORS,
+        200: {
+            "model": EmbedResponse,
+            "content": {OCTET: {}},
+            "description": "JSON, or raw little-endian floats with x-shape/x-dtype headers",
+        },
+    },
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {"schema": EmbedRequest.model_json_schema()},
+                "multipart/form-data": {"schema": {"type": "object"}},
+            }
+        }
+    },
+)
+async def create_embeddings(
+    request: Request,
+    runtime: RuntimeDep,
+    batcher: BatcherDep,
+    settings: SettingsDep,
+    stores: StoresDep,
+    metrics: MetricsDep,
+    prep_pool: PrepPoolDep,
+    dtype: Annotated[
+        Literal["float32", "float16"], Query(description="binary output dtype")
+    ] = "float32",
+) -> Response:
+    """Embed images: ``(N, D)`` (one view each) or ``(N, V, D)`` (V views each), L2-normalised.
+
+    Headers: ``x-queue-time`` / ``x-inference-time`` (ms, the slowest row of the request),
+    ``x-batch-size`` (largest model batch its rows ran in). With ``store`` set, every image's
+    embedding is also written into its (index, view) slot of that store.
+    """
+    parsed = await _parse(request, settings)
+    rows = check_request(parsed, settings)
+    try:
+        batcher.reserve(rows)  # refuse overload before decoding anything
+        try:
+            name = parsed.options.store
+            target = None
+            if name is not None:
+                target = await run_in_threadpool(open_target, stores, name, runtime)
+            loop = asyncio.get_running_loop()
+            prepared = await loop.run_in_executor(
+                prep_pool, prepare, parsed, runtime.recipe, target, settings
+            )
+        finally:
+            batcher.release(rows)
+        futures = batcher.submit(prepared.rows)
+    except QueueFullError as exc:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=str(exc),
+            headers={"Retry-After": str(settings.retry_after_s)},
+        ) from None
+    except BatcherClosedError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from None
+    try:
+        results = await _results(request, batcher, futures)
+    except ClientGoneError:
+        return Response(status_code=499)
+    except BatcherClosedError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from None
+    vectors = np.stack([r.vector for r in results]).astype(np.float32, copy=False)
+    if name is not None and prepared.slots is not None:
+        await run_in_threadpool(write_slots, stores, name, runtime, prepared.slots, vectors)
+        metrics.store_writes.inc(len(prepared.slots))
+    out = vectors.reshape(*prepared.shape, vectors.shape[-1])
+    headers = {
+        "x-queue-time": f"{1000 * max(r.queue_s for r in results):.3f}",
+        "x-inference-time": f"{1000 * max(r.inference_s for r in results):.3f}",
+        "x-batch-size": str(max(r.batch_size for r in results)),
+        "x-model-sha256": runtime.sha256,
+    }
+    if wants_binary(request):
+        return binary_response(out, dtype, headers)
+    body = EmbedResponse(
+        model=runtime.sha256,
+        shape=list(out.shape),
+        embeddings=out.tolist(),
+        written=[list(s) for s in prepared.slots] if prepared.slots is not None else None,
+    )
+    return JSONResponse(body.model_dump(exclude_none=True), headers=headers)
+
+
+@router.get("/model", responses=_ERRORS)
+async def model_info(runtime: RuntimeDep, settings: SettingsDep) -> dict[str, Any]:
+    """Teacher identity (arch, checkpoint sha256, dims, preprocessing, recipe) and batch knobs."""
+    return {
+        **runtime.describe(),
+        "max_batch_size": settings.max_batch_size,
+        "max_wait_ms": settings.max_wait_ms,
+        "max_queue": settings.max_queue,
+        "max_images": settings.max_images,
+        "max_views": settings.max_views,
+        "max_pixels": settings.max_pixels,
+    }

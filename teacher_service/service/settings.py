@@ -1,0 +1,89 @@
+"""Service settings: environment variables ``DISCO_*`` (or CLI flags), validated once.
+
+Every knob of the HTTP service lives here, typed and bounded; :func:`get_settings` reads the
+environment once (cached) and :func:`teacher_service.service.app.create_app` takes an explicit
+instance when the caller (the CLI, a test) builds one itself.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, FilePath, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ServiceSettings", "get_settings"]
+
+
+class ServiceSettings(BaseSettings):
+    """Settings of the teacher-embedding service (env prefix ``DISCO_``, e.g. ``DISCO_TEACHER``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DISCO_", extra="forbid", frozen=True)
+
+    teacher: FilePath = Field(description="teacher checkpoint file (any format load_encoder reads)")
+    store_root: Path | None = Field(
+        default=None, description="directory holding the stores served and written (None: none)"
+    )
+    host: str = Field(default="127.0.0.1", description="address uvicorn binds")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port uvicorn binds")
+    device: str = Field(default="auto", description="torch device: auto, cpu, cuda, cuda:N")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        default="float32", description="compute dtype (autocast on CUDA only; CPU stays float32)"
+    )
+    recipe: str | None = Field(
+        default=None,
+        description="view recipe for request params (None: the checkpoint's, else mocov2)",
+    )
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description="rows per model batch")
+    max_wait_ms: float = Field(
+        default=5.0, ge=0.0, le=10_000.0, description="longest a batch waits to fill, ms"
+    )
+    max_queue: int = Field(
+        default=512, ge=1, le=1_000_000, description="rows (image views) queued; over it: 429"
+    )
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024, description="largest request body in bytes; over: 413"
+    )
+    max_images: int = Field(default=64, ge=1, description="images per request; over: 413")
+    max_views: int = Field(default=64, ge=1, description="views per image; over: 413")
+    max_pixels: int = Field(
+        default=36_000_000, ge=1, description="pixels (H*W) per image, checked before decoding"
+    )
+    max_range_rows: int = Field(
+        default=65_536, ge=1, description="rows per GET /v1/stores/{name}/embeddings call"
+    )
+    retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with 429")
+    token: SecretStr | None = Field(
+        default=None, description="bearer token required on every route but /healthz"
+    )
+    prep_threads: int = Field(
+        default=2, ge=1, le=64, description="threads decoding and rendering request images"
+    )
+    threads: int | None = Field(
+        default=None, ge=1, description="torch intra-op threads for the model (None: torch's)"
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        default="info", description="uvicorn log level"
+    )
+
+    @field_validator("store_root")
+    @classmethod
+    def _root_is_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"store root {str(value)!r} is not a directory")
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _token_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            return None
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> ServiceSettings:
+    """Read :class:`ServiceSettings` from the environment once (cached for the process)."""
+    return ServiceSettings()  # type: ignore[call-arg]

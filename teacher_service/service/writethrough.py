@@ -1,0 +1,83 @@
+"""Write-through: put request embeddings into store slots, one writer and one lock per store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import HTTPException, status
+
+from store.errors import StoreError, StoreMismatchError
+from teacher_service.checkpoint import LoadedEncoder
+from teacher_service.precompute import teacher_attrs as precompute_teacher_attrs
+from teacher_service.service.inputs import SlotTarget
+from teacher_service.service.model import TeacherRuntime
+from teacher_service.service.stores import StoreRegistry
+
+__all__ = ["open_target", "teacher_attrs", "write_slots"]
+
+
+def teacher_attrs(runtime: TeacherRuntime) -> dict[str, Any]:
+    """The teacher identity recorded in a store when the service attaches itself: the same dict
+    the precompute job records (checkpoint info + ``compute_dtype``)."""
+    return precompute_teacher_attrs(LoadedEncoder(runtime.encoder, runtime.info), runtime.dtype)
+
+
+def _conflict(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_409_CONFLICT, detail=detail)
+
+
+def _check_teacher(stored: dict[str, Any] | None, runtime: TeacherRuntime, name: str) -> None:
+    if stored is not None and stored.get("sha256") != runtime.sha256:
+        raise _conflict(
+            f"store {name!r} holds embeddings of teacher {str(stored.get('sha256'))[:12]}..., "
+            f"this service runs {runtime.sha256[:12]}..."
+        )
+
+
+def open_target(registry: StoreRegistry, name: str, runtime: TeacherRuntime) -> SlotTarget:
+    """Open store ``name`` for write-through and check its teacher (blocking; run in a thread).
+
+    Raises the registry's name errors, and 409 when another teacher's embeddings are attached.
+    """
+    with registry.lock(name):
+        store = registry.writer(name)
+        _check_teacher(store.teacher, runtime, name)
+        manifest = store.manifest
+        return SlotTarget(
+            recipe=store.recipe,
+            params=store.params,
+            heights=np.asarray(manifest.heights),
+            widths=np.asarray(manifest.widths),
+            valid=np.asarray(manifest.valid),
+        )
+
+
+def write_slots(
+    registry: StoreRegistry,
+    name: str,
+    runtime: TeacherRuntime,
+    slots: list[tuple[int, int]],
+    vectors: np.ndarray,
+) -> None:
+    """Write ``vectors (n, D) float32`` into ``slots`` [(index, view)] of store ``name``.
+
+    Holds the store's lock for the whole call, so concurrent requests that touch one shard are
+    applied one after the other (each ``write_slot`` rewrites its whole shard). Attaches this
+    teacher first if the store has none; 409 if it has another.
+    """
+    with registry.lock(name):
+        store = registry.writer(name)
+        try:
+            if store.teacher is None:
+                store.attach_teacher(teacher_attrs(runtime), dim=runtime.embed_dim)
+            _check_teacher(store.teacher, runtime, name)
+            for (index, view), vector in zip(slots, vectors, strict=True):
+                store.write_slot(int(index), int(view), vector)
+        except StoreMismatchError as exc:
+            raise _conflict(str(exc)) from None
+        except StoreError as exc:
+            registry.forget(name)
+            raise HTTPException(
+                status.HTTP_500_INTERNAL_SERVER_ERROR, detail=f"store write failed: {exc}"
+            ) from None
