@@ -1,0 +1,622 @@
+"""The precompute job: the teacher's final embedding of every planned view, written shard by shard.
+
+Pipeline (one process = one worker of the job)::
+
+    DataLoader workers: decode rows + render all V views of them  (uint8 render, float last)
+      -> main thread: teacher forward (eval, inference mode, optional autocast on CUDA),
+         L2-normalised embeddings gathered into a whole-shard buffer (n, V, D) float32
+      -> writer thread (bounded queue): store.write_shard(s, ...) -- one call per shard, the
+         ``written`` mask is set by the store only after the data write returned.
+
+Resume = run the same command again: only shards not fully written are computed; a shard that was
+in flight when a process died has no ``written`` bits and is recomputed from scratch. Scale-out:
+whole shards are dealt round-robin to ``num_shards * WORLD_SIZE`` workers (``--num-shards`` /
+``--shard-index`` for job arrays, ``RANK``/``WORLD_SIZE`` from torchrun); worker 0 creates the
+store, the others wait for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+from torch.utils.data import DataLoader, Dataset
+
+from store.datasets import ImageDataset, open_dataset
+from store.embedding_store import EmbeddingStore
+from store.errors import (
+    ConfigError,
+    DecodeError,
+    StoreError,
+    StoreMismatchError,
+    StoreNotFoundError,
+)
+from store.manifest import build_manifest
+from store.views import Recipe, get_recipe, render_view
+from teacher_service.checkpoint import LoadedEncoder, load_encoder
+
+__all__ = [
+    "AMP_MODES",
+    "STORE_DTYPES",
+    "PrecomputeConfig",
+    "PrecomputeReport",
+    "ShardSink",
+    "resolve_device",
+    "run_precompute",
+    "teacher_attrs",
+    "worker_identity",
+]
+
+AMP_MODES = ("none", "bf16", "fp16")
+STORE_DTYPES = ("float16", "int8")
+DEVICES = ("auto", "cpu", "cuda")
+
+ShardSink = Callable[[int, np.ndarray, np.ndarray | None, np.ndarray], None]
+"""``sink(shard, embeddings (n,V,D) f32, features (n,V,F) f32 | None, written (n,V) bool)``."""
+
+
+@dataclass
+class PrecomputeConfig:
+    """Settings of one precompute worker (the same for every worker of a job)."""
+
+    teacher: str
+    """Teacher checkpoint path (disco, MoCo-v2 or torchvision format)."""
+    dataset: str
+    """Dataset spec, e.g. ``mnist5k``, ``synthetic:256``, ``imagefolder:/data/train``."""
+    store: str
+    """Store URL (local path or fsspec URL)."""
+    views: int = 8
+    """Planned views V per sample (used when the store is created)."""
+    split: str = "all"
+    """Dataset split: all, train or test."""
+    recipe: str = "mocov2"
+    """View recipe name (store.views.RECIPES)."""
+    size: int | None = None
+    """View size S in px; None = the existing store's, else the teacher's preprocessing size."""
+    seed: int = 0
+    """View-plan seed."""
+    batch_size: int = 256
+    """Views per teacher forward (rounded down to whole samples: batch_size // V rows)."""
+    workers: int = 2
+    """DataLoader worker processes decoding and rendering (0 = in the main process)."""
+    device: str = "auto"
+    """auto (CUDA if present), cpu or cuda[:N]."""
+    amp: str = "none"
+    """Autocast dtype on CUDA: none, bf16 or fp16 (recorded as teacher.compute_dtype)."""
+    dtype: str = "float16"
+    """Stored embedding dtype: float16 or int8 (per-dimension scales)."""
+    shard_size: int = 4096
+    """Rows per zarr shard (used when the store is created)."""
+    features: bool = False
+    """Also store backbone features (N, V, F) float16."""
+    num_shards: int = 1
+    """Job-array size: the store's shards are split across this many jobs (x WORLD_SIZE)."""
+    shard_index: int = 0
+    """This job's index in the job array, 0 <= shard_index < num_shards."""
+    overwrite: bool = False
+    """Replace an existing store instead of resuming it."""
+    max_shards: int | None = None
+    """Compute at most this many shards in this run (a measured fraction); None = all."""
+    progress: bool = True
+    """Show a rich progress bar."""
+    wait_timeout: float = 600.0
+    """Seconds a non-zero worker waits for worker 0 to create the store."""
+
+    def __post_init__(self) -> None:
+        if self.views < 1:
+            raise ConfigError(f"views must be >= 1, got {self.views}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"unknown amp {self.amp!r}; valid: {', '.join(AMP_MODES)}")
+        if self.dtype not in STORE_DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}; valid: {', '.join(STORE_DTYPES)}")
+        if not (self.device in DEVICES or self.device.startswith("cuda:")):
+            raise ConfigError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
+        if self.shard_size < 1:
+            raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
+        if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
+            raise ConfigError(
+                f"need 0 <= shard_index < num_shards, got {self.shard_index} / {self.num_shards}"
+            )
+        if self.size is not None and self.size < 8:
+            raise ConfigError(f"size must be >= 8 px, got {self.size}")
+        if self.max_shards is not None and self.max_shards < 0:
+            raise ConfigError(f"max_shards must be >= 0, got {self.max_shards}")
+
+
+@dataclass
+class PrecomputeReport:
+    """What one worker did."""
+
+    store: str
+    worker: int
+    """This worker's id in [0, workers)."""
+    workers: int
+    """num_shards x WORLD_SIZE."""
+    shards_total: int
+    """Shards in the store."""
+    shards_assigned: int
+    """Shards this worker owns."""
+    shards_skipped: int
+    """Owned shards already fully written (resume)."""
+    shards_computed: int
+    """Shards computed and written in this run."""
+    computed_shards: list[int]
+    """Their indices."""
+    views_computed: int
+    """Teacher forwards (one per (row, view)) in this run."""
+    seconds: float
+    """Wall time of the compute loop, s."""
+    images_per_s: float
+    """views_computed / seconds."""
+    compute_dtype: str
+    device: str
+    invalid_rows: int = 0
+    """Rows of the computed shards skipped because the manifest marks them undecodable."""
+    errors: dict[str, str] = field(default_factory=dict)
+    """Sample key -> reason, for rows that failed to decode during this run (also skipped)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-able)."""
+        return asdict(self)
+
+
+def worker_identity(num_shards: int = 1, shard_index: int = 0) -> tuple[int, int]:
+    """``(worker, workers)``: this process's id among ``num_shards * WORLD_SIZE`` workers.
+
+    ``RANK``/``WORLD_SIZE`` come from the environment (torchrun sets them; default 0/1).
+    """
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if not 0 <= rank < world:
+        raise ConfigError(f"RANK={rank} is outside WORLD_SIZE={world}")
+    return shard_index * world + rank, num_shards * world
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda if available else cpu; plain ``cuda`` under torchrun -> ``cuda:LOCAL_RANK``;
+    ``cuda`` without a GPU raises ConfigError."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    if name == "cuda" and os.environ.get("LOCAL_RANK"):
+        # One GPU per torchrun process.
+        return torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
+    return torch.device(name)
+
+
+def _compute_dtype(amp: str, device: torch.device) -> str:
+    if amp == "none":
+        return "float32"
+    if device.type != "cuda":
+        raise ConfigError(f"--amp {amp} needs a CUDA device (got {device})")
+    return {"bf16": "bfloat16", "fp16": "float16"}[amp]
+
+
+def teacher_attrs(loaded: LoadedEncoder, compute_dtype: str) -> dict[str, Any]:
+    """The ``teacher`` attrs recorded in a store: checkpoint identity + ``compute_dtype``."""
+    return {**loaded.info, "compute_dtype": compute_dtype}
+
+
+def _autocast(device: torch.device, compute_dtype: str) -> contextlib.AbstractContextManager[Any]:
+    if compute_dtype == "float32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if compute_dtype == "bfloat16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Store creation / opening
+
+
+def _default_size(cfg: PrecomputeConfig, loaded: LoadedEncoder) -> int:
+    if cfg.size is not None:
+        return cfg.size
+    size = (loaded.info.get("preprocessing") or {}).get("size")
+    return int(size) if isinstance(size, int) and size >= 8 else 224
+
+
+def _expectations(cfg: PrecomputeConfig) -> dict[str, object]:
+    expect: dict[str, object] = {
+        "dataset.spec": cfg.dataset,
+        "dataset.split": cfg.split,
+        "recipe.name": cfg.recipe,
+        "recipe.seed": cfg.seed,
+        "recipe.views": cfg.views,
+    }
+    if cfg.size is not None:
+        expect["recipe.size"] = cfg.size
+    return expect
+
+
+def open_or_create_store(
+    cfg: PrecomputeConfig,
+    loaded: LoadedEncoder,
+    teacher: dict[str, Any],
+    worker: int,
+    dataset: ImageDataset | None = None,
+) -> EmbeddingStore:
+    """Worker 0 creates the store (or opens and checks an existing one) and attaches the teacher;
+    other workers wait up to ``cfg.wait_timeout`` s for a store with a teacher, then check it.
+
+    ``dataset`` (optional) is used instead of ``open_dataset(cfg.dataset)`` to build the manifest.
+    """
+    if worker == 0:
+        store: EmbeddingStore | None = None
+        if not cfg.overwrite:
+            try:
+                store = EmbeddingStore.open(cfg.store, mode="r+", expect=_expectations(cfg))
+            except StoreNotFoundError:
+                store = None
+        if store is None:
+            if dataset is None:
+                dataset = open_dataset(cfg.dataset)
+            manifest = build_manifest(dataset, cfg.split, progress=cfg.progress)
+            recipe = get_recipe(cfg.recipe, _default_size(cfg, loaded))
+            store = EmbeddingStore.create(
+                cfg.store,
+                manifest=manifest,
+                recipe=recipe,
+                seed=cfg.seed,
+                views=cfg.views,
+                shard_size=cfg.shard_size,
+                overwrite=cfg.overwrite,
+            )
+        store.attach_teacher(
+            teacher,
+            dim=loaded.encoder.embed_dim,
+            dtype=cfg.dtype,
+            features_dim=loaded.encoder.feature_dim if cfg.features else None,
+        )
+        return store
+    deadline = time.monotonic() + cfg.wait_timeout
+    while True:
+        try:
+            store = EmbeddingStore.open(cfg.store, mode="r+", expect=_expectations(cfg))
+            if store.teacher is not None:
+                # Equal teacher: no-op; a different one raises StoreMismatchError.
+                store.attach_teacher(
+                    teacher,
+                    dim=loaded.encoder.embed_dim,
+                    dtype=cfg.dtype,
+                    features_dim=loaded.encoder.feature_dim if cfg.features else None,
+                )
+                return store
+        except StoreNotFoundError:
+            pass
+        except StoreMismatchError as exc:
+            # Worker 0 writes the group attrs last: a store without a schema is still being made.
+            if exc.field != "schema" or exc.actual is not None:
+                raise
+        if time.monotonic() > deadline:
+            raise StoreError(
+                f"worker {worker}: no store with a teacher at {cfg.store} after "
+                f"{cfg.wait_timeout:.0f} s (worker 0 creates it)"
+            )
+        time.sleep(0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# DataLoader side: decode + render whole rows of a shard
+
+
+@dataclass
+class _Batch:
+    shard: int
+    rows: np.ndarray  # (m,) int64 store rows whose views are in `images`, each repeated V times
+    views: np.ndarray  # (m,) int64
+    images: torch.Tensor  # (m, 3, S, S) float32
+    errors: list[tuple[int, str, str]]  # (row, key, reason)
+
+
+class _RowViews(Dataset[_Batch]):
+    """Item k = all V views of a block of consecutive rows of one shard, rendered."""
+
+    def __init__(
+        self,
+        spec: str,
+        items: list[tuple[int, int, int]],
+        indices: np.ndarray,
+        keys: np.ndarray,
+        valid: np.ndarray,
+        params: dict[int, np.ndarray],
+        shard_starts: dict[int, int],
+        recipe: Recipe,
+        dataset: ImageDataset | None = None,
+    ) -> None:
+        self.spec = spec
+        self.items = items
+        self.indices = indices
+        self.keys = keys
+        self.valid = valid
+        self.params = params
+        self.shard_starts = shard_starts
+        self.recipe = recipe
+        self._dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _ds(self) -> ImageDataset:
+        if self._dataset is None:
+            self._dataset = open_dataset(self.spec)
+        return self._dataset
+
+    def __getitem__(self, k: int) -> _Batch:
+        shard, start, stop = self.items[k]
+        params = self.params[shard]
+        base = self.shard_starts[shard]
+        images: list[torch.Tensor] = []
+        rows: list[int] = []
+        views: list[int] = []
+        errors: list[tuple[int, str, str]] = []
+        for row in range(start, stop):
+            if not self.valid[row]:
+                continue
+            try:
+                image = self._ds().load(int(self.indices[row]))
+            except DecodeError as exc:
+                errors.append((row, str(self.keys[row]), exc.reason))
+                continue
+            for v in range(params.shape[1]):
+                images.append(render_view(image, params[row - base, v], self.recipe))
+                rows.append(row)
+                views.append(v)
+        size = self.recipe.size
+        stacked = torch.stack(images) if images else torch.empty(0, 3, size, size)
+        return _Batch(
+            shard, np.asarray(rows, np.int64), np.asarray(views, np.int64), stacked, errors
+        )
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+# --------------------------------------------------------------------------------------------
+# Writer thread
+
+
+class _ShardWriter:
+    """Runs ``sink`` on whole shards in a background thread; a bounded queue overlaps writes with
+    compute. The first sink error is re-raised in the main thread."""
+
+    def __init__(self, sink: ShardSink, depth: int = 2) -> None:
+        self.sink = sink
+        self.queue: queue.Queue[tuple[int, np.ndarray, np.ndarray | None, np.ndarray] | None]
+        self.queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="disco-shard-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue
+            try:
+                self.sink(*item)
+            except BaseException as exc:
+                self.error = exc
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def submit(
+        self, shard: int, emb: np.ndarray, feats: np.ndarray | None, written: np.ndarray
+    ) -> None:
+        """Queue one whole shard (blocks while ``depth`` shards are pending)."""
+        while True:
+            self._check()
+            try:
+                self.queue.put((shard, emb, feats, written), timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        """Wait for all queued shards to be written; re-raise a sink error."""
+        self.queue.put(None)
+        self.thread.join()
+        self._check()
+
+
+# --------------------------------------------------------------------------------------------
+# Progress
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} img/s" if speed else "-- img/s", style="cyan")
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The job
+
+
+def _plan_items(
+    store: EmbeddingStore, shards: list[int], rows_per_batch: int
+) -> list[tuple[int, int, int]]:
+    items = []
+    for s in shards:
+        start, stop = store.shard_bounds(s)
+        for a in range(start, stop, rows_per_batch):
+            items.append((s, a, min(stop, a + rows_per_batch)))
+    return items
+
+
+def run_precompute(
+    cfg: PrecomputeConfig,
+    sink: ShardSink | None = None,
+    dataset: ImageDataset | None = None,
+) -> PrecomputeReport:
+    """Compute and store the teacher's embedding of every planned view this worker owns.
+
+    ``sink`` replaces the store write (``store.write_shard``), e.g. a null writer in benchmarks;
+    ``dataset`` reuses an already opened dataset (workers otherwise open ``cfg.dataset`` lazily).
+    Returns a :class:`PrecomputeReport`. Raises ``DiscoError`` subclasses on bad input.
+    """
+    device = resolve_device(cfg.device)
+    compute_dtype = _compute_dtype(cfg.amp, device)
+    worker, workers = worker_identity(cfg.num_shards, cfg.shard_index)
+    if cfg.overwrite and workers > 1:
+        # Another worker could open the old store before worker 0 replaced it.
+        raise ConfigError("--overwrite needs a single worker; delete the store first instead")
+    loaded = load_encoder(cfg.teacher, device=device)
+    teacher = teacher_attrs(loaded, compute_dtype)
+    store = open_or_create_store(cfg, loaded, teacher, worker, dataset)
+    encoder = loaded.encoder.requires_grad_(False).eval()
+
+    mine = [s for s in range(store.num_shards) if s % workers == worker]
+    missing = set(store.missing_shards())
+    todo = [s for s in mine if s in missing]
+    skipped = len(mine) - len(todo)
+    if cfg.max_shards is not None:
+        todo = todo[: cfg.max_shards]
+
+    manifest = store.manifest
+    views = store.views
+    all_params = store.params
+    params = {s: all_params[slice(*store.shard_bounds(s))] for s in todo}
+    starts = {s: store.shard_bounds(s)[0] for s in todo}
+    rows_per_batch = max(1, cfg.batch_size // views)
+    items = _plan_items(store, todo, rows_per_batch)
+    batches_left = {s: 0 for s in todo}
+    for s, _, _ in items:
+        batches_left[s] += 1
+    source = _RowViews(
+        manifest.dataset,
+        items,
+        manifest.indices,
+        manifest.keys,
+        manifest.valid,
+        params,
+        starts,
+        store.recipe,
+        dataset=dataset,
+    )
+    loader = DataLoader(
+        source,
+        batch_size=None,
+        shuffle=False,
+        num_workers=cfg.workers,
+        collate_fn=_identity,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if cfg.workers > 0 else None,
+    )
+    write = sink if sink is not None else _store_sink(store)
+    writer = _ShardWriter(write)
+    dim = encoder.embed_dim
+    fdim = encoder.feature_dim
+    total_views = int(sum(manifest.valid[a:b].sum() for _, a, b in items)) * views
+    errors: dict[str, str] = {}
+    buffers: dict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray]] = {}
+    computed: list[int] = []
+    n_views = 0
+    t0 = time.perf_counter()
+    try:
+        with _progress(cfg.progress) as bar, torch.inference_mode():
+            task = bar.add_task(f"precompute w{worker}/{workers}", total=total_views)
+            for batch in _iterate(loader):
+                s = batch.shard
+                if s not in buffers:
+                    a, b = store.shard_bounds(s)
+                    emb_buf = np.zeros((b - a, views, dim), np.float32)
+                    feat_buf = np.zeros((b - a, views, fdim), np.float32) if cfg.features else None
+                    written = np.repeat(manifest.valid[a:b, None], views, axis=1)
+                    buffers[s] = (emb_buf, feat_buf, written)
+                emb_buf, feat_buf, written = buffers[s]
+                base = starts[s]
+                for row, key, reason in batch.errors:
+                    errors[key] = reason
+                    written[row - base] = False
+                if len(batch.rows):
+                    x = batch.images.to(device, non_blocking=True)
+                    with _autocast(device, compute_dtype):
+                        feat, emb = encoder(x, output="both")
+                    emb = torch.nn.functional.normalize(emb.float(), dim=1)
+                    local = batch.rows - base
+                    emb_buf[local, batch.views] = emb.cpu().numpy()
+                    if feat_buf is not None:
+                        feat_buf[local, batch.views] = feat.float().cpu().numpy()
+                    n_views += len(batch.rows)
+                    bar.advance(task, len(batch.rows))
+                batches_left[s] -= 1
+                if batches_left[s] == 0:
+                    emb_buf, feat_buf, written = buffers.pop(s)
+                    writer.submit(s, emb_buf, feat_buf, written)
+                    computed.append(s)
+    finally:
+        writer.close()
+    seconds = time.perf_counter() - t0
+    return PrecomputeReport(
+        store=cfg.store,
+        worker=worker,
+        workers=workers,
+        shards_total=store.num_shards,
+        shards_assigned=len(mine),
+        shards_skipped=skipped,
+        shards_computed=len(computed),
+        computed_shards=computed,
+        views_computed=n_views,
+        seconds=seconds,
+        images_per_s=n_views / seconds if seconds > 0 else 0.0,
+        compute_dtype=compute_dtype,
+        device=str(device),
+        invalid_rows=sum(int((~manifest.valid[a:b]).sum()) for _, a, b in items),
+        errors=errors,
+    )
+
+
+def _iterate(loader: DataLoader[_Batch]) -> Iterator[_Batch]:
+    # An empty loader with workers still spawns processes; skip it.
+    if len(loader.dataset) == 0:  # type: ignore[arg-type]
+        return iter(())
+    return iter(loader)
+
+
+def _store_sink(store: EmbeddingStore) -> ShardSink:
+    def write(shard: int, emb: np.ndarray, feats: np.ndarray | None, written: np.ndarray) -> None:
+        store.write_shard(shard, emb, features=feats, written=written)
+
+    return write

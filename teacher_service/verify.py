@@ -1,0 +1,215 @@
+"""``disco store verify``: is the cache faithful to the live teacher?
+
+A sample of written (row, view) slots is drawn (spread over the shards: every shard with written
+slots is hit once before any is hit twice), each view is re-rendered from the stored parameters
+with the one render function, the live teacher embeds it, and the cosine to the cached vector is
+measured. A control pairs each cached vector with the live embedding of a *different* sample's
+view; it must fall below the threshold, or the check is not discriminative and verify fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from store.datasets import open_dataset
+from store.embedding_store import EmbeddingStore
+from store.errors import DecodeError, StoreError, StoreMismatchError
+from store.views import render_view
+from teacher_service.checkpoint import load_encoder
+from teacher_service.precompute import resolve_device
+
+__all__ = ["VerifyResult", "sample_slots", "verify_store"]
+
+
+@dataclass
+class VerifyResult:
+    """Cosine statistics of cached vs live embeddings, and of the wrong-view control."""
+
+    store: str
+    samples: int
+    """Views checked."""
+    threshold: float
+    cos_min: float
+    cos_mean: float
+    cos_median: float
+    control_median: float
+    """Median cosine of cached vectors to live embeddings of other samples' views."""
+    control_max: float
+    passed: bool
+    """All checked cosines >= threshold and the control below it."""
+    control_ok: bool
+    """The control fell below the threshold (the check can tell a wrong view)."""
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    """Up to 20 ``{"row", "view", "shard", "cos"}`` below the threshold."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Sample key -> reason for sampled rows that no longer decode."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-able)."""
+        return asdict(self)
+
+    def summary(self) -> str:
+        """Human-readable multi-line summary."""
+        verdict = "PASS" if self.passed else "FAIL"
+        lines = [
+            f"{verdict}: {self.samples} views, cosine cached vs live: min {self.cos_min:.6f}, "
+            f"median {self.cos_median:.6f}, mean {self.cos_mean:.6f} (threshold {self.threshold})",
+            f"control (wrong view): median {self.control_median:.4f}, max {self.control_max:.4f} "
+            f"-> {'ok, below threshold' if self.control_ok else 'NOT below threshold'}",
+        ]
+        shards = sorted({f["shard"] for f in self.failures})
+        if self.failures:
+            lines.append(f"{len(self.failures)}+ views below threshold, in shards {shards}")
+        return "\n".join(lines)
+
+
+def sample_slots(written: np.ndarray, shard_size: int, samples: int, seed: int) -> np.ndarray:
+    """Pick up to ``samples`` written (row, view) slots, spread over shards: ``(k, 2) int64``.
+
+    Shards take turns (in a seeded random order), each giving a random not-yet-picked slot.
+    """
+    rng = np.random.default_rng(seed)
+    rows, views = np.nonzero(written)
+    if len(rows) == 0:
+        return np.empty((0, 2), np.int64)
+    order = rng.permutation(len(rows))
+    rows, views = rows[order], views[order]
+    shard = rows // shard_size
+    per_shard = [np.flatnonzero(shard == s) for s in rng.permutation(np.unique(shard))]
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < samples and any(depth < len(p) for p in per_shard):
+        for p in per_shard:
+            if depth < len(p) and len(picked) < samples:
+                picked.append(int(p[depth]))
+        depth += 1
+    sel = np.asarray(picked, np.int64)
+    return np.stack([rows[sel], views[sel]], axis=1).astype(np.int64)
+
+
+def verify_store(
+    url: str,
+    teacher_path: str,
+    samples: int = 64,
+    threshold: float = 0.999,
+    seed: int = 0,
+    device: str = "auto",
+    batch_size: int = 64,
+) -> VerifyResult:
+    """Check ``samples`` cached views of the store at ``url`` against the live teacher.
+
+    Raises ``StoreMismatchError("teacher.sha256", ...)`` if the checkpoint is not the store's
+    teacher, ``StoreError`` if the store has no teacher or no written views.
+    """
+    store = EmbeddingStore.open(url)
+    recorded = store.teacher
+    if recorded is None:
+        raise StoreError(f"store {url} has no teacher attached; run `disco precompute` first")
+    dev = resolve_device(device)
+    loaded = load_encoder(teacher_path, device=dev)
+    if recorded.get("sha256") != loaded.info["sha256"]:
+        raise StoreMismatchError("teacher.sha256", recorded.get("sha256"), loaded.info["sha256"])
+    encoder = loaded.encoder
+    slots = sample_slots(store.written_mask(), store.shard_size, samples, seed)
+    if len(slots) == 0:
+        raise StoreError(f"store {url} has no written views to verify")
+
+    manifest = store.manifest
+    dataset = open_dataset(manifest.dataset)
+    recipe = store.recipe
+    cached = np.zeros((len(slots), store.dim or 0), np.float32)
+    by_shard: dict[int, list[int]] = {}
+    for k, (row, _) in enumerate(slots):
+        by_shard.setdefault(int(row) // store.shard_size, []).append(k)
+    for s, ks in by_shard.items():
+        block = store.read_shard(s)
+        for k in ks:
+            row, view = slots[k]
+            cached[k] = block.embeddings[row - block.start, view]
+
+    params = store.params
+    skipped: dict[str, str] = {}
+    keep: list[int] = []
+    images: list[torch.Tensor] = []
+    for k, (row, view) in enumerate(slots):
+        try:
+            image = dataset.load(int(manifest.indices[row]))
+        except DecodeError as exc:
+            skipped[str(manifest.keys[row])] = exc.reason
+            continue
+        images.append(render_view(image, params[row, view], recipe))
+        keep.append(k)
+    if not keep:
+        raise StoreError(f"none of the sampled rows of {url} decode any more")
+    slots, cached = slots[keep], cached[keep]
+    live = _embed(encoder, torch.stack(images), dev, str(recorded.get("compute_dtype")), batch_size)
+
+    cos = np.sum(cached * live, axis=1)
+    # Control: each cached vector against the live embedding of another sampled row's view.
+    other = _other_row(slots[:, 0])
+    control = np.sum(cached * live[other], axis=1) if other is not None else np.array([-1.0])
+    control_ok = bool(np.median(control) < threshold)
+    bad = np.flatnonzero(cos < threshold)
+    failures = [
+        {
+            "row": int(slots[k, 0]),
+            "view": int(slots[k, 1]),
+            "shard": int(slots[k, 0]) // store.shard_size,
+            "cos": float(cos[k]),
+        }
+        for k in bad[:20]
+    ]
+    return VerifyResult(
+        store=url,
+        samples=len(slots),
+        threshold=threshold,
+        cos_min=float(cos.min()),
+        cos_mean=float(cos.mean()),
+        cos_median=float(np.median(cos)),
+        control_median=float(np.median(control)),
+        control_max=float(control.max()),
+        passed=bool(len(bad) == 0 and control_ok),
+        control_ok=control_ok,
+        failures=failures,
+        skipped=skipped,
+    )
+
+
+def _other_row(rows: np.ndarray) -> np.ndarray | None:
+    """For each k, an index j with ``rows[j] != rows[k]`` (None if all rows are equal)."""
+    if len(np.unique(rows)) < 2:
+        return None
+    n = len(rows)
+    out = np.empty(n, np.int64)
+    for k in range(n):
+        j = (k + 1) % n
+        while rows[j] == rows[k]:
+            j = (j + 1) % n
+        out[k] = j
+    return out
+
+
+def _embed(
+    encoder: torch.nn.Module,
+    x: torch.Tensor,
+    device: torch.device,
+    compute_dtype: str,
+    batch_size: int,
+) -> np.ndarray:
+    """Live embeddings ``(n, D) float32`` under the store's recorded compute dtype when possible."""
+    ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if compute_dtype == "bfloat16":
+        ctx = torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    elif compute_dtype == "float16" and device.type == "cuda":
+        ctx = torch.autocast(device_type="cuda", dtype=torch.float16)
+    outs = []
+    with torch.inference_mode(), ctx:
+        for a in range(0, len(x), batch_size):
+            emb = encoder(x[a : a + batch_size].to(device), output="embedding")
+            outs.append(torch.nn.functional.normalize(emb.float(), dim=1).cpu().numpy())
+    return np.concatenate(outs).astype(np.float32)
