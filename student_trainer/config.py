@@ -1,0 +1,203 @@
+"""``TrainConfig``: every knob of a student (or teacher) training run, checked when built."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from store.errors import ConfigError
+
+__all__ = ["METHODS", "TrainConfig"]
+
+METHODS: dict[str, str] = {
+    "mocov2": "MoCo-v2 alone (query/key encoders, queue, InfoNCE); needs no teacher",
+    "disco": "MoCo-v2 + λ·mean_b ||ŝ - t||² on both views (DisCo)",
+    "seed": "SEED: student softmax over [ŝ·t | ŝ·teacher-queue] matched to the teacher's",
+}
+"""Registered methods -> one-line description."""
+
+# Fields that may differ between a run and its resumption without changing the result.
+RESUME_FREE_FIELDS = (
+    "resume",
+    "num_workers",
+    "progress",
+    "stop_at_step",
+    "checkpoint_every",
+    "threads",
+)
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``to_dict()`` is saved beside every artefact (``config.json``)."""
+
+    method: str
+    """Training method, a key of ``METHODS`` ("mocov2", "disco", "seed")."""
+    arch: str
+    """Student backbone, a key of ``teacher_service.encoders.ARCHS``."""
+    out: str
+    """Output folder: log.jsonl, loss_curves.png, ckpt/, final.pt, deployed.pt, config.json."""
+    store: str | None = None
+    """Teacher-target store (path or fsspec URL); views are replayed from its stored params."""
+    dataset: str | None = None
+    """Dataset spec (``store.datasets.open_dataset``) for training without a store."""
+    split: str = "train"
+    """Dataset split used with ``dataset`` ("all", "train", "test")."""
+    recipe: str | None = None
+    """View recipe with ``dataset`` (None: "digits" for mnist5k/digits, else "mocov2")."""
+    size: int = 32
+    """Rendered view size in px with ``dataset`` (a store fixes its own size)."""
+    online_teacher: str | None = None
+    """Teacher checkpoint run live on the rendered views instead of reading cached targets."""
+    expect: dict[str, Any] = field(default_factory=dict)
+    """Store attributes that must match (dotted path -> value), e.g. {"teacher.sha256": ...}."""
+    epochs: int = 15
+    """Passes over the data."""
+    batch_size: int = 128
+    """Global batch (split evenly across DDP ranks)."""
+    lr: float | None = None
+    """Peak learning rate; None = ``base_lr * batch_size / 256`` (MoCo's scaling rule)."""
+    base_lr: float = 0.03
+    """Learning rate per 256 samples when ``lr`` is None (MoCo-v2: 0.03)."""
+    weight_decay: float = 1e-4
+    """SGD weight decay."""
+    sgd_momentum: float = 0.9
+    """SGD momentum."""
+    warmup_epochs: float = 1.0
+    """Linear warm-up length in epochs before the cosine decay."""
+    key_momentum: float = 0.999
+    """MoCo key-encoder EMA momentum m (k <- m k + (1 - m) q)."""
+    temperature: float = 0.2
+    """InfoNCE temperature τ (MoCo-v2: 0.2); also SEED's student temperature."""
+    queue_size: int = 65536
+    """Requested queue length K; capped at N - global batch (see ``effective_queue_size``)."""
+    prefill_queue: bool = True
+    """Fill the queue with real key embeddings before step 1 (random ones collapse small runs)."""
+    head_hidden: int = 2048
+    """Student MLP hidden width (DisCo's Distilling-BottleNeck fix: 2048)."""
+    head_out: int | None = None
+    """Embedding width D; None = the store's teacher dim (or 128 without a teacher)."""
+    head_bn: bool = True
+    """BatchNorm after the head's hidden layer (needed against collapse at small scale)."""
+    bn_groups: int = 0
+    """Head BN groups (the one-device stand-in for shuffle-BN); 0 = per-rank batch // 32, >= 1."""
+    shuffle_keys: bool = True
+    """Shuffle the key batch before the key encoder (across ranks under DDP), unshuffle after."""
+    small_stem: bool | None = None
+    """3x3 stride-1 stem without max-pool; None = on for views of 64 px or less."""
+    width: int | None = None
+    """ResNet base width; None = the architecture's default."""
+    distill_weight: float = 8.0
+    """λ of the DisCo term (per view, batch-mean); DisCo-pytorch's sum over 32/GPU equals λ = 32."""
+    seed_teacher_temperature: float = 1e-4
+    """SEED's teacher temperature τ_t (SEED's default 1e-4); τ_s is ``temperature``."""
+    teacher_queue_size: int | None = None
+    """SEED teacher-queue length; None = ``effective_queue_size``."""
+    seed: int = 0
+    """Seed of the model init and of every sampling decision (data order, view choice, shuffles)."""
+    num_workers: int = 2
+    """DataLoader worker processes that decode + render views (0 = in the main process)."""
+    shuffle_buffer: int = 8192
+    """Shuffle-buffer length in samples when streaming store blocks."""
+    cache_images: bool | None = None
+    """Keep decoded images in RAM; None = when the decoded dataset is under 2 GiB."""
+    checkpoint_every: int = 200
+    """Write ``ckpt/last.pt`` every this many steps (and at the end)."""
+    resume: bool = False
+    """Continue from ``out/ckpt/last.pt`` when it exists (the config must match)."""
+    stop_at_step: int | None = None
+    """Stop after this many steps (schedule unchanged), e.g. to test or split a run."""
+    device: str = "auto"
+    """"auto" (CUDA when present), "cpu", "cuda" or "cuda:N"."""
+    threads: int | None = None
+    """torch CPU threads of the training process (None: torch's default; 1 is often faster on
+    small, shared CPUs)."""
+    amp: bool = False
+    """bfloat16 autocast on CUDA (recorded; ignored on CPU)."""
+    progress: bool = True
+    """Show a rich progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(
+                f"unknown method {self.method!r}; valid methods: {', '.join(sorted(METHODS))}"
+            )
+        if (self.store is None) == (self.dataset is None):
+            raise ConfigError("give exactly one of store or dataset")
+        if self.method != "mocov2" and self.store is None and self.online_teacher is None:
+            raise ConfigError(
+                f"method {self.method!r} needs teacher targets: give a store or an online teacher"
+            )
+        if self.split not in ("all", "train", "test"):
+            raise ConfigError(f"split must be all, train or test, got {self.split!r}")
+        positive_ints = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "queue_size": self.queue_size,
+            "head_hidden": self.head_hidden,
+            "size": self.size,
+            "shuffle_buffer": self.shuffle_buffer,
+            "checkpoint_every": self.checkpoint_every,
+        }
+        for name, value in positive_ints.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.head_out is not None and self.head_out < 1:
+            raise ConfigError(f"head_out must be >= 1, got {self.head_out}")
+        if self.bn_groups < 0 or self.num_workers < 0:
+            raise ConfigError("bn_groups and num_workers must be >= 0")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.key_momentum < 1.0:
+            raise ConfigError(f"key_momentum must be in [0, 1), got {self.key_momentum}")
+        if self.temperature <= 0 or self.seed_teacher_temperature <= 0:
+            raise ConfigError("temperatures must be > 0")
+        if self.warmup_epochs < 0 or self.weight_decay < 0 or self.distill_weight < 0:
+            raise ConfigError("warmup_epochs, weight_decay and distill_weight must be >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if self.stop_at_step is not None and self.stop_at_step < 1:
+            raise ConfigError(f"stop_at_step must be >= 1, got {self.stop_at_step}")
+        if self.teacher_queue_size is not None and self.teacher_queue_size < 1:
+            raise ConfigError(f"teacher_queue_size must be >= 1, got {self.teacher_queue_size}")
+
+    @property
+    def peak_lr(self) -> float:
+        """The learning rate at the end of warm-up (``lr`` or the batch-scaled ``base_lr``)."""
+        return self.lr if self.lr is not None else self.base_lr * self.batch_size / 256
+
+    @property
+    def uses_contrast(self) -> bool:
+        """True when the method trains MoCo's InfoNCE (key encoder + queue)."""
+        return self.method in ("mocov2", "disco")
+
+    @property
+    def uses_teacher(self) -> bool:
+        """True when the method needs teacher targets."""
+        return self.method in ("disco", "seed")
+
+    def resolved_recipe(self) -> str:
+        """Recipe name used with ``dataset`` (digit-like built-ins get "digits")."""
+        if self.recipe is not None:
+            return self.recipe
+        name = (self.dataset or "").split(":", 1)[0]
+        return "digits" if name in ("mnist5k", "digits") else "mocov2"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-safe dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ConfigError`` naming them."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown TrainConfig keys: {', '.join(unknown)}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        """Write ``to_dict()`` as indented JSON to ``path``."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")

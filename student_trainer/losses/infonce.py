@@ -1,0 +1,33 @@
+"""MoCo's InfoNCE: one positive key per query against a queue of negative keys."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["infonce_logits", "infonce_loss"]
+
+
+def infonce_logits(
+    q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Logits ``(B, 1 + K)``: column 0 is ``q·k`` (positive), then ``q·queue`` (negatives), / τ.
+
+    ``q`` ``(B, D)`` and ``k`` ``(B, D)`` are L2-normalised float tensors (``k`` carries no
+    gradient in MoCo); ``queue`` is ``(K, D)`` (one key per row, also L2-normalised).
+    """
+    l_pos = (q * k).sum(dim=1, keepdim=True)
+    l_neg = q @ queue.t()
+    return torch.cat([l_pos, l_neg], dim=1) / temperature
+
+
+def infonce_loss(
+    q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Scalar mean over the batch of ``-log softmax(logits)[0]`` (MoCo-v2's cross-entropy).
+
+    Shapes as :func:`infonce_logits`; returns a 0-d float tensor in nats.
+    """
+    logits = infonce_logits(q, k, queue, temperature)
+    labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits, labels)

@@ -1,0 +1,247 @@
+"""The MoCo-v2 module every method runs through: query encoder, momentum key encoder, queues.
+
+``MoCo.forward`` computes one step's loss terms for ``mocov2`` (InfoNCE), ``disco`` (InfoNCE +
+λ·DisCo MSE on both views) and ``seed`` (SEED's soft cross-entropy on both views). The momentum
+update and the enqueue are separate calls so the training loop reads top to bottom. Nothing here
+requires ``torch.distributed``; when a process group is initialised, keys are batch-shuffled across
+ranks (MoCo's shuffle-BN) and queues receive the keys of every rank.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from student_trainer.losses import disco_mse, infonce_loss, seed_loss
+from teacher_service.encoders import Encoder
+
+__all__ = ["MoCo", "StepOutput", "concat_all_gather", "effective_queue_size", "world_size"]
+
+
+def world_size() -> int:
+    """Number of processes in the default group (1 without ``torch.distributed``)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def _rank() -> int:
+    return dist.get_rank() if world_size() > 1 else 0
+
+
+@torch.no_grad()
+def concat_all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` ``(b, ...)`` from every rank in rank order -> ``(world*b, ...)``.
+
+    Identity without a process group. No gradient flows through it.
+    """
+    if world_size() == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def effective_queue_size(requested: int, num_samples: int, global_batch: int) -> int:
+    """Queue length actually used: ``min(requested, num_samples - global_batch)``, at least 1.
+
+    Within an epoch every sample is seen once, so a queue of at most N - B keys never holds a key
+    of an image in the current batch: a larger queue would contain each image's own older key as a
+    negative, which only repeats samples (DESIGN §7).
+    """
+    return max(1, min(requested, num_samples - global_batch))
+
+
+@dataclass
+class StepOutput:
+    """Result of one forward: ``loss`` (0-d, with grad), detached ``terms`` (name -> 0-d tensor),
+    ``keys`` ``(b, D)`` to enqueue (or None) and ``teacher_keys`` ``(b, D)`` for SEED's queue."""
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    keys: torch.Tensor | None = None
+    teacher_keys: torch.Tensor | None = None
+
+
+class MoCo(nn.Module):
+    """Query encoder + momentum key encoder + negative-key queue (+ SEED's teacher queue).
+
+    ``method``: "mocov2", "disco" or "seed". ``queue_size``: K keys ``(K, D)``;
+    ``teacher_queue_size``: SEED's teacher-embedding queue length (seed only).
+    ``temperature``: InfoNCE τ and SEED's student τ_s; ``distill_weight``: DisCo's λ;
+    ``teacher_temperature``: SEED's τ_t; ``shuffle_keys``: shuffle the key batch (across ranks
+    under DDP) before the key encoder so its BN statistics mix different images than the query's.
+    """
+
+    queue: torch.Tensor
+    queue_ptr: torch.Tensor
+    queue_count: torch.Tensor
+    teacher_queue: torch.Tensor
+    teacher_ptr: torch.Tensor
+    teacher_count: torch.Tensor
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        *,
+        method: str,
+        queue_size: int,
+        teacher_queue_size: int = 1,
+        temperature: float = 0.2,
+        distill_weight: float = 8.0,
+        teacher_temperature: float = 1e-4,
+        shuffle_keys: bool = True,
+    ) -> None:
+        super().__init__()
+        self.method = method
+        self.temperature = temperature
+        self.distill_weight = distill_weight
+        self.teacher_temperature = teacher_temperature
+        self.shuffle_keys = shuffle_keys
+        self.query = encoder
+        dim = encoder.embed_dim
+        self.key: Encoder | None = None
+        if method in ("mocov2", "disco"):
+            self.key = copy.deepcopy(encoder)
+            self.key.requires_grad_(False)
+        self.register_buffer("queue", torch.zeros(queue_size, dim))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue_count", torch.zeros((), dtype=torch.long))
+        tq = teacher_queue_size if method == "seed" else 1
+        self.register_buffer("teacher_queue", torch.zeros(tq, dim))
+        self.register_buffer("teacher_ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("teacher_count", torch.zeros((), dtype=torch.long))
+
+    @property
+    def uses_contrast(self) -> bool:
+        """True for methods with InfoNCE (key encoder + queue)."""
+        return self.key is not None
+
+    @property
+    def uses_teacher(self) -> bool:
+        """True for methods that need teacher targets."""
+        return self.method in ("disco", "seed")
+
+    @torch.no_grad()
+    def momentum_update(self, momentum: float) -> None:
+        """``k <- m·k + (1 - m)·q`` for every parameter of the key encoder (no-op without one)."""
+        if self.key is None:
+            return
+        for p_q, p_k in zip(self.query.parameters(), self.key.parameters(), strict=True):
+            p_k.mul_(momentum).add_(p_q.detach(), alpha=1.0 - momentum)
+
+    @torch.no_grad()
+    def encode_keys(self, images: torch.Tensor, shuffle_seed: int) -> torch.Tensor:
+        """Key embeddings ``(b, D)`` of ``images`` ``(b, 3, S, S)``, in input order.
+
+        With ``shuffle_keys``, the global key batch is permuted by a generator seeded with
+        ``shuffle_seed`` (identical on every rank, so no broadcast is needed), each rank encodes its
+        slice of the permuted batch, and the result is gathered and unpermuted (MoCo's shuffle-BN;
+        on one device it moves images between the head's BN groups).
+        """
+        assert self.key is not None
+        if not self.shuffle_keys:
+            out = self.key(images)
+            assert isinstance(out, torch.Tensor)
+            return out
+        everything = concat_all_gather(images)
+        n, b = everything.shape[0], images.shape[0]
+        gen = torch.Generator().manual_seed(shuffle_seed)
+        perm = torch.randperm(n, generator=gen).to(images.device)
+        rank = _rank()
+        mine = perm[rank * b : (rank + 1) * b]
+        keys_mine = self.key(everything[mine])
+        assert isinstance(keys_mine, torch.Tensor)
+        keys_all = concat_all_gather(keys_mine)
+        unshuffled = torch.empty_like(keys_all)
+        unshuffled[perm] = keys_all
+        return unshuffled[rank * b : (rank + 1) * b]
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor | None, teacher_keys: torch.Tensor | None = None) -> None:
+        """Write ``keys`` ``(b, D)`` (gathered from all ranks) into the ring queue; the oldest go.
+
+        ``teacher_keys`` ``(b, D)`` go into SEED's teacher queue the same way.
+        """
+        if keys is not None:
+            self._ring_write(self.queue, self.queue_ptr, self.queue_count, concat_all_gather(keys))
+        if teacher_keys is not None and self.method == "seed":
+            self._ring_write(
+                self.teacher_queue,
+                self.teacher_ptr,
+                self.teacher_count,
+                concat_all_gather(teacher_keys),
+            )
+
+    @staticmethod
+    def _ring_write(
+        queue: torch.Tensor, ptr: torch.Tensor, count: torch.Tensor, rows: torch.Tensor
+    ) -> None:
+        size = queue.shape[0]
+        rows = rows[-size:].to(queue.dtype)
+        n = rows.shape[0]
+        start = int(ptr)
+        idx = (torch.arange(n, device=queue.device) + start) % size
+        queue[idx] = rows
+        ptr.fill_((start + n) % size)
+        count.fill_(min(size, int(count) + n))
+
+    def queue_full(self) -> bool:
+        """True when every queue this method uses holds real entries."""
+        full = True
+        if self.uses_contrast:
+            full = int(self.queue_count) >= self.queue.shape[0]
+        if self.method == "seed":
+            full = full and int(self.teacher_count) >= self.teacher_queue.shape[0]
+        return full
+
+    def forward(
+        self,
+        view1: torch.Tensor,
+        view2: torch.Tensor,
+        target1: torch.Tensor | None = None,
+        target2: torch.Tensor | None = None,
+        shuffle_seed: int = 0,
+    ) -> StepOutput:
+        """One step's losses.
+
+        ``view1``/``view2`` ``(b, 3, S, S) float32``: two views of the same b images (query, key).
+        ``target1``/``target2`` ``(b, D) float32``: teacher embeddings of those views (disco/seed).
+        Returns :class:`StepOutput`; ``terms`` holds "infonce", "distill" (λ-weighted) or "seed".
+        """
+        terms: dict[str, torch.Tensor] = {}
+        total = view1.new_zeros(())
+        keys = None
+        q1 = self.query(view1)
+        assert isinstance(q1, torch.Tensor)
+        if self.uses_contrast:
+            keys = self.encode_keys(view2, shuffle_seed)
+            terms["infonce"] = infonce_loss(q1, keys, self.queue, self.temperature)
+            total = total + terms["infonce"]
+        if self.uses_teacher:
+            if target1 is None or target2 is None:
+                raise ValueError(f"method {self.method!r} needs teacher targets for both views")
+            q2 = self.query(view2)
+            assert isinstance(q2, torch.Tensor)
+            if self.method == "disco":
+                mse = disco_mse(q1, target1) + disco_mse(q2, target2)
+                terms["mse"] = mse
+                terms["distill"] = self.distill_weight * mse
+                total = total + terms["distill"]
+            else:
+                bank = self.teacher_queue
+                s1 = seed_loss(q1, target1, bank, self.temperature, self.teacher_temperature)
+                s2 = seed_loss(q2, target2, bank, self.temperature, self.teacher_temperature)
+                terms["seed"] = 0.5 * (s1 + s2)
+                total = total + terms["seed"]
+        seed_keys = target1.detach() if self.method == "seed" and target1 is not None else None
+        return StepOutput(
+            loss=total,
+            terms={k: v.detach() for k, v in terms.items()},
+            keys=keys,
+            teacher_keys=seed_keys,
+        )

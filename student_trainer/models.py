@@ -1,0 +1,59 @@
+"""Student encoders: the shared encoder registry plus the MoCo-v2 head, and the deployed export."""
+
+from __future__ import annotations
+
+import copy
+
+from teacher_service.encoders import Encoder, EncoderConfig, build_encoder
+
+__all__ = ["build_student", "deployed_backbone", "resolve_bn_groups", "student_config"]
+
+MOCO_PER_GPU_BATCH = 32
+"""Samples per BN group: the per-GPU batch MoCo's shuffle-BN normalised over."""
+
+
+def resolve_bn_groups(bn_groups: int, per_rank_batch: int) -> int:
+    """Head-BN groups: ``bn_groups`` if set (>= 1), else ``max(1, per_rank_batch // 32)``."""
+    if bn_groups >= 1:
+        return bn_groups
+    return max(1, per_rank_batch // MOCO_PER_GPU_BATCH)
+
+
+def student_config(
+    arch: str,
+    embed_dim: int,
+    *,
+    head_hidden: int = 2048,
+    head_bn: bool = True,
+    bn_groups: int = 1,
+    small_stem: bool = False,
+    width: int | None = None,
+) -> EncoderConfig:
+    """The student's :class:`EncoderConfig`: backbone ``arch`` + MoCo-v2 MLP to ``embed_dim``."""
+    return EncoderConfig(
+        arch=arch,
+        head_hidden=head_hidden,
+        head_out=embed_dim,
+        head_bn=head_bn,
+        bn_groups=bn_groups,
+        small_stem=small_stem,
+        width=width,
+        head=True,
+    )
+
+
+def build_student(config: EncoderConfig) -> Encoder:
+    """A freshly initialised student (uses the global torch RNG: seed it first)."""
+    return build_encoder(config)
+
+
+def deployed_backbone(encoder: Encoder) -> Encoder:
+    """A copy of ``encoder`` without its MLP head (embedding = L2-normalised backbone feature).
+
+    This is what is deployed: the head only serves training, so the deployed parameter count is
+    the backbone's, whatever the head width.
+    """
+    cfg = EncoderConfig.from_dict({**encoder.config.to_dict(), "head": False, "head_bn": False})
+    deployed = build_encoder(cfg)
+    deployed.backbone.load_state_dict(copy.deepcopy(encoder.backbone.state_dict()))
+    return deployed

@@ -1,0 +1,517 @@
+"""The training loop: ``train(cfg) -> TrainResult``, read top to bottom.
+
+1. set up (process group under torchrun, data plan + renderer, student, MoCo module, optimiser);
+2. resume from ``out/ckpt/last.pt`` or fill the queues with real keys;
+3. for each step: learning rate from the schedule, momentum update (no grad), targets (cached or
+   from a frozen online teacher), losses, a finite check, SGD step, enqueue, log, checkpoint;
+4. export ``final.pt`` (query encoder with head, loads as a teacher), ``deployed.pt`` (backbone
+   only), ``config.json``, ``log.jsonl`` and ``loss_curves.png``.
+
+Every random decision is keyed by (seed, epoch/step, rank) and the data position is the step
+count, so N steps + resume + N steps gives the same weights as 2N steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from store.datasets import open_dataset
+from store.errors import CheckpointError, ConfigError, DiscoError
+from store.manifest import build_manifest
+from store.views import Recipe, get_recipe
+from student_trainer.config import RESUME_FREE_FIELDS, TrainConfig
+from student_trainer.data import (
+    TAG_PREFILL,
+    DatasetPlan,
+    EpochBatchSampler,
+    ImageBank,
+    PairBatch,
+    PairRenderer,
+    StorePlan,
+    collate_pairs,
+    plan_seed,
+)
+from student_trainer.moco import MoCo, StepOutput, effective_queue_size
+from student_trainer.models import (
+    build_student,
+    deployed_backbone,
+    resolve_bn_groups,
+    student_config,
+)
+from student_trainer.schedule import cosine_lr
+from teacher_service.checkpoint import load_encoder, save_checkpoint
+from teacher_service.encoders import Encoder, count_parameters
+
+__all__ = ["STATE_FORMAT", "NonFiniteLossError", "TrainResult", "train"]
+
+STATE_FORMAT = "disco-train-state/1"
+"""Format tag of the resumable training state ``ckpt/last.pt``."""
+
+StepHook = Callable[[int, PairBatch, StepOutput], None]
+
+
+class NonFiniteLossError(DiscoError, FloatingPointError):
+    """The loss became NaN or infinite; training stopped."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced. Paths are strings; losses are floats (nats)."""
+
+    out: str
+    final_path: str
+    deployed_path: str
+    steps: int
+    steps_per_epoch: int
+    queue_size: int
+    student_parameters: int
+    deployed_parameters: int
+    seconds: float
+    samples_per_second: float
+    first_terms: dict[str, float] = field(default_factory=dict)
+    last_terms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Data:
+    plan: StorePlan | DatasetPlan
+    renderer: PairRenderer
+    recipe: Recipe
+    teacher_dim: int | None
+    use_cached_targets: bool
+
+
+def _open_data(cfg: TrainConfig, rank: int, world: int, batch: int) -> _Data:
+    """Data plan + renderer for ``cfg`` (store or dataset); refuses a mismatched store first."""
+    show = cfg.progress and rank == 0
+    if cfg.store is not None:
+        from store.embedding_store import EmbeddingStore
+
+        store = EmbeddingStore.open(cfg.store, expect=dict(cfg.expect) or None)
+        cached = cfg.uses_teacher and cfg.online_teacher is None
+        if cached and store.teacher is None:
+            raise ConfigError(
+                f"store {cfg.store} has no teacher embeddings; run `disco precompute` first"
+            )
+        manifest = store.manifest
+        dataset = open_dataset(manifest.dataset)
+        recipe = store.recipe
+        plan: StorePlan | DatasetPlan = StorePlan(
+            store,
+            seed=cfg.seed,
+            batch=batch,
+            rank=rank,
+            world=world,
+            buffer_size=cfg.shuffle_buffer,
+            use_targets=cached,
+        )
+        teacher_dim = store.dim if cached else None
+    else:
+        assert cfg.dataset is not None
+        dataset = open_dataset(cfg.dataset)
+        manifest = build_manifest(dataset, cfg.split, progress=show)
+        recipe = get_recipe(cfg.resolved_recipe(), cfg.size)
+        plan = DatasetPlan(
+            manifest, seed=cfg.seed, batch=batch, epochs=cfg.epochs, rank=rank, world=world
+        )
+        cached, teacher_dim = False, None
+    bank = ImageBank(dataset, manifest, ImageBank.should_cache(manifest, cfg.cache_images), show)
+    return _Data(plan, PairRenderer(bank, recipe, cfg.seed), recipe, teacher_dim, cached)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def _step_seed(seed: int, step: int, tag: int = 2) -> int:
+    """Seed of step ``step``'s key shuffle (same on every rank; tag 3: queue prefill)."""
+    return int(plan_seed(seed, step, tag).generate_state(1)[0])
+
+
+def _teacher_targets(
+    teacher: Encoder, view1: torch.Tensor, view2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen teacher's L2-normalised embeddings of both views, ``(b, D)`` each."""
+    with torch.inference_mode():
+        t1 = teacher(view1)
+        t2 = teacher(view2)
+    assert isinstance(t1, torch.Tensor) and isinstance(t2, torch.Tensor)
+    return t1.float().clone(), t2.float().clone()  # clone: usable outside inference mode
+
+
+def _all_ranks_finite(terms: dict[str, float], world: int, device: torch.device) -> bool:
+    """True when every loss term is finite on every rank (so all ranks stop together)."""
+    finite = all(np.isfinite(v) for v in terms.values())
+    if world == 1:
+        return finite
+    flag = torch.tensor([1.0 if finite else 0.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item() > 0)
+
+
+def _atomic_torch_save(obj: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
+    mine = cfg.to_dict()
+    diff = sorted(k for k in mine if k not in RESUME_FREE_FIELDS and saved.get(k) != mine[k])
+    if diff:
+        raise ConfigError(
+            "cannot resume: the checkpoint was written with different settings for "
+            + ", ".join(f"{k} ({saved.get(k)!r} != {mine[k]!r})" for k in diff)
+        )
+
+
+def _log_lines(path: Path, keep_until: int) -> None:
+    """Drop log lines after step ``keep_until`` (written after the checkpoint we resume from)."""
+    if not path.exists():
+        return
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line)["step"] <= keep_until
+    ]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _plot(log_path: Path, png: Path) -> None:
+    """PNG of every logged loss term against the step (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    if not records:
+        return
+    names = [k for k in records[0] if k == "loss" or k in ("infonce", "distill", "mse", "seed")]
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=(3, 1))
+    steps = [r["step"] for r in records]
+    for name in names:
+        ax.plot(steps, [r[name] for r in records], label=name, linewidth=1)
+    ax.set_ylabel("loss (nats)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax_lr.plot(steps, [r["lr"] for r in records], color="grey")
+    ax_lr.set_ylabel("lr")
+    ax_lr.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def _batches(
+    loader: DataLoader[Any], sampler: EpochBatchSampler, epoch: int, skip: int, tag: int = 0
+) -> Iterator[PairBatch]:
+    """The loader's batches of (epoch, tag), after ``skip`` of them."""
+    sampler.set_epoch(epoch, skip=skip, tag=tag)
+    yield from loader
+
+
+def train(cfg: TrainConfig, step_hook: StepHook | None = None) -> TrainResult:
+    """Train a student (or a teacher, with ``mocov2``) as ``cfg`` says; see the module docstring.
+
+    ``step_hook(step, batch, output)`` is called after every optimiser step (for tests and tools).
+    Raises ``ConfigError``/``StoreMismatchError`` before training for bad settings or a store that
+    does not match ``cfg.expect``; ``NonFiniteLossError`` if the loss stops being finite.
+    """
+    # --- 1. set-up --------------------------------------------------------------------------
+    device = _device(cfg.device)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    created_group = False
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        created_group = True
+    rank = dist.get_rank() if world > 1 else 0
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by {world} ranks")
+    batch = cfg.batch_size // world
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train(cfg, step_hook, device, rank, world, batch, out)
+    finally:
+        if created_group:
+            dist.destroy_process_group()
+
+
+def _train(
+    cfg: TrainConfig,
+    step_hook: StepHook | None,
+    device: torch.device,
+    rank: int,
+    world: int,
+    batch: int,
+    out: Path,
+) -> TrainResult:
+    data = _open_data(cfg, rank, world, batch)
+    teacher: Encoder | None = None
+    if cfg.online_teacher is not None and cfg.uses_teacher:
+        teacher = load_encoder(cfg.online_teacher, device=device).encoder
+        teacher.requires_grad_(False)  # frozen, visibly
+        teacher.eval()
+        data.teacher_dim = teacher.embed_dim
+    embed_dim = cfg.head_out or data.teacher_dim or 128
+    if data.teacher_dim is not None and embed_dim != data.teacher_dim:
+        raise ConfigError(f"head_out {embed_dim} != the teacher's embedding dim {data.teacher_dim}")
+
+    torch.manual_seed(cfg.seed)
+    small_stem = cfg.small_stem if cfg.small_stem is not None else data.recipe.size <= 64
+    encoder_cfg = student_config(
+        cfg.arch,
+        embed_dim,
+        head_hidden=cfg.head_hidden,
+        head_bn=cfg.head_bn,
+        bn_groups=resolve_bn_groups(cfg.bn_groups, batch) if cfg.head_bn else 1,
+        small_stem=small_stem,
+        width=cfg.width,
+    )
+    student = build_student(encoder_cfg)
+    plan = data.plan
+    queue_size = effective_queue_size(cfg.queue_size, plan.num_samples, cfg.batch_size)
+    teacher_queue = effective_queue_size(
+        cfg.teacher_queue_size or queue_size, plan.num_samples, cfg.batch_size
+    )
+    model = MoCo(
+        student,
+        method=cfg.method,
+        queue_size=queue_size,
+        teacher_queue_size=teacher_queue,
+        temperature=cfg.temperature,
+        distill_weight=cfg.distill_weight,
+        teacher_temperature=cfg.seed_teacher_temperature,
+        shuffle_keys=cfg.shuffle_keys,
+    ).to(device)
+    model.train()
+    optimizer = torch.optim.SGD(
+        student.parameters(),
+        lr=cfg.peak_lr,
+        momentum=cfg.sgd_momentum,
+        weight_decay=cfg.weight_decay,
+    )
+    sampler = EpochBatchSampler(plan)
+    loader: DataLoader[Any] = DataLoader(
+        data.renderer,
+        batch_sampler=sampler,
+        num_workers=cfg.num_workers,
+        collate_fn=collate_pairs,
+        persistent_workers=cfg.num_workers > 0,
+        pin_memory=device.type == "cuda",
+    )
+
+    def targets(b: PairBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if teacher is not None:
+            return _teacher_targets(teacher, b.view1.to(device), b.view2.to(device))
+        if data.use_cached_targets:
+            assert b.target1 is not None and b.target2 is not None
+            return b.target1.to(device), b.target2.to(device)
+        return None, None
+
+    # --- 2. resume, or fill the queues with real keys ----------------------------------------
+    spe = plan.steps_per_epoch
+    total_steps = cfg.epochs * spe
+    warmup = round(cfg.warmup_epochs * spe)
+    state_path = out / "ckpt" / "last.pt"
+    log_path = out / "log.jsonl"
+    step = 0
+    if cfg.resume and state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        if state.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"{state_path} is not a {STATE_FORMAT} training state")
+        _check_resumable(state["config"], cfg)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_torch"].cpu())
+        step = int(state["step"])
+        if rank == 0:
+            _log_lines(log_path, keep_until=step)
+    else:
+        if rank == 0 and log_path.exists():
+            log_path.unlink()
+        if cfg.prefill_queue:
+            with torch.no_grad():
+                for i, b in enumerate(_batches(loader, sampler, 0, 0, TAG_PREFILL)):
+                    if model.queue_full():
+                        break
+                    keys = None
+                    if model.uses_contrast:
+                        keys = model.encode_keys(b.view2.to(device), _step_seed(cfg.seed, i, 3))
+                    t1, _ = targets(b)
+                    model.enqueue(keys, t1)
+    if rank == 0:
+        cfg.save(out / "config.json")
+
+    ddp: torch.nn.Module = model
+    if world > 1:
+        ddp = DistributedDataParallel(model, broadcast_buffers=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if cfg.amp and device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+
+    # --- 3. the loop ----------------------------------------------------------------------------
+    stop = min(total_steps, cfg.stop_at_step or total_steps)
+    first_terms: dict[str, float] = {}
+    last_terms: dict[str, float] = {}
+    started, start_step = time.perf_counter(), step
+    columns = (
+        TextColumn("[bold]train {task.fields[method]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+    )
+    with (
+        Progress(*columns, disable=not (cfg.progress and rank == 0)) as bar,
+        open(log_path, "a") if rank == 0 else contextlib.nullcontext() as log,
+    ):
+        task = bar.add_task("train", total=stop, completed=step, method=cfg.method, loss=0.0)
+        while step < stop:
+            epoch, skip = divmod(step, spe)
+            for b in _batches(loader, sampler, epoch, skip):
+                lr = cosine_lr(step, total_steps, cfg.peak_lr, warmup)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                model.momentum_update(cfg.key_momentum)
+                t1, t2 = targets(b)
+                with autocast:
+                    output: StepOutput = ddp(
+                        b.view1.to(device),
+                        b.view2.to(device),
+                        t1,
+                        t2,
+                        shuffle_seed=_step_seed(cfg.seed, step),
+                    )
+                terms = {"loss": float(output.loss.detach())} | {
+                    k: float(v) for k, v in output.terms.items()
+                }
+                if not _all_ranks_finite(terms, world, device):
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {step + 1} (epoch {epoch}): {terms}; "
+                        f"try a lower --lr than {lr:.4g}"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                output.loss.backward()
+                optimizer.step()
+                model.enqueue(output.keys, output.teacher_keys)
+                step += 1
+                first_terms = first_terms or terms
+                last_terms = terms
+                if step_hook is not None:
+                    step_hook(step, b, output)
+                if log is not None:
+                    record = {"step": step, "epoch": epoch, "lr": lr} | terms
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                bar.update(task, completed=step, loss=terms["loss"])
+                if rank == 0 and (step % cfg.checkpoint_every == 0 or step == stop):
+                    _save_state(state_path, model, optimizer, step, cfg)
+                if step >= stop:
+                    break
+    seconds = time.perf_counter() - started
+    del loader  # shuts persistent workers down
+
+    # --- 4. export ----------------------------------------------------------------------------
+    final_path, deployed_path = out / "final.pt", out / "deployed.pt"
+    deployed = deployed_backbone(student)
+    deployed_params = count_parameters(deployed)
+    if rank == 0:
+        recipe = data.recipe
+        preprocessing = {
+            "size": recipe.size,
+            "mean": list(recipe.mean),
+            "std": list(recipe.std),
+            "interpolation": recipe.interpolation,
+            "antialias": True,
+            "recipe": recipe.to_dict(),
+        }
+        meta = {
+            "method": cfg.method,
+            "steps": step,
+            "total_steps": total_steps,
+            "queue_size": queue_size,
+            "head_bn": cfg.head_bn,
+            "bn_groups": encoder_cfg.bn_groups,
+            "shuffle_keys": cfg.shuffle_keys,
+            "prefill_queue": cfg.prefill_queue,
+            "world_size": world,
+            "student_parameters": count_parameters(student),
+            "deployed_parameters": deployed_params,
+            "last_terms": last_terms,
+        }
+        student.eval()
+        save_checkpoint(final_path, student, preprocessing, train=cfg.to_dict(), meta=meta)
+        save_checkpoint(
+            deployed_path,
+            deployed,
+            preprocessing,
+            train=cfg.to_dict(),
+            meta=meta | {"deployed": "backbone only (MLP head dropped)"},
+        )
+        _plot(log_path, out / "loss_curves.png")
+    done = step - start_step
+    return TrainResult(
+        out=str(out),
+        final_path=str(final_path),
+        deployed_path=str(deployed_path),
+        steps=step,
+        steps_per_epoch=spe,
+        queue_size=queue_size,
+        student_parameters=count_parameters(student),
+        deployed_parameters=deployed_params,
+        seconds=seconds,
+        samples_per_second=done * cfg.batch_size / seconds if seconds > 0 else 0.0,
+        first_terms=first_terms,
+        last_terms=last_terms,
+    )
+
+
+def _save_state(
+    path: Path, model: MoCo, optimizer: torch.optim.Optimizer, step: int, cfg: TrainConfig
+) -> None:
+    """Atomically write the resumable state (``weights_only``-loadable: tensors, plain values)."""
+    _atomic_torch_save(
+        {
+            "format": STATE_FORMAT,
+            "step": step,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "rng_torch": torch.get_rng_state(),
+            "config": cfg.to_dict(),
+        },
+        path,
+    )

@@ -1,0 +1,116 @@
+"""The training loop end to end on tiny data: outputs, exact resume, online teacher, failures."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from store.views import get_recipe
+from student_trainer.cli import app
+from student_trainer.config import TrainConfig
+from student_trainer.train import NonFiniteLossError, train
+from teacher_service.checkpoint import load_encoder, read_checkpoint, save_checkpoint
+from teacher_service.encoders import EncoderConfig, build_encoder, count_parameters
+
+TINY: dict[str, Any] = dict(
+    arch="tiny",
+    dataset="synthetic:64",
+    size=16,
+    batch_size=8,
+    epochs=2,
+    queue_size=16,
+    head_hidden=32,
+    num_workers=0,
+    progress=False,
+    checkpoint_every=4,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models run faster on one thread than on two shared, busy cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _cfg(out: Path, **kw: Any) -> TrainConfig:
+    return TrainConfig(**({"method": "mocov2", "out": str(out)} | TINY | kw))
+
+
+def test_resume_matches_uninterrupted_run_bitwise(tmp_path: Path) -> None:
+    full = train(_cfg(tmp_path / "full", stop_at_step=8))
+    first = train(_cfg(tmp_path / "split", stop_at_step=4))
+    assert first.steps == 4
+    resumed = train(_cfg(tmp_path / "split", stop_at_step=8, resume=True))
+    assert full.steps == resumed.steps == 8 and full.steps_per_epoch == 6  # crosses an epoch
+    a = read_checkpoint(tmp_path / "full" / "ckpt" / "last.pt")
+    b = read_checkpoint(tmp_path / "split" / "ckpt" / "last.pt")
+    assert a["step"] == b["step"] == 8
+    for key, value in a["model"].items():  # query + key encoders, queue, BN buffers
+        assert torch.equal(value, b["model"][key]), key
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for k, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"])
+    log = [json.loads(x) for x in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 9))
+    full_log = (tmp_path / "full" / "log.jsonl").read_text().splitlines()
+    assert [r["loss"] for r in log] == [json.loads(x)["loss"] for x in full_log]
+
+
+def test_outputs_load_as_teacher_and_deployed_backbone(tmp_path: Path) -> None:
+    result = train(_cfg(tmp_path, stop_at_step=3))
+    out = Path(result.out)
+    for name in ("final.pt", "deployed.pt", "config.json", "log.jsonl", "loss_curves.png"):
+        assert (out / name).is_file(), name
+    assert TrainConfig.from_dict(json.loads((out / "config.json").read_text())).method == "mocov2"
+    final = load_encoder(out / "final.pt")
+    assert final.info["format"] == "disco" and final.info["embedding"] == "head"
+    assert final.encoder.config.head_bn and final.encoder.config.head_hidden == 32
+    assert final.info["preprocessing"]["size"] == 16
+    deployed = load_encoder(out / "deployed.pt")
+    assert deployed.encoder.head is None
+    meta = read_checkpoint(out / "deployed.pt")["meta"]
+    assert meta["deployed_parameters"] == count_parameters(deployed.encoder)
+    assert meta["deployed_parameters"] == count_parameters(final.encoder.backbone)
+    assert result.deployed_parameters < result.student_parameters
+    assert result.queue_size == 16 and meta["queue_size"] == 16
+
+
+def test_online_teacher_disco_and_seed(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    teacher = build_encoder(EncoderConfig("tiny", head_hidden=32, head_out=24, small_stem=True))
+    recipe = get_recipe("mocov2", 16)
+    ckpt = tmp_path / "teacher.pt"
+    save_checkpoint(ckpt, teacher, {"size": 16, "mean": list(recipe.mean), "std": list(recipe.std)})
+    seen: list[set[str]] = []
+    for method in ("disco", "seed"):
+        result = train(
+            _cfg(tmp_path / method, method=method, online_teacher=str(ckpt), stop_at_step=2),
+            step_hook=lambda step, batch, output: seen.append(set(output.terms)),
+        )
+        assert result.steps == 2
+        assert load_encoder(result.final_path).info["embed_dim"] == 24  # = the teacher's dim
+    assert seen[0] == {"infonce", "distill", "mse"} and seen[-1] == {"seed"}
+
+
+def test_non_finite_loss_stops_with_a_message(tmp_path: Path) -> None:
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step"):
+        train(_cfg(tmp_path, lr=1e30, warmup_epochs=0.0, weight_decay=0.0, stop_at_step=6))
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["train", "--arch", "tiny", "--out", str(tmp_path), "--dataset", "synthetic:64"]
+    result = runner.invoke(app, [*base, "--method", "simclr"])
+    assert result.exit_code == 1
+    assert "unknown method 'simclr'" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, [*base, "--method", "disco"])
+    assert result.exit_code == 1 and "needs teacher targets" in result.output
