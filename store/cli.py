@@ -1,0 +1,174 @@
+"""``disco store`` commands: create (manifest + view plan), info, check. Thin wrappers."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from store.datasets import open_dataset
+from store.embedding_store import CODECS, EmbeddingStore
+from store.errors import DiscoError
+from store.inspection import check_store, store_info
+from store.manifest import build_manifest
+from store.views import RECIPES, get_recipe
+
+app = typer.Typer(help="Create and inspect DisCo embedding stores.", no_args_is_help=True)
+console = Console()
+
+
+def _fail(exc: DiscoError) -> typer.Exit:
+    Console(stderr=True).print(
+        f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True
+    )
+    return typer.Exit(1)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+@app.command()
+def create(
+    path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
+    dataset: Annotated[
+        str, typer.Option(help="Dataset spec: mnist5k, digits, synthetic[:N], imagefolder:PATH.")
+    ] = "mnist5k",
+    split: Annotated[str, typer.Option(help="Split: all, train or test.")] = "train",
+    recipe: Annotated[str, typer.Option(help=f"View recipe: {', '.join(RECIPES)}.")] = "mocov2",
+    size: Annotated[int, typer.Option(help="Output view size in pixels.")] = 32,
+    views: Annotated[int, typer.Option(help="Views per sample (V).")] = 8,
+    seed: Annotated[int, typer.Option(help="Plan seed of the view parameters.")] = 0,
+    shard_size: Annotated[int, typer.Option(help="Rows per shard file.")] = 4096,
+    chunk_size: Annotated[
+        int | None, typer.Option(help="Rows per inner chunk (divides shard size).")
+    ] = None,
+    codec: Annotated[str, typer.Option(help=f"Embedding codec: {', '.join(CODECS)}.")] = "none",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+) -> None:
+    """Build the manifest and view plan of a dataset into a new store (no teacher needed)."""
+    try:
+        t0 = time.perf_counter()
+        rec = get_recipe(recipe, size)  # validate cheap options before decoding the dataset
+        ds = open_dataset(dataset)
+        manifest = build_manifest(ds, split, progress=True)
+        store = EmbeddingStore.create(
+            path,
+            manifest=manifest,
+            recipe=rec,
+            seed=seed,
+            views=views,
+            shard_size=shard_size,
+            chunk_size=chunk_size,
+            codec=codec,
+            overwrite=overwrite,
+            progress=True,
+        )
+    except DiscoError as exc:
+        raise _fail(exc) from None
+    console.print(
+        f"created {path}: N={store.n} V={store.views} P={store.num_params} "
+        f"shards={store.num_shards} manifest={manifest.hash[:12]} "
+        f"({manifest.num_invalid} undecodable) in {time.perf_counter() - t0:.1f}s",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for key, reason in list(manifest.errors.items())[:20]:
+        console.print(f"  undecodable {key}: {reason}", highlight=False, soft_wrap=True)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_short(v)}" for k, v in value.items() if not isinstance(v, dict))
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+def _recipe_line(r: dict[str, Any]) -> str:
+    names = ", ".join(r.get("param_names", []))
+    return f"{r['name']} @ {r['size']}px, seed={r['seed']}, V={r['views']}; params: {names}"
+
+
+@app.command()
+def info(
+    path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show a store's shape, layout, size on disk, compression, progress and identity."""
+    try:
+        data = store_info(path)
+    except DiscoError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        console.print_json(json.dumps(data))
+        return
+    table = Table(title=f"store {path}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    ratio = data["compression_ratio"]
+    teacher = data["teacher"]
+    rows = [
+        ("N (rows)", str(data["n"])),
+        ("V (views)", str(data["views"])),
+        ("D (dim)", str(data["dim"]) if data["dim"] is not None else "- (no teacher)"),
+        ("P (params/view)", str(data["params"])),
+        ("dtype", str(data["dtype"] or "-")),
+        ("codec", data["codec"]),
+        ("chunks", f"({data['chunk_rows']}, V, D)"),
+        ("shards", f"({data['shard_rows']}, V, D) x {data['num_shards']}"),
+        ("bytes on disk", _human(data["bytes_on_disk"])),
+        ("compression ratio", f"{ratio:.3f}" if ratio else "-"),
+        ("% written", f"{100 * data['written_fraction']:.1f}%"),
+        ("missing shards", str(len(data["missing_shards"] or [])) if data["dim"] else "-"),
+        ("teacher", _short(teacher) if teacher else "-"),
+        ("recipe", _recipe_line(data["recipe"])),
+        ("dataset", _short(data["dataset"])),
+        ("versions", _short(data["versions"])),
+    ]
+    for key, value in rows:
+        table.add_row(key, escape(value))
+    console.print(table)
+
+
+@app.command()
+def check(
+    path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset spec to compare with (default: the store's).")
+    ] = None,
+    skip_dataset: Annotated[
+        bool, typer.Option(help="Do not compare the manifest with the dataset.")
+    ] = False,
+) -> None:
+    """Check written mask vs data, non-finite/zero-norm embeddings, and manifest vs dataset.
+
+    Exits 1 when a problem is found.
+    """
+    try:
+        report = check_store(path, dataset=dataset, check_dataset=not skip_dataset)
+    except DiscoError as exc:
+        raise _fail(exc) from None
+    console.print(
+        f"{path}: {report.written_slots}/{report.total_slots} slots written, "
+        f"{report.bad_rows} bad, dataset "
+        f"{'checked' if report.dataset_checked else 'not checked'}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for note in report.notes:
+        console.print(f"  note: {note}", highlight=False, soft_wrap=True)
+    for problem in report.problems:
+        console.print(f"  [red]problem:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
+    console.print("[green]OK[/green]")

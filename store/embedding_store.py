@@ -1,0 +1,610 @@
+"""The zarr v3 store of teacher embeddings: manifest, view plan, embeddings, written mask.
+
+Layout (group attrs carry ``schema: disco-store/1``)::
+
+    manifest/{indices,keys,labels,sha256,heights,widths,valid}   (N,) arrays
+    views/params          (N, V, P) float32, one chunk per shard of rows
+    embeddings            (N, V, D) float16 (or int8), chunks (c, V, D) inside shards (s, V, D)
+    embeddings_scale      (D,) float32, int8 only: value = int8 * scale
+    features              (N, V, F) float16, optional, same row sharding
+    written               (N, V) bool, one chunk per shard, set only after the data write returned
+
+Each writer owns whole shards and writes each array of a shard in ONE call (a partial write of a
+shard rewrites the whole shard file; two writers in one shard lose data). Readers read whole shards.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.codecs
+import zarr.storage
+from zarr.abc.store import Store
+from zarr.core.array_spec import ArrayConfigParams
+
+from store.errors import ConfigError, StoreError, StoreMismatchError, StoreNotFoundError
+from store.manifest import Manifest
+from store.views import Recipe, plan_views, recipe_from_dict
+
+__all__ = [
+    "CODECS",
+    "SCHEMA",
+    "EmbeddingStore",
+    "ShardBlock",
+    "int8_scales",
+    "open_zarr_store",
+]
+
+SCHEMA = "disco-store/1"
+CODECS = ("none", "zstd", "blosc-bitshuffle")
+DEFAULT_CODEC = "none"
+_MANIFEST_FIELDS = ("indices", "keys", "labels", "sha256", "heights", "widths", "valid")
+# Every write is real data: skip zarr's scan for all-fill chunks (2-3x faster shard writes).
+_WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
+_SLOT_LOCKS: dict[str, threading.Lock] = {}
+_SLOT_LOCKS_GUARD = threading.Lock()
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("torch", "torchvision", "pillow", "zarr", "numpy"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def _compressors(codec: str) -> Any:
+    """zarr v3 ``compressors`` argument for a codec name."""
+    if codec == "none":
+        return None
+    if codec == "zstd":
+        return zarr.codecs.ZstdCodec(level=1)
+    if codec == "blosc-bitshuffle":
+        return zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+    raise ConfigError(f"unknown codec {codec!r}; valid: {', '.join(CODECS)}")
+
+
+def open_zarr_store(url: str, read_only: bool) -> Store:
+    """A zarr store for a local path or an fsspec URL (``memory://``, ``file://``, ``s3://``...)."""
+    if "://" in url:
+        opts: dict[str, Any] = {}
+        if url.startswith("file://"):
+            opts["auto_mkdir"] = True
+        try:
+            return zarr.storage.FsspecStore.from_url(
+                url, storage_options=opts or None, read_only=read_only
+            )
+        except (ImportError, ValueError, TypeError) as exc:
+            raise StoreError(f"cannot open store URL {url!r}: {exc}") from exc
+    return zarr.storage.LocalStore(url, read_only=read_only)
+
+
+def int8_scales(sample: np.ndarray, headroom: float = 1.0) -> np.ndarray:
+    """Per-dimension int8 scales from a sample of embeddings (M, D): (D,) float32 = max|x| / 127.
+
+    Values beyond the scale saturate at +-127. ``headroom`` > 1 widens the range.
+    """
+    peak = np.abs(np.asarray(sample, dtype=np.float32)).max(axis=0) * headroom
+    return (np.maximum(peak, 1e-8) / 127.0).astype(np.float32)
+
+
+def _default_int8_scales(dim: int) -> np.ndarray:
+    """Scales for unit vectors without calibration: components clipped at min(1, 4 / sqrt(D))."""
+    return np.full(dim, min(1.0, 4.0 / np.sqrt(dim)) / 127.0, dtype=np.float32)
+
+
+def _get_path(d: dict[str, Any], dotted: str) -> object:
+    cur: object = d
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def _same(expected: object, actual: object) -> bool:
+    if isinstance(expected, tuple):
+        expected = list(expected)
+    if isinstance(expected, float) and isinstance(actual, int | float):
+        return abs(expected - float(actual)) <= 1e-12 * max(1.0, abs(expected))
+    return expected == actual
+
+
+@dataclass
+class ShardBlock:
+    """One shard's rows read as numpy."""
+
+    shard: int
+    """Shard number s."""
+    start: int
+    """First row (inclusive)."""
+    stop: int
+    """Last row (exclusive)."""
+    embeddings: np.ndarray
+    """(n, V, D) float32 teacher embeddings (dequantised; unwritten slots are 0)."""
+    written: np.ndarray
+    """(n, V) bool, True where the slot holds a stored embedding."""
+    params: np.ndarray
+    """(n, V, P) float32 view parameters."""
+
+
+class EmbeddingStore:
+    """A DisCo store on local disk or any fsspec URL; see the module docstring for the layout."""
+
+    def __init__(self, url: str, group: zarr.Group, mode: str) -> None:
+        self._url = url
+        self._group = group
+        self._mode = mode
+        self._attrs: dict[str, Any] = dict(group.attrs)
+        self._manifest: Manifest | None = None
+        self._params: np.ndarray | None = None
+        self._recipe: Recipe | None = None
+        self._arrays: dict[str, zarr.Array] = {}
+        self._scale_cache: np.ndarray | None = None
+
+    # ----------------------------------------------------------------- create / open
+    @classmethod
+    def create(
+        cls,
+        url: str,
+        *,
+        manifest: Manifest,
+        recipe: Recipe,
+        seed: int,
+        views: int,
+        params: np.ndarray | None = None,
+        shard_size: int = 4096,
+        overwrite: bool = False,
+        codec: str = DEFAULT_CODEC,
+        chunk_size: int | None = None,
+        progress: bool = False,
+    ) -> EmbeddingStore:
+        """Create a store with the manifest arrays and the (N, V, P) float32 view plan; no teacher.
+
+        ``params`` is planned with :func:`plan_views` when None. ``shard_size`` rows per shard file,
+        ``chunk_size`` rows per inner chunk (default shard_size; must divide shard_size),
+        ``codec`` one of ``CODECS`` for embeddings/features. Raises StoreError if a store exists and
+        ``overwrite`` is False.
+        """
+        n = len(manifest)
+        if views < 1:
+            raise ConfigError(f"views must be >= 1, got {views}")
+        if shard_size < 1:
+            raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
+        # One inner chunk per shard by default: fastest whole-shard I/O (bench/store_io.py).
+        chunk = shard_size if chunk_size is None else chunk_size
+        if chunk < 1 or shard_size % chunk:
+            raise ConfigError(f"chunk_size {chunk} must divide shard_size {shard_size}")
+        _compressors(codec)
+        if params is None:
+            params = plan_views(recipe, seed, manifest.heights, manifest.widths, views, progress)
+        params = np.asarray(params, dtype=np.float32)
+        if params.shape != (n, views, recipe.num_params):
+            raise ConfigError(
+                f"params shape {params.shape} != (N, V, P) = {(n, views, recipe.num_params)}"
+            )
+        zstore = open_zarr_store(url, read_only=False)
+        try:
+            exists = zarr.open_group(zstore, mode="r") is not None
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
+            exists = False
+        if exists and not overwrite:
+            raise StoreError(f"a store already exists at {url!r} (use overwrite)")
+        group = zarr.open_group(zstore, mode="w")
+        mgroup = group.create_group("manifest")
+        rows = max(1, min(n, 1 << 16))
+        for name in _MANIFEST_FIELDS:
+            arr = np.asarray(getattr(manifest, name))
+            dtype: Any = str if arr.dtype.kind == "U" else arr.dtype
+            za = mgroup.create_array(name, shape=(n,), chunks=(rows,), dtype=dtype)
+            if n:
+                za[:] = arr
+        mgroup.attrs.update({"errors": dict(manifest.errors)})
+        vgroup = group.create_group("views")
+        pa = vgroup.create_array(
+            "params",
+            shape=params.shape,
+            chunks=(shard_size, views, recipe.num_params),
+            dtype="float32",
+            compressors=None,
+            fill_value=0.0,
+        )
+        if n:
+            pa[:] = params
+        attrs: dict[str, Any] = {
+            "schema": SCHEMA,
+            "dataset": {
+                "spec": manifest.dataset,
+                "split": manifest.split,
+                "n": n,
+                "manifest_hash": manifest.hash,
+            },
+            "recipe": {**recipe.to_dict(), "seed": int(seed), "views": int(views)},
+            "teacher": None,
+            "storage": {
+                "dtype": None,
+                "shard_size": int(shard_size),
+                "chunk_size": int(chunk),
+                "codec": codec,
+            },
+            "versions": _versions(),
+        }
+        group.attrs.update(attrs)
+        store = cls(url, group, "r+")
+        store._manifest = manifest
+        store._params = params
+        store._recipe = recipe
+        return store
+
+    @classmethod
+    def open(
+        cls, url: str, mode: str = "r", expect: dict[str, object] | None = None
+    ) -> EmbeddingStore:
+        """Open an existing store (``mode`` "r" or "r+"), checking schema and ``expect``.
+
+        ``expect`` maps dotted attr paths (``"teacher.sha256"``, ``"recipe.views"``...) to values;
+        the first difference raises ``StoreMismatchError(field, expected, actual)``. A missing store
+        raises ``StoreNotFoundError``.
+        """
+        if mode not in ("r", "r+"):
+            raise ConfigError(f"mode must be 'r' or 'r+', got {mode!r}")
+        zstore = open_zarr_store(url, read_only=mode == "r")
+        try:
+            group = zarr.open_group(zstore, mode=mode)  # type: ignore[arg-type]
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as exc:
+            raise StoreNotFoundError(f"no store at {url!r}") from exc
+        except ValueError as exc:
+            raise StoreNotFoundError(f"no store at {url!r}: {exc}") from exc
+        attrs = dict(group.attrs)
+        if attrs.get("schema") != SCHEMA:
+            raise StoreMismatchError("schema", SCHEMA, attrs.get("schema"))
+        for field, expected in (expect or {}).items():
+            actual = _get_path(attrs, field)
+            if not _same(expected, actual):
+                raise StoreMismatchError(field, expected, actual)
+        return cls(url, group, mode)
+
+    # ----------------------------------------------------------------- teacher
+    def attach_teacher(
+        self,
+        teacher: dict[str, Any],
+        dim: int,
+        dtype: str = "float16",
+        features_dim: int | None = None,
+        int8_scale: np.ndarray | None = None,
+    ) -> None:
+        """Create ``embeddings`` (N, V, dim), ``written`` (N, V), optional ``features``; record
+        ``teacher`` (JSON-able dict: arch, sha256, preprocessing...).
+
+        ``dtype`` "float16" or "int8"; int8 stores per-dimension scales ``embeddings_scale`` (D,)
+        (``int8_scale`` if given, e.g. from :func:`int8_scales`, else min(1, 4/sqrt(D))/127).
+        If a teacher is attached already: the same (teacher, dim, dtype, features_dim) is a no-op, a
+        different one raises ``StoreMismatchError("teacher.<field>")``.
+        """
+        self._require_writable()
+        if dtype not in ("float16", "int8"):
+            raise ConfigError(f"embedding dtype must be 'float16' or 'int8', got {dtype!r}")
+        record = {**teacher, "embed_dim": int(dim), "features_dim": features_dim}
+        current = self._attrs.get("teacher")
+        if current is not None:
+            for key in sorted(set(record) | set(current)):
+                if not _same(_jsonable(record.get(key)), current.get(key)):
+                    raise StoreMismatchError(f"teacher.{key}", record.get(key), current.get(key))
+            if self._attrs["storage"]["dtype"] != dtype:
+                raise StoreMismatchError("storage.dtype", dtype, self._attrs["storage"]["dtype"])
+            return
+        storage = dict(self._attrs["storage"])
+        s, c, v = storage["shard_size"], storage["chunk_size"], self.views
+        n = self.n
+        compressors = _compressors(storage["codec"])
+        self._group.create_array(
+            "embeddings",
+            shape=(n, v, dim),
+            chunks=(c, v, dim),
+            shards=(s, v, dim),
+            dtype=dtype,
+            compressors=compressors,
+            fill_value=0,
+            config=_WRITE_CONFIG,
+        )
+        if dtype == "int8":
+            scale = _default_int8_scales(dim) if int8_scale is None else int8_scale
+            scale = np.asarray(scale, dtype=np.float32)
+            if scale.shape != (dim,) or not np.all(scale > 0):
+                raise ConfigError(f"int8_scale must be ({dim},) positive, got {scale.shape}")
+            sa = self._group.create_array("embeddings_scale", shape=(dim,), dtype="float32")
+            sa[:] = scale
+        if features_dim is not None:
+            self._group.create_array(
+                "features",
+                shape=(n, v, features_dim),
+                chunks=(c, v, features_dim),
+                shards=(s, v, features_dim),
+                dtype="float16",
+                compressors=compressors,
+                fill_value=0,
+                config=_WRITE_CONFIG,
+            )
+        self._group.create_array(
+            "written", shape=(n, v), chunks=(s, v), dtype=bool, fill_value=False
+        )
+        storage["dtype"] = dtype
+        self._group.attrs.update({"teacher": _jsonable(record), "storage": storage})
+        self._attrs = dict(self._group.attrs)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def url(self) -> str:
+        """Where the store lives (path or fsspec URL)."""
+        return self._url
+
+    @property
+    def group(self) -> zarr.Group:
+        """The underlying zarr group."""
+        return self._group
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Group attributes (schema, dataset, recipe, teacher, storage, versions)."""
+        return self._attrs
+
+    @property
+    def n(self) -> int:
+        """Rows N."""
+        return int(self._attrs["dataset"]["n"])
+
+    @property
+    def views(self) -> int:
+        """Views per row V."""
+        return int(self._attrs["recipe"]["views"])
+
+    @property
+    def dim(self) -> int | None:
+        """Embedding dimension D (None before a teacher is attached)."""
+        t = self._attrs.get("teacher")
+        return None if t is None else int(t["embed_dim"])
+
+    @property
+    def features_dim(self) -> int | None:
+        """Backbone feature dimension F, if features are stored."""
+        t = self._attrs.get("teacher")
+        return None if t is None or t.get("features_dim") is None else int(t["features_dim"])
+
+    @property
+    def dtype(self) -> str | None:
+        """Stored embedding dtype ("float16" | "int8"), None before attach."""
+        d = self._attrs["storage"]["dtype"]
+        return None if d is None else str(d)
+
+    @property
+    def num_params(self) -> int:
+        """Parameters per view P."""
+        return int(self._attrs["recipe"]["num_params"])
+
+    @property
+    def shard_size(self) -> int:
+        """Rows per shard s."""
+        return int(self._attrs["storage"]["shard_size"])
+
+    @property
+    def chunk_size(self) -> int:
+        """Rows per inner chunk c (divides s)."""
+        return int(self._attrs["storage"]["chunk_size"])
+
+    @property
+    def num_shards(self) -> int:
+        """ceil(N / s)."""
+        return -(-self.n // self.shard_size)
+
+    @property
+    def seed(self) -> int:
+        """Plan seed of the view parameters."""
+        return int(self._attrs["recipe"]["seed"])
+
+    @property
+    def recipe(self) -> Recipe:
+        """The view recipe (checked against this code's registry)."""
+        if self._recipe is None:
+            try:
+                self._recipe = recipe_from_dict(self._attrs["recipe"])
+            except ConfigError as exc:
+                raise StoreError(f"store {self._url!r}: {exc}") from exc
+        return self._recipe
+
+    @property
+    def teacher(self) -> dict[str, Any] | None:
+        """Teacher identity dict, None before attach."""
+        t = self._attrs.get("teacher")
+        return None if t is None else dict(t)
+
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest (read lazily, whole arrays)."""
+        if self._manifest is None:
+            m = self._group["manifest"]
+            arrays: dict[str, Any] = {name: m[name][:] for name in _MANIFEST_FIELDS}  # type: ignore[index]
+            self._manifest = Manifest(
+                dataset=self._attrs["dataset"]["spec"],
+                split=self._attrs["dataset"]["split"],
+                errors=dict(m.attrs.get("errors", {})),  # type: ignore[arg-type]
+                **arrays,
+            )
+        return self._manifest
+
+    @property
+    def params(self) -> np.ndarray:
+        """All view parameters (N, V, P) float32 (read lazily)."""
+        if self._params is None:
+            self._params = np.asarray(self._group["views/params"][:], dtype=np.float32)  # type: ignore[index]
+        return self._params
+
+    # ----------------------------------------------------------------- shards
+    def shard_bounds(self, s: int) -> tuple[int, int]:
+        """Row range [start, stop) of shard ``s``."""
+        if not 0 <= s < self.num_shards:
+            raise StoreError(f"shard {s} out of range 0..{self.num_shards - 1}")
+        start = s * self.shard_size
+        return start, min(self.n, start + self.shard_size)
+
+    def _array(self, name: str) -> zarr.Array:
+        # Cached: each group lookup re-reads the array metadata from storage.
+        arr = self._arrays.get(name)
+        if arr is None:
+            if self._attrs.get("teacher") is None:
+                raise StoreError(f"store {self._url!r} has no teacher attached (no {name!r} array)")
+            found = self._group[name]
+            if not isinstance(found, zarr.Array):
+                raise StoreError(f"store {self._url!r}: {name!r} is not an array")
+            arr = self._arrays[name] = found
+        return arr
+
+    def _scale(self) -> np.ndarray | None:
+        if self.dtype != "int8":
+            return None
+        if self._scale_cache is None:
+            self._scale_cache = np.asarray(self._array("embeddings_scale")[:], np.float32)
+        return self._scale_cache
+
+    def written_mask(self) -> np.ndarray:
+        """(N, V) bool: slots whose embedding is stored."""
+        return np.asarray(self._array("written")[:], dtype=bool)
+
+    def missing_shards(self) -> list[int]:
+        """Shards with any valid row (manifest.valid) not fully written, in order."""
+        mask = self.written_mask()
+        valid = self.manifest.valid
+        out = []
+        for s in range(self.num_shards):
+            a, b = self.shard_bounds(s)
+            if not mask[a:b][valid[a:b]].all():
+                out.append(s)
+        return out
+
+    def _encode(self, block: np.ndarray) -> np.ndarray:
+        scale = self._scale()
+        if scale is None:
+            return block.astype(np.float16, copy=False)
+        q = np.rint(block.astype(np.float32) / scale)
+        return np.clip(q, -127, 127).astype(np.int8)
+
+    def write_shard(
+        self,
+        s: int,
+        embeddings: np.ndarray,
+        features: np.ndarray | None = None,
+        written: np.ndarray | None = None,
+    ) -> None:
+        """Write shard ``s``: embeddings (n, V, D) float32/float16, optional features (n, V, F),
+        ``written`` (n, V) bool (default: rows with manifest.valid). One call per array; the mask
+        is written only after the data writes returned."""
+        self._require_writable()
+        a, b = self.shard_bounds(s)
+        n, v, d = b - a, self.views, self.dim
+        emb = np.asarray(embeddings)
+        if emb.shape != (n, v, d):
+            raise StoreError(f"shard {s} embeddings shape {emb.shape} != {(n, v, d)}")
+        if written is None:
+            mask = np.repeat(self.manifest.valid[a:b, None], v, axis=1)
+        else:
+            mask = np.asarray(written, dtype=bool)
+            if mask.shape != (n, v):
+                raise StoreError(f"shard {s} written shape {mask.shape} != {(n, v)}")
+        self._array("embeddings")[a:b] = self._encode(emb)
+        if features is not None:
+            f = self.features_dim
+            if f is None:
+                raise StoreError("this store has no features array (attach with features_dim)")
+            feats = np.asarray(features)
+            if feats.shape != (n, v, f):
+                raise StoreError(f"shard {s} features shape {feats.shape} != {(n, v, f)}")
+            self._array("features")[a:b] = feats.astype(np.float16)
+        self._array("written")[a:b] = mask
+
+    def read_shard(self, s: int) -> ShardBlock:
+        """Read shard ``s`` whole: embeddings dequantised to float32, written mask, params."""
+        a, b = self.shard_bounds(s)
+        written = np.asarray(self._array("written")[a:b], dtype=bool)
+        raw = np.asarray(self._array("embeddings")[a:b])
+        scale = self._scale()
+        emb = raw.astype(np.float32) if scale is None else raw.astype(np.float32) * scale
+        params = (
+            self._params[a:b]
+            if self._params is not None
+            else np.asarray(self._array("views/params")[a:b], dtype=np.float32)
+        )
+        return ShardBlock(shard=s, start=a, stop=b, embeddings=emb, written=written, params=params)
+
+    def read_shard_raw(self, s: int) -> np.ndarray:
+        """Embeddings of shard ``s`` as stored: (n, V, D) float16 or int8 (no dequantisation)."""
+        a, b = self.shard_bounds(s)
+        return np.asarray(self._array("embeddings")[a:b])
+
+    def read_features(self, s: int) -> np.ndarray:
+        """Features of shard ``s``: (n, V, F) float32."""
+        a, b = self.shard_bounds(s)
+        return np.asarray(self._array("features")[a:b], dtype=np.float32)
+
+    def iter_blocks(self, seed: int, shards: Sequence[int] | None = None) -> Iterator[ShardBlock]:
+        """Yield whole shards (default all) in the order ``default_rng(seed).permutation``."""
+        order = list(range(self.num_shards)) if shards is None else list(shards)
+        perm = np.random.default_rng(seed).permutation(len(order))
+        for k in perm.tolist():
+            yield self.read_shard(order[k])
+
+    def write_slot(self, index: int, view: int, embedding: np.ndarray) -> None:
+        """Write one (row, view) embedding (D,) by rewriting its whole shard (read-modify-write,
+        an in-process lock per store URL); then mark the slot written."""
+        self._require_writable()
+        if not (0 <= index < self.n and 0 <= view < self.views):
+            raise StoreError(f"slot ({index}, {view}) out of range ({self.n}, {self.views})")
+        vec = np.asarray(embedding, dtype=np.float32)
+        if vec.shape != (self.dim,):
+            raise StoreError(f"embedding shape {vec.shape} != ({self.dim},)")
+        s = index // self.shard_size
+        a, b = self.shard_bounds(s)
+        with _slot_lock(self._url):
+            emb_arr = self._array("embeddings")
+            raw = np.asarray(emb_arr[a:b])
+            raw[index - a, view] = self._encode(vec[None, None])[0, 0]
+            emb_arr[a:b] = raw
+            w_arr = self._array("written")
+            mask = np.asarray(w_arr[a:b], dtype=bool)
+            mask[index - a, view] = True
+            w_arr[a:b] = mask
+
+    def _require_writable(self) -> None:
+        if self._mode == "r":
+            raise StoreError(f"store {self._url!r} is open read-only")
+
+    def __repr__(self) -> str:
+        return (
+            f"EmbeddingStore({self._url!r}, n={self.n}, views={self.views}, dim={self.dim}, "
+            f"shards={self.num_shards})"
+        )
+
+
+def _slot_lock(url: str) -> threading.Lock:
+    with _SLOT_LOCKS_GUARD:
+        lock = _SLOT_LOCKS.get(url)
+        if lock is None:
+            lock = _SLOT_LOCKS[url] = threading.Lock()
+        return lock
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples -> lists, numpy scalars -> Python, recursively (what zarr attrs round-trip to)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,186 @@
+"""Read-only inspection of a store: size/compression summary (``info``) and integrity ``check``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from store.datasets import open_dataset
+from store.embedding_store import EmbeddingStore
+from store.errors import DatasetError, DecodeError
+
+__all__ = ["CheckReport", "check_store", "file_sizes", "store_info"]
+
+
+def file_sizes(url: str) -> dict[str, int]:
+    """Relative key -> size in bytes of every file of the store (local path or fsspec URL)."""
+    out: dict[str, int] = {}
+    if "://" not in url:
+        for dirpath, _dirs, files in os.walk(url):
+            for name in files:
+                full = os.path.join(dirpath, name)
+                out[os.path.relpath(full, url).replace(os.sep, "/")] = os.path.getsize(full)
+        return out
+    fs, root = fsspec.core.url_to_fs(url)
+    root = root.rstrip("/")
+    for path, info in fs.find(root, detail=True).items():
+        rel = str(path)[len(root) :].lstrip("/")
+        out[rel] = int(info.get("size") or 0)
+    return out
+
+
+def _array_bytes(sizes: dict[str, int], name: str) -> tuple[int, list[str]]:
+    keys = [k for k in sizes if k.startswith(f"{name}/c/")]
+    return sum(sizes[k] for k in keys), keys
+
+
+def store_info(url: str) -> dict[str, Any]:
+    """Summary of a store: shape, layout, bytes on disk, compression ratio, % written, identity.
+
+    ``compression_ratio`` = uncompressed bytes of the embedding shard files present / their size
+    on disk (None when no shard is stored yet).
+    """
+    store = EmbeddingStore.open(url)
+    sizes = file_sizes(url)
+    attrs = store.attrs
+    info: dict[str, Any] = {
+        "url": url,
+        "schema": attrs["schema"],
+        "n": store.n,
+        "views": store.views,
+        "dim": store.dim,
+        "params": store.num_params,
+        "dtype": store.dtype,
+        "codec": attrs["storage"]["codec"],
+        "chunk_rows": store.chunk_size,
+        "shard_rows": store.shard_size,
+        "num_shards": store.num_shards,
+        "bytes_on_disk": sum(sizes.values()),
+        "compression_ratio": None,
+        "written_fraction": 0.0,
+        "missing_shards": None,
+        "teacher": store.teacher,
+        "recipe": attrs["recipe"],
+        "dataset": attrs["dataset"],
+        "versions": attrs.get("versions", {}),
+    }
+    if store.dim is not None:
+        stored, keys = _array_bytes(sizes, "embeddings")
+        item = np.dtype(store.dtype).itemsize
+        raw = 0
+        for key in keys:
+            s = int(key.split("/")[2])
+            if s < store.num_shards:
+                a, b = store.shard_bounds(s)
+                raw += (b - a) * store.views * store.dim * item
+        info["compression_ratio"] = raw / stored if stored else None
+        mask = store.written_mask()
+        info["written_fraction"] = float(mask.mean()) if mask.size else 1.0
+        info["missing_shards"] = store.missing_shards()
+    return info
+
+
+@dataclass
+class CheckReport:
+    """Result of :func:`check_store`; ``ok`` is False when any problem was found."""
+
+    url: str
+    """Store checked."""
+    problems: list[str] = field(default_factory=list)
+    """One line per problem."""
+    notes: list[str] = field(default_factory=list)
+    """Non-fatal observations."""
+    written_slots: int = 0
+    """Slots marked written."""
+    total_slots: int = 0
+    """N * V."""
+    bad_rows: int = 0
+    """Written slots with non-finite or (near) zero-norm embeddings."""
+    dataset_checked: bool = False
+    """Whether the manifest was compared with the dataset on disk."""
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+
+def check_store(
+    url: str,
+    dataset: str | None = None,
+    check_dataset: bool = True,
+    max_listed: int = 10,
+) -> CheckReport:
+    """Check a store: written mask vs data, non-finite or zero-norm embeddings among written slots,
+    and (``check_dataset``) each manifest sha256 against the dataset on disk (spec from the store
+    attrs, or ``dataset`` for a moved copy). Never raises for data problems; they are listed.
+    """
+    store = EmbeddingStore.open(url)
+    report = CheckReport(url=url, total_slots=store.n * store.views)
+    manifest = store.manifest
+    if manifest.num_invalid:
+        report.notes.append(f"{manifest.num_invalid} undecodable rows are masked (manifest.valid)")
+    if store.dim is not None:
+        orphan = 0
+        listed = 0
+        for s in range(store.num_shards):
+            block = store.read_shard(s)
+            norms = np.linalg.norm(block.embeddings, axis=-1)
+            finite = np.isfinite(block.embeddings).all(axis=-1)
+            bad = block.written & (~finite | (norms < 1e-3))
+            report.written_slots += int(block.written.sum())
+            report.bad_rows += int(bad.sum())
+            valid_rows = manifest.valid[block.start : block.stop, None]
+            orphan += int((~block.written & valid_rows & (norms > 0)).sum())
+            for r, v in zip(*np.nonzero(bad), strict=True):
+                if listed < max_listed:
+                    key = manifest.keys[block.start + r]
+                    report.problems.append(
+                        f"row {block.start + r} ({key}) view {v}: non-finite or zero-norm embedding"
+                    )
+                listed += 1
+            invalid_written = block.written & ~manifest.valid[block.start : block.stop, None]
+            if invalid_written.any():
+                report.problems.append(f"shard {s}: slots of undecodable rows marked written")
+        if report.bad_rows > max_listed:
+            report.problems.append(f"... {report.bad_rows - max_listed} more bad slots")
+        if orphan:
+            report.notes.append(f"{orphan} unwritten slots hold data (interrupted writes; ignored)")
+        missing = store.missing_shards()
+        if missing:
+            report.notes.append(f"{len(missing)} shards not fully written: {missing[:20]}")
+    else:
+        report.notes.append("no teacher attached: no embeddings to check")
+    if check_dataset:
+        spec = dataset or manifest.dataset
+        try:
+            ds = open_dataset(spec)
+        except DatasetError as exc:
+            report.problems.append(f"cannot open dataset {spec!r}: {exc}")
+            return report
+        report.dataset_checked = True
+        listed = 0
+        for row, idx in enumerate(manifest.indices.tolist()):
+            key = manifest.keys[row]
+            if idx >= len(ds) or ds.keys[idx] != key:
+                msg = f"row {row}: dataset has no sample {key!r} at index {idx}"
+            else:
+                try:
+                    digest = ds.sha256(idx)
+                except DecodeError as exc:
+                    digest = ""
+                    msg = f"row {row} ({key}): {exc.reason}"
+                if digest == manifest.sha256[row]:
+                    continue
+                if digest:
+                    msg = f"row {row} ({key}): content changed (sha256 differs)"
+            if listed < max_listed:
+                report.problems.append(msg)
+            listed += 1
+        if listed > max_listed:
+            report.problems.append(f"... {listed - max_listed} more dataset mismatches")
+    return report
