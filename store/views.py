@@ -319,6 +319,11 @@ class Recipe:
         """See :func:`render_view`."""
         raise NotImplementedError
 
+    def param_ranges(self) -> dict[str, tuple[float, float]]:
+        """Inclusive ``(low, high)`` of every non-crop parameter this recipe can sample
+        (flags are 0..1); used to validate parameters that did not come from ``sample``."""
+        return {}
+
 
 @dataclass(frozen=True)
 class MoCoV2Recipe(Recipe):
@@ -363,6 +368,20 @@ class MoCoV2Recipe(Recipe):
         "order_0", "order_1", "order_2", "order_3", "grayscale", "blur_sigma",
     )  # fmt: skip
     uniforms_per_view: ClassVar[int] = 40 + 1 + 1 + 4 + 4 + 1 + 1 + 1
+
+    def param_ranges(self) -> dict[str, tuple[float, float]]:
+        """See :meth:`Recipe.param_ranges`; ``blur_sigma`` 0 means no blur."""
+        return {
+            "flip": (0.0, 1.0),
+            "jitter": (0.0, 1.0),
+            "brightness": (max(0.0, 1 - self.brightness), 1 + self.brightness),
+            "contrast": (max(0.0, 1 - self.contrast), 1 + self.contrast),
+            "saturation": (max(0.0, 1 - self.saturation), 1 + self.saturation),
+            "hue": (-self.hue, self.hue),
+            **{f"order_{k}": (0.0, 3.0) for k in range(4)},
+            "grayscale": (0.0, 1.0),
+            "blur_sigma": (0.0, self.blur_sigma_max),
+        }
 
     def sample_batch(
         self,
@@ -457,6 +476,15 @@ class DigitsRecipe(Recipe):
         "angle", "shear", "brightness", "gamma",
     )  # fmt: skip
     uniforms_per_view: ClassVar[int] = 40 + 4
+
+    def param_ranges(self) -> dict[str, tuple[float, float]]:
+        """See :meth:`Recipe.param_ranges`."""
+        return {
+            "angle": (-self.max_angle, self.max_angle),
+            "shear": (-self.max_shear, self.max_shear),
+            "brightness": self.brightness,
+            "gamma": self.gamma,
+        }
 
     def sample_batch(
         self,

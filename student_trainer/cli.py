@@ -1,8 +1,18 @@
-"""The ``disco`` command line: a thin root that joins each package's command group."""
+"""The ``disco`` command line: a thin root that joins each package's command group.
+
+Each package owns its commands' code; this module only registers them.
+"""
 
 from __future__ import annotations
 
 import typer
+
+from store.cli import app as store_app
+from student_trainer.demo_cli import demo_command
+from student_trainer.eval_cli import eval_command
+from student_trainer.train_cli import train_command
+from teacher_service.cli import precompute_command, verify_command
+from teacher_service.serve_cli import serve_command
 
 app = typer.Typer(
     help="DisCo cache: distil small self-supervised vision models from a cached teacher.",
@@ -10,4 +20,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# --- command registrations (one line each; each package owns its commands' code) ---
+store_app.command("verify")(verify_command)
+app.add_typer(store_app, name="store")
+app.command("precompute")(precompute_command)
+app.command("serve")(serve_command)
+app.command("train")(train_command)
+app.command("eval")(eval_command)
+app.command("demo")(demo_command)
+
+if __name__ == "__main__":
+    app()

@@ -80,6 +80,16 @@ def serve_command(
         where = ".".join(str(p) for p in first["loc"]) or "settings"
         typer.echo(f"error: {where}: {first['msg']} (flag or DISCO_{where.upper()})", err=True)
         raise typer.Exit(1) from None
+    if settings.teacher is not None:
+        # Fail before uvicorn starts: a broken checkpoint is one clear line, not a startup trace.
+        from store.errors import DiscoError
+        from teacher_service.checkpoint import load_encoder
+
+        try:
+            load_encoder(str(settings.teacher), device="cpu")
+        except (DiscoError, OSError) as exc:
+            typer.echo(f"error: cannot load teacher {settings.teacher}: {exc}", err=True)
+            raise typer.Exit(1) from None
     uvicorn.run(
         create_app(settings),
         host=settings.host,

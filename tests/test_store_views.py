@@ -293,3 +293,22 @@ def test_ops_match_torchvision() -> None:
         ours = _gaussian_blur_exact(x, sigma, 3).int()
         theirs = tvf.gaussian_blur(x, [3, 3], [sigma, sigma]).int()
         assert (ours - theirs).abs().max() <= 1
+
+
+@pytest.mark.parametrize("name", ["mocov2", "digits"])
+def test_sampled_params_lie_in_declared_ranges(name: str) -> None:
+    """``Recipe.param_ranges`` (what the service validates against) covers every sampled value."""
+    recipe = get_recipe(name, 32)
+    n = 500
+    rows = np.arange(n)
+    params = recipe.sample_batch(
+        7, rows, rows % 3, np.full(n, 40 + rows % 17), np.full(n, 28 + rows % 23)
+    )
+    ranges = recipe.param_ranges()
+    assert ranges, "a recipe must declare its parameter ranges"
+    for j, pname in enumerate(recipe.param_names):
+        if pname not in ranges:
+            assert pname.startswith("crop_")
+            continue
+        lo, hi = ranges[pname]
+        assert params[:, j].min() >= lo - 1e-4 and params[:, j].max() <= hi + 1e-4, pname

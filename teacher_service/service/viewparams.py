@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from store.views import DigitsRecipe, MoCoV2Recipe, Recipe
+from store.views import MoCoV2Recipe, Recipe
 
-__all__ = ["ViewParamsError", "check_view_params", "param_ranges"]
+__all__ = ["ViewParamsError", "check_view_params"]
 
 _TOL = 1e-4  # float32 round-off of sampled values (e.g. 1 + 0.4 stored as 1.4000001)
 _CROP = ("crop_top", "crop_left", "crop_height", "crop_width")
@@ -20,33 +20,6 @@ _CROP = ("crop_top", "crop_left", "crop_height", "crop_width")
 
 class ViewParamsError(ValueError):
     """Client view parameters that the recipe could not have produced (answer 422)."""
-
-
-def param_ranges(recipe: Recipe) -> dict[str, tuple[float, float]]:
-    """Inclusive ``(low, high)`` of each non-crop parameter of ``recipe`` (flags are 0..1)."""
-    if isinstance(recipe, MoCoV2Recipe):
-        return {
-            "flip": (0.0, 1.0),
-            "jitter": (0.0, 1.0),
-            "brightness": (max(0.0, 1 - recipe.brightness), 1 + recipe.brightness),
-            "contrast": (max(0.0, 1 - recipe.contrast), 1 + recipe.contrast),
-            "saturation": (max(0.0, 1 - recipe.saturation), 1 + recipe.saturation),
-            "hue": (-recipe.hue, recipe.hue),
-            "order_0": (0.0, 3.0),
-            "order_1": (0.0, 3.0),
-            "order_2": (0.0, 3.0),
-            "order_3": (0.0, 3.0),
-            "grayscale": (0.0, 1.0),
-            "blur_sigma": (0.0, recipe.blur_sigma_max),
-        }
-    if isinstance(recipe, DigitsRecipe):
-        return {
-            "angle": (-recipe.max_angle, recipe.max_angle),
-            "shear": (-recipe.max_shear, recipe.max_shear),
-            "brightness": recipe.brightness,
-            "gamma": recipe.gamma,
-        }
-    return {}
 
 
 def check_view_params(params: np.ndarray, recipe: Recipe, height: int, width: int) -> np.ndarray:
@@ -67,7 +40,7 @@ def check_view_params(params: np.ndarray, recipe: Recipe, height: int, width: in
     if not np.isfinite(arr).all():
         raise ViewParamsError("view params must be finite numbers (no NaN or infinity)")
     names = recipe.param_names
-    ranges = param_ranges(recipe)
+    ranges = recipe.param_ranges()
     for v, row in enumerate(arr):
         where = f"view {v}"
         if names[:4] == _CROP:
