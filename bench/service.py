@@ -10,6 +10,7 @@ and as its last line one JSON object (the largest C, with the whole curve)::
      "service_ratio": ..., "p50_ms": ..., "p99_ms": ..., "mean_batch": ..., "errors": 0, ...}
 
 Usage: ``python bench/service.py [--clients 1,8,32] [--requests 96] [--arch resnet18 --width 32]``
+GPU host: ``--device cuda --dtype bfloat16`` runs the server and the in-process reference there.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from PIL import Image
 
 from store.decode import decode_image
 from store.views import get_recipe, render_center
-from teacher_service.checkpoint import load_encoder, save_checkpoint
+from teacher_service.checkpoint import save_checkpoint
 from teacher_service.encoders import EncoderConfig, build_encoder
+from teacher_service.service.model import load_runtime
 
 
 def make_images(n: int, size: int, seed: int = 0) -> list[bytes]:
@@ -118,15 +120,23 @@ async def drive(url: str, bodies: list[bytes], clients: int) -> tuple[float, lis
     return elapsed, latencies, errors
 
 
-def inprocess(teacher: Path, images: list[bytes], batch: int, size: int) -> float:
-    """Images/s of decode + render + batched forward in this process (same batch size)."""
-    encoder = load_encoder(teacher).encoder
+def inprocess(
+    teacher: Path,
+    images: list[bytes],
+    batch: int,
+    size: int,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> float:
+    """Images/s of decode + render + batched forward in this process (same batch size), through
+    the service's own forward (``TeacherRuntime.embed``: same device settings and dtype)."""
+    runtime = load_runtime(teacher, device=device, dtype=dtype)
     recipe = get_recipe("mocov2", size)
+    runtime.embed(torch.stack([render_center(decode_image(images[0]), recipe)]))  # warm-up
     start = time.perf_counter()
-    with torch.inference_mode():
-        for k in range(0, len(images), batch):
-            x = torch.stack([render_center(decode_image(b), recipe) for b in images[k : k + batch]])
-            encoder(x, output="embedding")
+    for k in range(0, len(images), batch):
+        x = torch.stack([render_center(decode_image(b), recipe) for b in images[k : k + batch]])
+        runtime.embed(x)
     return len(images) / (time.perf_counter() - start)
 
 
@@ -143,6 +153,8 @@ def main() -> None:
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (server and in-process)")
     ap.add_argument("--prep-threads", type=int, default=1, help="server decode/render threads")
+    ap.add_argument("--device", default="cpu", help="server + in-process device: cpu, cuda")
+    ap.add_argument("--dtype", default="float32", help="compute dtype on CUDA (bfloat16, ...)")
     args = ap.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
 
@@ -163,6 +175,7 @@ def main() -> None:
         server_args = ["--teacher", str(teacher), "--max-batch-size", str(args.max_batch_size),
                        "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "4096",
                        "--threads", str(args.threads), "--prep-threads", str(args.prep_threads),
+                       "--device", args.device, "--dtype", args.dtype,
                        "--log-level", "warning"]  # fmt: skip
         proc, url = start_server(server_args, Path(tmp) / "server.log")
         rows: list[dict[str, Any]] = []
@@ -178,7 +191,11 @@ def main() -> None:
                     svc_rates.append(len(bodies) / elapsed)
                     lat += round_lat
                     errors += round_err
-                    ref_rates.append(inprocess(teacher, images, args.max_batch_size, args.size))
+                    ref_rates.append(
+                        inprocess(
+                            teacher, images, args.max_batch_size, args.size, args.device, args.dtype
+                        )
+                    )
                 after = batch_stats(url)
                 count = after[1] - before[1]
                 mean_batch = (after[0] - before[0]) / count if count else 0.0
@@ -199,6 +216,8 @@ def main() -> None:
                         "rounds": args.rounds,
                         "threads": args.threads,
                         "model": f"{args.arch}/w{args.width}@{args.size}px",
+                        "device": args.device,
+                        "dtype": args.dtype,
                         "max_batch_size": args.max_batch_size,
                     }
                 )

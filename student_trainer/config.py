@@ -97,8 +97,9 @@ class TrainConfig:
     """SEED teacher-queue length; None = ``effective_queue_size``."""
     seed: int = 0
     """Seed of the model init and of every sampling decision (data order, view choice, shuffles)."""
-    num_workers: int = 2
-    """DataLoader worker processes that decode + render views (0 = in the main process)."""
+    num_workers: int | None = None
+    """DataLoader worker processes that decode + render views (0 = in the main process; None = 2
+    on CPU, the host's cores per GPU process minus one (at most 16) on CUDA)."""
     shuffle_buffer: int = 8192
     """Shuffle-buffer length in samples when streaming store blocks."""
     cache_images: bool | None = None
@@ -146,7 +147,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
         if self.head_out is not None and self.head_out < 1:
             raise ConfigError(f"head_out must be >= 1, got {self.head_out}")
-        if self.bn_groups < 0 or self.num_workers < 0:
+        if self.bn_groups < 0 or (self.num_workers is not None and self.num_workers < 0):
             raise ConfigError("bn_groups and num_workers must be >= 0")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")

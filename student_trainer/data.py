@@ -86,6 +86,18 @@ class PairBatch:
     target1: torch.Tensor | None
     target2: torch.Tensor | None
 
+    def pin_memory(self) -> PairBatch:
+        """The same batch in pinned host memory (``DataLoader(pin_memory=True)`` calls this on
+        CUDA; without it a dataclass batch stays pageable and copies to the GPU synchronously)."""
+
+        def pin(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.pin_memory()
+
+        return PairBatch(
+            self.rows, self.views, self.view1.pin_memory(), self.view2.pin_memory(),
+            pin(self.target1), pin(self.target2),
+        )  # fmt: skip
+
 
 class ImageBank:
     """Decoded images of a manifest's rows, from RAM (``cache=True``) or decoded on demand."""

@@ -54,6 +54,7 @@ from student_trainer.models import (
     student_config,
 )
 from student_trainer.schedule import cosine_lr
+from teacher_service.accel import default_workers, prepare_model, to_device
 from teacher_service.checkpoint import load_encoder, save_checkpoint
 from teacher_service.encoders import Encoder, count_parameters
 
@@ -283,6 +284,7 @@ def _train(
         teacher = load_encoder(cfg.online_teacher, device=device).encoder
         teacher.requires_grad_(False)  # frozen, visibly
         teacher.eval()
+        prepare_model(teacher, device)  # CUDA: channels_last + cuDNN autotuning; CPU: unchanged
         data.teacher_dim = teacher.embed_dim
     embed_dim = cfg.head_out or data.teacher_dim or 128
     if data.teacher_dim is not None and embed_dim != data.teacher_dim:
@@ -314,7 +316,8 @@ def _train(
         distill_weight=cfg.distill_weight,
         teacher_temperature=cfg.seed_teacher_temperature,
         shuffle_keys=cfg.shuffle_keys,
-    ).to(device)
+    )
+    prepare_model(model, device)  # .to(device); on CUDA also channels_last + cuDNN autotuning
     model.train()
     optimizer = torch.optim.SGD(
         student.parameters(),
@@ -323,21 +326,31 @@ def _train(
         weight_decay=cfg.weight_decay,
     )
     sampler = EpochBatchSampler(plan)
+    workers = cfg.num_workers if cfg.num_workers is not None else default_workers(device)
     loader: DataLoader[Any] = DataLoader(
         data.renderer,
         batch_sampler=sampler,
-        num_workers=cfg.num_workers,
+        num_workers=workers,
         collate_fn=collate_pairs,
-        persistent_workers=cfg.num_workers > 0,
+        persistent_workers=workers > 0,
         pin_memory=device.type == "cuda",
+    )
+
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if cfg.amp and device.type == "cuda"
+        else contextlib.nullcontext()
     )
 
     def targets(b: PairBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if teacher is not None:
-            return _teacher_targets(teacher, b.view1.to(device), b.view2.to(device))
+            with autocast:  # the online teacher gets the same bf16 flag as a precompute would
+                return _teacher_targets(
+                    teacher, to_device(b.view1, device), to_device(b.view2, device)
+                )
         if data.use_cached_targets:
             assert b.target1 is not None and b.target2 is not None
-            return b.target1.to(device), b.target2.to(device)
+            return to_device(b.target1, device), to_device(b.target2, device)
         return None, None
 
     # --- 2. resume, or fill the queues with real keys ----------------------------------------
@@ -368,7 +381,9 @@ def _train(
                         break
                     keys = None
                     if model.uses_contrast:
-                        keys = model.encode_keys(b.view2.to(device), _step_seed(cfg.seed, i, 3))
+                        keys = model.encode_keys(
+                            to_device(b.view2, device), _step_seed(cfg.seed, i, 3)
+                        )
                     t1, _ = targets(b)
                     model.enqueue(keys, t1)
     if rank == 0:
@@ -377,11 +392,6 @@ def _train(
     ddp: torch.nn.Module = model
     if world > 1:
         ddp = DistributedDataParallel(model, broadcast_buffers=False)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if cfg.amp and device.type == "cuda"
-        else contextlib.nullcontext()
-    )
 
     # --- 3. the loop ----------------------------------------------------------------------------
     stop = min(total_steps, cfg.stop_at_step or total_steps)
@@ -410,8 +420,8 @@ def _train(
                 t1, t2 = targets(b)
                 with autocast:
                     output: StepOutput = ddp(
-                        b.view1.to(device),
-                        b.view2.to(device),
+                        to_device(b.view1, device),
+                        to_device(b.view2, device),
                         t1,
                         t2,
                         shuffle_seed=_step_seed(cfg.seed, step),

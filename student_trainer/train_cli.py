@@ -90,7 +90,10 @@ def train_command(
     ] = 8.0,
     seed_teacher_temperature: Annotated[float, typer.Option(help="SEED teacher τ_t.")] = 1e-4,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    workers: Annotated[int, typer.Option(help="DataLoader render workers.")] = 2,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="DataLoader render workers (default: 2 on CPU, cores per GPU - 1)."),
+    ] = None,
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 200,
     resume: Annotated[bool, typer.Option(help="Resume from OUT/ckpt/last.pt if present.")] = False,
     stop_at_step: Annotated[

@@ -30,7 +30,10 @@ def precompute_command(
     ] = None,
     seed: Annotated[int, typer.Option(help="View-plan seed.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Views per teacher forward.")] = 256,
-    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 2,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="DataLoader worker processes (default: 2 on CPU, cores per GPU - 1)."),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     amp: Annotated[str, typer.Option(help="Autocast on CUDA: none, bf16, fp16.")] = "none",
     dtype: Annotated[str, typer.Option(help="Stored embedding dtype: float16, int8.")] = "float16",

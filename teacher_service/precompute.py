@@ -18,6 +18,7 @@ store, the others wait for it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import queue
 import threading
@@ -52,6 +53,7 @@ from store.errors import (
 )
 from store.manifest import build_manifest
 from store.views import Recipe, get_recipe, render_view
+from teacher_service.accel import default_workers, prepare_model, to_device
 from teacher_service.checkpoint import LoadedEncoder, load_encoder
 
 __all__ = [
@@ -96,8 +98,9 @@ class PrecomputeConfig:
     """View-plan seed."""
     batch_size: int = 256
     """Views per teacher forward (rounded down to whole samples: batch_size // V rows)."""
-    workers: int = 2
-    """DataLoader worker processes decoding and rendering (0 = in the main process)."""
+    workers: int | None = None
+    """DataLoader worker processes decoding and rendering (0 = in the main process; None = 2 on
+    CPU, the host's cores per GPU process minus one (at most 16) on CUDA)."""
     device: str = "auto"
     """auto (CUDA if present), cpu or cuda[:N]."""
     amp: str = "none"
@@ -126,7 +129,7 @@ class PrecomputeConfig:
             raise ConfigError(f"views must be >= 1, got {self.views}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"unknown amp {self.amp!r}; valid: {', '.join(AMP_MODES)}")
@@ -331,6 +334,11 @@ class _Batch:
     images: torch.Tensor  # (m, 3, S, S) float32
     errors: list[tuple[int, str, str]]  # (row, key, reason)
 
+    def pin_memory(self) -> _Batch:
+        # DataLoader(pin_memory=True) calls this (CUDA only); without it a dataclass batch would
+        # stay in pageable memory and the non-blocking copy to the GPU would be synchronous.
+        return dataclasses.replace(self, images=self.images.pin_memory())
+
 
 class _RowViews(Dataset[_Batch]):
     """Item k = all V views of a block of consecutive rows of one shard, rendered."""
@@ -506,6 +514,8 @@ def run_precompute(
     teacher = teacher_attrs(loaded, compute_dtype)
     store = open_or_create_store(cfg, loaded, teacher, worker, dataset)
     encoder = loaded.encoder.requires_grad_(False).eval()
+    prepare_model(encoder, device)  # CUDA: channels_last + cuDNN autotuning; CPU: unchanged
+    workers_n = cfg.workers if cfg.workers is not None else default_workers(device)
 
     mine = [s for s in range(store.num_shards) if s % workers == worker]
     missing = set(store.missing_shards())
@@ -539,10 +549,10 @@ def run_precompute(
         source,
         batch_size=None,
         shuffle=False,
-        num_workers=cfg.workers,
+        num_workers=workers_n,
         collate_fn=_identity,
         pin_memory=device.type == "cuda",
-        prefetch_factor=4 if cfg.workers > 0 else None,
+        prefetch_factor=4 if workers_n > 0 else None,
     )
     write = sink if sink is not None else _store_sink(store)
     writer = _ShardWriter(write)
@@ -571,7 +581,7 @@ def run_precompute(
                     errors[key] = reason
                     written[row - base] = False
                 if len(batch.rows):
-                    x = batch.images.to(device, non_blocking=True)
+                    x = to_device(batch.images, device)
                     with _autocast(device, compute_dtype):
                         feat, emb = encoder(x, output="both")
                     emb = torch.nn.functional.normalize(emb.float(), dim=1)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from store.views import Recipe, get_recipe
+from teacher_service.accel import prepare_model, to_device
 from teacher_service.checkpoint import load_encoder
 from teacher_service.encoders import Encoder
 
@@ -53,13 +54,16 @@ class TeacherRuntime:
     def embed(self, x: torch.Tensor) -> np.ndarray:
         """Embed ``x (B, 3, S, S) float32`` (normalised views) -> ``(B, D) float32``, L2-normalised.
 
-        Runs under ``torch.inference_mode``; autocast in ``dtype`` on CUDA only.
+        Runs under ``torch.inference_mode``; autocast in ``dtype`` on CUDA only. On CUDA the
+        batch is copied from pinned memory without blocking, in ``channels_last`` layout.
         """
         autocast: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-        if self.device.type == "cuda" and self.dtype != "float32":
-            autocast = torch.autocast("cuda", dtype=_DTYPES[self.dtype])
+        if self.device.type == "cuda":
+            x = x.pin_memory()
+            if self.dtype != "float32":
+                autocast = torch.autocast("cuda", dtype=_DTYPES[self.dtype])
         with torch.inference_mode(), autocast:
-            out = self.encoder(x.to(self.device, non_blocking=True), output="embedding")
+            out = self.encoder(to_device(x, self.device), output="embedding")
         out = torch.nn.functional.normalize(out.float(), dim=1)
         return out.cpu().numpy().astype(np.float32, copy=False)
 
@@ -100,6 +104,9 @@ def load_runtime(
     pre = dict(loaded.info.get("preprocessing") or {})
     name = recipe or pre.get("recipe") or "mocov2"
     size = int(pre.get("size") or 224)
+    # CUDA: channels_last. No cuDNN autotuning: dynamic batches come in every size from 1 to
+    # max_batch_size, and each new shape would stall a request while cuDNN re-tunes.
+    prepare_model(loaded.encoder, dev, autotune=False)
     return TeacherRuntime(
         encoder=loaded.encoder,
         info=loaded.info,

@@ -1,0 +1,142 @@
+"""The device switches of teacher_service.accel leave the CPU path exactly as it was, and the CUDA
+settings they choose are the documented ones (checked without a GPU: only device *names* are
+needed to pick a setting)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data._utils.pin_memory import pin_memory
+
+from store.errors import ConfigError
+from teacher_service import accel
+from teacher_service.encoders import EncoderConfig, build_encoder
+from teacher_service.precompute import PrecomputeConfig, _Batch
+
+
+def test_cpu_keeps_the_plain_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accel, "usable_cpus", lambda: 64)
+    assert accel.default_workers("cpu") == 2
+    assert accel.default_workers(torch.device("cpu"), cpu_default=0) == 0
+
+
+def test_cuda_workers_scale_with_cores_per_gpu_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(accel, "usable_cpus", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert accel.default_workers("cuda") == 15
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert accel.default_workers("cuda:1") == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert accel.default_workers("cuda") == 2  # never below the CPU default
+    monkeypatch.setattr(accel, "usable_cpus", lambda: 256)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert accel.default_workers("cuda") == accel.MAX_AUTO_WORKERS
+
+
+def test_prepare_model_and_to_device_are_identity_on_cpu() -> None:
+    torch.manual_seed(0)
+    enc = build_encoder(EncoderConfig(arch="tiny", small_stem=True, head_hidden=16, head_out=8))
+    before = {k: (v.clone(), v.stride()) for k, v in enc.state_dict().items()}
+    bench_before = torch.backends.cudnn.benchmark
+    assert accel.prepare_model(enc, "cpu") is enc
+    assert torch.backends.cudnn.benchmark == bench_before
+    for k, v in enc.state_dict().items():
+        assert torch.equal(v, before[k][0]) and v.stride() == before[k][1], k
+    x = torch.randn(2, 3, 16, 16)
+    y = accel.to_device(x, torch.device("cpu"))
+    assert y.is_contiguous() and y.stride() == x.stride() and torch.equal(x, y)
+
+
+def test_precompute_batch_is_pinned_by_the_dataloader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DataLoader(pin_memory=True) only pins what it knows: the batch dataclass must opt in."""
+    pinned: list[torch.Tensor] = []
+
+    def fake_pin(self: torch.Tensor) -> torch.Tensor:  # pinning itself needs a CUDA driver
+        out = self.clone()
+        pinned.append(out)
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    batch = _Batch(3, np.arange(2), np.zeros(2, np.int64), torch.randn(2, 3, 8, 8), [])
+    out = pin_memory(batch)
+    assert isinstance(out, _Batch) and out is not batch
+    assert len(pinned) == 1 and out.images is pinned[0]
+    assert torch.equal(out.images, batch.images) and out.shard == 3
+
+
+def test_precompute_workers_default_is_auto() -> None:
+    cfg = PrecomputeConfig(teacher="t.pt", dataset="synthetic:4", store="s")
+    assert cfg.workers is None
+    with pytest.raises(ConfigError, match="workers"):
+        PrecomputeConfig(teacher="t.pt", dataset="synthetic:4", store="s", workers=-1)
+
+
+def test_training_batch_is_pinned_by_the_dataloader(monkeypatch: pytest.MonkeyPatch) -> None:
+    from student_trainer.data import PairBatch
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self.clone() + 0)
+    views = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    for targets in ((None, None), (torch.randn(2, 4), torch.randn(2, 4))):
+        batch = PairBatch(torch.arange(2), torch.zeros(2, 2), *views, *targets)
+        out = pin_memory(batch)
+        assert isinstance(out, PairBatch) and out.view1 is not batch.view1
+        assert torch.equal(out.view1, batch.view1) and torch.equal(out.view2, batch.view2)
+        if targets[0] is None:
+            assert out.target1 is None and out.target2 is None
+        else:
+            assert out.target1 is not None and torch.equal(out.target1, targets[0])
+
+
+def test_cuda_layout_path_runs_and_agrees_on_cpu(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The CUDA branch of accel (channels_last weights + batches), forced on CPU tensors: the
+    precompute job, an online-DisCo training step and the service forward run with it and give
+    the plain path's numbers (pinning, which needs a driver, stays off: it keys on the device)."""
+    from store.embedding_store import EmbeddingStore
+    from student_trainer.config import TrainConfig
+    from student_trainer.train import train
+    from teacher_service.checkpoint import save_checkpoint
+    from teacher_service.precompute import run_precompute
+    from teacher_service.service.model import load_runtime
+
+    torch.manual_seed(0)
+    enc = build_encoder(EncoderConfig(arch="tiny", small_stem=True, head_hidden=32, head_out=16))
+    teacher = tmp_path / "t.pt"
+    save_checkpoint(teacher, enc, {"size": 16, "mean": [0.5] * 3, "std": [0.5] * 3})
+
+    def precompute(name: str) -> np.ndarray:
+        cfg = PrecomputeConfig(
+            teacher=str(teacher), dataset="synthetic:16", store=str(tmp_path / name), views=2,
+            size=16, shard_size=16, batch_size=16, workers=0, device="cpu", progress=False,
+        )  # fmt: skip
+        run_precompute(cfg)
+        return EmbeddingStore.open(cfg.store).read_shard(0).embeddings
+
+    plain = precompute("plain.zarr")
+    runtime = load_runtime(teacher, device="cpu")
+    x = torch.randn(3, 3, 16, 16)
+    plain_service = runtime.embed(x)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
+    monkeypatch.setattr(accel, "_is_cuda", lambda device: True)
+    nhwc = precompute("nhwc.zarr")
+    assert np.abs(nhwc - plain).max() < 2e-3  # fp16 storage; only the conv layout differs
+    assert torch.backends.cudnn.benchmark  # fixed-shape job: autotuning on
+    torch.backends.cudnn.benchmark = False
+    runtime = load_runtime(teacher, device="cpu")
+    assert not torch.backends.cudnn.benchmark  # the service's batches vary in size: no autotune
+    conv = next(m for m in runtime.encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert np.abs(runtime.embed(x) - plain_service).max() < 1e-4
+    result = train(
+        TrainConfig(
+            method="disco", out=str(tmp_path / "run"), arch="tiny", dataset="synthetic:32",
+            size=16, batch_size=8, epochs=1, queue_size=16, head_hidden=32, head_out=16,
+            num_workers=0, progress=False, stop_at_step=2, online_teacher=str(teacher),
+            threads=1,
+        )
+    )  # fmt: skip
+    assert result.steps == 2 and all(np.isfinite(v) for v in result.last_terms.values())

@@ -1,0 +1,62 @@
+"""bench/gpu_check.sh, the prepared GPU-host check, runs end to end on CPU with ``--tiny``: every
+step prints its JSON line and writes it to the one output file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "gpu_check.sh"
+BENCHES = ["env", "gpu_tests", "precompute", "train_throughput", "knn", "service"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, PYTHON=sys.executable)
+    env.pop("OUT", None)
+    return env
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_every_bench_line(tmp_path: Path) -> None:
+    out = tmp_path / "gpu_check.jsonl"
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "--tiny", "--out", str(out)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["bench"] for r in lines] == BENCHES
+    for record in lines:
+        assert record.get("status") != "failed", record
+        assert json.dumps(record) in proc.stdout  # printed as well as written
+    by = {r["bench"]: r for r in lines}
+    assert by["env"]["cuda"] is False and by["env"]["gpu"] is None
+    # Without CUDA every gpu-marked test skips; none fails or errors.
+    assert by["gpu_tests"]["skipped"] >= 5 and by["gpu_tests"]["failed"] == 0
+    assert by["gpu_tests"]["errors"] == 0
+    pre = by["precompute"]
+    assert pre["device"] == "cpu" and pre["bare_img_s"] > 0 and pre["pipeline_store_img_s"] > 0
+    train = by["train_throughput"]
+    assert min(train["mocov2_sps"], train["disco_cached_sps"], train["disco_online_sps"]) > 0
+    assert by["knn"]["agreement_up_to_ties"] == 1.0 and by["knn"]["torch_gpu_s"] is None
+    assert by["service"]["errors"] == 0 and by["service"]["service_img_s"] > 0
+
+
+def test_bad_argument_exits_2_and_scripts_parse(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "--bogus"], cwd=ROOT, env=_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "--tiny" in proc.stderr
+    for script in ("gpu_check.sh", "fetch_gpu_wheels.sh"):
+        check = subprocess.run(["bash", "-n", str(ROOT / "bench" / script)], capture_output=True)
+        assert check.returncode == 0, check.stderr
