@@ -1,0 +1,323 @@
+"""``disco demo``: teacher → store → verify → students → evaluation, end to end, with stage times.
+
+The demo is the whole system on one small real dataset: precompute the demo teacher's final
+embedding for V planned views of every train image, verify the cache against the live teacher,
+train a ``mocov2``, a ``disco`` and a ``seed`` student from the same seed and budget, and score the
+raw-pixel baselines, the teacher and the students with FAISS kNN. Every stage's wall time is kept
+in ``results.json`` beside the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from store.errors import ConfigError, DiscoError
+from student_trainer.config import METHODS, TrainConfig
+
+__all__ = [
+    "DEMO_TEACHER",
+    "DEMO_TEACHER_PATH",
+    "DemoConfig",
+    "DemoResult",
+    "demo_teacher_config",
+    "run_demo",
+    "train_demo_teacher",
+]
+
+DEMO_TEACHER_PATH = Path(__file__).with_name("assets") / "demo_teacher.pt"
+"""The shipped demo teacher (fp16, project format), trained by ``disco demo --train-teacher``."""
+
+DEMO_TEACHER: dict[str, Any] = {
+    "method": "mocov2",
+    "arch": "resnet18",
+    "width": 32,
+    "dataset": "mnist5k",
+    "split": "train",
+    "size": 32,
+    "epochs": 75,
+    "batch_size": 128,
+    "queue_size": 4096,
+    "key_momentum": 0.99,
+    "lr": 0.06,
+    "weight_decay": 5e-4,
+    "seed": 0,
+}
+"""How the demo teacher is trained: ResNet-18 layout at half width, small stem, 32 px, MoCo-v2
+with a pre-filled queue and grouped head BN (the small-scale settings of DESIGN §7)."""
+
+STUDENT_DEFAULTS: dict[str, Any] = {
+    "batch_size": 128,
+    "queue_size": 4096,
+    "key_momentum": 0.99,
+    "lr": 0.06,
+    "weight_decay": 5e-4,
+}
+"""Student optimisation settings shared by every method (same budget, same seed)."""
+
+
+@dataclass
+class DemoConfig:
+    """One demo run. Defaults are the mnist5k demo; ``quick`` shrinks every stage."""
+
+    out: str = "runs/demo"
+    """Output folder: store, student runs, results.md/json, neighbour pictures."""
+    dataset: str = "mnist5k"
+    """Dataset spec; its train split is distilled, its test split is the kNN query set."""
+    teacher: str | None = None
+    """Teacher checkpoint; None = the shipped demo teacher (mnist5k only)."""
+    size: int = 32
+    """View size in px."""
+    recipe: str | None = None
+    """View recipe; None = "digits" for digit datasets, else "mocov2"."""
+    views: int = 8
+    """Cached views V per train image."""
+    student_arch: str = "resnet10"
+    """Student backbone (teacher_service.encoders.ARCHS)."""
+    student_width: int | None = 16
+    """Student ResNet base width (None = the architecture's default)."""
+    methods: tuple[str, ...] = ("mocov2", "disco", "seed")
+    """Student methods, trained from the same seed and budget."""
+    epochs: int = 15
+    """Student epochs."""
+    distill_weight: float = 8.0
+    """DisCo λ (batch mean, per view)."""
+    seed: int = 0
+    """Seed of the view plan and of every student."""
+    workers: int = 2
+    """DataLoader workers for precompute and training."""
+    device: str = "auto"
+    """auto, cpu, cuda or cuda:N."""
+    quick: bool = False
+    """A ~3-minute run of the same stages (fewer views, epochs and verify samples)."""
+    progress: bool = True
+    """Show progress bars."""
+    verify_samples: int = 64
+    """Views re-computed by the live teacher in the verify stage."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Extra TrainConfig fields applied to every student (e.g. {"head_hidden": 512})."""
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ConfigError(
+                f"unknown demo methods {unknown}; valid methods: {', '.join(sorted(METHODS))}"
+            )
+        if self.views < 2:
+            raise ConfigError(f"views must be >= 2 (a student pairs two views), got {self.views}")
+        if self.epochs < 1 or self.size < 8:
+            raise ConfigError("epochs must be >= 1 and size >= 8")
+        if self.quick:
+            self.views = min(self.views, 2)
+            self.epochs = min(self.epochs, 1)
+            self.verify_samples = min(self.verify_samples, 16)
+
+    def resolved_recipe(self) -> str:
+        """Recipe name ("digits" for mnist5k/digits unless given)."""
+        if self.recipe is not None:
+            return self.recipe
+        return "digits" if self.dataset.split(":", 1)[0] in ("mnist5k", "digits") else "mocov2"
+
+    def resolved_teacher(self) -> str:
+        """The teacher checkpoint path; the shipped one only fits mnist5k."""
+        if self.teacher is not None:
+            if not Path(self.teacher).is_file():
+                raise ConfigError(f"teacher checkpoint not found: {self.teacher}")
+            return self.teacher
+        if self.dataset != "mnist5k":
+            raise ConfigError("the shipped demo teacher is for mnist5k; give --teacher CKPT")
+        if not DEMO_TEACHER_PATH.is_file():
+            raise ConfigError(
+                f"demo teacher missing at {DEMO_TEACHER_PATH}; run `disco demo --train-teacher`"
+            )
+        return str(DEMO_TEACHER_PATH)
+
+
+@dataclass
+class DemoResult:
+    """What a demo run produced."""
+
+    out: str
+    records: list[dict[str, Any]]
+    """One evaluation record per row (teacher, students, pixel baselines)."""
+    stage_seconds: dict[str, float]
+    """Wall time of each stage, s."""
+    table: str
+    """The markdown results table."""
+
+
+def demo_teacher_config(out: str, epochs: int | None = None, **overrides: Any) -> TrainConfig:
+    """The ``TrainConfig`` that trains the demo teacher into ``out`` (see ``DEMO_TEACHER``)."""
+    settings = {**DEMO_TEACHER, **overrides}
+    if epochs is not None:
+        settings["epochs"] = epochs
+    return TrainConfig(out=out, **settings)
+
+
+def train_demo_teacher(
+    out: str = "runs/demo-teacher",
+    epochs: int | None = None,
+    install: bool = True,
+    progress: bool = True,
+) -> str:
+    """Train the demo teacher with ``disco train --method mocov2`` settings; return its path.
+
+    With ``install`` the final encoder (with its head) is re-saved in fp16 as the shipped
+    ``student_trainer/assets/demo_teacher.pt``; its sha256 goes into the README.
+    """
+    from student_trainer.train import train
+    from teacher_service.checkpoint import load_encoder, save_checkpoint
+
+    result = train(demo_teacher_config(out, epochs=epochs, progress=progress))
+    if not install:
+        return result.final_path
+    loaded = load_encoder(result.final_path)
+    raw = _load_raw(result.final_path)
+    DEMO_TEACHER_PATH.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(
+        str(DEMO_TEACHER_PATH),
+        loaded.encoder,
+        preprocessing=dict(raw.get("preprocessing") or {}),
+        train=dict(raw.get("train") or {}),
+        meta={**dict(raw.get("meta") or {}), "name": "demo teacher", "role": "teacher"},
+        half=True,
+    )
+    return str(DEMO_TEACHER_PATH)
+
+
+def _load_raw(path: str) -> dict[str, Any]:
+    import torch
+
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    return dict(data) if isinstance(data, dict) else {}
+
+
+class _Stages:
+    """Times named stages and prints one line per stage."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.console.rule(f"[bold]{name}")
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        self.console.print(f"[green]done[/] {name} in {self.seconds[name]:.1f} s")
+
+
+def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
+    """Run every demo stage into ``cfg.out``; return the records, stage times and table.
+
+    Writes ``results.md``, ``results.json`` and ``neighbours_*.png`` into ``cfg.out``. Raises a
+    ``DiscoError`` subclass when a stage fails (e.g. the cache does not verify).
+    """
+    from student_trainer.evaluate import evaluate
+    from student_trainer.linear_probe import ProbeConfig
+    from student_trainer.train import train
+    from teacher_service.precompute import PrecomputeConfig, run_precompute
+    from teacher_service.verify import verify_store
+
+    console = console or Console()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    teacher = cfg.resolved_teacher()
+    recipe = cfg.resolved_recipe()
+    store = str(out / "store.zarr")
+    stages = _Stages(console)
+    students: dict[str, str] = {}
+
+    with stages.stage(f"precompute: {cfg.views} views per train image"):
+        run_precompute(
+            PrecomputeConfig(
+                teacher=teacher,
+                dataset=cfg.dataset,
+                store=store,
+                views=cfg.views,
+                split="train",
+                recipe=recipe,
+                size=cfg.size,
+                seed=cfg.seed,
+                workers=cfg.workers,
+                device=cfg.device,
+                shard_size=1024,
+                progress=cfg.progress,
+            )
+        )
+    with stages.stage("verify cached targets against the live teacher"):
+        check = verify_store(store, teacher, samples=cfg.verify_samples, device=cfg.device)
+        console.print(check.summary())
+        if not check.passed:
+            raise DiscoError(f"store verify failed: {check.summary()}")
+    for method in cfg.methods:
+        with stages.stage(f"train {method} student ({cfg.student_arch}, {cfg.epochs} epochs)"):
+            settings = {**STUDENT_DEFAULTS, **cfg.extra}
+            result = train(
+                TrainConfig(
+                    method=method,
+                    arch=cfg.student_arch,
+                    width=cfg.student_width,
+                    out=str(out / f"student-{method}"),
+                    store=store,
+                    expect={"teacher.sha256": _sha(teacher)},
+                    epochs=cfg.epochs,
+                    distill_weight=cfg.distill_weight,
+                    seed=cfg.seed,
+                    num_workers=cfg.workers,
+                    device=cfg.device,
+                    progress=cfg.progress,
+                    **settings,
+                )
+            )
+            students[method] = result.deployed_path
+    with stages.stage("evaluate: raw pixels, teacher, students (FAISS kNN + linear probe)"):
+        records = evaluate(
+            [students[m] for m in cfg.methods],
+            cfg.dataset,
+            teacher=teacher,
+            size=cfg.size,
+            probe=ProbeConfig(),
+            device=None if cfg.device == "auto" else cfg.device,
+            cache_dir=out / "features",
+            out=out,
+            progress=cfg.progress,
+        )
+    table = (out / "results.md").read_text()
+    _write_summary(out, cfg, records, stages.seconds)
+    console.print(table)
+    total = sum(stages.seconds.values())
+    console.print(
+        "stage times: "
+        + ", ".join(f"{k.split(':')[0]} {v:.0f} s" for k, v in stages.seconds.items())
+        + f"; total {total:.0f} s"
+    )
+    return DemoResult(str(out), records, stages.seconds, table)
+
+
+def _sha(path: str) -> str:
+    from teacher_service.checkpoint import file_sha256
+
+    return file_sha256(path)
+
+
+def _write_summary(
+    out: Path, cfg: DemoConfig, records: list[dict[str, Any]], seconds: dict[str, float]
+) -> None:
+    """Rewrite results.json with the demo config and stage times beside the records."""
+    summary = {"demo": asdict(cfg), "stage_seconds": seconds, "records": records}
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    tmp.replace(out / "results.json")
+    lines = ["", "## Stage times", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {name} | {sec:.1f} |" for name, sec in seconds.items()]
+    with (out / "results.md").open("a") as fh:
+        fh.write("\n".join(lines) + "\n")

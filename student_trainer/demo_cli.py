@@ -1,0 +1,82 @@
+"""``disco demo``: the end-to-end demo (or, with flags, retrain its teacher or run the study)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from store.errors import DiscoError
+
+__all__ = ["demo_command"]
+
+
+def demo_command(
+    out: Annotated[str, typer.Option(help="Output folder.")] = "runs/demo",
+    quick: Annotated[
+        bool, typer.Option(help="Same stages at a ~3-minute size (2 views, 1 epoch).")
+    ] = False,
+    train_teacher: Annotated[
+        bool,
+        typer.Option(
+            help="Retrain the demo teacher from scratch (MoCo-v2, ~30+ CPU minutes) and install "
+            "it as student_trainer/assets/demo_teacher.pt; then stop."
+        ),
+    ] = False,
+    teacher_epochs: Annotated[
+        int | None, typer.Option(help="With --train-teacher: epochs (default 75).")
+    ] = None,
+    study: Annotated[
+        bool,
+        typer.Option(help="Run the DisCo study (seeds, λ, V, head width; ~1 h CPU) into OUT."),
+    ] = False,
+    dataset: Annotated[str, typer.Option(help="Dataset spec (train split is distilled).")] = (
+        "mnist5k"
+    ),
+    teacher: Annotated[
+        str | None, typer.Option(help="Teacher checkpoint (default: the shipped demo teacher).")
+    ] = None,
+    size: Annotated[int, typer.Option(help="View size in px (224 for ImageNet-like data).")] = 32,
+    views: Annotated[int, typer.Option(help="Cached views V per train image.")] = 8,
+    student_arch: Annotated[str, typer.Option(help="Student backbone.")] = "resnet10",
+    student_width: Annotated[
+        int | None, typer.Option(help="Student ResNet base width (0: architecture default).")
+    ] = 16,
+    epochs: Annotated[int, typer.Option(help="Student epochs.")] = 15,
+    seed: Annotated[int, typer.Option(help="Seed of the view plan and the students.")] = 0,
+    workers: Annotated[int, typer.Option(help="DataLoader workers.")] = 2,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run the whole pipeline on real data: precompute → verify → students → FAISS evaluation."""
+    from student_trainer.demo import DemoConfig, run_demo, train_demo_teacher
+
+    try:
+        if train_teacher:
+            path = train_demo_teacher(epochs=teacher_epochs, progress=progress)
+            typer.echo(f"demo teacher written to {path}")
+            return
+        cfg = DemoConfig(
+            out=out,
+            dataset=dataset,
+            teacher=teacher,
+            size=size,
+            views=views,
+            student_arch=student_arch,
+            student_width=student_width or None,
+            epochs=epochs,
+            seed=seed,
+            workers=workers,
+            device=device,
+            quick=quick,
+            progress=progress,
+        )
+        if study:
+            from student_trainer.study import run_study
+
+            run_study(cfg)
+            return
+        run_demo(cfg)
+    except DiscoError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
