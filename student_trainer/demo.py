@@ -42,7 +42,7 @@ DEMO_TEACHER: dict[str, Any] = {
     "dataset": "mnist5k",
     "split": "train",
     "size": 32,
-    "epochs": 75,
+    "epochs": 30,
     "batch_size": 128,
     "queue_size": 4096,
     "key_momentum": 0.99,

@@ -24,7 +24,7 @@ def demo_command(
         ),
     ] = False,
     teacher_epochs: Annotated[
-        int | None, typer.Option(help="With --train-teacher: epochs (default 75).")
+        int | None, typer.Option(help="With --train-teacher: epochs (default 30).")
     ] = None,
     study: Annotated[
         bool,
