@@ -29,8 +29,10 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = CliRunner().invoke(
         app,
-        ["demo", "--quick", "--teacher", str(teacher), "--student-arch", "tiny"]
-        + ["--out", str(out), "--no-progress", "--workers", "1"],
+        [
+            *("demo", "--quick", "--teacher", str(teacher), "--student-arch", "tiny"),
+            *("--out", str(out), "--no-progress", "--workers", "1"),
+        ],
     )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "results.json").read_text())
