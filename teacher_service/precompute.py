@@ -267,6 +267,17 @@ def open_or_create_store(
 
     ``dataset`` (optional) is used instead of ``open_dataset(cfg.dataset)`` to build the manifest.
     """
+
+    def attach(store: EmbeddingStore) -> EmbeddingStore:
+        # Equal teacher: no-op; a different one raises StoreMismatchError naming the field.
+        store.attach_teacher(
+            teacher,
+            dim=loaded.encoder.embed_dim,
+            dtype=cfg.dtype,
+            features_dim=loaded.encoder.feature_dim if cfg.features else None,
+        )
+        return store
+
     if worker == 0:
         store: EmbeddingStore | None = None
         if not cfg.overwrite:
@@ -288,26 +299,13 @@ def open_or_create_store(
                 shard_size=cfg.shard_size,
                 overwrite=cfg.overwrite,
             )
-        store.attach_teacher(
-            teacher,
-            dim=loaded.encoder.embed_dim,
-            dtype=cfg.dtype,
-            features_dim=loaded.encoder.feature_dim if cfg.features else None,
-        )
-        return store
+        return attach(store)
     deadline = time.monotonic() + cfg.wait_timeout
     while True:
         try:
             store = EmbeddingStore.open(cfg.store, mode="r+", expect=_expectations(cfg))
             if store.teacher is not None:
-                # Equal teacher: no-op; a different one raises StoreMismatchError.
-                store.attach_teacher(
-                    teacher,
-                    dim=loaded.encoder.embed_dim,
-                    dtype=cfg.dtype,
-                    features_dim=loaded.encoder.feature_dim if cfg.features else None,
-                )
-                return store
+                return attach(store)
         except StoreNotFoundError:
             pass
         except StoreMismatchError as exc:
