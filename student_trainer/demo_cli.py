@@ -1,4 +1,4 @@
-"""``disco demo``: the end-to-end demo (or, with flags, retrain its teacher or run the study)."""
+"""``disco demo``: the end-to-end demo (or, with --train-teacher, retrain its teacher)."""
 
 from __future__ import annotations
 
@@ -26,10 +26,6 @@ def demo_command(
     teacher_epochs: Annotated[
         int | None, typer.Option(help="With --train-teacher: epochs (default 30).")
     ] = None,
-    study: Annotated[
-        bool,
-        typer.Option(help="Run the DisCo study (seeds, λ, V, head width; ~1 h CPU) into OUT."),
-    ] = False,
     dataset: Annotated[str, typer.Option(help="Dataset spec (train split is distilled).")] = (
         "mnist5k"
     ),
@@ -71,11 +67,6 @@ def demo_command(
             quick=quick,
             progress=progress,
         )
-        if study:
-            from student_trainer.study import run_study
-
-            run_study(cfg)
-            return
         run_demo(cfg)
     except DiscoError as exc:
         typer.echo(f"error: {exc}", err=True)
