@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ from student_trainer.models import (
 )
 from student_trainer.schedule import cosine_lr
 from teacher_service.accel import default_workers, prepare_model, to_device
-from teacher_service.checkpoint import load_encoder, save_checkpoint
+from teacher_service.checkpoint import atomic_torch_save, load_encoder, save_checkpoint
 from teacher_service.encoders import Encoder, count_parameters
 
 __all__ = ["STATE_FORMAT", "NonFiniteLossError", "TrainResult", "train"]
@@ -167,21 +166,6 @@ def _all_ranks_finite(terms: dict[str, float], world: int, device: torch.device)
     flag = torch.tensor([1.0 if finite else 0.0], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item() > 0)
-
-
-def _atomic_torch_save(obj: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
@@ -514,7 +498,7 @@ def _save_state(
     path: Path, model: MoCo, optimizer: torch.optim.Optimizer, step: int, cfg: TrainConfig
 ) -> None:
     """Atomically write the resumable state (``weights_only``-loadable: tensors, plain values)."""
-    _atomic_torch_save(
+    atomic_torch_save(
         {
             "format": STATE_FORMAT,
             "step": step,

@@ -34,6 +34,7 @@ __all__ = [
     "FORMAT",
     "IMAGENET_PREPROCESSING",
     "LoadedEncoder",
+    "atomic_torch_save",
     "file_sha256",
     "infer_resnet_config",
     "load_encoder",
@@ -112,12 +113,19 @@ def save_checkpoint(
         "train": dict(train or {}),
         "meta": dict(meta or {}),
     }
+    atomic_torch_save(payload, path)
+    return file_sha256(path)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save(obj)`` to a temporary file beside ``path``, fsync, then rename over ``path``:
+    a crash never leaves a truncated file (the temporary one is removed on error)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
+            torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -125,7 +133,6 @@ def save_checkpoint(
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return file_sha256(target)
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Any:
