@@ -49,6 +49,10 @@ class TrainConfig:
     """View recipe with ``dataset`` (None: "digits" for mnist5k/digits, else "mocov2")."""
     size: int = 32
     """Rendered view size in px with ``dataset`` (a store fixes its own size)."""
+    views: int | None = None
+    """Use only the first ``views`` planned views of each store row (V ablations from one store:
+    view ``v`` of row ``i`` is keyed by (seed, i, v), so a V=32 store holds the V=8 store's views
+    as its first 8); None = all of the store's views."""
     online_teacher: str | None = None
     """Teacher checkpoint run live on the rendered views instead of reading cached targets."""
     expect: dict[str, Any] = field(default_factory=dict)
@@ -131,6 +135,8 @@ class TrainConfig:
             raise ConfigError(
                 f"method {self.method!r} needs teacher targets: give a store or an online teacher"
             )
+        if self.views is not None and (self.store is None or self.views < 2):
+            raise ConfigError("views needs a store and must be >= 2 (a pair of distinct views)")
         if self.split not in ("all", "train", "test"):
             raise ConfigError(f"split must be all, train or test, got {self.split!r}")
         positive_ints = {

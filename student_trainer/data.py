@@ -196,7 +196,8 @@ class StorePlan:
     """Epoch plans over a store: shard blocks in seeded order, a shuffle buffer, view pairs.
 
     ``use_targets``: attach cached teacher targets (and use only written views); False for
-    ``mocov2`` or an online teacher, where any view of a valid row may be used.
+    ``mocov2`` or an online teacher, where any view of a valid row may be used. ``max_views``:
+    use only views ``0 .. max_views - 1`` of each row (None = all).
     Every rank gets the same number of batches per epoch (``steps_per_epoch``), the minimum over
     ranks of usable rows // ``batch``.
     """
@@ -211,6 +212,7 @@ class StorePlan:
         world: int = 1,
         buffer_size: int = 8192,
         use_targets: bool = True,
+        max_views: int | None = None,
     ) -> None:
         self.store = store
         self.seed = seed
@@ -223,7 +225,13 @@ class StorePlan:
         views = int(store.views)
         if views < 2:
             raise ConfigError(f"the store has V={views} view(s) per image; training needs V >= 2")
+        if max_views is not None and not 2 <= max_views <= views:
+            raise ConfigError(
+                f"views={max_views} must be between 2 and the store's V={views} views per image"
+            )
         usable = np.repeat(manifest.valid[:, None], views, axis=1)
+        if max_views is not None:
+            usable[:, max_views:] = False
         if use_targets:
             usable &= np.asarray(store.written_mask(), dtype=bool)
         self.usable_views = usable

