@@ -27,6 +27,7 @@ __all__ = [
     "DEMO_TEACHER_PATH",
     "DemoConfig",
     "DemoResult",
+    "RunLedger",
     "demo_teacher_config",
     "run_demo",
     "train_demo_teacher",
@@ -85,8 +86,8 @@ class DemoConfig:
     """Student ResNet base width (None = the architecture's default)."""
     methods: tuple[str, ...] = ("mocov2", "disco", "seed")
     """Student methods, trained from the same seed and budget."""
-    epochs: int = 15
-    """Student epochs."""
+    epochs: int = 8
+    """Student epochs (8 keeps ``make demo`` within 15 minutes on 2 CPU cores)."""
     distill_weight: float = 8.0
     """DisCo λ (batch mean, per view)."""
     seed: int = 0
@@ -199,6 +200,68 @@ def _load_raw(path: str) -> dict[str, Any]:
     return dict(data) if isinstance(data, dict) else {}
 
 
+class RunLedger:
+    """``runs.json`` in a demo folder: every finished training run and cache build, with its time.
+
+    A run whose key is recorded with the same settings (and whose deployed checkpoint still
+    exists) is not trained again, so an interrupted demo or study picks up where it stopped;
+    an unfinished run resumes from its own ``ckpt/last.pt``. The recorded seconds are what the
+    study's cost table uses (a skipped run keeps the time of the run that trained it).
+    """
+
+    IGNORED = ("progress", "num_workers", "resume", "threads", "checkpoint_every")
+    """TrainConfig fields that do not change a run's result."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, dict[str, Any]] = (
+            json.loads(path.read_text()) if path.is_file() else {}
+        )
+
+    def record(self, key: str, entry: dict[str, Any]) -> None:
+        """Store ``entry`` under ``key`` (atomic rewrite of the file)."""
+        self.entries[key] = entry
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.entries, indent=2, default=str))
+        tmp.replace(self.path)
+
+    @classmethod
+    def _settings(cls, cfg: TrainConfig) -> dict[str, Any]:
+        return {k: v for k, v in cfg.to_dict().items() if k not in cls.IGNORED}
+
+    def train(self, key: str, cfg: TrainConfig, console: Console | None = None) -> dict[str, Any]:
+        """Train ``cfg`` unless ``key`` is already done with these settings; return its entry
+        (deployed and final checkpoint paths, training seconds, steps)."""
+        from student_trainer.train import train
+
+        done = self.entries.get(key)
+        if (
+            done is not None
+            and done.get("settings") == json.loads(json.dumps(self._settings(cfg), default=str))
+            and Path(done["deployed"]).is_file()
+        ):
+            if console is not None:
+                console.print(f"{key}: already trained ({done['seconds']:.0f} s), reusing it")
+            return done
+        # An interrupted run with these settings continues from its last checkpoint; a folder
+        # left by other settings is trained afresh (train overwrites it).
+        started = Path(cfg.out) / "config.json"
+        cfg.resume = started.is_file() and self._settings(
+            TrainConfig.from_dict(json.loads(started.read_text()))
+        ) == self._settings(cfg)
+        result = train(cfg)
+        entry = {
+            "settings": self._settings(cfg),
+            "deployed": result.deployed_path,
+            "final": result.final_path,
+            "seconds": round(result.seconds, 2),
+            "steps": result.steps,
+            "deployed_parameters": result.deployed_parameters,
+        }
+        self.record(key, json.loads(json.dumps(entry, default=str)))
+        return self.entries[key]
+
+
 class _Stages:
     """Times named stages and prints one line per stage."""
 
@@ -222,8 +285,8 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
     ``DiscoError`` subclass when a stage fails (e.g. the cache does not verify).
     """
     from student_trainer.evaluate import evaluate
+    from student_trainer.features import EncoderFeatures
     from student_trainer.linear_probe import ProbeConfig
-    from student_trainer.train import train
     from teacher_service.precompute import PrecomputeConfig, run_precompute
     from teacher_service.verify import verify_store
 
@@ -235,9 +298,10 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
     store = str(out / "store.zarr")
     stages = _Stages(console)
     students: dict[str, str] = {}
+    device = None if cfg.device == "auto" else cfg.device
 
     with stages.stage(f"precompute: {cfg.views} views per train image"):
-        run_precompute(
+        report = run_precompute(
             PrecomputeConfig(
                 teacher=teacher,
                 dataset=cfg.dataset,
@@ -258,15 +322,20 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
         console.print(check.summary())
         if not check.passed:
             raise DiscoError(f"store verify failed: {check.summary()}")
+    runs = RunLedger(out / "runs.json")
+    if "precompute:store.zarr" not in runs.entries and report.views_computed:
+        built = {"seconds": report.seconds, "views": report.views_computed}
+        runs.record("precompute:store.zarr", built)
     for method in cfg.methods:
         with stages.stage(f"train {method} student ({cfg.student_arch}, {cfg.epochs} epochs)"):
-            settings = {**STUDENT_DEFAULTS, **cfg.extra}
-            result = train(
+            key = f"{method}-s{cfg.seed}"
+            entry = runs.train(
+                key,
                 TrainConfig(
                     method=method,
                     arch=cfg.student_arch,
                     width=cfg.student_width,
-                    out=str(out / f"student-{method}"),
+                    out=str(out / "students" / key),
                     store=store,
                     expect={"teacher.sha256": _sha(teacher)},
                     epochs=cfg.epochs,
@@ -275,18 +344,22 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
                     num_workers=cfg.workers,
                     device=cfg.device,
                     progress=cfg.progress,
-                    **settings,
-                )
+                    **{**STUDENT_DEFAULTS, **cfg.extra},
+                ),
+                console,
             )
-            students[method] = result.deployed_path
+            students[method] = entry["deployed"]
     with stages.stage("evaluate: raw pixels, teacher, students (FAISS kNN + linear probe)"):
         records = evaluate(
-            [students[m] for m in cfg.methods],
+            [
+                EncoderFeatures(students[m], size=cfg.size, device=device, name=f"{m} student")
+                for m in cfg.methods
+            ],
             cfg.dataset,
             teacher=teacher,
             size=cfg.size,
             probe=ProbeConfig(),
-            device=None if cfg.device == "auto" else cfg.device,
+            device=device,
             cache_dir=out / "features",
             out=out,
             progress=cfg.progress,

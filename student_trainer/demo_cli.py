@@ -24,8 +24,20 @@ def demo_command(
         ),
     ] = False,
     teacher_epochs: Annotated[
-        int | None, typer.Option(help="With --train-teacher: epochs (default 30).")
+        int | None, typer.Option(help="With --train-teacher: epochs (default: the shipped one's).")
     ] = None,
+    study: Annotated[
+        bool,
+        typer.Option(
+            help="After the demo, measure the claims over seeds into OUT/study.md: mocov2 vs disco "
+            "(--seeds), DisCo λ 2, V 2/32 views vs an online teacher, head 128/512, a weak "
+            "teacher, cache cost (about an hour on 2 CPU cores; resumable)."
+        ),
+    ] = False,
+    seeds: Annotated[int, typer.Option(help="With --study: seeds of mocov2 and disco.")] = 3,
+    ablation_seeds: Annotated[
+        int, typer.Option(help="With --study: seeds of every other study arm.")
+    ] = 1,
     dataset: Annotated[str, typer.Option(help="Dataset spec (train split is distilled).")] = (
         "mnist5k"
     ),
@@ -38,13 +50,16 @@ def demo_command(
     student_width: Annotated[
         int | None, typer.Option(help="Student ResNet base width (0: architecture default).")
     ] = 16,
-    epochs: Annotated[int, typer.Option(help="Student epochs.")] = 15,
+    epochs: Annotated[int, typer.Option(help="Student epochs.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the view plan and the students.")] = 0,
     workers: Annotated[int, typer.Option(help="DataLoader workers.")] = 2,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Run the whole pipeline on real data: precompute → verify → students → FAISS evaluation."""
+    """Run the whole pipeline on real data: precompute → verify → students → FAISS evaluation.
+
+    With --study, also measure the DisCo claim and the cache's claim over seeds (study.md).
+    """
     from student_trainer.demo import DemoConfig, run_demo, train_demo_teacher
 
     try:
@@ -67,7 +82,12 @@ def demo_command(
             quick=quick,
             progress=progress,
         )
-        run_demo(cfg)
+        if study:
+            from student_trainer.study import StudyConfig, run_study
+
+            run_study(cfg, StudyConfig(seeds=seeds, ablation_seeds=ablation_seeds))
+        else:
+            run_demo(cfg)
     except DiscoError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -111,7 +111,7 @@ class EncoderFeatures:
         self.device = resolve_device(device)
         loaded = load_encoder(self.path, device=self.device)
         self.encoder = loaded.encoder
-        prepare_model(self.encoder, self.device)  # CUDA: channels_last + cuDNN autotuning
+        prepare_model(self.encoder, self.device)  # see accel.prepare_model
         self.info: dict[str, Any] = loaded.info
         raw = read_checkpoint(self.path)
         own = isinstance(raw, dict) and raw.get("format") == FORMAT

@@ -269,7 +269,7 @@ def _train(
         teacher = load_encoder(cfg.online_teacher, device=device).encoder
         teacher.requires_grad_(False)  # frozen, visibly
         teacher.eval()
-        prepare_model(teacher, device)  # CUDA: channels_last + cuDNN autotuning; CPU: unchanged
+        prepare_model(teacher, device)  # see accel.prepare_model
         data.teacher_dim = teacher.embed_dim
     embed_dim = cfg.head_out or data.teacher_dim or 128
     if data.teacher_dim is not None and embed_dim != data.teacher_dim:
@@ -302,7 +302,7 @@ def _train(
         teacher_temperature=cfg.seed_teacher_temperature,
         shuffle_keys=cfg.shuffle_keys,
     )
-    prepare_model(model, device)  # .to(device); on CUDA also channels_last + cuDNN autotuning
+    prepare_model(model, device)  # see accel.prepare_model
     model.train()
     optimizer = torch.optim.SGD(
         student.parameters(),

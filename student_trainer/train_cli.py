@@ -50,7 +50,7 @@ def train_command(
     ] = None,
     views: Annotated[
         int | None,
-        typer.Option(help="Use only the first N views of each store row (V ablations; default all)."),
+        typer.Option(help="Use only the first N views of each store row (default: all)."),
     ] = None,
     expect_teacher: Annotated[
         str | None, typer.Option(help="Refuse a store whose teacher is not this checkpoint.")

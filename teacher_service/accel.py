@@ -4,9 +4,11 @@ On CUDA: convolution weights and input batches in ``channels_last`` (NHWC: what 
 kernels want under bf16/fp16), cuDNN autotuning (``cudnn.benchmark``; input shapes are fixed per
 job), host-to-device copies from pinned memory with ``non_blocking=True`` (the copy overlaps the
 previous batch's compute), and enough DataLoader workers that decoding and rendering keep up.
-On CPU: ``channels_last`` too (oneDNN's NHWC convolutions: a ResNet-18 training step at 32 px took
-1.52 s instead of 1.81 s on this project's 2-core machine); nothing else changes, values and
-shapes never do. The settings are switched by the device, never required (STYLE §7).
+On CPU: ``channels_last`` weights for models whose convolutions all have >= 16 channels (oneDNN
+then runs the whole network NHWC: a half-width ResNet-18 training step at 32 px took 1.52 s instead
+of 1.81 s on this project's 2-core machine), but not for narrower ones, where NHWC BatchNorm was
+3x slower (8-channel "tiny"). Values and shapes never change; the settings are switched by the
+device, never required (STYLE §7).
 """
 
 from __future__ import annotations
@@ -16,7 +18,17 @@ import os
 import torch
 from torch import nn
 
-__all__ = ["MAX_AUTO_WORKERS", "default_workers", "prepare_model", "to_device", "usable_cpus"]
+__all__ = [
+    "CPU_CHANNELS_LAST_MIN",
+    "MAX_AUTO_WORKERS",
+    "default_workers",
+    "prepare_model",
+    "to_device",
+    "usable_cpus",
+]
+
+CPU_CHANNELS_LAST_MIN = 16
+"""Narrowest convolution (output channels) for which CPU models go ``channels_last``."""
 
 MAX_AUTO_WORKERS = 16
 """Cap of the automatic worker count per GPU process (more workers mostly cost host RAM)."""
@@ -50,11 +62,14 @@ def default_workers(device: torch.device | str, cpu_default: int = 2) -> int:
 def prepare_model(
     module: nn.Module, device: torch.device | str, autotune: bool = True
 ) -> nn.Module:
-    """Move ``module`` to ``device`` in ``channels_last`` (4-D weights NHWC; values unchanged);
-    on CUDA with ``autotune`` also turn on cuDNN autotuning (worth it for fixed batch shapes; it
-    re-tunes for every new input shape). Returns the same module (changed in place)."""
+    """Move ``module`` to ``device`` and, on CUDA or (CPU) when every convolution has at least
+    :data:`CPU_CHANNELS_LAST_MIN` output channels, to ``channels_last`` (4-D weights NHWC; values
+    unchanged). On CUDA with ``autotune`` also turn on cuDNN autotuning (worth it for fixed batch
+    shapes; it re-tunes for every new input shape). Returns the same module (changed in place)."""
     module.to(device)
-    module.to(memory_format=torch.channels_last)
+    convs = [m.out_channels for m in module.modules() if isinstance(m, nn.Conv2d)]
+    if _is_cuda(device) or (convs and min(convs) >= CPU_CHANNELS_LAST_MIN):
+        module.to(memory_format=torch.channels_last)
     if _is_cuda(device) and autotune:
         torch.backends.cudnn.benchmark = True
     return module
@@ -63,10 +78,14 @@ def prepare_model(
 def to_device(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """Send a batch to ``device``.
 
-    A ``(B, 3, H, W)`` image batch comes back in ``channels_last`` layout (values and shape
-    unchanged); on CUDA the copy is ``non_blocking`` (asynchronous when ``x`` is in pinned memory).
+    CUDA: ``non_blocking`` copy (asynchronous when ``x`` is in pinned memory) and, for a
+    ``(B, 3, H, W)`` image batch, ``channels_last`` layout; values and shape are unchanged.
+    CPU: ``x.to(device)`` as plain code would do it (a ``channels_last`` model still runs NHWC:
+    oneDNN follows the weights' layout).
     """
-    x = x.to(device, non_blocking=_is_cuda(device))
+    if not _is_cuda(device):
+        return x.to(device)
+    x = x.to(device, non_blocking=True)
     if x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x

@@ -512,7 +512,7 @@ def run_precompute(
     teacher = teacher_attrs(loaded, compute_dtype)
     store = open_or_create_store(cfg, loaded, teacher, worker, dataset)
     encoder = loaded.encoder.requires_grad_(False).eval()
-    prepare_model(encoder, device)  # CUDA: channels_last + cuDNN autotuning; CPU: unchanged
+    prepare_model(encoder, device)  # see accel.prepare_model
     workers_n = cfg.workers if cfg.workers is not None else default_workers(device)
 
     mine = [s for s in range(store.num_shards) if s % workers == worker]

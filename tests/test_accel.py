@@ -37,24 +37,30 @@ def test_cuda_workers_scale_with_cores_per_gpu_process(monkeypatch: pytest.Monke
 
 
 def test_prepare_model_and_to_device_keep_values_on_cpu() -> None:
-    """CPU: NHWC layout only; every weight, every batch value and the encoder's output stay."""
+    """CPU: an 8-channel model and every batch stay as plain code leaves them; a model whose convs
+    all have >= 16 channels goes NHWC with the same weights and the same outputs."""
     torch.manual_seed(0)
-    enc = build_encoder(EncoderConfig(arch="tiny", small_stem=True, head_hidden=16, head_out=8))
-    enc.eval()
-    before = {k: v.clone() for k, v in enc.state_dict().items()}
-    x = torch.randn(2, 3, 16, 16)
-    with torch.no_grad():
-        plain = enc(x, output="embedding")
+    tiny = build_encoder(EncoderConfig(arch="tiny", small_stem=True, head_hidden=16, head_out=8))
+    before = {k: (v.clone(), v.stride()) for k, v in tiny.state_dict().items()}
     bench_before = torch.backends.cudnn.benchmark
-    assert accel.prepare_model(enc, "cpu") is enc
+    assert accel.prepare_model(tiny, "cpu") is tiny
     assert torch.backends.cudnn.benchmark == bench_before
-    for k, v in enc.state_dict().items():
-        assert torch.equal(v, before[k]), k
+    for k, v in tiny.state_dict().items():
+        assert torch.equal(v, before[k][0]) and v.stride() == before[k][1], k
+    x = torch.randn(2, 3, 16, 16)
     y = accel.to_device(x, torch.device("cpu"))
-    assert y.is_contiguous(memory_format=torch.channels_last) and torch.equal(x, y)
+    assert y.is_contiguous() and y.stride() == x.stride() and torch.equal(x, y)
+
+    wide = build_encoder(
+        EncoderConfig(arch="resnet10", width=16, small_stem=True, head_hidden=16, head_out=8)
+    ).eval()
     with torch.no_grad():
-        fast = enc(y, output="embedding")
-    assert torch.allclose(fast, plain, atol=1e-5)
+        plain = wide(x, output="embedding")
+    accel.prepare_model(wide, "cpu")
+    conv = next(m for m in wide.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.allclose(wide(x, output="embedding"), plain, atol=1e-5)
 
 
 def test_precompute_batch_is_pinned_by_the_dataloader(monkeypatch: pytest.MonkeyPatch) -> None:

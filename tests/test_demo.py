@@ -9,10 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from store.embedding_store import EmbeddingStore
 from store.errors import ConfigError
 from student_trainer.cli import app
 from student_trainer.demo import DemoConfig
-from teacher_service.checkpoint import save_checkpoint
+from teacher_service.checkpoint import file_sha256, save_checkpoint
 from teacher_service.encoders import EncoderConfig, build_encoder
 
 
@@ -24,16 +25,16 @@ def _teacher(path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_quick_demo_end_to_end(tmp_path: Path) -> None:
+def test_quick_demo_and_study_end_to_end(tmp_path: Path) -> None:
+    """`demo --quick --study`: every demo stage, then every study arm; a second `demo --quick`
+    in the same folder reuses every trained student (the runs ledger)."""
     teacher = _teacher(tmp_path / "teacher.pt")
     out = tmp_path / "demo"
-    result = CliRunner().invoke(
-        app,
-        [
-            *("demo", "--quick", "--teacher", str(teacher), "--student-arch", "tiny"),
-            *("--out", str(out), "--no-progress", "--workers", "1"),
-        ],
-    )
+    common = [
+        *("demo", "--quick", "--teacher", str(teacher), "--student-arch", "tiny"),
+        *("--out", str(out), "--no-progress", "--workers", "1"),
+    ]
+    result = CliRunner().invoke(app, [*common, "--study"])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "results.json").read_text())
     stages = summary["stage_seconds"]
@@ -41,10 +42,10 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     records = summary["records"]
     roles = [r["role"] for r in records]
     assert roles.count("teacher") == 1 and roles.count("student") == 3
-    assert sorted(r["method"] for r in records if r["role"] == "student") == [
-        "disco",
-        "mocov2",
-        "seed",
+    assert sorted(r["name"] for r in records if r["role"] == "student") == [
+        "disco student",
+        "mocov2 student",
+        "seed student",
     ]
     baselines = {r["name"]: r for r in records if r["role"] == "baseline"}
     # The raw-pixel rows are DESIGN §12's contract numbers on the mnist5k split.
@@ -57,6 +58,29 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     assert "Stage times" in table and "| raw pixels |" in table
     assert len(list(out.glob("neighbours_*.png"))) >= 4
     assert (out / "store.zarr").is_dir()
+
+    study = json.loads((out / "study.json").read_text())
+    arms = {a["name"]: a for a in study["arms"]}
+    assert set(arms) == {
+        *("mocov2", "disco", "disco-lambda2", "disco-V3", "disco-online"),
+        *("disco-head128", "disco-weak"),
+    }
+    assert arms["mocov2"]["seeds"] == [0, 1] and arms["disco"]["seeds"] == [0, 1]
+    for arm in arms.values():
+        assert all(0.1 < v <= 1.0 for v in arm["knn_weighted"].values()), arm
+    # The weak teacher is the seed-0 mocov2 student; V=3 got a store of its own.
+    ledger = json.loads((out / "runs.json").read_text())
+    weak = EmbeddingStore.open(str(out / "store-weak.zarr")).teacher
+    assert weak is not None and weak["sha256"] == file_sha256(ledger["mocov2-s0"]["final"])
+    assert set(study["cost"]["builds"]) == {"store.zarr", "store-v3.zarr", "store-weak.zarr"}
+    assert study["cost"]["break_even"]["store.zarr"]["build_s"] > 0
+    assert set(study["goals"]) >= {"disco_beats_mocov2_by_2_points", "V3_within_1_point_of_online"}
+    md = (out / "study.md").read_text()
+    assert "## The DisCo claim" in md and "## Weak teacher" in md and "## Cost" in md
+
+    again = CliRunner().invoke(app, common)
+    assert again.exit_code == 0, again.output
+    assert again.output.count("already trained") == 3
 
 
 def test_demo_refuses_missing_teacher_with_one_line(tmp_path: Path) -> None:
