@@ -29,6 +29,7 @@ __all__ = [
     "DemoResult",
     "RunLedger",
     "demo_teacher_config",
+    "install_demo_teacher",
     "run_demo",
     "train_demo_teacher",
 ]
@@ -174,13 +175,20 @@ def train_demo_teacher(
     ``student_trainer/assets/demo_teacher.pt``; its sha256 goes into the README.
     """
     from student_trainer.train import train
-    from teacher_service.checkpoint import load_encoder, save_checkpoint
 
     result = train(demo_teacher_config(out, epochs=epochs, progress=progress))
     if not install:
         return result.final_path
-    loaded = load_encoder(result.final_path)
-    raw = _load_raw(result.final_path)
+    return install_demo_teacher(result.final_path)
+
+
+def install_demo_teacher(final_path: str) -> str:
+    """Re-save a trained teacher (``final.pt`` with its head) in fp16 as the shipped
+    ``student_trainer/assets/demo_teacher.pt``; return that path."""
+    from teacher_service.checkpoint import load_encoder, save_checkpoint
+
+    loaded = load_encoder(final_path)
+    raw = _load_raw(final_path)
     DEMO_TEACHER_PATH.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(
         str(DEMO_TEACHER_PATH),

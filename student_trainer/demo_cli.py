@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -38,6 +38,18 @@ def demo_command(
     ablation_seeds: Annotated[
         int, typer.Option(help="With --study: seeds of every other study arm.")
     ] = 1,
+    study_views: Annotated[
+        list[int] | None,
+        typer.Option(help="With --study: other cached-view counts V (repeatable; default 2, 32)."),
+    ] = None,
+    study_heads: Annotated[
+        list[int] | None,
+        typer.Option(help="With --study: other head hidden widths (repeatable; default 128, 512)."),
+    ] = None,
+    study_lambdas: Annotated[
+        list[float] | None,
+        typer.Option(help="With --study: other DisCo λ values (repeatable; default 2)."),
+    ] = None,
     dataset: Annotated[str, typer.Option(help="Dataset spec (train split is distilled).")] = (
         "mnist5k"
     ),
@@ -85,7 +97,14 @@ def demo_command(
         if study:
             from student_trainer.study import StudyConfig, run_study
 
-            run_study(cfg, StudyConfig(seeds=seeds, ablation_seeds=ablation_seeds))
+            arms: dict[str, Any] = {"seeds": seeds, "ablation_seeds": ablation_seeds}
+            if study_views:
+                arms["views"] = tuple(study_views)
+            if study_heads:
+                arms["head_hidden"] = tuple(study_heads)
+            if study_lambdas:
+                arms["lambdas"] = tuple(study_lambdas)
+            run_study(cfg, StudyConfig(**arms))
         else:
             run_demo(cfg)
     except DiscoError as exc:

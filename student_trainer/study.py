@@ -106,7 +106,8 @@ class StudyResult:
 
 
 def plan_arms(demo: DemoConfig, study: StudyConfig) -> list[Arm]:
-    """Every arm of the study, main arms first (pure: nothing is trained)."""
+    """Every arm of the study in run order: main arms, weak teacher, V and online, λ, head
+    (most telling first, so a study cut short has measured those). Pure: nothing is trained."""
     main = tuple(demo.seed + k for k in range(study.seeds))
     abl = tuple(demo.seed + k for k in range(study.ablation_seeds))
     lam = f"λ {demo.distill_weight:g}"
@@ -114,27 +115,6 @@ def plan_arms(demo: DemoConfig, study: StudyConfig) -> list[Arm]:
     arms = [
         Arm("mocov2", "main", "mocov2", main, label="mocov2 (no teacher)"),
         Arm("disco", "main", "disco", main, label=f"disco ({lam}, V {v_main}, head 2048)"),
-    ]
-    arms += [
-        Arm(f"disco-lambda{w:g}", "lambda", "disco", abl, (("distill_weight", w),), f"λ {w:g}")
-        for w in study.lambdas
-        if w != demo.distill_weight
-    ]
-    for v in study.views:
-        if v == v_main:
-            continue
-        if v < v_main:
-            arms.append(Arm(f"disco-V{v}", "views", "disco", abl, (("views", v),), label=f"V {v}"))
-        else:
-            arms.append(
-                Arm(f"disco-V{v}", "views", "disco", abl, store=f"store-v{v}.zarr", label=f"V {v}")
-            )
-    if study.online:
-        arms.append(Arm("disco-online", "views", "disco", abl, store="", label="online teacher"))
-    arms += [
-        Arm(f"disco-head{h}", "head", "disco", abl, (("head_hidden", h),), label=f"head {h}")
-        for h in study.head_hidden
-        if h != 2048
     ]
     if study.weak_teacher:
         arms.append(
@@ -147,6 +127,24 @@ def plan_arms(demo: DemoConfig, study: StudyConfig) -> list[Arm]:
                 label="disco from the weak teacher",
             )
         )
+    for v in sorted(v for v in study.views if v < v_main):  # prefixes of the demo's store
+        arms.append(Arm(f"disco-V{v}", "views", "disco", abl, (("views", v),), label=f"V {v}"))
+    if study.online:
+        arms.append(Arm("disco-online", "views", "disco", abl, store="", label="online teacher"))
+    for v in sorted(v for v in study.views if v > v_main):  # stores of their own
+        arms.append(
+            Arm(f"disco-V{v}", "views", "disco", abl, store=f"store-v{v}.zarr", label=f"V {v}")
+        )
+    arms += [
+        Arm(f"disco-lambda{w:g}", "lambda", "disco", abl, (("distill_weight", w),), f"λ {w:g}")
+        for w in study.lambdas
+        if w != demo.distill_weight
+    ]
+    arms += [
+        Arm(f"disco-head{h}", "head", "disco", abl, (("head_hidden", h),), label=f"head {h}")
+        for h in study.head_hidden
+        if h != 2048
+    ]
     return arms
 
 
