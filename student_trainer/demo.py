@@ -44,7 +44,7 @@ DEMO_TEACHER: dict[str, Any] = {
     "dataset": "mnist5k",
     "split": "train",
     "size": 32,
-    "epochs": 30,
+    "epochs": 80,
     "batch_size": 128,
     "queue_size": 4096,
     "key_momentum": 0.99,
@@ -98,7 +98,7 @@ class DemoConfig:
     device: str = "auto"
     """auto, cpu, cuda or cuda:N."""
     quick: bool = False
-    """A ~3-minute run of the same stages (fewer views, epochs and verify samples)."""
+    """A ~3-minute run of the same stages (fewer views, epochs, verify samples; queue 512)."""
     progress: bool = True
     """Show progress bars."""
     verify_samples: int = 64
@@ -120,6 +120,7 @@ class DemoConfig:
             self.views = min(self.views, 2)
             self.epochs = min(self.epochs, 1)
             self.verify_samples = min(self.verify_samples, 16)
+            self.extra = {"queue_size": 512, **self.extra}  # fewer prefill batches
 
     def resolved_recipe(self) -> str:
         """Recipe name ("digits" for mnist5k/digits unless given)."""

@@ -24,17 +24,18 @@ def _teacher(path: Path) -> Path:
     return path
 
 
+def _quick(teacher: Path, out: Path, *extra: str, workers: int = 1) -> list[str]:
+    return [
+        *("demo", "--quick", "--teacher", str(teacher), "--student-arch", "tiny"),
+        *("--out", str(out), "--no-progress", "--workers", str(workers), *extra),
+    ]
+
+
 @pytest.mark.slow
-def test_quick_demo_and_study_end_to_end(tmp_path: Path) -> None:
-    """`demo --quick --study`: every demo stage, then every study arm; a second `demo --quick`
-    in the same folder reuses every trained student (the runs ledger)."""
+def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     teacher = _teacher(tmp_path / "teacher.pt")
     out = tmp_path / "demo"
-    common = [
-        *("demo", "--quick", "--teacher", str(teacher), "--student-arch", "tiny"),
-        *("--out", str(out), "--no-progress", "--workers", "1"),
-    ]
-    result = CliRunner().invoke(app, [*common, "--study"])
+    result = CliRunner().invoke(app, _quick(teacher, out))
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "results.json").read_text())
     stages = summary["stage_seconds"]
@@ -59,6 +60,17 @@ def test_quick_demo_and_study_end_to_end(tmp_path: Path) -> None:
     assert len(list(out.glob("neighbours_*.png"))) >= 4
     assert (out / "store.zarr").is_dir()
 
+
+@pytest.mark.slow
+def test_quick_study_end_to_end_and_resumed(tmp_path: Path) -> None:
+    """`demo --quick --study` on sklearn digits: the demo, then every study arm kind; a second
+    `demo --quick` in the same folder reuses every trained student (the runs ledger)."""
+    teacher = _teacher(tmp_path / "teacher.pt")
+    out = tmp_path / "study"
+    # In-process rendering (--workers 0): ten short runs would each start a worker otherwise.
+    args = _quick(teacher, out, "--dataset", "digits", "--study", workers=0)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
     study = json.loads((out / "study.json").read_text())
     arms = {a["name"]: a for a in study["arms"]}
     assert set(arms) == {
@@ -78,7 +90,7 @@ def test_quick_demo_and_study_end_to_end(tmp_path: Path) -> None:
     md = (out / "study.md").read_text()
     assert "## The DisCo claim" in md and "## Weak teacher" in md and "## Cost" in md
 
-    again = CliRunner().invoke(app, common)
+    again = CliRunner().invoke(app, _quick(teacher, out, "--dataset", "digits", workers=0))
     assert again.exit_code == 0, again.output
     assert again.output.count("already trained") == 3
 
@@ -94,5 +106,6 @@ def test_demo_refuses_missing_teacher_with_one_line(tmp_path: Path) -> None:
 def test_quick_shrinks_every_stage() -> None:
     cfg = DemoConfig(quick=True, views=32, epochs=15)
     assert (cfg.views, cfg.epochs, cfg.verify_samples) == (2, 1, 16)
+    assert cfg.extra == {"queue_size": 512}
     with pytest.raises(ConfigError, match="unknown demo methods"):
         DemoConfig(methods=("mocov2", "byol"))
