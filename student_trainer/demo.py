@@ -234,6 +234,33 @@ class RunLedger:
         tmp.write_text(json.dumps(self.entries, indent=2, default=str))
         tmp.replace(self.path)
 
+    def build_store(self, cfg: DemoConfig, name: str, teacher: str, views: int) -> str:
+        """Precompute ``teacher`` over ``views`` views of every train image into ``cfg.out/name``
+        (resumes a partial store); record the build as ``precompute:<name>``; return the URL."""
+        from teacher_service.precompute import PrecomputeConfig, run_precompute
+
+        url = str(Path(cfg.out) / name)
+        report = run_precompute(
+            PrecomputeConfig(
+                teacher=teacher,
+                dataset=cfg.dataset,
+                store=url,
+                views=views,
+                split="train",
+                recipe=cfg.resolved_recipe(),
+                size=cfg.size,
+                seed=cfg.seed,
+                workers=cfg.workers,
+                device=cfg.device,
+                shard_size=1024,
+                progress=cfg.progress,
+            )
+        )
+        key = f"precompute:{name}"
+        if key not in self.entries and report.views_computed:
+            self.record(key, {"seconds": report.seconds, "views": report.views_computed})
+        return url
+
     @classmethod
     def _settings(cls, cfg: TrainConfig) -> dict[str, Any]:
         return {k: v for k, v in cfg.to_dict().items() if k not in cls.IGNORED}
@@ -296,45 +323,24 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
     from student_trainer.evaluate import evaluate
     from student_trainer.features import EncoderFeatures
     from student_trainer.linear_probe import ProbeConfig
-    from teacher_service.precompute import PrecomputeConfig, run_precompute
     from teacher_service.verify import verify_store
 
     console = console or Console()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     teacher = cfg.resolved_teacher()
-    recipe = cfg.resolved_recipe()
-    store = str(out / "store.zarr")
     stages = _Stages(console)
     students: dict[str, str] = {}
     device = None if cfg.device == "auto" else cfg.device
 
+    runs = RunLedger(out / "runs.json")
     with stages.stage(f"precompute: {cfg.views} views per train image"):
-        report = run_precompute(
-            PrecomputeConfig(
-                teacher=teacher,
-                dataset=cfg.dataset,
-                store=store,
-                views=cfg.views,
-                split="train",
-                recipe=recipe,
-                size=cfg.size,
-                seed=cfg.seed,
-                workers=cfg.workers,
-                device=cfg.device,
-                shard_size=1024,
-                progress=cfg.progress,
-            )
-        )
+        store = runs.build_store(cfg, "store.zarr", teacher, cfg.views)
     with stages.stage("verify cached targets against the live teacher"):
         check = verify_store(store, teacher, samples=cfg.verify_samples, device=cfg.device)
         console.print(check.summary())
         if not check.passed:
             raise DiscoError(f"store verify failed: {check.summary()}")
-    runs = RunLedger(out / "runs.json")
-    if "precompute:store.zarr" not in runs.entries and report.views_computed:
-        built = {"seconds": report.seconds, "views": report.views_computed}
-        runs.record("precompute:store.zarr", built)
     for method in cfg.methods:
         with stages.stage(f"train {method} student ({cfg.student_arch}, {cfg.epochs} epochs)"):
             key = f"{method}-s{cfg.seed}"

@@ -162,7 +162,6 @@ def run_study(demo: DemoConfig, study: StudyConfig, console: Console | None = No
     from student_trainer.evaluate import evaluate
     from student_trainer.features import EncoderFeatures
     from teacher_service.checkpoint import file_sha256
-    from teacher_service.precompute import PrecomputeConfig, run_precompute
 
     console = console or Console()
     out = Path(demo.out)
@@ -174,29 +173,6 @@ def run_study(demo: DemoConfig, study: StudyConfig, console: Console | None = No
     recipe = demo.resolved_recipe()
     device = None if demo.device == "auto" else demo.device
     arms = plan_arms(demo, study)
-
-    def build_store(name: str, ckpt: str, views: int) -> str:
-        url = str(out / name)
-        report = run_precompute(
-            PrecomputeConfig(
-                teacher=ckpt,
-                dataset=demo.dataset,
-                store=url,
-                views=views,
-                split="train",
-                recipe=recipe,
-                size=demo.size,
-                seed=demo.seed,
-                workers=demo.workers,
-                device=demo.device,
-                shard_size=1024,
-                progress=demo.progress,
-            )
-        )
-        key = f"precompute:{name}"
-        if key not in runs.entries and report.views_computed:
-            runs.record(key, {"seconds": report.seconds, "views": report.views_computed})
-        return url
 
     def student_cfg(arm: Arm, seed: int, store_teacher: str) -> TrainConfig:
         settings: dict[str, Any] = {**STUDENT_DEFAULTS, **demo.extra, **dict(arm.overrides)}
@@ -234,12 +210,12 @@ def run_study(demo: DemoConfig, study: StudyConfig, console: Console | None = No
         if arm.group == "weak":
             weak_ckpt = runs.entries[f"mocov2-s{demo.seed}"]["final"]
             console.rule(f"[bold]cache of the weak teacher ({weak_ckpt})")
-            build_store(arm.store, weak_ckpt, demo.views)
+            runs.build_store(demo, arm.store, weak_ckpt, demo.views)
             store_teacher = weak_ckpt
         elif arm.store and arm.store != "store.zarr":
             v = dict(arm.overrides).get("views") or int(arm.store.split("-v")[1].split(".")[0])
             console.rule(f"[bold]cache with V={v} views per train image")
-            build_store(arm.store, teacher, v)
+            runs.build_store(demo, arm.store, teacher, v)
         for seed in arm.seeds:
             console.rule(f"[bold]study arm {arm.name}, seed {seed}")
             runs.train(f"{arm.name}-s{seed}", student_cfg(arm, seed, store_teacher), console)
