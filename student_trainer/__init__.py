@@ -13,7 +13,7 @@ from typing import Any
 __all__ = ["METHODS", "TrainConfig", "TrainResult"]
 
 _LAZY = {
-    "METHODS": "student_trainer.config",
+    "METHODS": "student_trainer.methods",
     "TrainConfig": "student_trainer.config",
     "TrainResult": "student_trainer.train",
 }

@@ -13,7 +13,8 @@ from typing import Annotated, Any
 import typer
 
 from store.errors import ConfigError, DiscoError
-from student_trainer.config import METHODS, TrainConfig
+from student_trainer.config import TrainConfig
+from student_trainer.methods import METHODS
 
 __all__ = ["parse_expect", "train_command"]
 
