@@ -52,9 +52,9 @@ from store.errors import (
     StoreNotFoundError,
 )
 from store.manifest import build_manifest
-from store.views import Recipe, get_recipe, render_view
+from store.views import Recipe, render_view
 from teacher_service.accel import default_workers, prepare_model, to_device
-from teacher_service.checkpoint import LoadedEncoder, load_encoder
+from teacher_service.checkpoint import LoadedEncoder, load_encoder, recipe_for
 
 __all__ = [
     "AMP_MODES",
@@ -90,10 +90,11 @@ class PrecomputeConfig:
     """Planned views V per sample (used when the store is created)."""
     split: str = "all"
     """Dataset split: all, train or test."""
-    recipe: str = "mocov2"
-    """View recipe name (store.views.RECIPES)."""
+    recipe: str | None = None
+    """View recipe name (store.views.RECIPES); None = the existing store's, else the teacher's
+    recorded recipe, else mocov2 (``checkpoint.recipe_for``)."""
     size: int | None = None
-    """View size S in px; None = the existing store's, else the teacher's preprocessing size."""
+    """View size S in px; None = the existing store's, else the teacher's recorded size."""
     seed: int = 0
     """View-plan seed."""
     batch_size: int = 256
@@ -235,21 +236,15 @@ def _autocast(device: torch.device, compute_dtype: str) -> contextlib.AbstractCo
 # Store creation / opening
 
 
-def _default_size(cfg: PrecomputeConfig, loaded: LoadedEncoder) -> int:
-    if cfg.size is not None:
-        return cfg.size
-    size = (loaded.info.get("preprocessing") or {}).get("size")
-    return int(size) if isinstance(size, int) and size >= 8 else 224
-
-
 def _expectations(cfg: PrecomputeConfig) -> dict[str, object]:
     expect: dict[str, object] = {
         "dataset.spec": cfg.dataset,
         "dataset.split": cfg.split,
-        "recipe.name": cfg.recipe,
         "recipe.seed": cfg.seed,
         "recipe.views": cfg.views,
     }
+    if cfg.recipe is not None:
+        expect["recipe.name"] = cfg.recipe
     if cfg.size is not None:
         expect["recipe.size"] = cfg.size
     return expect
@@ -289,7 +284,7 @@ def open_or_create_store(
             if dataset is None:
                 dataset = open_dataset(cfg.dataset)
             manifest = build_manifest(dataset, cfg.split, progress=cfg.progress)
-            recipe = get_recipe(cfg.recipe, _default_size(cfg, loaded))
+            recipe = recipe_for(loaded.info.get("preprocessing"), cfg.recipe, cfg.size)
             store = EmbeddingStore.create(
                 cfg.store,
                 manifest=manifest,
