@@ -51,8 +51,8 @@ from store.errors import (
     StoreNotFoundError,
 )
 from store.manifest import build_manifest
-from store.views import Recipe, get_recipe, render_view
-from teacher_service.checkpoint import LoadedEncoder, load_encoder
+from store.views import Recipe, render_view
+from teacher_service.checkpoint import LoadedEncoder, load_encoder, recipe_for
 from teacher_service.runtime import (
     autocast,
     default_workers,
@@ -96,10 +96,11 @@ class PrecomputeConfig:
     """Planned views V per sample (used when the store is created)."""
     split: str = "all"
     """Dataset split: all, train or test."""
-    recipe: str = "mocov2"
-    """View recipe name (store.views.RECIPES)."""
+    recipe: str | None = None
+    """View recipe name (store.views.RECIPES); None = the existing store's, else the teacher's
+    recorded recipe, else mocov2 (``checkpoint.recipe_for``)."""
     size: int | None = None
-    """View size S in px; None = the existing store's, else the teacher's preprocessing size."""
+    """View size S in px; None = the existing store's, else the teacher's recorded size."""
     seed: int = 0
     """View-plan seed."""
     batch_size: int = 256
@@ -221,21 +222,15 @@ def teacher_attrs(loaded: LoadedEncoder, compute_dtype: str) -> dict[str, Any]:
 # Store creation / opening
 
 
-def _default_size(cfg: PrecomputeConfig, loaded: LoadedEncoder) -> int:
-    if cfg.size is not None:
-        return cfg.size
-    size = (loaded.info.get("preprocessing") or {}).get("size")
-    return int(size) if isinstance(size, int) and size >= 8 else 224
-
-
 def _expectations(cfg: PrecomputeConfig) -> dict[str, object]:
     expect: dict[str, object] = {
         "dataset.spec": cfg.dataset,
         "dataset.split": cfg.split,
-        "recipe.name": cfg.recipe,
         "recipe.seed": cfg.seed,
         "recipe.views": cfg.views,
     }
+    if cfg.recipe is not None:
+        expect["recipe.name"] = cfg.recipe
     if cfg.size is not None:
         expect["recipe.size"] = cfg.size
     return expect
@@ -275,7 +270,7 @@ def open_or_create_store(
             if dataset is None:
                 dataset = open_dataset(cfg.dataset)
             manifest = build_manifest(dataset, cfg.split, progress=cfg.progress)
-            recipe = get_recipe(cfg.recipe, _default_size(cfg, loaded))
+            recipe = recipe_for(loaded.info.get("preprocessing"), cfg.recipe, cfg.size)
             store = EmbeddingStore.create(
                 cfg.store,
                 manifest=manifest,
