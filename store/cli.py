@@ -47,6 +47,9 @@ def create(
         str, typer.Option(help="View recipe (mocov2, digits, ...; store.views.RECIPES).")
     ] = "mocov2",
     size: Annotated[int, typer.Option(help="Output view size in pixels.")] = 32,
+    interpolation: Annotated[
+        str, typer.Option(help="Crop resize kernel: bilinear, bicubic or nearest.")
+    ] = "bilinear",
     views: Annotated[int, typer.Option(help="Views per sample (V).")] = 8,
     seed: Annotated[int, typer.Option(help="Plan seed of the view parameters.")] = 0,
     shard_size: Annotated[int, typer.Option(help="Rows per shard file.")] = 4096,
@@ -66,7 +69,9 @@ def create(
 
     try:
         t0 = time.perf_counter()
-        rec = get_recipe(recipe, size)  # validate cheap options before decoding the dataset
+        rec = get_recipe(
+            recipe, size, interpolation
+        )  # validate cheap options before decoding the dataset
         ds = open_dataset(dataset)
         manifest = build_manifest(ds, split, progress=True)
         store = EmbeddingStore.create(

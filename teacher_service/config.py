@@ -33,10 +33,11 @@ class PrecomputeConfig:
     """Planned views V per sample (used when the store is created)."""
     split: str = "all"
     """Dataset split: all, train or test."""
-    recipe: str = "mocov2"
-    """View recipe name (store.views.RECIPES)."""
+    recipe: str | None = None
+    """View recipe name (store.views.RECIPES); None = the existing store's, else the teacher's
+    recorded recipe, else mocov2 (``checkpoint.recipe_for``)."""
     size: int | None = None
-    """View size S in px; None = the existing store's, else the teacher's preprocessing size."""
+    """View size S in px; None = the existing store's, else the teacher's recorded size."""
     seed: int = 0
     """View-plan seed."""
     batch_size: int = 256

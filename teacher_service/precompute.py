@@ -51,8 +51,8 @@ from store.errors import (
     StoreNotFoundError,
 )
 from store.manifest import build_manifest
-from store.views import Recipe, get_recipe, render_view
-from teacher_service.checkpoint import LoadedEncoder, load_encoder
+from store.views import Recipe, render_view
+from teacher_service.checkpoint import LoadedEncoder, load_encoder, recipe_for
 from teacher_service.config import AMP_DTYPES, AMP_MODES, STORE_DTYPES, PrecomputeConfig
 from teacher_service.runtime import (
     autocast,
@@ -143,21 +143,15 @@ def teacher_attrs(loaded: LoadedEncoder, compute_dtype: str) -> dict[str, Any]:
 # Store creation / opening
 
 
-def _default_size(cfg: PrecomputeConfig, loaded: LoadedEncoder) -> int:
-    if cfg.size is not None:
-        return cfg.size
-    size = (loaded.info.get("preprocessing") or {}).get("size")
-    return int(size) if isinstance(size, int) and size >= 8 else 224
-
-
 def _expectations(cfg: PrecomputeConfig) -> dict[str, object]:
     expect: dict[str, object] = {
         "dataset.spec": cfg.dataset,
         "dataset.split": cfg.split,
-        "recipe.name": cfg.recipe,
         "recipe.seed": cfg.seed,
         "recipe.views": cfg.views,
     }
+    if cfg.recipe is not None:
+        expect["recipe.name"] = cfg.recipe
     if cfg.size is not None:
         expect["recipe.size"] = cfg.size
     return expect
@@ -197,7 +191,7 @@ def open_or_create_store(
             if dataset is None:
                 dataset = open_dataset(cfg.dataset)
             manifest = build_manifest(dataset, cfg.split, progress=cfg.progress)
-            recipe = get_recipe(cfg.recipe, _default_size(cfg, loaded))
+            recipe = recipe_for(loaded.info.get("preprocessing"), cfg.recipe, cfg.size)
             store = EmbeddingStore.create(
                 cfg.store,
                 manifest=manifest,

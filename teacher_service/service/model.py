@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from store.views import Recipe, get_recipe
-from teacher_service.checkpoint import load_encoder
+from store.views import Recipe
+from teacher_service.checkpoint import load_encoder, recipe_for
 from teacher_service.encoders import Encoder
 from teacher_service.runtime import autocast, prepare_model, resolve_device, to_device
 
@@ -78,26 +78,26 @@ def load_runtime(
     dtype: str = "float32",
     recipe: str | None = None,
     threads: int | None = None,
+    size: int | None = None,
 ) -> TeacherRuntime:
     """Load the teacher checkpoint and pick its view recipe.
 
-    The recipe is ``recipe`` if given, else the checkpoint's ``preprocessing["recipe"]``, else
-    ``mocov2``, at the checkpoint's input size. Raises ``CheckpointError`` / ``ConfigError``.
+    The recipe is ``recipe`` / ``size`` (px) where given, else the checkpoint's recorded ones
+    (:func:`teacher_service.checkpoint.recipe_for`, the rule precompute uses too).
+    Raises ``CheckpointError`` / ``ConfigError``.
     """
     if threads is not None:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
     loaded = load_encoder(teacher, device=dev)
-    pre = dict(loaded.info.get("preprocessing") or {})
-    name = recipe or pre.get("recipe") or "mocov2"
-    size = int(pre.get("size") or 224)
+    view_recipe = recipe_for(loaded.info.get("preprocessing"), recipe, size)
     # CUDA: channels_last. No cuDNN autotuning: dynamic batches come in every size from 1 to
     # max_batch_size, and each new shape would stall a request while cuDNN re-tunes.
     prepare_model(loaded.encoder, dev, autotune=False)
     return TeacherRuntime(
         encoder=loaded.encoder,
         info=loaded.info,
-        recipe=get_recipe(str(name), size),
+        recipe=view_recipe,
         device=dev,
         dtype=dtype if dev.type == "cuda" else "float32",
     )
