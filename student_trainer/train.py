@@ -109,7 +109,7 @@ def _open_data(cfg: TrainConfig, rank: int, world: int, batch: int) -> _Data:
         from store.embedding_store import EmbeddingStore
 
         store = EmbeddingStore.open(cfg.store, expect=dict(cfg.expect) or None)
-        cached = cfg.uses_teacher and cfg.online_teacher is None
+        cached = cfg.spec.uses_teacher and cfg.online_teacher is None
         if cached and store.teacher is None:
             raise ConfigError(
                 f"store {cfg.store} has no teacher embeddings; run `disco precompute` first"
@@ -263,7 +263,7 @@ def _train(
 ) -> TrainResult:
     data = _open_data(cfg, rank, world, batch)
     teacher: Encoder | None = None
-    if cfg.online_teacher is not None and cfg.uses_teacher:
+    if cfg.online_teacher is not None and cfg.spec.uses_teacher:
         teacher = load_encoder(cfg.online_teacher, device=device).encoder
         teacher.requires_grad_(False)  # frozen, visibly
         teacher.eval()
@@ -359,7 +359,7 @@ def _train(
                     if model.queue_full():
                         break
                     keys = None
-                    if model.uses_contrast:
+                    if model.spec.uses_contrast:
                         keys = model.encode_keys(
                             to_device(b.view2, device), _step_seed(cfg.seed, i, 3)
                         )

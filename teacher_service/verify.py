@@ -20,6 +20,7 @@ from store.embedding_store import EmbeddingStore
 from store.errors import DecodeError, StoreError, StoreMismatchError
 from store.views import render_view
 from teacher_service.checkpoint import load_encoder
+from teacher_service.config import VerifyConfig
 from teacher_service.runtime import autocast, resolve_device
 
 __all__ = ["VerifyResult", "sample_slots", "verify_store"]
@@ -94,17 +95,20 @@ def sample_slots(written: np.ndarray, shard_size: int, samples: int, seed: int) 
 def verify_store(
     url: str,
     teacher_path: str,
-    samples: int = 64,
-    threshold: float = 0.999,
-    seed: int = 0,
-    device: str = "auto",
-    batch_size: int = 64,
+    samples: int = VerifyConfig.samples,
+    threshold: float = VerifyConfig.threshold,
+    seed: int = VerifyConfig.seed,
+    device: str = VerifyConfig.device,
+    batch_size: int = VerifyConfig.batch_size,
 ) -> VerifyResult:
     """Check ``samples`` cached views of the store at ``url`` against the live teacher.
 
+    The options are :class:`teacher_service.config.VerifyConfig`'s fields (defaults and checks).
     Raises ``StoreMismatchError("teacher.sha256", ...)`` if the checkpoint is not the store's
-    teacher, ``StoreError`` if the store has no teacher or no written views.
+    teacher, ``StoreError`` if the store has no teacher or no written views, ``ConfigError`` for
+    a bad option.
     """
+    VerifyConfig(samples, threshold, seed, device, batch_size)  # checks the options
     store = EmbeddingStore.open(url)
     recorded = store.teacher
     if recorded is None:
