@@ -20,7 +20,11 @@ __all__ = ["ServiceSettings", "get_settings"]
 class ServiceSettings(BaseSettings):
     """Settings of the teacher-embedding service (env prefix ``DISCO_``, e.g. ``DISCO_TEACHER``)."""
 
-    model_config = SettingsConfigDict(env_prefix="DISCO_", extra="forbid", frozen=True)
+    # An empty DISCO_X means "the default": docker-compose.yml passes every variable through as
+    # ${DISCO_X:-}, so it never restates a default.
+    model_config = SettingsConfigDict(
+        env_prefix="DISCO_", extra="forbid", frozen=True, env_ignore_empty=True
+    )
 
     teacher: FilePath = Field(description="teacher checkpoint file (any format load_encoder reads)")
     store_root: Path | None = Field(
