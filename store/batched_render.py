@@ -248,30 +248,39 @@ def _blur_weights(sigmas: np.ndarray, ksize: int) -> np.ndarray:
 def _blur(x: torch.Tensor, sigmas: np.ndarray, ksize: int, chunk: int = 4) -> torch.Tensor:
     """``store.views._gaussian_blur_exact`` per view: separable taps summed in the same order
     (a float32 multiply then a float32 add per tap, as numpy does), ``chunk`` views at a time so
-    the working set stays in cache."""
-    weights = torch.from_numpy(_blur_weights(sigmas, ksize)).to(x.device)
+    the working set stays in cache. Views are taken in order of sigma and a tap whose float32
+    weight is 0 for every view of a chunk is skipped: adding ``0 * x`` leaves the sum unchanged,
+    so this is exact (small sigmas have few non-zero taps)."""
+    taps_all = _blur_weights(sigmas, ksize)
+    weights = torch.from_numpy(taps_all).to(x.device)
     half = ksize // 2
     h, w = x.shape[-2], x.shape[-1]
     pad_w, pad_h = min(half, w - 1), min(half, h - 1)
     out = torch.empty_like(x)
+    order = np.argsort(sigmas, kind="stable")
     for start in range(0, x.shape[0], chunk):
-        v = x[start : start + chunk].to(torch.float32)
-        taps = weights[start : start + chunk].view(-1, 1, 1, 1, ksize)
+        sel = order[start : start + chunk]
+        live = np.flatnonzero((taps_all[sel] != 0).any(axis=0))
+        idx = torch.from_numpy(sel).to(x.device)
+        v = x.index_select(0, idx).to(torch.float32)
+        taps = weights.index_select(0, idx).view(-1, 1, 1, 1, ksize)
         if pad_w > 0:
             padded = nnf.pad(v, (pad_w, pad_w, 0, 0), mode="reflect")
             acc = torch.zeros_like(v)
             for k in range(half - pad_w, half + pad_w + 1):
-                off = k - half + pad_w
-                acc.add_(taps[..., k] * padded[:, :, :, off : off + w])
+                if k in live:
+                    off = k - half + pad_w
+                    acc.add_(taps[..., k] * padded[:, :, :, off : off + w])
             v = acc
         if pad_h > 0:
             padded = nnf.pad(v, (0, 0, pad_h, pad_h), mode="reflect")
             acc = torch.zeros_like(v)
             for k in range(half - pad_h, half + pad_h + 1):
-                off = k - half + pad_h
-                acc.add_(taps[..., k] * padded[:, :, off : off + h, :])
+                if k in live:
+                    off = k - half + pad_h
+                    acc.add_(taps[..., k] * padded[:, :, off : off + h, :])
             v = acc
-        out[start : start + chunk] = v.round_().clamp_(0, 255).to(torch.uint8)
+        out[idx] = v.round_().clamp_(0, 255).to(torch.uint8)
     return out
 
 
