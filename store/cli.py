@@ -16,7 +16,7 @@ from store.embedding_store import CODECS, EmbeddingStore
 from store.errors import DiscoError
 from store.inspection import check_store, store_info
 from store.manifest import build_manifest
-from store.views import RECIPES, get_recipe
+from store.views import INTERPOLATIONS, RECIPES, get_recipe
 
 app = typer.Typer(help="Create and inspect DisCo embedding stores.", no_args_is_help=True)
 console = Console()
@@ -46,6 +46,9 @@ def create(
     split: Annotated[str, typer.Option(help="Split: all, train or test.")] = "train",
     recipe: Annotated[str, typer.Option(help=f"View recipe: {', '.join(RECIPES)}.")] = "mocov2",
     size: Annotated[int, typer.Option(help="Output view size in pixels.")] = 32,
+    interpolation: Annotated[
+        str, typer.Option(help=f"Crop resize kernel: {', '.join(INTERPOLATIONS)}.")
+    ] = "bilinear",
     views: Annotated[int, typer.Option(help="Views per sample (V).")] = 8,
     seed: Annotated[int, typer.Option(help="Plan seed of the view parameters.")] = 0,
     shard_size: Annotated[int, typer.Option(help="Rows per shard file.")] = 4096,
@@ -58,7 +61,9 @@ def create(
     """Build the manifest and view plan of a dataset into a new store (no teacher needed)."""
     try:
         t0 = time.perf_counter()
-        rec = get_recipe(recipe, size)  # validate cheap options before decoding the dataset
+        rec = get_recipe(
+            recipe, size, interpolation
+        )  # validate cheap options before decoding the dataset
         ds = open_dataset(dataset)
         manifest = build_manifest(ds, split, progress=True)
         store = EmbeddingStore.create(

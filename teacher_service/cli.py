@@ -24,7 +24,9 @@ def precompute_command(
     store: Annotated[str, typer.Option(help="Store path or fsspec URL (created if missing).")],
     views: Annotated[int, typer.Option(help="Planned views V per sample.")] = 8,
     split: Annotated[str, typer.Option(help="Dataset split: all, train or test.")] = "all",
-    recipe: Annotated[str, typer.Option(help="View recipe: mocov2, digits.")] = "mocov2",
+    recipe: Annotated[
+        str | None, typer.Option(help="View recipe: mocov2, digits (default: teacher's).")
+    ] = None,
     size: Annotated[
         int | None, typer.Option(help="View size in px (default: teacher's, else 224).")
     ] = None,

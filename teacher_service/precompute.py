@@ -17,7 +17,6 @@ store, the others wait for it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import queue
@@ -52,9 +51,15 @@ from store.errors import (
     StoreNotFoundError,
 )
 from store.manifest import build_manifest
-from store.views import Recipe, get_recipe, render_view
-from teacher_service.accel import default_workers, prepare_model, to_device
-from teacher_service.checkpoint import LoadedEncoder, load_encoder
+from store.views import Recipe, render_view
+from teacher_service.checkpoint import LoadedEncoder, load_encoder, recipe_for
+from teacher_service.runtime import (
+    autocast,
+    default_workers,
+    prepare_model,
+    resolve_device,
+    to_device,
+)
 
 __all__ = [
     "AMP_MODES",
@@ -62,13 +67,14 @@ __all__ = [
     "PrecomputeConfig",
     "PrecomputeReport",
     "ShardSink",
-    "resolve_device",
     "run_precompute",
     "teacher_attrs",
     "worker_identity",
 ]
 
-AMP_MODES = ("none", "bf16", "fp16")
+AMP_DTYPES = {"none": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""``--amp`` mode -> the compute dtype recorded as ``teacher.compute_dtype``."""
+AMP_MODES = tuple(AMP_DTYPES)
 STORE_DTYPES = ("float16", "int8")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -90,10 +96,11 @@ class PrecomputeConfig:
     """Planned views V per sample (used when the store is created)."""
     split: str = "all"
     """Dataset split: all, train or test."""
-    recipe: str = "mocov2"
-    """View recipe name (store.views.RECIPES)."""
+    recipe: str | None = None
+    """View recipe name (store.views.RECIPES); None = the existing store's, else the teacher's
+    recorded recipe, else mocov2 (``checkpoint.recipe_for``)."""
     size: int | None = None
-    """View size S in px; None = the existing store's, else the teacher's preprocessing size."""
+    """View size S in px; None = the existing store's, else the teacher's recorded size."""
     seed: int = 0
     """View-plan seed."""
     batch_size: int = 256
@@ -198,25 +205,12 @@ def worker_identity(num_shards: int = 1, shard_index: int = 0) -> tuple[int, int
     return shard_index * world + rank, num_shards * world
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu; plain ``cuda`` under torchrun -> ``cuda:LOCAL_RANK``;
-    ``cuda`` without a GPU raises ConfigError."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available")
-    if name == "cuda" and os.environ.get("LOCAL_RANK"):
-        # One GPU per torchrun process.
-        return torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
-    return torch.device(name)
-
-
 def _compute_dtype(amp: str, device: torch.device) -> str:
     if amp == "none":
         return "float32"
     if device.type != "cuda":
         raise ConfigError(f"--amp {amp} needs a CUDA device (got {device})")
-    return {"bf16": "bfloat16", "fp16": "float16"}[amp]
+    return AMP_DTYPES[amp]
 
 
 def teacher_attrs(loaded: LoadedEncoder, compute_dtype: str) -> dict[str, Any]:
@@ -224,32 +218,19 @@ def teacher_attrs(loaded: LoadedEncoder, compute_dtype: str) -> dict[str, Any]:
     return {**loaded.info, "compute_dtype": compute_dtype}
 
 
-def _autocast(device: torch.device, compute_dtype: str) -> contextlib.AbstractContextManager[Any]:
-    if compute_dtype == "float32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if compute_dtype == "bfloat16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 # --------------------------------------------------------------------------------------------
 # Store creation / opening
-
-
-def _default_size(cfg: PrecomputeConfig, loaded: LoadedEncoder) -> int:
-    if cfg.size is not None:
-        return cfg.size
-    size = (loaded.info.get("preprocessing") or {}).get("size")
-    return int(size) if isinstance(size, int) and size >= 8 else 224
 
 
 def _expectations(cfg: PrecomputeConfig) -> dict[str, object]:
     expect: dict[str, object] = {
         "dataset.spec": cfg.dataset,
         "dataset.split": cfg.split,
-        "recipe.name": cfg.recipe,
         "recipe.seed": cfg.seed,
         "recipe.views": cfg.views,
     }
+    if cfg.recipe is not None:
+        expect["recipe.name"] = cfg.recipe
     if cfg.size is not None:
         expect["recipe.size"] = cfg.size
     return expect
@@ -289,7 +270,7 @@ def open_or_create_store(
             if dataset is None:
                 dataset = open_dataset(cfg.dataset)
             manifest = build_manifest(dataset, cfg.split, progress=cfg.progress)
-            recipe = get_recipe(cfg.recipe, _default_size(cfg, loaded))
+            recipe = recipe_for(loaded.info.get("preprocessing"), cfg.recipe, cfg.size)
             store = EmbeddingStore.create(
                 cfg.store,
                 manifest=manifest,
@@ -512,7 +493,7 @@ def run_precompute(
     teacher = teacher_attrs(loaded, compute_dtype)
     store = open_or_create_store(cfg, loaded, teacher, worker, dataset)
     encoder = loaded.encoder.requires_grad_(False).eval()
-    prepare_model(encoder, device)  # see accel.prepare_model
+    prepare_model(encoder, device)  # see runtime.prepare_model
     workers_n = cfg.workers if cfg.workers is not None else default_workers(device)
 
     mine = [s for s in range(store.num_shards) if s % workers == worker]
@@ -580,7 +561,7 @@ def run_precompute(
                     written[row - base] = False
                 if len(batch.rows):
                     x = to_device(batch.images, device)
-                    with _autocast(device, compute_dtype):
+                    with autocast(device, compute_dtype):
                         feat, emb = encoder(x, output="both")
                     emb = torch.nn.functional.normalize(emb.float(), dim=1)
                     local = batch.rows - base

@@ -83,10 +83,11 @@ def serve_command(
     if settings.teacher is not None:
         # Fail before uvicorn starts: a broken checkpoint is one clear line, not a startup trace.
         from store.errors import DiscoError
-        from teacher_service.checkpoint import load_encoder
+        from teacher_service.checkpoint import load_encoder, recipe_for
 
         try:
-            load_encoder(str(settings.teacher), device="cpu")
+            loaded = load_encoder(str(settings.teacher), device="cpu")
+            recipe_for(loaded.info["preprocessing"], settings.recipe, settings.size)
         except (DiscoError, OSError) as exc:
             typer.echo(f"error: cannot load teacher {settings.teacher}: {exc}", err=True)
             raise typer.Exit(1) from None

@@ -36,6 +36,9 @@ class ServiceSettings(BaseSettings):
         default=None,
         description="view recipe for request params (None: the checkpoint's, else mocov2)",
     )
+    size: int | None = Field(
+        default=None, ge=8, le=4096, description="view side in px (None: the checkpoint's)"
+    )
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="rows per model batch")
     max_wait_ms: float = Field(
         default=5.0, ge=0.0, le=10_000.0, description="longest a batch waits to fill, ms"
