@@ -27,9 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from store.batched_render import normalise_views, render_views
 from store.decode import decode_image
-from store.views import get_recipe, plan_views, render_view
+from store.views import get_recipe, normalise_views, plan_views, render_view, render_views
 
 
 def _args() -> argparse.Namespace:

@@ -34,9 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as nnf
 from torchvision.transforms.v2 import functional as tvf
+from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
 from store.errors import ConfigError, DatasetError
-from store.views import DigitsRecipe, MoCoV2Recipe, Recipe, blur_kernel_size
+from store.views.crop import INTERPOLATIONS
+from store.views.kernels import blur_kernel_size
+from store.views.recipes import DigitsRecipe, MoCoV2Recipe, Recipe
 
 __all__ = [
     "RENDERERS",
@@ -64,18 +67,45 @@ Image = np.ndarray | torch.Tensor
 # Resize: torch's uint8 antialiased bilinear kernel, reproduced as exact integer arithmetic.
 
 
+def _filter(kind: str, x: np.ndarray) -> np.ndarray:
+    """ATen's antialias filters (float64): triangle, and Keys cubic with a = -0.5 (PIL's)."""
+    x = np.abs(x)
+    if kind == "bilinear":
+        return np.where(x < 1.0, 1.0 - x, 0.0)
+    a = -0.5
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
 @functools.lru_cache(maxsize=8192)
-def aa_resize_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Integer weights of torch's uint8 antialiased bilinear resize along one axis.
+def aa_resize_weights(
+    in_size: int, out_size: int, interpolation: str = "bilinear"
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Integer weights of torch's uint8 CPU resize along one axis, for a recorded interpolation
+    (:data:`store.views.INTERPOLATIONS`: antialiased bilinear or bicubic, or pixel-centre nearest).
 
     Returns ``(index, weight, precision)``: ``index`` (out, K) int64 source positions (clamped into
     the axis), ``weight`` (out, K) int64 fixed-point weights (0 past each output's support) and the
     axis' shift ``precision``. Output ``o`` is ``clamp((2**(precision-1) + sum_k src[index[o, k]] *
     weight[o, k]) >> precision, 0, 255)``: the arithmetic of ATen's ``UpSampleKernelAVXAntialias``
-    (weights computed in double as in ``_compute_index_ranges_int16_weights``).
+    (weights computed in double as in ``_compute_index_ranges_int16_weights``). ``nearest`` is one
+    tap of weight 1 at ``floor((o + 0.5) * in / out)`` (ATen's ``nearest-exact``; precision 0).
     """
+    if interpolation == "nearest":
+        scale32 = np.float32(in_size) / np.float32(out_size)
+        pos = ((np.arange(out_size, dtype=np.float64) + 0.5) * np.float64(scale32)).astype(
+            np.float32
+        )
+        src = np.minimum(np.floor(pos).astype(np.int64), in_size - 1)
+        return src[:, None], np.ones((out_size, 1), dtype=np.int64), 0
+    if interpolation not in ("bilinear", "bicubic"):
+        raise ConfigError(
+            f"unknown interpolation {interpolation!r}; valid: {', '.join(sorted(INTERPOLATIONS))}"
+        )
+    half_taps = 1.0 if interpolation == "bilinear" else 2.0
     scale = in_size / out_size
-    support = scale if scale >= 1.0 else 1.0
+    support = half_taps * scale if scale >= 1.0 else half_taps
     ksize = math.ceil(support) * 2 + 1
     invscale = 1.0 / scale if scale >= 1.0 else 1.0
     i = np.arange(out_size, dtype=np.float64)
@@ -84,8 +114,8 @@ def aa_resize_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarr
     xsize = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - xmin
     xsize = np.clip(xsize, 0, ksize)
     j = np.arange(ksize, dtype=np.int64)
-    x = np.abs(((j[None, :] + xmin[:, None]) - center[:, None] + 0.5) * invscale)
-    w = np.where((x < 1.0) & (j[None, :] < xsize[:, None]), 1.0 - x, 0.0)
+    x = ((j[None, :] + xmin[:, None]) - center[:, None] + 0.5) * invscale
+    w = np.where(j[None, :] < xsize[:, None], _filter(interpolation, x), 0.0)
     total = np.zeros(out_size, dtype=np.float64)
     for k in range(ksize):  # sequential, as the C++ loop (numpy's pairwise sum rounds otherwise)
         total += w[:, k]
@@ -97,13 +127,14 @@ def aa_resize_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarr
         if int(0.5 + wt_max * (1 << (precision + 1))) >= (1 << 15):
             break
         precision += 1
-    weight = np.trunc(0.5 + w * (1 << precision)).astype(np.int64)
+    v = w * (1 << precision)
+    weight = np.trunc(np.where(v < 0, v - 0.5, v + 0.5)).astype(np.int64)
     index = np.clip(xmin[:, None] + j[None, :], 0, max(in_size - 1, 0))
     return index, weight, precision
 
 
 def _dense_weights(
-    sizes: Sequence[int], out_size: int, padded: int, device: torch.device
+    sizes: Sequence[int], out_size: int, padded: int, device: torch.device, interpolation: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, out, padded) float64 dense fixed-point weights and (B, 1, 1, 1) float64 2**precision."""
     b = len(sizes)
@@ -111,7 +142,7 @@ def _dense_weights(
     shift = np.empty(b, dtype=np.float64)
     rows = np.arange(out_size)[:, None]
     for n, size in enumerate(sizes):
-        index, weight, precision = aa_resize_weights(int(size), out_size)
+        index, weight, precision = aa_resize_weights(int(size), out_size, interpolation)
         np.add.at(dense[n], (np.broadcast_to(rows, index.shape), index), weight)
         shift[n] = float(1 << precision)
     return (
@@ -125,12 +156,15 @@ def _fixed_point_round(acc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return acc.add_(scale * 0.5).div_(scale).floor_().clamp_(0, 255)
 
 
-def resize_crops(crops: Sequence[torch.Tensor], size: int, chunk: int = 64) -> torch.Tensor:
-    """Resize B crops of any sizes to (B, 3, size, size) uint8 with torch's uint8 antialiased
-    bilinear arithmetic, as two batched exact float64 matrix products (any device).
+def resize_crops(
+    crops: Sequence[torch.Tensor], size: int, interpolation: str = "bilinear", chunk: int = 64
+) -> torch.Tensor:
+    """Resize B crops of any sizes to (B, 3, size, size) uint8 with the arithmetic of torch's
+    uint8 CPU kernel for ``interpolation``, as two batched exact float64 matrix products (any
+    device): every operand and partial sum is an integer below 2**53, so no rounding happens.
 
     ``crops`` are (3, h, w) uint8 tensors on one device (any strides). Equal, byte for byte, to
-    ``interpolate(crop[None], size, mode="bilinear", antialias=True)`` on CPU.
+    :func:`store.views.crop_resize` (torch's native kernel) on CPU.
     """
     if not crops:
         raise ValueError("resize_crops needs at least one crop")
@@ -144,8 +178,8 @@ def resize_crops(crops: Sequence[torch.Tensor], size: int, chunk: int = 64) -> t
         x = torch.zeros((len(part), 3, hm, wm), dtype=torch.float64, device=device)
         for n, c in enumerate(part):
             x[n, :, : hs[n], : ws[n]] = c
-        wx, sx = _dense_weights(ws, size, wm, device)
-        wy, sy = _dense_weights(hs, size, hm, device)
+        wx, sx = _dense_weights(ws, size, wm, device, interpolation)
+        wy, sy = _dense_weights(hs, size, hm, device, interpolation)
         # Horizontal first, rounded to uint8 values, then vertical: the kernel's order.
         t = _fixed_point_round(torch.matmul(x, wx.transpose(1, 2).unsqueeze(1)), sx)
         y = _fixed_point_round(torch.matmul(wy.unsqueeze(1), t), sy)
@@ -201,37 +235,14 @@ def _saturation(x: torch.Tensor, f: np.ndarray) -> torch.Tensor:
 
 
 def _hue(x: torch.Tensor, hue: np.ndarray) -> torch.Tensor:
-    """``store.views._adjust_hue_exact`` per view, in float32 torch ops (same formulas)."""
-    h_shift = _col(hue, x.device, torch.float32)
-    v = x.to(torch.float32).div_(255.0)
-    r, g, b = v[:, 0:1], v[:, 1:2], v[:, 2:3]
-    maxc = torch.maximum(torch.maximum(r, g), b)
-    minc = torch.minimum(torch.minimum(r, g), b)
-    crange = maxc - minc
-    eq = crange == 0
-    one = torch.ones((), dtype=torch.float32, device=x.device)
-    sat = crange / torch.where(eq, one, maxc)
-    div = torch.where(eq, one, crange)
-    rc, gc, bc = (maxc - r) / div, (maxc - g) / div, (maxc - b) / div
-    hh = torch.where(maxc == r, bc - gc, torch.where(maxc == g, (2.0 + rc) - bc, (4.0 + gc) - rc))
-    hh = torch.fmod(hh * float(np.float32(1.0 / 6.0)) + 1.0, 1.0)
-    hh = torch.fmod(hh + h_shift, 1.0)
-    hh = torch.where(hh < 0, hh + 1.0, hh)
-    h6 = hh * 6.0
-    i = torch.floor(h6)
-    f = h6 - i
-    idx = i.to(torch.int64).remainder_(6)
-    sf = sat * f
-    q = ((1.0 - sf) * maxc).clamp_(0, 1)
-    t = ((sf + (1.0 - sat)) * maxc).clamp_(0, 1)
-    p = ((1.0 - sat) * maxc).clamp_(0, 1)
-    vpqt = torch.cat([maxc, p, q, t], dim=1)  # (B, 4, S, S)
-    select = torch.as_tensor(
-        [[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=x.device
-    )
-    pick = select[:, idx[:, 0]].permute(1, 0, 2, 3)  # (B, 3, S, S) indices into vpqt
-    out = torch.gather(vpqt, 1, pick)
-    return out.mul_(float(np.float32(256.0 - 1e-3))).to(torch.uint8)
+    """``tvf.adjust_hue`` per view: torchvision's own (element-wise, batch-agnostic) HSV helpers,
+    with the per-view shift added as a (B, 1, 1) float32 tensor instead of a Python float."""
+    v = x.to(torch.float32).mul_(1.0 / 255.0)
+    hsv = _rgb_to_hsv(v)
+    h, s, val = hsv.unbind(dim=-3)
+    h = h.add(_col(hue, x.device, torch.float32)[:, 0]).remainder_(1.0)
+    out = _hsv_to_rgb(torch.stack((h, s, val), dim=-3))
+    return out.mul(255.0 + 1.0 - 1e-3).to(torch.uint8)
 
 
 def _blur_weights(sigmas: np.ndarray, ksize: int) -> np.ndarray:
@@ -356,9 +367,17 @@ def _checked_boxes(shapes: Sequence[tuple[int, int]], params: np.ndarray) -> np.
 
 
 def _crop_resize_batch(
-    sources: Sequence[torch.Tensor], boxes: np.ndarray, size: int, mode: ResizeMode
+    sources: Sequence[torch.Tensor],
+    boxes: np.ndarray,
+    size: int,
+    interpolation: str,
+    mode: ResizeMode,
 ) -> torch.Tensor:
     """Crop each (H, W, 3) source by its box and resize: (B, 3, size, size) uint8."""
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(
+            f"unknown interpolation {interpolation!r}; valid: {', '.join(sorted(INTERPOLATIONS))}"
+        )
     crops = [
         src[top : top + h, left : left + w].permute(2, 0, 1)
         for src, (top, left, h, w) in zip(sources, boxes.tolist(), strict=True)
@@ -367,18 +386,21 @@ def _crop_resize_batch(
     if mode == "auto":
         mode = "native" if device.type == "cpu" else "matmul"
     if mode == "matmul":
-        return resize_crops(crops, size)
+        return resize_crops(crops, size, interpolation)
     if device.type != "cpu":
-        raise ConfigError("resize mode 'native' (torch's uint8 antialias kernel) is CPU-only")
+        raise ConfigError("resize mode 'native' (torch's uint8 CPU kernels) is CPU-only")
+    torch_mode, antialias = INTERPOLATIONS[interpolation]
     out = torch.empty((len(crops), 3, size, size), dtype=torch.uint8)
     for n, crop in enumerate(crops):
         if crop.shape[1] == size and crop.shape[2] == size:
             out[n] = crop
-        else:
+        elif antialias:
             out[n] = nnf.interpolate(
-                crop.unsqueeze(0), size=(size, size), mode="bilinear", antialias=True,
+                crop.unsqueeze(0), size=(size, size), mode=torch_mode, antialias=True,
                 align_corners=False,
             )[0]  # fmt: skip
+        else:
+            out[n] = nnf.interpolate(crop.unsqueeze(0), size=(size, size), mode=torch_mode)[0]
     return out
 
 
@@ -389,8 +411,6 @@ def _render_mocov2(x: torch.Tensor, p: np.ndarray, recipe: MoCoV2Recipe) -> torc
     for step in range(4):
         for k, fn in ops.items():
             mask = jitter & (order[:, step] == k)
-            if k == 3:
-                mask &= p[:, 9] != 0.0  # the reference skips a zero hue shift
             x = _apply(x, mask, fn, p[:, 6 + k].astype(np.float64))
     gray = p[:, 14] >= 0.5
     x = _apply(x, gray, lambda v: tvf.rgb_to_grayscale(v, num_output_channels=3).contiguous())
@@ -445,7 +465,7 @@ def render_views(
         return torch.empty((0, 3, recipe.size, recipe.size), dtype=torch.uint8, device=dev)
     sources = [_source_hwc(im, dev) for im in images]
     boxes = _checked_boxes([(int(s.shape[0]), int(s.shape[1])) for s in sources], p)
-    x = _crop_resize_batch(sources, boxes, recipe.size, resize)
+    x = _crop_resize_batch(sources, boxes, recipe.size, recipe.interpolation, resize)
     return fn(x.contiguous(), p, recipe).contiguous()  # type: ignore[operator]
 
 
