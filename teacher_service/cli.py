@@ -48,6 +48,9 @@ def precompute_command(
         int | None, typer.Option(help="Compute at most this many shards in this run.")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    renderer: Annotated[
+        str, typer.Option(help="auto (batched on CUDA, reference on CPU), reference, batched.")
+    ] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Compute the teacher's final embedding of every planned view into a store (resumable)."""
@@ -73,6 +76,7 @@ def precompute_command(
             overwrite=overwrite,
             max_shards=max_shards,
             progress=progress,
+            renderer=renderer,
         )
         report = run_precompute(cfg)
     except DiscoError as exc:
@@ -84,6 +88,7 @@ def precompute_command(
     typer.echo(
         f"worker {report.worker}/{report.workers}: computed {report.shards_computed} shards "
         f"({report.views_computed} views, {report.images_per_s:.1f} img/s on {report.device}, "
+        f"{report.renderer} renderer, "
         f"{report.compute_dtype}); {report.shards_skipped} already written; "
         f"{report.invalid_rows + len(report.errors)} undecodable samples skipped"
     )

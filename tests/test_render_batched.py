@@ -254,3 +254,47 @@ def test_cuda_batched_within_bound_of_cpu_reference() -> None:
             a = _embed(model, normalise_views(cpu, recipe.mean, recipe.std))
             b = _embed(model, normalise_views(gpu, recipe.mean, recipe.std).cpu())
             assert (a * b).sum(1).min().item() >= RENDER_BOUND["min_cosine"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Wiring: precompute with the batched renderer writes the reference renderer's bytes on CPU.
+
+
+def test_precompute_batched_renderer_writes_the_reference_store(tmp_path: Path) -> None:
+    from store.embedding_store import EmbeddingStore
+    from teacher_service.checkpoint import save_checkpoint
+    from teacher_service.encoders import EncoderConfig, build_encoder
+    from teacher_service.precompute import PrecomputeConfig, run_precompute
+
+    torch.manual_seed(0)
+    enc = build_encoder(EncoderConfig(arch="tiny", head_hidden=16, head_out=8, small_stem=True))
+    pre = {
+        "size": 16,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "interpolation": "bilinear",
+        "antialias": True,
+    }
+    teacher = tmp_path / "t.pt"
+    save_checkpoint(teacher, enc.eval(), pre)
+    stores = {}
+    for renderer, workers in [("reference", 0), ("batched", 1)]:
+        cfg = PrecomputeConfig(
+            teacher=str(teacher), dataset="synthetic:12", views=2, recipe="mocov2",
+            store=str(tmp_path / f"{renderer}.zarr"), size=16, shard_size=8, batch_size=6,
+            workers=workers, device="cpu", progress=False, renderer=renderer,
+        )  # fmt: skip
+        report = run_precompute(cfg)
+        assert report.renderer == renderer and report.views_computed == 24
+        stores[renderer] = EmbeddingStore.open(cfg.store)
+    for s in range(stores["reference"].num_shards):
+        a, b = (stores[r].read_shard(s).embeddings for r in ("reference", "batched"))
+        assert a.tobytes() == b.tobytes()
+    assert stores["batched"].attrs["renderers"] == {
+        "producers": [{"renderer": "batched", "device": "cpu"}],
+        "bound": RENDER_BOUND,
+    }
+    with pytest.raises(
+        ConfigError, match="unknown renderer 'fast'; valid: auto, reference, batched"
+    ):
+        PrecomputeConfig(teacher="t", dataset="d", store="s", renderer="fast")

@@ -17,11 +17,14 @@ the same in any process, at any torch thread count, and in DataLoader workers.
 
 from store.views.batched import (
     RENDER_BOUND,
+    RENDERER_CHOICES,
     RENDERERS,
     aa_resize_weights,
     normalise_views,
     render_views,
+    render_views_normalised,
     resize_crops,
+    resolve_renderer,
 )
 from store.views.crop import INTERPOLATIONS, crop_resize, sample_crop
 from store.views.kernels import (
@@ -46,6 +49,7 @@ __all__ = [
     "INTERPOLATIONS",
     "RECIPES",
     "RENDERERS",
+    "RENDERER_CHOICES",
     "RENDER_BOUND",
     "DigitsRecipe",
     "MoCoV2Recipe",
@@ -64,6 +68,8 @@ __all__ = [
     "render_center",
     "render_view",
     "render_views",
+    "render_views_normalised",
     "resize_crops",
+    "resolve_renderer",
     "sample_crop",
 ]

@@ -43,16 +43,22 @@ from store.views.recipes import DigitsRecipe, MoCoV2Recipe, Recipe
 
 __all__ = [
     "RENDERERS",
+    "RENDERER_CHOICES",
     "RENDER_BOUND",
     "aa_resize_weights",
     "normalise_views",
     "render_views",
+    "render_views_normalised",
     "resize_crops",
+    "resolve_renderer",
 ]
 
 RENDERERS = ("reference", "batched")
 """Renderer names: ``reference`` = per-view :func:`store.views.render_view`; ``batched`` =
 :func:`render_views`."""
+
+RENDERER_CHOICES = ("auto", *RENDERERS)
+"""Accepted config values: ``auto`` picks by device (:func:`resolve_renderer`)."""
 
 RENDER_BOUND: dict[str, float] = {"max_abs_diff": 1.0, "min_cosine": 0.9999}
 """Stated equivalence bound between renderers/devices: uint8 values within ±1 and teacher
@@ -463,7 +469,8 @@ def render_views(
     dev = torch.device(device)
     if len(images) == 0:
         return torch.empty((0, 3, recipe.size, recipe.size), dtype=torch.uint8, device=dev)
-    sources = [_source_hwc(im, dev) for im in images]
+    moved: dict[int, torch.Tensor] = {}  # one transfer per distinct source (V views share one)
+    sources = [moved.setdefault(id(im), _source_hwc(im, dev)) for im in images]
     boxes = _checked_boxes([(int(s.shape[0]), int(s.shape[1])) for s in sources], p)
     x = _crop_resize_batch(sources, boxes, recipe.size, recipe.interpolation, resize)
     return fn(x.contiguous(), p, recipe).contiguous()  # type: ignore[operator]
@@ -478,3 +485,29 @@ def normalise_views(
     m = torch.tensor(tuple(mean), dtype=torch.float32, device=views.device).view(1, 3, 1, 1)
     s = torch.tensor(tuple(std), dtype=torch.float32, device=views.device).view(1, 3, 1, 1)
     return views.to(torch.float32).div_(255.0).sub_(m).div_(s)
+
+
+def render_views_normalised(
+    images: Sequence[Image],
+    params: np.ndarray | torch.Tensor,
+    recipe: Recipe,
+    device: torch.device | str,
+) -> torch.Tensor:
+    """:func:`render_views` then :func:`normalise_views` with the recipe's mean/std: (B, 3, S, S)
+    float32 on ``device``, equal on CPU to stacking ``render_view`` of each view."""
+    return normalise_views(render_views(images, params, recipe, device), recipe.mean, recipe.std)
+
+
+def resolve_renderer(name: str, device: torch.device | str) -> str:
+    """The renderer a job uses: ``reference`` or ``batched``.
+
+    ``auto`` = ``batched`` on CUDA (the views are rendered on the GPU in the main process and the
+    DataLoader workers only decode) and ``reference`` on CPU, where per-view rendering in parallel
+    worker processes beats a batched render that shares the main process with the model (measured:
+    README "Where the time goes"). Unknown names raise ConfigError listing the valid ones.
+    """
+    if name not in RENDERER_CHOICES:
+        raise ConfigError(f"unknown renderer {name!r}; valid: {', '.join(RENDERER_CHOICES)}")
+    if name != "auto":
+        return name
+    return "batched" if torch.device(device).type == "cuda" else "reference"
