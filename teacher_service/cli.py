@@ -40,6 +40,7 @@ def precompute_command(
     typer.echo(
         f"worker {report.worker}/{report.workers}: computed {report.shards_computed} shards "
         f"({report.views_computed} views, {report.images_per_s:.1f} img/s on {report.device}, "
+        f"{report.renderer} renderer, "
         f"{report.compute_dtype}); {report.shards_skipped} already written; "
         f"{report.invalid_rows + len(report.errors)} undecodable samples skipped"
     )

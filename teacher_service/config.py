@@ -17,6 +17,8 @@ AMP_DTYPES = {"none": "float32", "bf16": "bfloat16", "fp16": "float16"}
 AMP_MODES = tuple(AMP_DTYPES)
 STORE_DTYPES = ("float16", "int8")
 DEVICES = ("auto", "cpu", "cuda")
+RENDERERS = ("auto", "reference", "batched")
+"""Renderer choices (as ``store.views.RENDERER_CHOICES``; restated so help needs no torch)."""
 
 
 @dataclass
@@ -65,6 +67,8 @@ class PrecomputeConfig:
     """Compute at most this many shards in this run (a measured fraction); None = all."""
     progress: bool = True
     """Show a rich progress bar."""
+    renderer: str = "auto"
+    """View renderer: auto (batched on CUDA, per-view reference on CPU), reference or batched."""
     wait_timeout: float = 600.0
     """Seconds a non-zero worker waits for worker 0 to create the store."""
 
@@ -91,6 +95,8 @@ class PrecomputeConfig:
             raise ConfigError(f"size must be >= 8 px, got {self.size}")
         if self.max_shards is not None and self.max_shards < 0:
             raise ConfigError(f"max_shards must be >= 0, got {self.max_shards}")
+        if self.renderer not in RENDERERS:
+            raise ConfigError(f"unknown renderer {self.renderer!r}; valid: {', '.join(RENDERERS)}")
 
 
 @dataclass

@@ -3,6 +3,8 @@
 Pipeline (one process = one worker of the job)::
 
     DataLoader workers: decode rows + render all V views of them  (uint8 render, float last)
+      (renderer ``batched``: the workers only decode; the main thread renders each batch's views
+      at once on the teacher's device with ``store.views.render_views``, same bytes on CPU)
       -> main thread: teacher forward (eval, inference mode, optional autocast on CUDA),
          L2-normalised embeddings gathered into a whole-shard buffer (n, V, D) float32
       -> writer thread (bounded queue): store.write_shard(s, ...) -- one call per shard, the
@@ -51,7 +53,13 @@ from store.errors import (
     StoreNotFoundError,
 )
 from store.manifest import build_manifest
-from store.views import Recipe, render_view
+from store.views import (
+    RENDER_BOUND,
+    Recipe,
+    render_view,
+    render_views_normalised,
+    resolve_renderer,
+)
 from teacher_service.checkpoint import LoadedEncoder, load_encoder, recipe_for
 from teacher_service.config import AMP_DTYPES, AMP_MODES, STORE_DTYPES, PrecomputeConfig
 from teacher_service.runtime import (
@@ -68,6 +76,7 @@ __all__ = [
     "PrecomputeConfig",
     "PrecomputeReport",
     "ShardSink",
+    "record_renderer",
     "run_precompute",
     "teacher_attrs",
     "worker_identity",
@@ -104,6 +113,8 @@ class PrecomputeReport:
     """views_computed / seconds."""
     compute_dtype: str
     device: str
+    renderer: str = "reference"
+    """The renderer that produced the views: reference (per view, workers) or batched."""
     invalid_rows: int = 0
     """Rows of the computed shards skipped because the manifest marks them undecodable."""
     errors: dict[str, str] = field(default_factory=dict)
@@ -231,8 +242,10 @@ class _Batch:
     shard: int
     rows: np.ndarray  # (m,) int64 store rows whose views are in `images`, each repeated V times
     views: np.ndarray  # (m,) int64
-    images: torch.Tensor  # (m, 3, S, S) float32
+    images: torch.Tensor  # (m, 3, S, S) float32; empty when the main thread renders
     errors: list[tuple[int, str, str]]  # (row, key, reason)
+    sources: list[np.ndarray] = field(default_factory=list)  # (H, W, 3) uint8 per view (batched)
+    params: np.ndarray | None = None  # (m, P) float32 view parameters (batched)
 
     def pin_memory(self) -> _Batch:
         # DataLoader(pin_memory=True) calls this (CUDA only); without it a dataclass batch would
@@ -254,7 +267,10 @@ class _RowViews(Dataset[_Batch]):
         shard_starts: dict[int, int],
         recipe: Recipe,
         dataset: ImageDataset | None = None,
+        render: bool = True,
     ) -> None:
+        self.render = render
+        """False: decode only; the views' sources and params go to the main thread."""
         self.spec = spec
         self.items = items
         self.indices = indices
@@ -281,6 +297,7 @@ class _RowViews(Dataset[_Batch]):
         rows: list[int] = []
         views: list[int] = []
         errors: list[tuple[int, str, str]] = []
+        sources: list[np.ndarray] = []
         for row in range(start, stop):
             if not self.valid[row]:
                 continue
@@ -290,13 +307,19 @@ class _RowViews(Dataset[_Batch]):
                 errors.append((row, str(self.keys[row]), exc.reason))
                 continue
             for v in range(params.shape[1]):
-                images.append(render_view(image, params[row - base, v], self.recipe))
+                if self.render:
+                    images.append(render_view(image, params[row - base, v], self.recipe))
+                else:
+                    sources.append(image)
                 rows.append(row)
                 views.append(v)
         size = self.recipe.size
         stacked = torch.stack(images) if images else torch.empty(0, 3, size, size)
+        rows_a, views_a = np.asarray(rows, np.int64), np.asarray(views, np.int64)
+        if self.render:
+            return _Batch(shard, rows_a, views_a, stacked, errors)
         return _Batch(
-            shard, np.asarray(rows, np.int64), np.asarray(views, np.int64), stacked, errors
+            shard, rows_a, views_a, stacked, errors, sources, params[rows_a - base, views_a]
         )
 
 
@@ -416,6 +439,9 @@ def run_precompute(
     encoder = loaded.encoder.requires_grad_(False).eval()
     prepare_model(encoder, device)  # see runtime.prepare_model
     workers_n = cfg.workers if cfg.workers is not None else default_workers(device)
+    renderer = resolve_renderer(cfg.renderer, device)
+    if worker == 0:
+        record_renderer(store, renderer, device)
 
     mine = [s for s in range(store.num_shards) if s % workers == worker]
     missing = set(store.missing_shards())
@@ -444,6 +470,7 @@ def run_precompute(
         starts,
         store.recipe,
         dataset=dataset,
+        render=renderer == "reference",
     )
     loader = DataLoader(
         source,
@@ -454,6 +481,7 @@ def run_precompute(
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers_n > 0 else None,
     )
+    recipe = store.recipe
     write = sink if sink is not None else _store_sink(store)
     writer = _ShardWriter(write)
     dim = encoder.embed_dim
@@ -481,7 +509,10 @@ def run_precompute(
                     errors[key] = reason
                     written[row - base] = False
                 if len(batch.rows):
-                    x = to_device(batch.images, device)
+                    if batch.params is not None:
+                        x = render_views_normalised(batch.sources, batch.params, recipe, device)
+                    else:
+                        x = to_device(batch.images, device)
                     with autocast(device, compute_dtype):
                         feat, emb = encoder(x, output="both")
                     emb = torch.nn.functional.normalize(emb.float(), dim=1)
@@ -513,9 +544,26 @@ def run_precompute(
         images_per_s=n_views / seconds if seconds > 0 else 0.0,
         compute_dtype=compute_dtype,
         device=str(device),
+        renderer=renderer,
         invalid_rows=sum(int((~manifest.valid[a:b]).sum()) for _, a, b in items),
         errors=errors,
     )
+
+
+def record_renderer(store: EmbeddingStore, renderer: str, device: torch.device | str) -> None:
+    """Add ``{"renderer", "device"}`` to the store's ``renderers`` attr (the renderers and device
+    types that produced its targets, with the stated bound between them) unless already there.
+
+    Readers compare their own renderer with this list: another one is used only within
+    ``RENDER_BOUND`` (``disco store verify --renderer ... --device ...`` checks it).
+    """
+    entry = {"renderer": renderer, "device": torch.device(device).type}
+    current: Any = dict(store.group.attrs).get("renderers") or {}
+    seen = list(current.get("producers", []))
+    if entry in seen:
+        return
+    record: Any = {"producers": [*seen, entry], "bound": dict(RENDER_BOUND)}
+    store.group.attrs.update({"renderers": record})
 
 
 def _iterate(loader: DataLoader[_Batch]) -> Iterator[_Batch]:
