@@ -31,6 +31,7 @@ from zarr.core.array_spec import ArrayConfigParams
 from store.errors import ConfigError, StoreError, StoreMismatchError, StoreNotFoundError
 from store.manifest import Manifest
 from store.views import Recipe, plan_views, recipe_from_dict
+from store.views.fingerprint import check_render, library_versions, render_record
 
 __all__ = [
     "CODECS",
@@ -191,6 +192,7 @@ class EmbeddingStore:
             raise ConfigError(
                 f"params shape {params.shape} != (N, V, P) = {(n, views, recipe.num_params)}"
             )
+        render = render_record(recipe)  # before the group exists: readers wait for its attrs
         zstore = open_zarr_store(url, read_only=False)
         try:
             exists = zarr.open_group(zstore, mode="r") is not None
@@ -236,6 +238,7 @@ class EmbeddingStore:
                 "codec": codec,
             },
             "versions": _versions(),
+            "render": render,
         }
         group.attrs.update(attrs)
         store = cls(url, group, "r+")
@@ -271,6 +274,43 @@ class EmbeddingStore:
             if not _same(expected, actual):
                 raise StoreMismatchError(field, expected, actual)
         return cls(url, group, mode)
+
+    # ----------------------------------------------------------------- render fingerprint
+    def check_render(self, accept_drift: bool = False) -> str:
+        """Refuse replay on an install that renders this store's views differently.
+
+        Recomputes the render fingerprint of the store's recipe (once per process) and compares it
+        with the one recorded at create (see :func:`store.views.fingerprint.check_render` for the
+        outcomes). Raises ``StoreMismatchError("render.fingerprint", ...)`` on drift unless
+        ``accept_drift``. Call it wherever stored targets are paired with fresh renders.
+        """
+        return check_render(
+            self._attrs.get("render"), self.recipe, accept_drift=accept_drift, where=self._url
+        )
+
+    def accept_render(self, evidence: dict[str, Any]) -> None:
+        """Record this install's render fingerprint as accepted (after ``disco store verify``
+        passed on it): later :meth:`check_render` calls here and on installs that render alike
+        pass. ``evidence`` (JSON-able, e.g. the verify summary) is stored beside it. A store
+        without a render record gets this install's record as its reference."""
+        self._require_writable()
+        record = self._attrs.get("render")
+        mine = render_record(self.recipe)
+        if not record or record.get("probe_version") != mine["probe_version"]:
+            record = mine
+        elif record.get("fingerprint") != mine["fingerprint"]:
+            accepted = [a for a in record.get("accepted", []) if isinstance(a, dict)]
+            if mine["fingerprint"] not in [a.get("fingerprint") for a in accepted]:
+                accepted.append(
+                    {
+                        "fingerprint": mine["fingerprint"],
+                        "versions": library_versions(),
+                        "evidence": _jsonable(evidence),
+                    }
+                )
+            record = {**record, "accepted": accepted}
+        self._group.attrs.update({"render": record})
+        self._attrs = dict(self._group.attrs)
 
     # ----------------------------------------------------------------- teacher
     def attach_teacher(
@@ -353,7 +393,7 @@ class EmbeddingStore:
 
     @property
     def attrs(self) -> dict[str, Any]:
-        """Group attributes (schema, dataset, recipe, teacher, storage, versions)."""
+        """Group attributes (schema, dataset, recipe, teacher, storage, versions, render)."""
         return self._attrs
 
     @property

@@ -67,6 +67,9 @@ def train_command(
     expect: Annotated[
         list[str] | None, typer.Option(help="Other store attrs that must match: FIELD=VALUE.")
     ] = None,
+    accept_render_drift: Annotated[
+        bool, typer.Option(help="Accept a store whose render fingerprint differs (after verify).")
+    ] = False,
     epochs: Annotated[int, typer.Option(help="Epochs.")] = 15,
     batch_size: Annotated[int, typer.Option(help="Global batch size.")] = 128,
     lr: Annotated[float | None, typer.Option(help="Peak lr (default 0.03 x batch/256).")] = None,
@@ -138,6 +141,7 @@ def train_command(
             online_teacher=online_teacher,
             views=views,
             expect=expected,
+            accept_render_drift=accept_render_drift,
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,

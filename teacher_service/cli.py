@@ -99,11 +99,21 @@ def verify_command(
     seed: Annotated[int, typer.Option(help="Seed choosing the sampled views.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    accept_render_drift: Annotated[
+        bool,
+        typer.Option(help="Check despite a render fingerprint drift; on pass, record it accepted."),
+    ] = False,
 ) -> None:
     """Re-render sampled views, run the live teacher, compare with the cache; exit 1 on failure."""
     try:
         result = verify_store(
-            store, teacher, samples=samples, threshold=threshold, seed=seed, device=device
+            store,
+            teacher,
+            samples=samples,
+            threshold=threshold,
+            seed=seed,
+            device=device,
+            accept_render_drift=accept_render_drift,
         )
     except DiscoError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -7,7 +7,8 @@ One job per module, re-exported flat here (``from store.views import render_view
 - :mod:`~store.views.kernels` — exact uint8 kernels (contrast, blur) and normalisation;
 - :mod:`~store.views.recipes` — the named recipes (parameter schema, sampling, render) + registry;
 - :mod:`~store.views.plan` — the (N, V, P) view plan;
-- :mod:`~store.views.render` — the one render function both sides call.
+- :mod:`~store.views.render` — the one render function both sides call;
+- :mod:`~store.views.fingerprint` — the render fingerprint that refuses silent library drift.
 
 Determinism: every step runs on uint8 tensors with kernels whose output does not depend on a
 cross-thread reduction; conversion to float and normalisation come last. The bytes are therefore
@@ -15,6 +16,13 @@ the same in any process, at any torch thread count, and in DataLoader workers.
 """
 
 from store.views.crop import INTERPOLATIONS, crop_resize, sample_crop
+from store.views.fingerprint import (
+    check_render,
+    library_versions,
+    probe_images,
+    render_fingerprint,
+    render_record,
+)
 from store.views.kernels import (
     adjust_contrast_exact,
     blur_kernel_size,
@@ -41,14 +49,19 @@ __all__ = [
     "Recipe",
     "adjust_contrast_exact",
     "blur_kernel_size",
+    "check_render",
     "counter_uniforms",
     "crop_resize",
     "gaussian_blur_exact",
     "get_recipe",
+    "library_versions",
     "normalise",
     "plan_views",
+    "probe_images",
     "recipe_from_dict",
     "render_center",
+    "render_fingerprint",
+    "render_record",
     "render_view",
     "sample_crop",
 ]
