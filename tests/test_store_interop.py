@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tensorstore as ts
 import torch
 import zarr
 from typer.testing import CliRunner
@@ -21,7 +22,7 @@ from student_trainer.cli import app as disco
 from teacher_service.checkpoint import save_checkpoint
 from teacher_service.encoders import EncoderConfig, build_encoder
 
-ts = pytest.importorskip("tensorstore", reason="tensorstore is in the dev extra")
+
 runner = CliRunner()
 
 
