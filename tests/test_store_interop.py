@@ -22,7 +22,6 @@ from student_trainer.cli import app as disco
 from teacher_service.checkpoint import save_checkpoint
 from teacher_service.encoders import EncoderConfig, build_encoder
 
-
 runner = CliRunner()
 
 
