@@ -51,6 +51,8 @@ class TrainConfig:
     """Teacher checkpoint run live on the rendered views instead of reading cached targets."""
     expect: dict[str, Any] = field(default_factory=dict)
     """Store attributes that must match (dotted path -> value), e.g. {"teacher.sha256": ...}."""
+    accept_render_drift: bool = False
+    """Train on a store whose render fingerprint differs from this install's (after verify)."""
     epochs: int = 15
     """Passes over the data."""
     batch_size: int = 128

@@ -114,6 +114,8 @@ def _open_data(cfg: TrainConfig, rank: int, world: int, batch: int) -> _Data:
             raise ConfigError(
                 f"store {cfg.store} has no teacher embeddings; run `disco precompute` first"
             )
+        if cached:  # cached targets pair with fresh renders: refuse a library that drew otherwise
+            store.check_render(accept_drift=cfg.accept_render_drift)
         manifest = store.manifest
         dataset = open_dataset(manifest.dataset)
         recipe = store.recipe

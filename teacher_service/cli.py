@@ -68,6 +68,7 @@ def verify_command(
             seed=opts.seed,
             device=opts.device,
             batch_size=opts.batch_size,
+            accept_render_drift=opts.accept_render_drift,
         )
     except DiscoError as exc:
         typer.echo(f"error: {exc}", err=True)

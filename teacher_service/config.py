@@ -113,6 +113,8 @@ class VerifyConfig:
     """auto (CUDA if present), cpu or cuda[:N]."""
     batch_size: int = 64
     """Views per live teacher forward."""
+    accept_render_drift: bool = False
+    """Check despite a render fingerprint drift; on pass, record this install's as accepted."""
 
     def __post_init__(self) -> None:
         if self.samples < 1 or self.batch_size < 1:

@@ -48,6 +48,10 @@ class VerifyResult:
     """Up to 20 ``{"row", "view", "shard", "cos"}`` below the threshold."""
     skipped: dict[str, str] = field(default_factory=dict)
     """Sample key -> reason for sampled rows that no longer decode."""
+    render: str = "match"
+    """Render fingerprint check: match, accepted, drift-accepted or unrecorded."""
+    render_recorded: bool = False
+    """This install's render fingerprint was recorded as accepted in the store (passed + asked)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-able)."""
@@ -65,6 +69,11 @@ class VerifyResult:
         shards = sorted({f["shard"] for f in self.failures})
         if self.failures:
             lines.append(f"{len(self.failures)}+ views below threshold, in shards {shards}")
+        if self.render != "match":
+            lines.append(
+                f"render fingerprint: {self.render}"
+                + ("; this install's fingerprint is now accepted" if self.render_recorded else "")
+            )
         return "\n".join(lines)
 
 
@@ -100,16 +109,21 @@ def verify_store(
     seed: int = VerifyConfig.seed,
     device: str = VerifyConfig.device,
     batch_size: int = VerifyConfig.batch_size,
+    accept_render_drift: bool = VerifyConfig.accept_render_drift,
 ) -> VerifyResult:
     """Check ``samples`` cached views of the store at ``url`` against the live teacher.
 
     The options are :class:`teacher_service.config.VerifyConfig`'s fields (defaults and checks).
     Raises ``StoreMismatchError("teacher.sha256", ...)`` if the checkpoint is not the store's
-    teacher, ``StoreError`` if the store has no teacher or no written views, ``ConfigError`` for
-    a bad option.
+    teacher, ``StoreMismatchError("render.fingerprint", ...)`` if this install renders the store's
+    views differently and ``accept_render_drift`` is False, ``StoreError`` if the store has no
+    teacher or no written views, ``ConfigError`` for a bad option. With ``accept_render_drift``, a
+    passing check records this install's render fingerprint as accepted in the store (then trainers
+    here accept it too).
     """
-    VerifyConfig(samples, threshold, seed, device, batch_size)  # checks the options
+    VerifyConfig(samples, threshold, seed, device, batch_size, accept_render_drift)  # checks
     store = EmbeddingStore.open(url)
+    render = store.check_render(accept_drift=accept_render_drift)
     recorded = store.teacher
     if recorded is None:
         raise StoreError(f"store {url} has no teacher attached; run `disco precompute` first")
@@ -167,6 +181,18 @@ def verify_store(
         }
         for k in bad[:20]
     ]
+    passed = bool(len(bad) == 0 and control_ok)
+    accepted_now = passed and accept_render_drift and render in ("drift-accepted", "unrecorded")
+    if accepted_now:
+        EmbeddingStore.open(url, mode="r+").accept_render(
+            {
+                "verify": {
+                    "samples": len(slots),
+                    "cos_min": float(cos.min()),
+                    "teacher": loaded.info["sha256"],
+                }
+            }
+        )
     return VerifyResult(
         store=url,
         samples=len(slots),
@@ -176,10 +202,12 @@ def verify_store(
         cos_median=float(np.median(cos)),
         control_median=float(np.median(control)),
         control_max=float(control.max()),
-        passed=bool(len(bad) == 0 and control_ok),
+        passed=passed,
         control_ok=control_ok,
         failures=failures,
         skipped=skipped,
+        render=render,
+        render_recorded=accepted_now,
     )
 
 

@@ -38,11 +38,16 @@ def _check_teacher(stored: dict[str, Any] | None, runtime: TeacherRuntime, name:
 def open_target(registry: StoreRegistry, name: str, runtime: TeacherRuntime) -> SlotTarget:
     """Open store ``name`` for write-through and check its teacher (blocking; run in a thread).
 
-    Raises the registry's name errors, and 409 when another teacher's embeddings are attached.
+    Raises the registry's name errors, and 409 when another teacher's embeddings are attached or
+    this install renders the store's views differently (``render.fingerprint``).
     """
     with registry.lock(name):
         store = registry.writer(name)
         _check_teacher(store.teacher, runtime, name)
+        try:
+            store.check_render()
+        except StoreMismatchError as exc:
+            raise _conflict(str(exc)) from None
         manifest = store.manifest
         return SlotTarget(
             recipe=store.recipe,
