@@ -109,6 +109,9 @@ def train_command(
     ] = None,
     amp: Annotated[bool, typer.Option(help="bfloat16 autocast on CUDA.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    renderer: Annotated[
+        str, typer.Option(help="auto (batched on CUDA, reference on CPU), reference, batched.")
+    ] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train a student with mocov2, disco or seed (from a store, a dataset or an online teacher)."""
@@ -165,6 +168,7 @@ def train_command(
             threads=threads,
             amp=amp,
             progress=progress,
+            renderer=renderer,
         )
         result = train(cfg)
     except DiscoError as exc:

@@ -32,6 +32,9 @@ from store.views import (
     render_views,
     resize_crops,
 )
+from store.views import (
+    RENDERER_CHOICES as RENDERER_CHOICES_VIEWS,
+)
 
 DEMO_TEACHER = (
     Path(__file__).resolve().parents[1] / "student_trainer" / "assets" / "demo_teacher.pt"
@@ -298,3 +301,57 @@ def test_precompute_batched_renderer_writes_the_reference_store(tmp_path: Path) 
         ConfigError, match="unknown renderer 'fast'; valid: auto, reference, batched"
     ):
         PrecomputeConfig(teacher="t", dataset="d", store="s", renderer="fast")
+
+
+def test_training_with_the_batched_renderer_repeats_the_reference_run(tmp_path: Path) -> None:
+    """Workers only decode, the loop renders on the device: the steps see the reference's views
+    and a short DisCo run ends with the very same loss terms as with the reference renderer."""
+    from typing import Any
+
+    from store.embedding_store import EmbeddingStore
+    from store.manifest import build_manifest
+    from student_trainer.config import RENDERER_CHOICES, TrainConfig
+    from student_trainer.train import train
+
+    assert RENDERER_CHOICES == RENDERER_CHOICES_VIEWS
+    url = str(tmp_path / "s.zarr")
+    data = open_dataset("synthetic:24")
+    store = EmbeddingStore.create(
+        url, manifest=build_manifest(data, "all", progress=False),
+        recipe=get_recipe("mocov2", 16), seed=3, views=3, shard_size=8,
+    )  # fmt: skip
+    store.attach_teacher({"arch": "tiny", "sha256": "ab" * 32}, dim=8)
+    rng = np.random.default_rng(0)
+    for s in range(store.num_shards):
+        a, b = store.shard_bounds(s)
+        emb = rng.standard_normal((b - a, 3, 8)).astype(np.float32)
+        store.write_shard(s, emb / np.linalg.norm(emb, axis=2, keepdims=True))
+    params = store.params
+    seen: list[int] = []
+
+    def hook(step: int, batch: Any, output: Any) -> None:
+        assert batch.sources is None and batch.view1.shape == (8, 3, 16, 16)
+        for j, row in enumerate(batch.rows.tolist()):
+            v1, v2 = batch.views[j].tolist()
+            img = data.load(row)
+            assert torch.equal(batch.view1[j], render_view(img, params[row, v1], store.recipe))
+            assert torch.equal(batch.view2[j], render_view(img, params[row, v2], store.recipe))
+            seen.append(row)
+
+    results = {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for renderer, workers in [("reference", 0), ("batched", 1)]:
+            cfg = TrainConfig(
+                method="disco", arch="tiny", out=str(tmp_path / renderer), store=url,
+                batch_size=8, epochs=1, queue_size=16, head_hidden=16, num_workers=workers,
+                progress=False, renderer=renderer, stop_at_step=3, device="cpu",
+            )  # fmt: skip
+            results[renderer] = train(cfg, step_hook=hook if renderer == "batched" else None)
+    finally:
+        torch.set_num_threads(before)
+    assert len(seen) == 24
+    ref, bat = results["reference"], results["batched"]
+    assert ref.steps == bat.steps == 3
+    assert ref.first_terms == bat.first_terms and ref.last_terms == bat.last_terms
