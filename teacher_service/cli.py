@@ -103,13 +103,17 @@ def verify_command(
     threshold: Annotated[float, typer.Option(help="Minimum cosine (cached vs live).")] = 0.999,
     seed: Annotated[int, typer.Option(help="Seed choosing the sampled views.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    renderer: Annotated[
+        str, typer.Option(help="auto, reference or batched (also checked against the reference).")
+    ] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Re-render sampled views, run the live teacher, compare with the cache; exit 1 on failure."""
     try:
         result = verify_store(
-            store, teacher, samples=samples, threshold=threshold, seed=seed, device=device
-        )
+            store, teacher, samples=samples, threshold=threshold, seed=seed, device=device,
+            renderer=renderer,
+        )  # fmt: skip
     except DiscoError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

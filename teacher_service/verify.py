@@ -5,6 +5,11 @@ slots is hit once before any is hit twice), each view is re-rendered from the st
 with the one render function, the live teacher embeds it, and the cosine to the cached vector is
 measured. A control pairs each cached vector with the live embedding of a *different* sample's
 view; it must fall below the threshold, or the check is not discriminative and verify fails.
+
+With ``renderer="batched"`` (or ``auto`` on CUDA) the views are rendered by the batched renderer on
+the device, and verify also checks it against the per-view reference on CPU: uint8 values within
+``RENDER_BOUND["max_abs_diff"]`` and live embeddings of the two renders with cosine at least
+``RENDER_BOUND["min_cosine"]`` (the stated bound under which a trainer may use another renderer).
 """
 
 from __future__ import annotations
@@ -18,7 +23,13 @@ import torch
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
 from store.errors import DecodeError, StoreError, StoreMismatchError
-from store.views import render_view
+from store.views import (
+    RENDER_BOUND,
+    normalise_views,
+    render_view,
+    render_views,
+    resolve_renderer,
+)
 from teacher_service.checkpoint import load_encoder
 from teacher_service.runtime import autocast, resolve_device
 
@@ -47,6 +58,16 @@ class VerifyResult:
     """Up to 20 ``{"row", "view", "shard", "cos"}`` below the threshold."""
     skipped: dict[str, str] = field(default_factory=dict)
     """Sample key -> reason for sampled rows that no longer decode."""
+    renderer: str = "reference"
+    """Renderer of the live views (``reference`` per view on CPU, or ``batched`` on ``device``)."""
+    render_device: str = "cpu"
+    """Where the live views were rendered."""
+    render_max_abs_diff: int | None = None
+    """Batched only: max |batched - reference| over the uint8 values of the checked views."""
+    render_cos_min: float | None = None
+    """Batched only: min cosine of live embeddings of the batched vs the reference render."""
+    render_ok: bool = True
+    """Batched only: both within ``RENDER_BOUND`` (part of ``passed``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-able)."""
@@ -61,6 +82,13 @@ class VerifyResult:
             f"control (wrong view): median {self.control_median:.4f}, max {self.control_max:.4f} "
             f"-> {'ok, below threshold' if self.control_ok else 'NOT below threshold'}",
         ]
+        if self.render_max_abs_diff is not None:
+            lines.append(
+                f"renderer {self.renderer} on {self.render_device} vs reference: max |diff| "
+                f"{self.render_max_abs_diff} (bound {RENDER_BOUND['max_abs_diff']:.0f}), "
+                f"embedding cosine min {self.render_cos_min:.6f} "
+                f"(bound {RENDER_BOUND['min_cosine']}) -> {'ok' if self.render_ok else 'OUT'}"
+            )
         shards = sorted({f["shard"] for f in self.failures})
         if self.failures:
             lines.append(f"{len(self.failures)}+ views below threshold, in shards {shards}")
@@ -99,8 +127,12 @@ def verify_store(
     seed: int = 0,
     device: str = "auto",
     batch_size: int = 64,
+    renderer: str = "auto",
 ) -> VerifyResult:
     """Check ``samples`` cached views of the store at ``url`` against the live teacher.
+
+    ``renderer``: auto (batched on CUDA, reference on CPU), reference or batched; a batched render
+    is also checked against the reference within ``RENDER_BOUND`` (see the module docstring).
 
     Raises ``StoreMismatchError("teacher.sha256", ...)`` if the checkpoint is not the store's
     teacher, ``StoreError`` if the store has no teacher or no written views.
@@ -110,6 +142,7 @@ def verify_store(
     if recorded is None:
         raise StoreError(f"store {url} has no teacher attached; run `disco precompute` first")
     dev = resolve_device(device)
+    used = resolve_renderer(renderer, dev)
     loaded = load_encoder(teacher_path, device=dev)
     if recorded.get("sha256") != loaded.info["sha256"]:
         raise StoreMismatchError("teacher.sha256", recorded.get("sha256"), loaded.info["sha256"])
@@ -135,6 +168,7 @@ def verify_store(
     skipped: dict[str, str] = {}
     keep: list[int] = []
     images: list[torch.Tensor] = []
+    sources: list[np.ndarray] = []
     for k, (row, view) in enumerate(slots):
         try:
             image = dataset.load(int(manifest.indices[row]))
@@ -142,11 +176,29 @@ def verify_store(
             skipped[str(manifest.keys[row])] = exc.reason
             continue
         images.append(render_view(image, params[row, view], recipe))
+        sources.append(image)
         keep.append(k)
     if not keep:
         raise StoreError(f"none of the sampled rows of {url} decode any more")
     slots, cached = slots[keep], cached[keep]
-    live = _embed(encoder, torch.stack(images), dev, str(recorded.get("compute_dtype")), batch_size)
+    dtype = str(recorded.get("compute_dtype"))
+    reference = torch.stack(images)
+    live = _embed(encoder, reference, dev, dtype, batch_size)
+    extra: dict[str, Any] = {"renderer": used, "render_device": str(dev) if used != "reference"
+                             else "cpu"}  # fmt: skip
+    if used == "batched":
+        views = render_views(sources, params[slots[:, 0], slots[:, 1]], recipe, dev)
+        ref_u8 = _to_uint8(reference, recipe.mean, recipe.std)
+        diff = int((views.cpu().int() - ref_u8.int()).abs().max())
+        live_ref = live
+        live = _embed(encoder, normalise_views(views, recipe.mean, recipe.std), dev, dtype,
+                      batch_size)  # fmt: skip
+        render_cos = float(np.sum(live * live_ref, axis=1).min())
+        render_ok = (
+            diff <= RENDER_BOUND["max_abs_diff"] and render_cos >= RENDER_BOUND["min_cosine"]
+        )
+        extra |= {"render_max_abs_diff": diff, "render_cos_min": render_cos,
+                  "render_ok": render_ok}  # fmt: skip
 
     cos = np.sum(cached * live, axis=1)
     # Control: each cached vector against the live embedding of another sampled row's view.
@@ -172,11 +224,20 @@ def verify_store(
         cos_median=float(np.median(cos)),
         control_median=float(np.median(control)),
         control_max=float(control.max()),
-        passed=bool(len(bad) == 0 and control_ok),
+        passed=bool(len(bad) == 0 and control_ok and extra.get("render_ok", True)),
         control_ok=control_ok,
         failures=failures,
         skipped=skipped,
+        **extra,
     )
+
+
+def _to_uint8(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """Invert the reference's normalisation: (n, 3, S, S) float32 -> uint8 (exact: the float
+    error is far below half a level)."""
+    m = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
+    return (x.double() * s + m).mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _other_row(rows: np.ndarray) -> np.ndarray | None:
