@@ -20,7 +20,11 @@ RESUME_FREE_FIELDS = (
     "stop_at_step",
     "checkpoint_every",
     "threads",
+    "renderer",  # CPU renderers give the same bytes (store.views.batched)
 )
+
+RENDERER_CHOICES = ("auto", "reference", "batched")
+"""= ``store.views.RENDERER_CHOICES`` (restated so importing the config imports no torch)."""
 
 
 @dataclass
@@ -119,6 +123,9 @@ class TrainConfig:
     """bfloat16 autocast on CUDA (recorded; ignored on CPU)."""
     progress: bool = True
     """Show a rich progress bar."""
+    renderer: str = "auto"
+    """View renderer: auto (batched on CUDA, per-view reference in workers on CPU), reference or
+    batched (workers only decode; views rendered at once on the device)."""
 
     def __post_init__(self) -> None:
         spec = get_method(self.method)
@@ -148,6 +155,10 @@ class TrainConfig:
             raise ConfigError(f"head_out must be >= 1, got {self.head_out}")
         if self.bn_groups < 0 or (self.num_workers is not None and self.num_workers < 0):
             raise ConfigError("bn_groups and num_workers must be >= 0")
+        if self.renderer not in RENDERER_CHOICES:
+            raise ConfigError(
+                f"unknown renderer {self.renderer!r}; valid: {', '.join(RENDERER_CHOICES)}"
+            )
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.key_momentum < 1.0:

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from store.datasets import open_dataset
 from store.errors import CheckpointError, ConfigError, DiscoError
 from store.manifest import build_manifest
-from store.views import Recipe, get_recipe
+from store.views import Recipe, get_recipe, resolve_renderer
 from student_trainer.config import RESUME_FREE_FIELDS, TrainConfig
 from student_trainer.data import (
     TAG_PREFILL,
@@ -44,6 +44,7 @@ from student_trainer.data import (
     StorePlan,
     collate_pairs,
     plan_seed,
+    render_pairs,
 )
 from student_trainer.moco import MoCo, StepOutput, effective_queue_size
 from student_trainer.models import (
@@ -102,7 +103,9 @@ class _Data:
     use_cached_targets: bool
 
 
-def _open_data(cfg: TrainConfig, rank: int, world: int, batch: int) -> _Data:
+def _open_data(
+    cfg: TrainConfig, rank: int, world: int, batch: int, renderer: str = "reference"
+) -> _Data:
     """Data plan + renderer for ``cfg`` (store or dataset); refuses a mismatched store first."""
     show = cfg.progress and rank == 0
     if cfg.store is not None:
@@ -140,7 +143,8 @@ def _open_data(cfg: TrainConfig, rank: int, world: int, batch: int) -> _Data:
         )
         cached, teacher_dim = False, None
     bank = ImageBank(dataset, manifest, ImageBank.should_cache(manifest, cfg.cache_images), show)
-    return _Data(plan, PairRenderer(bank, recipe, cfg.seed), recipe, teacher_dim, cached)
+    pairs = PairRenderer(bank, recipe, cfg.seed, render=renderer == "reference")
+    return _Data(plan, pairs, recipe, teacher_dim, cached)
 
 
 def _step_seed(seed: int, step: int, tag: int = 2) -> int:
@@ -218,11 +222,20 @@ def _plot(log_path: Path, png: Path) -> None:
 
 
 def _batches(
-    loader: DataLoader[Any], sampler: EpochBatchSampler, epoch: int, skip: int, tag: int = 0
+    loader: DataLoader[Any],
+    sampler: EpochBatchSampler,
+    epoch: int,
+    skip: int,
+    tag: int = 0,
+    device: torch.device | str = "cpu",
 ) -> Iterator[PairBatch]:
-    """The loader's batches of (epoch, tag), after ``skip`` of them."""
+    """The loader's batches of (epoch, tag), after ``skip`` of them, with their views rendered
+    (on ``device`` when the workers only decoded them)."""
     sampler.set_epoch(epoch, skip=skip, tag=tag)
-    yield from loader
+    dataset = loader.dataset
+    assert isinstance(dataset, PairRenderer)
+    for batch in loader:
+        yield render_pairs(batch, dataset.recipe, device)
 
 
 def train(cfg: TrainConfig, step_hook: StepHook | None = None) -> TrainResult:
@@ -263,7 +276,9 @@ def _train(
     batch: int,
     out: Path,
 ) -> TrainResult:
-    data = _open_data(cfg, rank, world, batch)
+    # Batched renderer: workers only decode; views are rendered at once on `device` (same bytes
+    # on CPU as the workers' per-view render; within store.views.RENDER_BOUND on CUDA).
+    data = _open_data(cfg, rank, world, batch, resolve_renderer(cfg.renderer, device))
     teacher: Encoder | None = None
     if cfg.online_teacher is not None and cfg.spec.uses_teacher:
         teacher = load_encoder(cfg.online_teacher, device=device).encoder
@@ -357,7 +372,7 @@ def _train(
             log_path.unlink()
         if cfg.prefill_queue:
             with torch.no_grad():
-                for i, b in enumerate(_batches(loader, sampler, 0, 0, TAG_PREFILL)):
+                for i, b in enumerate(_batches(loader, sampler, 0, 0, TAG_PREFILL, device)):
                     if model.queue_full():
                         break
                     keys = None
@@ -393,7 +408,7 @@ def _train(
         task = bar.add_task("train", total=stop, completed=step, method=cfg.method, loss=0.0)
         while step < stop:
             epoch, skip = divmod(step, spe)
-            for b in _batches(loader, sampler, epoch, skip):
+            for b in _batches(loader, sampler, epoch, skip, device=device):
                 lr = cosine_lr(step, total_steps, cfg.peak_lr, warmup)
                 for group in optimizer.param_groups:
                     group["lr"] = lr

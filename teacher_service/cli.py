@@ -69,6 +69,7 @@ def verify_command(
             device=opts.device,
             batch_size=opts.batch_size,
             accept_render_drift=opts.accept_render_drift,
+            renderer=opts.renderer,
         )
     except DiscoError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -115,6 +115,9 @@ class VerifyConfig:
     """Views per live teacher forward."""
     accept_render_drift: bool = False
     """Check despite a render fingerprint drift; on pass, record this install's as accepted."""
+    renderer: str = "auto"
+    """Live views: auto (batched on CUDA, reference on CPU), reference or batched (batched is also
+    checked against the reference within store.views.RENDER_BOUND)."""
 
     def __post_init__(self) -> None:
         if self.samples < 1 or self.batch_size < 1:
@@ -123,3 +126,5 @@ class VerifyConfig:
             )
         if not -1.0 <= self.threshold <= 1.0:
             raise ConfigError(f"threshold is a cosine in [-1, 1], got {self.threshold}")
+        if self.renderer not in RENDERERS:
+            raise ConfigError(f"unknown renderer {self.renderer!r}; valid: {', '.join(RENDERERS)}")

@@ -5,6 +5,11 @@ slots is hit once before any is hit twice), each view is re-rendered from the st
 with the one render function, the live teacher embeds it, and the cosine to the cached vector is
 measured. A control pairs each cached vector with the live embedding of a *different* sample's
 view; it must fall below the threshold, or the check is not discriminative and verify fails.
+
+With ``renderer="batched"`` (or ``auto`` on CUDA) the views are rendered by the batched renderer on
+the device, and verify also checks it against the per-view reference on CPU: uint8 values within
+``RENDER_BOUND["max_abs_diff"]`` and live embeddings of the two renders with cosine at least
+``RENDER_BOUND["min_cosine"]`` (the stated bound under which a trainer may use another renderer).
 """
 
 from __future__ import annotations
@@ -18,7 +23,13 @@ import torch
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
 from store.errors import DecodeError, StoreError, StoreMismatchError
-from store.views import render_view
+from store.views import (
+    RENDER_BOUND,
+    normalise_views,
+    render_view,
+    render_views,
+    resolve_renderer,
+)
 from teacher_service.checkpoint import load_encoder
 from teacher_service.config import VerifyConfig
 from teacher_service.runtime import autocast, resolve_device
@@ -52,6 +63,16 @@ class VerifyResult:
     """Render fingerprint check: match, accepted, drift-accepted or unrecorded."""
     render_recorded: bool = False
     """This install's render fingerprint was recorded as accepted in the store (passed + asked)."""
+    renderer: str = "reference"
+    """Renderer of the live views (``reference`` per view on CPU, or ``batched`` on ``device``)."""
+    render_device: str = "cpu"
+    """Where the live views were rendered."""
+    render_max_abs_diff: int | None = None
+    """Batched only: max |batched - reference| over the uint8 values of the checked views."""
+    render_cos_min: float | None = None
+    """Batched only: min cosine of live embeddings of the batched vs the reference render."""
+    render_ok: bool = True
+    """Batched only: both within ``RENDER_BOUND`` (part of ``passed``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-able)."""
@@ -66,6 +87,13 @@ class VerifyResult:
             f"control (wrong view): median {self.control_median:.4f}, max {self.control_max:.4f} "
             f"-> {'ok, below threshold' if self.control_ok else 'NOT below threshold'}",
         ]
+        if self.render_max_abs_diff is not None:
+            lines.append(
+                f"renderer {self.renderer} on {self.render_device} vs reference: max |diff| "
+                f"{self.render_max_abs_diff} (bound {RENDER_BOUND['max_abs_diff']:.0f}), "
+                f"embedding cosine min {self.render_cos_min:.6f} "
+                f"(bound {RENDER_BOUND['min_cosine']}) -> {'ok' if self.render_ok else 'OUT'}"
+            )
         shards = sorted({f["shard"] for f in self.failures})
         if self.failures:
             lines.append(f"{len(self.failures)}+ views below threshold, in shards {shards}")
@@ -110,10 +138,14 @@ def verify_store(
     device: str = VerifyConfig.device,
     batch_size: int = VerifyConfig.batch_size,
     accept_render_drift: bool = VerifyConfig.accept_render_drift,
+    renderer: str = VerifyConfig.renderer,
 ) -> VerifyResult:
     """Check ``samples`` cached views of the store at ``url`` against the live teacher.
 
     The options are :class:`teacher_service.config.VerifyConfig`'s fields (defaults and checks).
+    ``renderer``: auto (batched on CUDA, reference on CPU), reference or batched; a batched render
+    is also checked against the reference within ``RENDER_BOUND`` (see the module docstring).
+
     Raises ``StoreMismatchError("teacher.sha256", ...)`` if the checkpoint is not the store's
     teacher, ``StoreMismatchError("render.fingerprint", ...)`` if this install renders the store's
     views differently and ``accept_render_drift`` is False, ``StoreError`` if the store has no
@@ -121,13 +153,14 @@ def verify_store(
     passing check records this install's render fingerprint as accepted in the store (then trainers
     here accept it too).
     """
-    VerifyConfig(samples, threshold, seed, device, batch_size, accept_render_drift)  # checks
+    VerifyConfig(samples, threshold, seed, device, batch_size, accept_render_drift, renderer)
     store = EmbeddingStore.open(url)
     render = store.check_render(accept_drift=accept_render_drift)
     recorded = store.teacher
     if recorded is None:
         raise StoreError(f"store {url} has no teacher attached; run `disco precompute` first")
     dev = resolve_device(device)
+    used = resolve_renderer(renderer, dev)
     loaded = load_encoder(teacher_path, device=dev)
     if recorded.get("sha256") != loaded.info["sha256"]:
         raise StoreMismatchError("teacher.sha256", recorded.get("sha256"), loaded.info["sha256"])
@@ -153,6 +186,7 @@ def verify_store(
     skipped: dict[str, str] = {}
     keep: list[int] = []
     images: list[torch.Tensor] = []
+    sources: list[np.ndarray] = []
     for k, (row, view) in enumerate(slots):
         try:
             image = dataset.load(int(manifest.indices[row]))
@@ -160,11 +194,29 @@ def verify_store(
             skipped[str(manifest.keys[row])] = exc.reason
             continue
         images.append(render_view(image, params[row, view], recipe))
+        sources.append(image)
         keep.append(k)
     if not keep:
         raise StoreError(f"none of the sampled rows of {url} decode any more")
     slots, cached = slots[keep], cached[keep]
-    live = _embed(encoder, torch.stack(images), dev, str(recorded.get("compute_dtype")), batch_size)
+    dtype = str(recorded.get("compute_dtype"))
+    reference = torch.stack(images)
+    live = _embed(encoder, reference, dev, dtype, batch_size)
+    extra: dict[str, Any] = {"renderer": used, "render_device": str(dev) if used != "reference"
+                             else "cpu"}  # fmt: skip
+    if used == "batched":
+        views = render_views(sources, params[slots[:, 0], slots[:, 1]], recipe, dev)
+        ref_u8 = _to_uint8(reference, recipe.mean, recipe.std)
+        diff = int((views.cpu().int() - ref_u8.int()).abs().max())
+        live_ref = live
+        live = _embed(encoder, normalise_views(views, recipe.mean, recipe.std), dev, dtype,
+                      batch_size)  # fmt: skip
+        render_cos = float(np.sum(live * live_ref, axis=1).min())
+        render_ok = (
+            diff <= RENDER_BOUND["max_abs_diff"] and render_cos >= RENDER_BOUND["min_cosine"]
+        )
+        extra |= {"render_max_abs_diff": diff, "render_cos_min": render_cos,
+                  "render_ok": render_ok}  # fmt: skip
 
     cos = np.sum(cached * live, axis=1)
     # Control: each cached vector against the live embedding of another sampled row's view.
@@ -181,7 +233,7 @@ def verify_store(
         }
         for k in bad[:20]
     ]
-    passed = bool(len(bad) == 0 and control_ok)
+    passed = bool(len(bad) == 0 and control_ok and extra.get("render_ok", True))
     accepted_now = passed and accept_render_drift and render in ("drift-accepted", "unrecorded")
     if accepted_now:
         EmbeddingStore.open(url, mode="r+").accept_render(
@@ -208,7 +260,16 @@ def verify_store(
         skipped=skipped,
         render=render,
         render_recorded=accepted_now,
+        **extra,
     )
+
+
+def _to_uint8(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """Invert the reference's normalisation: (n, 3, S, S) float32 -> uint8 (exact: the float
+    error is far below half a level)."""
+    m = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
+    return (x.double() * s + m).mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _other_row(rows: np.ndarray) -> np.ndarray | None:
