@@ -15,11 +15,17 @@ from store.errors import DiscoError
 from teacher_service.precompute import PrecomputeConfig, run_precompute
 from teacher_service.verify import verify_store
 
-__all__ = ["precompute_command", "verify_command"]
+__all__ = ["POOLING_HELP", "TEACHER_HELP", "WEIGHTS_HELP", "precompute_command", "verify_command"]
+
+TEACHER_HELP = (
+    "Teacher: timm:NAME, hf:PATH_OR_ID, open_clip:ARCH, py:MODULE:FUNCTION or a checkpoint."
+)
+WEIGHTS_HELP = "Teacher weights: .safetensors, .pth/.bin state dict or a snapshot folder."
+POOLING_HELP = "ViT teachers: cls, mean or cls+mean instead of the model's own pooling."
 
 
 def precompute_command(
-    teacher: Annotated[str, typer.Option(help="Teacher checkpoint (disco, MoCo-v2, torchvision).")],
+    teacher: Annotated[str, typer.Option(help=TEACHER_HELP)],
     dataset: Annotated[str, typer.Option(help="Dataset spec: mnist5k, synthetic:N, imagefolder:P")],
     store: Annotated[str, typer.Option(help="Store path or fsspec URL (created if missing).")],
     views: Annotated[int, typer.Option(help="Planned views V per sample.")] = 8,
@@ -47,6 +53,8 @@ def precompute_command(
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    teacher_weights: Annotated[str | None, typer.Option(help=WEIGHTS_HELP)] = None,
+    teacher_pooling: Annotated[str | None, typer.Option(help=POOLING_HELP)] = None,
 ) -> None:
     """Compute the teacher's final embedding of every planned view into a store (resumable)."""
     try:
@@ -71,6 +79,8 @@ def precompute_command(
             overwrite=overwrite,
             max_shards=max_shards,
             progress=progress,
+            teacher_weights=teacher_weights,
+            teacher_pooling=teacher_pooling,
         )
         report = run_precompute(cfg)
     except DiscoError as exc:
@@ -91,17 +101,30 @@ def precompute_command(
 
 def verify_command(
     store: Annotated[str, typer.Argument(help="Store path or URL.")],
-    teacher: Annotated[str, typer.Option(help="Teacher checkpoint the store was built with.")],
+    teacher: Annotated[
+        str, typer.Option(help="The store's teacher (same spelling as precompute).")
+    ],
     samples: Annotated[int, typer.Option(help="Stored views to re-render and check.")] = 64,
     threshold: Annotated[float, typer.Option(help="Minimum cosine (cached vs live).")] = 0.999,
     seed: Annotated[int, typer.Option(help="Seed choosing the sampled views.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    teacher_weights: Annotated[str | None, typer.Option(help=WEIGHTS_HELP)] = None,
+    teacher_pooling: Annotated[
+        str | None, typer.Option(help="ViT pooling (default: the one the store recorded).")
+    ] = None,
 ) -> None:
     """Re-render sampled views, run the live teacher, compare with the cache; exit 1 on failure."""
     try:
         result = verify_store(
-            store, teacher, samples=samples, threshold=threshold, seed=seed, device=device
+            store,
+            teacher,
+            samples=samples,
+            threshold=threshold,
+            seed=seed,
+            device=device,
+            teacher_weights=teacher_weights,
+            teacher_pooling=teacher_pooling,
         )
     except DiscoError as exc:
         typer.echo(f"error: {exc}", err=True)

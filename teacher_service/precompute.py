@@ -2,8 +2,9 @@
 
 Pipeline (one process = one worker of the job)::
 
-    DataLoader workers: decode rows + render all V views of them  (uint8 render, float last)
-      -> main thread: teacher forward (eval, inference mode, optional autocast on CUDA),
+    DataLoader workers: decode rows + render all V views of them  (uint8 pixels)
+      -> main thread: teacher forward on the pixels (the teacher applies its own mean/std;
+         eval, inference mode, optional autocast on CUDA),
          L2-normalised embeddings gathered into a whole-shard buffer (n, V, D) float32
       -> writer thread (bounded queue): store.write_shard(s, ...) -- one call per shard, the
          ``written`` mask is set by the store only after the data write returned.
@@ -54,7 +55,8 @@ from store.errors import (
 from store.manifest import build_manifest
 from store.views import Recipe, get_recipe, render_view
 from teacher_service.accel import default_workers, prepare_model, to_device
-from teacher_service.checkpoint import LoadedEncoder, load_encoder
+from teacher_service.checkpoint import LoadedEncoder
+from teacher_service.sources import POOLINGS, LoadedTeacher, load_teacher, to_pixels
 
 __all__ = [
     "AMP_MODES",
@@ -81,7 +83,7 @@ class PrecomputeConfig:
     """Settings of one precompute worker (the same for every worker of a job)."""
 
     teacher: str
-    """Teacher checkpoint path (disco, MoCo-v2 or torchvision format)."""
+    """Teacher: timm:NAME, hf:PATH_OR_ID, open_clip:ARCH, py:MODULE:FUNCTION or a checkpoint."""
     dataset: str
     """Dataset spec, e.g. ``mnist5k``, ``synthetic:256``, ``imagefolder:/data/train``."""
     store: str
@@ -123,8 +125,17 @@ class PrecomputeConfig:
     """Show a rich progress bar."""
     wait_timeout: float = 600.0
     """Seconds a non-zero worker waits for worker 0 to create the store."""
+    teacher_weights: str | None = None
+    """Teacher weights: .safetensors, .pth/.bin state dict or a snapshot folder (None: the
+    library's own pretrained download; checkpoint paths carry their weights)."""
+    teacher_pooling: str | None = None
+    """ViT teachers: cls, mean or cls+mean instead of the model's own pooled output."""
 
     def __post_init__(self) -> None:
+        if self.teacher_pooling is not None and self.teacher_pooling not in POOLINGS:
+            raise ConfigError(
+                f"unknown teacher_pooling {self.teacher_pooling!r}; valid: {', '.join(POOLINGS)}"
+            )
         if self.views < 1:
             raise ConfigError(f"views must be >= 1, got {self.views}")
         if self.batch_size < 1:
@@ -219,8 +230,9 @@ def _compute_dtype(amp: str, device: torch.device) -> str:
     return {"bf16": "bfloat16", "fp16": "float16"}[amp]
 
 
-def teacher_attrs(loaded: LoadedEncoder, compute_dtype: str) -> dict[str, Any]:
-    """The ``teacher`` attrs recorded in a store: checkpoint identity + ``compute_dtype``."""
+def teacher_attrs(loaded: LoadedTeacher | LoadedEncoder, compute_dtype: str) -> dict[str, Any]:
+    """The ``teacher`` attrs recorded in a store: the teacher's identity (source, name, weights
+    sha256, pooling, mean/std, input size, licence ...) + ``compute_dtype``."""
     return {**loaded.info, "compute_dtype": compute_dtype}
 
 
@@ -235,7 +247,7 @@ def _autocast(device: torch.device, compute_dtype: str) -> contextlib.AbstractCo
 # Store creation / opening
 
 
-def _default_size(cfg: PrecomputeConfig, loaded: LoadedEncoder) -> int:
+def _default_size(cfg: PrecomputeConfig, loaded: LoadedTeacher) -> int:
     if cfg.size is not None:
         return cfg.size
     size = (loaded.info.get("preprocessing") or {}).get("size")
@@ -257,7 +269,7 @@ def _expectations(cfg: PrecomputeConfig) -> dict[str, object]:
 
 def open_or_create_store(
     cfg: PrecomputeConfig,
-    loaded: LoadedEncoder,
+    loaded: LoadedTeacher,
     teacher: dict[str, Any],
     worker: int,
     dataset: ImageDataset | None = None,
@@ -269,12 +281,13 @@ def open_or_create_store(
     """
 
     def attach(store: EmbeddingStore) -> EmbeddingStore:
+        loaded.model.check_size(store.recipe.size)
         # Equal teacher: no-op; a different one raises StoreMismatchError naming the field.
         store.attach_teacher(
             teacher,
-            dim=loaded.encoder.embed_dim,
+            dim=loaded.model.embed_dim,
             dtype=cfg.dtype,
-            features_dim=loaded.encoder.feature_dim if cfg.features else None,
+            features_dim=loaded.model.feature_dim if cfg.features else None,
         )
         return store
 
@@ -290,6 +303,7 @@ def open_or_create_store(
                 dataset = open_dataset(cfg.dataset)
             manifest = build_manifest(dataset, cfg.split, progress=cfg.progress)
             recipe = get_recipe(cfg.recipe, _default_size(cfg, loaded))
+            loaded.model.check_size(recipe.size)  # before anything is written
             store = EmbeddingStore.create(
                 cfg.store,
                 manifest=manifest,
@@ -329,7 +343,7 @@ class _Batch:
     shard: int
     rows: np.ndarray  # (m,) int64 store rows whose views are in `images`, each repeated V times
     views: np.ndarray  # (m,) int64
-    images: torch.Tensor  # (m, 3, S, S) float32
+    images: torch.Tensor  # (m, 3, S, S) uint8 pixels: the teacher normalises them itself
     errors: list[tuple[int, str, str]]  # (row, key, reason)
 
     def pin_memory(self) -> _Batch:
@@ -392,7 +406,11 @@ class _RowViews(Dataset[_Batch]):
                 rows.append(row)
                 views.append(v)
         size = self.recipe.size
-        stacked = torch.stack(images) if images else torch.empty(0, 3, size, size)
+        stacked = (
+            to_pixels(torch.stack(images), self.recipe.mean, self.recipe.std)
+            if images
+            else torch.empty(0, 3, size, size, dtype=torch.uint8)
+        )
         return _Batch(
             shard, np.asarray(rows, np.int64), np.asarray(views, np.int64), stacked, errors
         )
@@ -508,10 +526,10 @@ def run_precompute(
     if cfg.overwrite and workers > 1:
         # Another worker could open the old store before worker 0 replaced it.
         raise ConfigError("--overwrite needs a single worker; delete the store first instead")
-    loaded = load_encoder(cfg.teacher, device=device)
+    loaded = load_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_pooling, device=device)
     teacher = teacher_attrs(loaded, compute_dtype)
     store = open_or_create_store(cfg, loaded, teacher, worker, dataset)
-    encoder = loaded.encoder.requires_grad_(False).eval()
+    encoder = loaded.model.requires_grad_(False).eval()
     prepare_model(encoder, device)  # see accel.prepare_model
     workers_n = cfg.workers if cfg.workers is not None else default_workers(device)
 

@@ -20,8 +20,8 @@ from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
 from store.errors import DecodeError, StoreError, StoreMismatchError
 from store.views import render_view
-from teacher_service.checkpoint import load_encoder
 from teacher_service.precompute import resolve_device
+from teacher_service.sources import load_teacher, to_pixels
 
 __all__ = ["VerifyResult", "sample_slots", "verify_store"]
 
@@ -100,21 +100,31 @@ def verify_store(
     seed: int = 0,
     device: str = "auto",
     batch_size: int = 64,
+    teacher_weights: str | None = None,
+    teacher_pooling: str | None = None,
 ) -> VerifyResult:
     """Check ``samples`` cached views of the store at ``url`` against the live teacher.
 
-    Raises ``StoreMismatchError("teacher.sha256", ...)`` if the checkpoint is not the store's
-    teacher, ``StoreError`` if the store has no teacher or no written views.
+    ``teacher_path`` is any ``--teacher`` spelling (timm:, hf:, open_clip:, py:, a checkpoint);
+    ``teacher_pooling`` defaults to the pooling the store recorded. Raises
+    ``StoreMismatchError("teacher.<field>", ...)`` if the teacher is not the store's (source,
+    name, weights sha256, pooling), ``StoreError`` if the store has no teacher or no written views.
     """
     store = EmbeddingStore.open(url)
     recorded = store.teacher
     if recorded is None:
         raise StoreError(f"store {url} has no teacher attached; run `disco precompute` first")
     dev = resolve_device(device)
-    loaded = load_encoder(teacher_path, device=dev)
-    if recorded.get("sha256") != loaded.info["sha256"]:
-        raise StoreMismatchError("teacher.sha256", recorded.get("sha256"), loaded.info["sha256"])
-    encoder = loaded.encoder
+    if teacher_pooling is None:
+        teacher_pooling = recorded.get("pooling")
+    loaded = load_teacher(teacher_path, teacher_weights, teacher_pooling, device=dev)
+    for key in ("source", "name", "sha256", "pooling"):
+        if key in recorded and recorded.get(key) != loaded.info.get(key):
+            raise StoreMismatchError(f"teacher.{key}", loaded.info.get(key), recorded.get(key))
+    if "sha256" not in recorded:
+        raise StoreMismatchError("teacher.sha256", loaded.info.get("sha256"), None)
+    encoder = loaded.model
+    encoder.check_size(store.recipe.size)
     slots = sample_slots(store.written_mask(), store.shard_size, samples, seed)
     if len(slots) == 0:
         raise StoreError(f"store {url} has no written views to verify")
@@ -147,7 +157,8 @@ def verify_store(
     if not keep:
         raise StoreError(f"none of the sampled rows of {url} decode any more")
     slots, cached = slots[keep], cached[keep]
-    live = _embed(encoder, torch.stack(images), dev, str(recorded.get("compute_dtype")), batch_size)
+    pixels = to_pixels(torch.stack(images), recipe.mean, recipe.std)
+    live = _embed(encoder, pixels, dev, str(recorded.get("compute_dtype")), batch_size)
 
     cos = np.sum(cached * live, axis=1)
     # Control: each cached vector against the live embedding of another sampled row's view.
@@ -201,7 +212,8 @@ def _embed(
     compute_dtype: str,
     batch_size: int,
 ) -> np.ndarray:
-    """Live embeddings ``(n, D) float32`` under the store's recorded compute dtype when possible."""
+    """Live embeddings ``(n, D) float32`` of ``x`` ``(n, 3, S, S)`` uint8 pixels, under the
+    store's recorded compute dtype when possible."""
     ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if compute_dtype == "bfloat16":
         ctx = torch.autocast(device_type=device.type, dtype=torch.bfloat16)
