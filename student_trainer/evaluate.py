@@ -22,6 +22,7 @@ from student_trainer.features import (
     FeatureModel,
     FeatureSet,
     PixelFeatures,
+    TeacherFeatures,
     extract_features,
     resolve_device,
 )
@@ -131,6 +132,10 @@ def _record(model: Any, fs: FeatureSet, role: str) -> dict[str, Any]:
 
 def _as_model(spec: Any, size: int | None, device: str) -> FeatureModel:
     if isinstance(spec, (str, os.PathLike)):
+        from teacher_service.sources import parse_teacher
+
+        if isinstance(spec, str) and parse_teacher(spec)[0] != "checkpoint":
+            return TeacherFeatures(spec, size=size, device=device)
         return EncoderFeatures(spec, size=size, device=device)
     return spec
 

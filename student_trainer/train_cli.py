@@ -34,7 +34,9 @@ def parse_expect(items: list[str]) -> dict[str, Any]:
 
 def train_command(
     method: Annotated[str, typer.Option(help=f"Method: {', '.join(sorted(METHODS))}.")],
-    arch: Annotated[str, typer.Option(help="Student backbone (tiny, resnet10/18/34, ...).")],
+    arch: Annotated[
+        str, typer.Option(help="Student backbone (tiny, resnet10/18/34, ..., or timm:NAME).")
+    ],
     out: Annotated[str, typer.Option(help="Output folder (final.pt, deployed.pt, log, ...).")],
     store: Annotated[str | None, typer.Option(help="Teacher-target store path/URL.")] = None,
     dataset: Annotated[
@@ -46,7 +48,14 @@ def train_command(
     ] = None,
     size: Annotated[int, typer.Option(help="View size in px with --dataset.")] = 32,
     online_teacher: Annotated[
-        str | None, typer.Option(help="Teacher checkpoint computing targets live (no cache).")
+        str | None,
+        typer.Option(help="Teacher computing targets live (timm:, hf:, open_clip:, py:, a file)."),
+    ] = None,
+    teacher_weights: Annotated[
+        str | None, typer.Option(help="Online teacher weights (.safetensors, .pth, folder).")
+    ] = None,
+    teacher_pooling: Annotated[
+        str | None, typer.Option(help="Online ViT teacher pooling: cls, mean, cls+mean.")
     ] = None,
     views: Annotated[
         int | None,
@@ -136,6 +145,8 @@ def train_command(
             recipe=recipe,
             size=size,
             online_teacher=online_teacher,
+            teacher_weights=teacher_weights,
+            teacher_pooling=teacher_pooling,
             views=views,
             expect=expected,
             epochs=epochs,

@@ -11,11 +11,18 @@ from typing import Annotated
 
 import typer
 
-from store.errors import DiscoError
+from store.errors import ConfigError, DiscoError
 from teacher_service.precompute import PrecomputeConfig, run_precompute
 from teacher_service.verify import verify_store
 
-__all__ = ["POOLING_HELP", "TEACHER_HELP", "WEIGHTS_HELP", "precompute_command", "verify_command"]
+__all__ = [
+    "POOLING_HELP",
+    "TEACHER_HELP",
+    "WEIGHTS_HELP",
+    "estimate_command",
+    "precompute_command",
+    "verify_command",
+]
 
 TEACHER_HELP = (
     "Teacher: timm:NAME, hf:PATH_OR_ID, open_clip:ARCH, py:MODULE:FUNCTION or a checkpoint."
@@ -132,3 +139,41 @@ def verify_command(
     typer.echo(json.dumps(result.to_dict()) if json_out else result.summary())
     if not result.passed:
         raise typer.Exit(1)
+
+
+def estimate_command(
+    dataset: Annotated[str, typer.Option(help="Dataset spec: mnist5k, digits, imagefolder:P.")],
+    views: Annotated[int, typer.Option(help="Planned views V per sample.")] = 8,
+    split: Annotated[str, typer.Option(help="Dataset split: all, train or test.")] = "all",
+    dim: Annotated[
+        int | None, typer.Option(help="Embedding width D (default: ask the teacher).")
+    ] = None,
+    teacher: Annotated[str | None, typer.Option(help=TEACHER_HELP)] = None,
+    teacher_weights: Annotated[str | None, typer.Option(help=WEIGHTS_HELP)] = None,
+    teacher_pooling: Annotated[str | None, typer.Option(help=POOLING_HELP)] = None,
+    dtype: Annotated[str, typer.Option(help="Stored embedding dtype: float16, int8.")] = "float16",
+    features: Annotated[bool, typer.Option(help="Also store backbone features.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the estimate as JSON.")] = False,
+) -> None:
+    """Print a store's size (images x V x D x 2 bytes) before anything is computed."""
+    from store.datasets import open_dataset
+    from teacher_service.estimate import estimate_store
+
+    try:
+        n = len(open_dataset(dataset).split_indices(split))
+        feature_dim = None
+        if dim is None or features:
+            if teacher is None:
+                raise ConfigError(
+                    "give --dim D, or --teacher to read D (and F with --features) from the model"
+                )
+            from teacher_service.sources import load_teacher
+
+            loaded = load_teacher(teacher, teacher_weights, teacher_pooling)
+            dim = dim or loaded.model.embed_dim
+            feature_dim = loaded.model.feature_dim if features else None
+        est = estimate_store(n, views, dim, dtype=dtype, feature_dim=feature_dim)
+    except DiscoError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(est.to_dict()) if json_out else est.summary())

@@ -17,7 +17,18 @@ __all__ = ["serve_command"]
 
 def serve_command(
     teacher: Annotated[
-        Path | None, typer.Option(help="Teacher checkpoint file [env DISCO_TEACHER].")
+        str | None,
+        typer.Option(
+            help="Teacher: timm:NAME, hf:PATH_OR_ID, open_clip:ARCH, py:MODULE:FUNCTION or a "
+            "checkpoint [env DISCO_TEACHER]."
+        ),
+    ] = None,
+    teacher_weights: Annotated[
+        Path | None,
+        typer.Option(help="Teacher weights file or snapshot folder [env DISCO_TEACHER_WEIGHTS]."),
+    ] = None,
+    teacher_pooling: Annotated[
+        str | None, typer.Option(help="ViT teachers: cls, mean, cls+mean [DISCO_TEACHER_POOLING].")
     ] = None,
     store_root: Annotated[
         Path | None,
@@ -56,6 +67,8 @@ def serve_command(
 
     given: dict[str, Any] = {
         "teacher": teacher,
+        "teacher_weights": teacher_weights,
+        "teacher_pooling": teacher_pooling,
         "store_root": store_root,
         "host": host,
         "port": port,
@@ -83,10 +96,12 @@ def serve_command(
     if settings.teacher is not None:
         # Fail before uvicorn starts: a broken checkpoint is one clear line, not a startup trace.
         from store.errors import DiscoError
-        from teacher_service.checkpoint import load_encoder
+        from teacher_service.sources import load_teacher
 
         try:
-            load_encoder(str(settings.teacher), device="cpu")
+            load_teacher(
+                settings.teacher, settings.teacher_weights, settings.teacher_pooling, device="cpu"
+            )
         except (DiscoError, OSError) as exc:
             typer.echo(f"error: cannot load teacher {settings.teacher}: {exc}", err=True)
             raise typer.Exit(1) from None

@@ -157,6 +157,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings.dtype,
             settings.recipe,
             settings.threads,
+            settings.teacher_weights,
+            settings.teacher_pooling,
         )
     runtime = state.runtime
     size = runtime.recipe.size
