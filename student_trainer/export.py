@@ -21,6 +21,7 @@ reads the export back through the ``.json`` beside it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -84,10 +85,8 @@ def export_deployed(
     paths = {"pt": str(folder / "deployed.pt"), "json": str(folder / "deployed.json")}
     atomic_torch_save(state, paths["pt"])
     save_file: Any = None
-    try:
+    with contextlib.suppress(ImportError):  # the models extra is optional: deployed.pt alone
         from safetensors.torch import save_file
-    except ImportError:  # the models extra is optional: deployed.pt alone then
-        pass
     constructor = plain_constructor(deployed)
     if save_file is not None:
         target = folder / "deployed.safetensors"
