@@ -20,7 +20,8 @@ from typing import Any
 from rich.console import Console
 
 from store.errors import ConfigError, DiscoError
-from student_trainer.config import METHODS, TrainConfig
+from student_trainer.config import TrainConfig
+from student_trainer.methods import METHODS
 
 __all__ = [
     "DEMO_TEACHER",
@@ -328,6 +329,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
     Writes ``results.md``, ``results.json`` and ``neighbours_*.png`` into ``cfg.out``. Raises a
     ``DiscoError`` subclass when a stage fails (e.g. the cache does not verify).
     """
+    from student_trainer.demo_service import check_service
     from student_trainer.evaluate import evaluate
     from student_trainer.features import EncoderFeatures
     from student_trainer.linear_probe import ProbeConfig
@@ -355,6 +357,11 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
         console.print(check.summary())
         if not check.passed:
             raise DiscoError(f"store verify failed: {check.summary()}")
+    with stages.stage("service: planned views over HTTP (disco serve + client)"):
+        served = check_service(store, teacher, seed=cfg.seed, device=cfg.device)
+        console.print(served.summary())
+        if not served.passed:
+            raise DiscoError(f"service check failed: {served.summary()}")
     for method in cfg.methods:
         with stages.stage(f"train {method} student ({cfg.student_arch}, {cfg.epochs} epochs)"):
             key = f"{method}-s{cfg.seed}"

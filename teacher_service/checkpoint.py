@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from store.errors import CheckpointError, ConfigError
+from store.views import Recipe, get_recipe
 from teacher_service.encoders import ARCHS, Encoder, EncoderConfig, build_encoder
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "infer_resnet_config",
     "load_encoder",
     "read_checkpoint",
+    "recipe_for",
     "save_checkpoint",
 ]
 
@@ -255,6 +257,37 @@ def _info(
         "preprocessing": dict(preprocessing or IMAGENET_PREPROCESSING),
         "encoder": cfg.to_dict(),
     }
+
+
+def recipe_for(
+    preprocessing: Mapping[str, Any] | None, name: str | None = None, size: int | None = None
+) -> Recipe:
+    """The view recipe a teacher's inputs are rendered with: the one rule every consumer uses.
+
+    ``preprocessing`` is a checkpoint's recorded preprocessing (``LoadedEncoder.info
+    ["preprocessing"]``); its ``recipe`` is a registry name, a ``Recipe.to_dict()`` dict (what
+    ``disco train`` writes), or None (MoCo-v2 / torchvision files). ``name`` and ``size`` (px)
+    override; otherwise the recipe is the checkpoint's, else ``mocov2``, at the recorded recipe's
+    size, else the preprocessing ``size``, else 224. Raises ``ConfigError`` for an unknown name.
+    """
+    pre = dict(preprocessing or {})
+    recorded = pre.get("recipe")
+    recorded_name: str | None = None
+    recorded_size: Any = None
+    if isinstance(recorded, str):
+        recorded_name = recorded
+    elif isinstance(recorded, Mapping):
+        recorded_name = str(recorded["name"]) if recorded.get("name") else None
+        recorded_size = recorded.get("size")
+    chosen = name or recorded_name or "mocov2"
+    if size is None:
+        for candidate in (recorded_size if chosen == recorded_name else None, pre.get("size")):
+            if isinstance(candidate, int) and not isinstance(candidate, bool) and candidate >= 8:
+                size = candidate
+                break
+        else:
+            size = 224
+    return get_recipe(chosen, int(size))
 
 
 def _is_tensor_dict(obj: Any) -> bool:

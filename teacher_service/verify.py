@@ -9,7 +9,6 @@ view; it must fall below the threshold, or the check is not discriminative and v
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,7 +19,8 @@ from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
 from store.errors import DecodeError, StoreError, StoreMismatchError
 from store.views import render_view
-from teacher_service.precompute import resolve_device
+from teacher_service.config import VerifyConfig
+from teacher_service.runtime import autocast, resolve_device
 from teacher_service.sources import load_teacher, to_pixels
 
 __all__ = ["VerifyResult", "sample_slots", "verify_store"]
@@ -95,21 +95,24 @@ def sample_slots(written: np.ndarray, shard_size: int, samples: int, seed: int) 
 def verify_store(
     url: str,
     teacher_path: str,
-    samples: int = 64,
-    threshold: float = 0.999,
-    seed: int = 0,
-    device: str = "auto",
-    batch_size: int = 64,
+    samples: int = VerifyConfig.samples,
+    threshold: float = VerifyConfig.threshold,
+    seed: int = VerifyConfig.seed,
+    device: str = VerifyConfig.device,
+    batch_size: int = VerifyConfig.batch_size,
     teacher_weights: str | None = None,
     teacher_pooling: str | None = None,
 ) -> VerifyResult:
     """Check ``samples`` cached views of the store at ``url`` against the live teacher.
 
     ``teacher_path`` is any ``--teacher`` spelling (timm:, hf:, open_clip:, py:, a checkpoint);
-    ``teacher_pooling`` defaults to the pooling the store recorded. Raises
+    ``teacher_pooling`` defaults to the pooling the store recorded. The other options are
+    :class:`teacher_service.config.VerifyConfig`'s fields (defaults and checks). Raises
     ``StoreMismatchError("teacher.<field>", ...)`` if the teacher is not the store's (source,
-    name, weights sha256, pooling), ``StoreError`` if the store has no teacher or no written views.
+    name, weights sha256, pooling), ``StoreError`` if the store has no teacher or no written views,
+    ``ConfigError`` for a bad option.
     """
+    VerifyConfig(samples, threshold, seed, device, batch_size)  # checks the options
     store = EmbeddingStore.open(url)
     recorded = store.teacher
     if recorded is None:
@@ -213,14 +216,9 @@ def _embed(
     batch_size: int,
 ) -> np.ndarray:
     """Live embeddings ``(n, D) float32`` of ``x`` ``(n, 3, S, S)`` uint8 pixels, under the
-    store's recorded compute dtype when possible."""
-    ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if compute_dtype == "bfloat16":
-        ctx = torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    elif compute_dtype == "float16" and device.type == "cuda":
-        ctx = torch.autocast(device_type="cuda", dtype=torch.float16)
+    store's recorded compute dtype (CUDA only)."""
     outs = []
-    with torch.inference_mode(), ctx:
+    with torch.inference_mode(), autocast(device, compute_dtype):
         for a in range(0, len(x), batch_size):
             emb = encoder(x[a : a + batch_size].to(device), output="embedding")
             outs.append(torch.nn.functional.normalize(emb.float(), dim=1).cpu().numpy())

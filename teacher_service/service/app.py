@@ -157,6 +157,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings.dtype,
             settings.recipe,
             settings.threads,
+            settings.size,
             settings.teacher_weights,
             settings.teacher_pooling,
         )

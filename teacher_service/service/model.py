@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,20 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from store.views import Recipe, get_recipe
-from teacher_service.accel import prepare_model, to_device
+from store.views import Recipe
+from teacher_service.checkpoint import recipe_for
+from teacher_service.runtime import autocast, prepare_model, resolve_device, to_device
 from teacher_service.sources import TeacherModel, load_teacher, to_pixels
 
-__all__ = ["TeacherRuntime", "load_runtime", "resolve_device"]
-
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> ``cuda`` when available else ``cpu``; anything else as torch parses it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+__all__ = ["TeacherRuntime", "load_runtime"]
 
 
 @dataclass
@@ -59,13 +50,10 @@ class TeacherRuntime:
         Runs under ``torch.inference_mode``; autocast in ``dtype`` on CUDA only. On CUDA the
         batch is copied from pinned memory without blocking, in ``channels_last`` layout.
         """
-        autocast: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         x = to_pixels(x, self.recipe.mean, self.recipe.std)
         if self.device.type == "cuda":
             x = x.pin_memory()
-            if self.dtype != "float32":
-                autocast = torch.autocast("cuda", dtype=_DTYPES[self.dtype])
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(self.device, self.dtype):
             out = self.encoder(to_device(x, self.device), output="embedding")
         out = torch.nn.functional.normalize(out.float(), dim=1)
         return out.cpu().numpy().astype(np.float32, copy=False)
@@ -100,32 +88,31 @@ def load_runtime(
     dtype: str = "float32",
     recipe: str | None = None,
     threads: int | None = None,
+    size: int | None = None,
     weights: str | Path | None = None,
     pooling: str | None = None,
 ) -> TeacherRuntime:
     """Load the teacher (any ``--teacher`` spelling, with ``weights``/``pooling``) and pick
     its view recipe.
 
-    The recipe is ``recipe`` if given, else the checkpoint's ``preprocessing["recipe"]``, else
-    ``mocov2``, at the teacher's input size. Raises ``CheckpointError`` / ``ConfigError``.
+    The recipe is ``recipe`` / ``size`` (px) where given, else the teacher's recorded ones
+    (:func:`teacher_service.checkpoint.recipe_for`, the rule precompute uses too; a timm:/hf:/
+    open_clip:/py: teacher: ``mocov2`` at its input size). Raises ``CheckpointError`` /
+    ``ConfigError``.
     """
     if threads is not None:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
     loaded = load_teacher(str(teacher), weights, pooling, device=dev)
-    pre = dict(loaded.info.get("preprocessing") or {})
-    name = recipe or pre.get("recipe") or "mocov2"
-    if isinstance(name, dict):
-        name = name.get("name") or "mocov2"
-    size = int(pre.get("size") or 224)
-    loaded.model.check_size(size)
+    view_recipe = recipe_for(loaded.info.get("preprocessing"), recipe, size)
+    loaded.model.check_size(view_recipe.size)
     # CUDA: channels_last. No cuDNN autotuning: dynamic batches come in every size from 1 to
     # max_batch_size, and each new shape would stall a request while cuDNN re-tunes.
     prepare_model(loaded.model, dev, autotune=False)
     return TeacherRuntime(
         encoder=loaded.model,
         info=loaded.info,
-        recipe=get_recipe(str(name), size),
+        recipe=view_recipe,
         device=dev,
         dtype=dtype if dev.type == "cuda" else "float32",
     )

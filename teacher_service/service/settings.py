@@ -20,7 +20,11 @@ __all__ = ["ServiceSettings", "get_settings"]
 class ServiceSettings(BaseSettings):
     """Settings of the teacher-embedding service (env prefix ``DISCO_``, e.g. ``DISCO_TEACHER``)."""
 
-    model_config = SettingsConfigDict(env_prefix="DISCO_", extra="forbid", frozen=True)
+    # An empty DISCO_X means "the default": docker-compose.yml passes every variable through as
+    # ${DISCO_X:-}, so it never restates a default.
+    model_config = SettingsConfigDict(
+        env_prefix="DISCO_", extra="forbid", frozen=True, env_ignore_empty=True
+    )
 
     teacher: str = Field(
         description="teacher: timm:NAME, hf:PATH_OR_ID, open_clip:ARCH, py:MODULE:FUNCTION or a "
@@ -45,6 +49,9 @@ class ServiceSettings(BaseSettings):
     recipe: str | None = Field(
         default=None,
         description="view recipe for request params (None: the checkpoint's, else mocov2)",
+    )
+    size: int | None = Field(
+        default=None, ge=8, le=4096, description="view side in px (None: the checkpoint's)"
     )
     max_batch_size: int = Field(default=32, ge=1, le=4096, description="rows per model batch")
     max_wait_ms: float = Field(
@@ -81,7 +88,7 @@ class ServiceSettings(BaseSettings):
     @field_validator("teacher")
     @classmethod
     def _teacher_exists(cls, value: str) -> str:
-        from teacher_service.sources.registry import parse_teacher
+        from teacher_service.config import parse_teacher
 
         try:
             prefix, name = parse_teacher(value)

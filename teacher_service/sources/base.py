@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from store.errors import CheckpointError, ConfigError, DiscoError
+from teacher_service.config import POOLINGS
 
 __all__ = [
     "OUTPUTS",
@@ -37,9 +38,6 @@ __all__ = [
 ]
 
 OUTPUTS = ("embedding", "feature", "both")
-POOLINGS = ("cls", "mean", "cls+mean")
-"""``--teacher-pooling`` values for ViT teachers: CLS token, mean of patch tokens, or both
-concatenated (DINOv2's linear-probe feature)."""
 
 EXTRA_HINT = "pip install 'disco-cache[models]'"
 

@@ -7,14 +7,14 @@ path (no prefix). An unknown prefix fails with the list of valid ones.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from store.errors import CheckpointError, ConfigError
-from teacher_service.sources.base import POOLINGS, LoadedTeacher
+from store.errors import CheckpointError
+from teacher_service.config import TEACHER_SOURCES, check_pooling, parse_teacher, valid_teachers
+from teacher_service.sources.base import LoadedTeacher
 from teacher_service.sources.checkpoint_source import load_checkpoint_teacher
 from teacher_service.sources.hf_source import load_hf
 from teacher_service.sources.open_clip_source import load_open_clip
@@ -36,39 +36,13 @@ class Source:
 
 
 SOURCES: dict[str, Source] = {
-    "timm": Source("timm", load_timm, "timm:NAME (timm.create_model)"),
-    "hf": Source("hf", load_hf, "hf:PATH_OR_ID (transformers AutoModel)"),
-    "open_clip": Source("open_clip", load_open_clip, "open_clip:ARCH[@TAG] (encode_image)"),
-    "py": Source("py", load_python, "py:MODULE:FUNCTION (your nn.Module factory)"),
-    "checkpoint": Source(
-        "checkpoint", load_checkpoint_teacher, "PATH (disco, MoCo-v2 or torchvision checkpoint)"
-    ),
+    "timm": Source("timm", load_timm, TEACHER_SOURCES["timm"]),
+    "hf": Source("hf", load_hf, TEACHER_SOURCES["hf"]),
+    "open_clip": Source("open_clip", load_open_clip, TEACHER_SOURCES["open_clip"]),
+    "py": Source("py", load_python, TEACHER_SOURCES["py"]),
+    "checkpoint": Source("checkpoint", load_checkpoint_teacher, TEACHER_SOURCES["checkpoint"]),
 }
-_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9_]+):(.*)$")
-
-
-def _valid() -> str:
-    return "; ".join(s.usage for s in SOURCES.values())
-
-
-def parse_teacher(spec: str) -> tuple[str, str]:
-    """``(prefix, name)`` of a ``--teacher`` value; an existing file or a spec without a known
-    ``prefix:`` is a checkpoint path. An unknown prefix raises ``ConfigError`` listing the
-    valid ones."""
-    spec = str(spec)
-    if os.path.exists(spec):
-        return "checkpoint", spec
-    match = _PREFIX.match(spec)
-    if match is None:
-        return "checkpoint", spec
-    prefix, name = match.groups()
-    if prefix == "checkpoint":
-        return prefix, name
-    if prefix not in SOURCES:
-        raise ConfigError(f"unknown teacher source {prefix!r} in {spec!r}; valid: {_valid()}")
-    if not name:
-        raise ConfigError(f"teacher {spec!r} names no model; valid: {_valid()}")
-    return prefix, name
+assert set(SOURCES) == set(TEACHER_SOURCES)
 
 
 def load_teacher(
@@ -84,8 +58,7 @@ def load_teacher(
     normalisation. Raises ``ConfigError``/``CheckpointError``/``MissingExtraError``.
     """
     prefix, name = parse_teacher(spec)
-    if pooling is not None and pooling not in POOLINGS:
-        raise ConfigError(f"unknown teacher pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
+    check_pooling(pooling)
     wpath = os.fspath(weights) if weights is not None else None
     if wpath is not None and not os.path.exists(wpath):
         raise CheckpointError(f"teacher weights not found: {wpath}")
@@ -93,7 +66,7 @@ def load_teacher(
         loaded = SOURCES[prefix].loader(name, wpath, pooling)
     except CheckpointError as exc:
         if prefix == "checkpoint" and not os.path.exists(name):
-            raise CheckpointError(f"{exc}; other teacher sources: {_valid()}") from None
+            raise CheckpointError(f"{exc}; other teacher sources: {valid_teachers()}") from None
         raise
     loaded.model.requires_grad_(False)
     loaded.model.eval()
