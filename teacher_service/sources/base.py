@@ -274,13 +274,17 @@ def build_teacher(
 ) -> LoadedTeacher:
     """Wrap ``net`` in a :class:`TeacherModel` (eval mode, frozen) and describe it.
 
-    The dimensions D and F come from one forward of a ``(2, 3, input_size, input_size)`` grey
-    batch. ``embedding`` says in words which output is the embedding (recorded in the store).
+    The dimensions D and F come from one forward of a grey ``(2, 3, s, s)`` batch (``s`` = the
+    input size, at most 64 px for models that take any size). ``embedding`` says in words which
+    output is the embedding (recorded in the store).
     """
     net.requires_grad_(False)
     net.eval()
+    side = int(input_size)
+    if dynamic_size and side > 64:
+        side = 64 - 64 % patch_size if patch_size else 64
     with torch.inference_mode():
-        feature, z = net(torch.zeros(2, 3, int(input_size), int(input_size)))
+        feature, z = net(torch.zeros(2, 3, side, side))
     if feature.dim() != 2 or z.dim() != 2:
         raise ConfigError(
             f"{source}:{name} must give (B, F) features and (B, D) embeddings, got "
