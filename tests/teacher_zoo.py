@@ -27,7 +27,7 @@ Zoo = dict[str, tuple[str, str, Reference]]
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 
-FACTORY = '''
+FACTORY = """
 import torch
 from torch import nn
 
@@ -39,10 +39,12 @@ def make():
         nn.Linear(8, 12),
     )
     return net, {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "size": 32}
-'''
+"""
 
 
-def normalised(pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+def normalised(
+    pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
     return (pixels.float() / 255.0 - m) / s

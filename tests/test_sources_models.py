@@ -50,7 +50,9 @@ def test_pixels_round_trip_exactly() -> None:
         assert torch.equal(to_pixels(x, r.mean, r.std), u)
 
 
-@pytest.mark.parametrize("name", ["timm_vit", "timm_cnn", "hf_dinov2", "hf_clip", "open_clip", "py"])
+@pytest.mark.parametrize(
+    "name", ["timm_vit", "timm_cnn", "hf_dinov2", "hf_clip", "open_clip", "py"]
+)
 def test_embedding_equals_the_library_forward(zoo: Zoo, pixels: torch.Tensor, name: str) -> None:
     spec, weights, reference = zoo[name]
     loaded = load_teacher(spec, weights)
