@@ -34,7 +34,7 @@ class TrainConfig:
     method: str
     """Training method, a name of ``student_trainer.methods.METHODS`` (mocov2, disco, seed)."""
     arch: str
-    """Student backbone, a key of ``teacher_service.encoders.ARCHS``."""
+    """Student backbone, a key of ``teacher_service.encoders.ARCHS``, or ``timm:NAME``."""
     out: str
     """Output folder: log.jsonl, loss_curves.png, ckpt/, final.pt, deployed.pt, config.json."""
     store: str | None = None
@@ -52,7 +52,12 @@ class TrainConfig:
     view ``v`` of row ``i`` is keyed by (seed, i, v), so a V=32 store holds the V=8 store's views
     as its first 8); None = all of the store's views."""
     online_teacher: str | None = None
-    """Teacher checkpoint run live on the rendered views instead of reading cached targets."""
+    """Teacher run live on the rendered views instead of reading cached targets (timm:NAME,
+    hf:PATH_OR_ID, open_clip:ARCH, py:MODULE:FUNCTION or a checkpoint)."""
+    teacher_weights: str | None = None
+    """Weights of the online teacher: .safetensors, .pth/.bin state dict or a snapshot folder."""
+    teacher_pooling: str | None = None
+    """Online ViT teacher: cls, mean or cls+mean instead of the model's own pooling."""
     expect: dict[str, Any] = field(default_factory=dict)
     """Store attributes that must match (dotted path -> value), e.g. {"teacher.sha256": ...}."""
     accept_render_drift: bool = False

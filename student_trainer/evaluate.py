@@ -22,6 +22,7 @@ from student_trainer.features import (
     FeatureModel,
     FeatureSet,
     PixelFeatures,
+    TeacherFeatures,
     extract_features,
 )
 from student_trainer.knn import Neighbours, search
@@ -133,6 +134,10 @@ def _as_model(spec: Any, size: int | None, device: str, role: str | None) -> Fea
     """A checkpoint path becomes an :class:`EncoderFeatures` named by :func:`checkpoint_row`
     (``role`` None: the checkpoint's own); feature models pass through with their names."""
     if isinstance(spec, (str, os.PathLike)):
+        from teacher_service.sources import parse_teacher
+
+        if isinstance(spec, str) and parse_teacher(spec)[0] != "checkpoint":
+            return TeacherFeatures(spec, size=size, device=device)
         model = EncoderFeatures(spec, size=size, device=device)
         model.name = checkpoint_row(model, role)[0]
         return model

@@ -25,14 +25,13 @@ from store.embedding_store import EmbeddingStore
 from store.errors import DecodeError, StoreError, StoreMismatchError
 from store.views import (
     RENDER_BOUND,
-    normalise_views,
     render_view,
     render_views,
     resolve_renderer,
 )
-from teacher_service.checkpoint import load_encoder
 from teacher_service.config import VerifyConfig
 from teacher_service.runtime import autocast, resolve_device
+from teacher_service.sources import load_teacher, to_pixels
 
 __all__ = ["VerifyResult", "sample_slots", "verify_store"]
 
@@ -137,21 +136,24 @@ def verify_store(
     seed: int = VerifyConfig.seed,
     device: str = VerifyConfig.device,
     batch_size: int = VerifyConfig.batch_size,
+    teacher_weights: str | None = None,
+    teacher_pooling: str | None = None,
     accept_render_drift: bool = VerifyConfig.accept_render_drift,
     renderer: str = VerifyConfig.renderer,
 ) -> VerifyResult:
     """Check ``samples`` cached views of the store at ``url`` against the live teacher.
 
-    The options are :class:`teacher_service.config.VerifyConfig`'s fields (defaults and checks).
-    ``renderer``: auto (batched on CUDA, reference on CPU), reference or batched; a batched render
-    is also checked against the reference within ``RENDER_BOUND`` (see the module docstring).
-
-    Raises ``StoreMismatchError("teacher.sha256", ...)`` if the checkpoint is not the store's
-    teacher, ``StoreMismatchError("render.fingerprint", ...)`` if this install renders the store's
-    views differently and ``accept_render_drift`` is False, ``StoreError`` if the store has no
-    teacher or no written views, ``ConfigError`` for a bad option. With ``accept_render_drift``, a
-    passing check records this install's render fingerprint as accepted in the store (then trainers
-    here accept it too).
+    ``teacher_path`` is any ``--teacher`` spelling (timm:, hf:, open_clip:, py:, a checkpoint);
+    ``teacher_pooling`` defaults to the pooling the store recorded. The other options are
+    :class:`teacher_service.config.VerifyConfig`'s fields (defaults and checks). Raises
+    ``StoreMismatchError("teacher.<field>", ...)`` if the teacher is not the store's (source,
+    name, weights sha256, pooling), ``StoreError`` if the store has no teacher or no written views,
+    ``StoreMismatchError("render.fingerprint", ...)`` if this install renders the store's views
+    differently and ``accept_render_drift`` is False, ``ConfigError`` for a bad option. With
+    ``accept_render_drift``, a passing check records this install's render fingerprint as accepted
+    in the store (then trainers here accept it too). ``renderer``: auto (batched on CUDA, reference
+    on CPU), reference or batched; a batched render is also checked against the reference within
+    ``RENDER_BOUND`` (see the module docstring).
     """
     VerifyConfig(samples, threshold, seed, device, batch_size, accept_render_drift, renderer)
     store = EmbeddingStore.open(url)
@@ -161,10 +163,16 @@ def verify_store(
         raise StoreError(f"store {url} has no teacher attached; run `disco precompute` first")
     dev = resolve_device(device)
     used = resolve_renderer(renderer, dev)
-    loaded = load_encoder(teacher_path, device=dev)
-    if recorded.get("sha256") != loaded.info["sha256"]:
-        raise StoreMismatchError("teacher.sha256", recorded.get("sha256"), loaded.info["sha256"])
-    encoder = loaded.encoder
+    if teacher_pooling is None:
+        teacher_pooling = recorded.get("pooling")
+    loaded = load_teacher(teacher_path, teacher_weights, teacher_pooling, device=dev)
+    for key in ("source", "name", "sha256", "pooling"):
+        if key in recorded and recorded.get(key) != loaded.info.get(key):
+            raise StoreMismatchError(f"teacher.{key}", loaded.info.get(key), recorded.get(key))
+    if "sha256" not in recorded:
+        raise StoreMismatchError("teacher.sha256", loaded.info.get("sha256"), None)
+    encoder = loaded.model
+    encoder.check_size(store.recipe.size)
     slots = sample_slots(store.written_mask(), store.shard_size, samples, seed)
     if len(slots) == 0:
         raise StoreError(f"store {url} has no written views to verify")
@@ -200,17 +208,15 @@ def verify_store(
         raise StoreError(f"none of the sampled rows of {url} decode any more")
     slots, cached = slots[keep], cached[keep]
     dtype = str(recorded.get("compute_dtype"))
-    reference = torch.stack(images)
-    live = _embed(encoder, reference, dev, dtype, batch_size)
+    pixels = to_pixels(torch.stack(images), recipe.mean, recipe.std)
+    live = _embed(encoder, pixels, dev, dtype, batch_size)
     extra: dict[str, Any] = {"renderer": used, "render_device": str(dev) if used != "reference"
                              else "cpu"}  # fmt: skip
     if used == "batched":
         views = render_views(sources, params[slots[:, 0], slots[:, 1]], recipe, dev)
-        ref_u8 = _to_uint8(reference, recipe.mean, recipe.std)
-        diff = int((views.cpu().int() - ref_u8.int()).abs().max())
+        diff = int((views.cpu().int() - pixels.int()).abs().max())
         live_ref = live
-        live = _embed(encoder, normalise_views(views, recipe.mean, recipe.std), dev, dtype,
-                      batch_size)  # fmt: skip
+        live = _embed(encoder, views, dev, dtype, batch_size)
         render_cos = float(np.sum(live * live_ref, axis=1).min())
         render_ok = (
             diff <= RENDER_BOUND["max_abs_diff"] and render_cos >= RENDER_BOUND["min_cosine"]
@@ -264,14 +270,6 @@ def verify_store(
     )
 
 
-def _to_uint8(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """Invert the reference's normalisation: (n, 3, S, S) float32 -> uint8 (exact: the float
-    error is far below half a level)."""
-    m = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
-    return (x.double() * s + m).mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
-
-
 def _other_row(rows: np.ndarray) -> np.ndarray | None:
     """For each k, an index j with ``rows[j] != rows[k]`` (None if all rows are equal)."""
     if len(np.unique(rows)) < 2:
@@ -293,7 +291,8 @@ def _embed(
     compute_dtype: str,
     batch_size: int,
 ) -> np.ndarray:
-    """Live embeddings ``(n, D) float32`` under the store's recorded compute dtype (CUDA only)."""
+    """Live embeddings ``(n, D) float32`` of ``x`` ``(n, 3, S, S)`` uint8 pixels, under the
+    store's recorded compute dtype (CUDA only)."""
     outs = []
     with torch.inference_mode(), autocast(device, compute_dtype):
         for a in range(0, len(x), batch_size):
