@@ -48,7 +48,10 @@ def create(
     ] = "mocov2",
     size: Annotated[int, typer.Option(help="Output view size in pixels.")] = 32,
     interpolation: Annotated[
-        str, typer.Option(help="Crop resize kernel: bilinear, bicubic or nearest.")
+        str,
+        typer.Option(
+            help="Crop resize kernel: bilinear, bicubic, nearest (store.views.INTERPOLATIONS)."
+        ),
     ] = "bilinear",
     views: Annotated[int, typer.Option(help="Views per sample (V).")] = 8,
     seed: Annotated[int, typer.Option(help="Plan seed of the view parameters.")] = 0,

@@ -21,7 +21,11 @@ RESUME_FREE_FIELDS = (
     "stop_at_step",
     "checkpoint_every",
     "threads",
+    "renderer",  # CPU renderers give the same bytes (store.views.batched)
 )
+
+RENDERER_CHOICES = ("auto", "reference", "batched")
+"""= ``store.views.RENDERER_CHOICES`` (restated so importing the config imports no torch)."""
 
 
 @dataclass
@@ -31,7 +35,7 @@ class TrainConfig:
     method: str
     """Training method, a name of ``student_trainer.methods.METHODS`` (mocov2, disco, seed)."""
     arch: str
-    """Student backbone, a key of ``teacher_service.encoders.ARCHS``."""
+    """Student backbone, a key of ``teacher_service.encoders.ARCHS``, or ``timm:NAME``."""
     out: str
     """Output folder: log.jsonl, loss_curves.png, ckpt/, final.pt, deployed.pt, config.json."""
     store: str | None = None
@@ -49,9 +53,16 @@ class TrainConfig:
     view ``v`` of row ``i`` is keyed by (seed, i, v), so a V=32 store holds the V=8 store's views
     as its first 8); None = all of the store's views."""
     online_teacher: str | None = None
-    """Teacher checkpoint run live on the rendered views instead of reading cached targets."""
+    """Teacher run live on the rendered views instead of reading cached targets (timm:NAME,
+    hf:PATH_OR_ID, open_clip:ARCH, py:MODULE:FUNCTION or a checkpoint)."""
+    teacher_weights: str | None = None
+    """Weights of the online teacher: .safetensors, .pth/.bin state dict or a snapshot folder."""
+    teacher_pooling: str | None = None
+    """Online ViT teacher: cls, mean or cls+mean instead of the model's own pooling."""
     expect: dict[str, Any] = field(default_factory=dict)
     """Store attributes that must match (dotted path -> value), e.g. {"teacher.sha256": ...}."""
+    accept_render_drift: bool = False
+    """Train on a store whose render fingerprint differs from this install's (after verify)."""
     epochs: int = 15
     """Passes over the data."""
     batch_size: int = 128
@@ -118,6 +129,9 @@ class TrainConfig:
     """bfloat16 autocast on CUDA (recorded; ignored on CPU)."""
     progress: bool = True
     """Show a rich progress bar."""
+    renderer: str = "auto"
+    """View renderer: auto (batched on CUDA, per-view reference in workers on CPU), reference or
+    batched (workers only decode; views rendered at once on the device)."""
 
     def __post_init__(self) -> None:
         spec = get_method(self.method)
@@ -147,6 +161,10 @@ class TrainConfig:
             raise ConfigError(f"head_out must be >= 1, got {self.head_out}")
         if self.bn_groups < 0 or (self.num_workers is not None and self.num_workers < 0):
             raise ConfigError("bn_groups and num_workers must be >= 0")
+        if self.renderer not in RENDERER_CHOICES:
+            raise ConfigError(
+                f"unknown renderer {self.renderer!r}; valid: {', '.join(RENDERER_CHOICES)}"
+            )
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.key_momentum < 1.0:

@@ -61,6 +61,7 @@ class RunLedger:
                 device=cfg.device,
                 shard_size=1024,
                 progress=cfg.progress,
+                teacher_weights=cfg.teacher_weights,
             )
         )
         key = f"precompute:{name}"
