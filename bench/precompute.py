@@ -26,10 +26,10 @@ import torch
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
 from store.views import render_view
-from teacher_service.accel import prepare_model, to_device
 from teacher_service.checkpoint import save_checkpoint
 from teacher_service.encoders import EncoderConfig, build_encoder
-from teacher_service.precompute import PrecomputeConfig, resolve_device, run_precompute
+from teacher_service.precompute import AMP_DTYPES, PrecomputeConfig, run_precompute
+from teacher_service.runtime import autocast, prepare_model, resolve_device, to_device
 
 
 def _args() -> argparse.Namespace:
@@ -119,13 +119,7 @@ def main() -> None:
         model = prepare_model(encoder, device)
         if device.type == "cuda":
             views = views.pin_memory()
-        ctx = (
-            torch.autocast(
-                device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16
-            )
-            if args.amp != "none"
-            else torch.autocast(device.type, enabled=False)
-        )
+        ctx = autocast(device, AMP_DTYPES[args.amp])
 
         def bare() -> float:
             t0 = time.perf_counter()

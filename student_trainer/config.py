@@ -8,15 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from store.errors import ConfigError
+from student_trainer.methods import MethodSpec, get_method
 
-__all__ = ["METHODS", "TrainConfig"]
-
-METHODS: dict[str, str] = {
-    "mocov2": "MoCo-v2 alone (query/key encoders, queue, InfoNCE); needs no teacher",
-    "disco": "MoCo-v2 + λ·mean_b ||ŝ - t||² on both views (DisCo)",
-    "seed": "SEED: student softmax over [ŝ·t | ŝ·teacher-queue] matched to the teacher's",
-}
-"""Registered methods -> one-line description."""
+__all__ = ["TrainConfig"]
 
 # Fields that may differ between a run and its resumption without changing the result.
 RESUME_FREE_FIELDS = (
@@ -34,7 +28,7 @@ class TrainConfig:
     """One training run. ``to_dict()`` is saved beside every artefact (``config.json``)."""
 
     method: str
-    """Training method, a key of ``METHODS`` ("mocov2", "disco", "seed")."""
+    """Training method, a name of ``student_trainer.methods.METHODS`` (mocov2, disco, seed)."""
     arch: str
     """Student backbone, a key of ``teacher_service.encoders.ARCHS``."""
     out: str
@@ -125,13 +119,10 @@ class TrainConfig:
     """Show a rich progress bar."""
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(
-                f"unknown method {self.method!r}; valid methods: {', '.join(sorted(METHODS))}"
-            )
+        spec = get_method(self.method)
         if (self.store is None) == (self.dataset is None):
             raise ConfigError("give exactly one of store or dataset")
-        if self.method != "mocov2" and self.store is None and self.online_teacher is None:
+        if spec.uses_teacher and self.store is None and self.online_teacher is None:
             raise ConfigError(
                 f"method {self.method!r} needs teacher targets: give a store or an online teacher"
             )
@@ -176,14 +167,9 @@ class TrainConfig:
         return self.lr if self.lr is not None else self.base_lr * self.batch_size / 256
 
     @property
-    def uses_contrast(self) -> bool:
-        """True when the method trains MoCo's InfoNCE (key encoder + queue)."""
-        return self.method in ("mocov2", "disco")
-
-    @property
-    def uses_teacher(self) -> bool:
-        """True when the method needs teacher targets."""
-        return self.method in ("disco", "seed")
+    def spec(self) -> MethodSpec:
+        """The method's registry entry (what it uses: contrast, teacher targets, queues)."""
+        return get_method(self.method)
 
     def resolved_recipe(self) -> str:
         """Recipe name used with ``dataset`` (digit-like built-ins get "digits")."""

@@ -20,7 +20,8 @@ from typing import Any
 from rich.console import Console
 
 from store.errors import ConfigError, DiscoError
-from student_trainer.config import METHODS, TrainConfig
+from student_trainer.config import TrainConfig
+from student_trainer.methods import METHODS
 
 __all__ = [
     "DEMO_TEACHER",

@@ -1,4 +1,7 @@
-"""``disco eval``: kNN / retrieval evaluation of checkpoints, written as markdown + JSON + PNGs."""
+"""``disco eval``: kNN / retrieval evaluation of checkpoints, written as markdown + JSON + PNGs.
+
+Torch, FAISS and the models are imported when the command runs, not for ``--help``.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,6 @@ from typing import Annotated
 import typer
 
 from store.errors import DiscoError
-from student_trainer.evaluate import evaluate
-from student_trainer.knn import BACKENDS
-from student_trainer.linear_probe import ProbeConfig
-from student_trainer.report import render_markdown
 
 
 def eval_command(
@@ -48,7 +47,7 @@ def eval_command(
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Run the linear probe.")] = True,
     probe_epochs: Annotated[int, typer.Option(help="Linear-probe epochs.")] = 30,
     backend: Annotated[
-        str, typer.Option(help=f"kNN search backend: {', '.join(BACKENDS)}.")
+        str, typer.Option(help="kNN search backend (student_trainer.knn.BACKENDS).")
     ] = "faiss",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
@@ -61,6 +60,10 @@ def eval_command(
     ] = True,
 ) -> None:
     """Evaluate checkpoints by kNN retrieval (train split = bank, test split = queries)."""
+    from student_trainer.evaluate import evaluate
+    from student_trainer.linear_probe import ProbeConfig
+    from student_trainer.report import render_markdown
+
     try:
         records = evaluate(
             list(checkpoints or []),

@@ -23,10 +23,10 @@ from student_trainer.features import (
     FeatureSet,
     PixelFeatures,
     extract_features,
-    resolve_device,
 )
 from student_trainer.knn import Neighbours, search
 from student_trainer.linear_probe import ProbeConfig, linear_probe
+from teacher_service.runtime import resolve_device
 
 PIXEL_BASELINE_DATASETS = ("mnist5k", "digits", "synthetic")
 """Dataset names that get the raw-pixel baseline rows by default."""
@@ -186,7 +186,7 @@ def run_evaluation(
     if temperature <= 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}")
     ds = open_dataset(dataset) if isinstance(dataset, str) else dataset
-    dev = resolve_device(device)
+    dev = str(resolve_device(device))  # e.g. "cuda:0"
     if pixels is None:
         pixels = ds.spec.partition(":")[0] in PIXEL_BASELINE_DATASETS
     # (model, role, is the agreement reference): only --teacher is the reference.

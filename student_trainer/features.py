@@ -32,6 +32,7 @@ from rich.progress import Progress
 
 from store.datasets import ImageDataset
 from store.errors import DatasetError, DecodeError
+from teacher_service.runtime import prepare_model, resolve_device, to_device
 
 CACHE_VERSION = "disco-features/1"
 
@@ -40,13 +41,6 @@ def default_cache_dir() -> Path:
     """``$DISCO_FEATURE_CACHE`` if set, else ``~/.cache/disco/features``."""
     env = os.environ.get("DISCO_FEATURE_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "disco" / "features"
-
-
-def resolve_device(device: str | None) -> str:
-    """``None``/"auto" -> "cuda" when available else "cpu"; anything else unchanged."""
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
 
 
 class FeatureModel(Protocol):
@@ -103,15 +97,14 @@ class EncoderFeatures:
         device: str | None = None,
         name: str | None = None,
     ) -> None:
-        from teacher_service.accel import prepare_model
         from teacher_service.checkpoint import FORMAT, load_encoder, read_checkpoint
         from teacher_service.encoders import count_parameters
 
         self.path = Path(path)
-        self.device = resolve_device(device)
+        self.device = str(resolve_device(device))
         loaded = load_encoder(self.path, device=self.device)
         self.encoder = loaded.encoder
-        prepare_model(self.encoder, self.device)  # see accel.prepare_model
+        prepare_model(self.encoder, self.device)  # see runtime.prepare_model
         self.info: dict[str, Any] = loaded.info
         raw = read_checkpoint(self.path)
         own = isinstance(raw, dict) and raw.get("format") == FORMAT
@@ -148,8 +141,6 @@ class EncoderFeatures:
 
         On CUDA the batch goes through pinned memory with a non-blocking ``channels_last`` copy.
         """
-        from teacher_service.accel import to_device
-
         if torch.device(self.device).type == "cuda":
             batch = batch.pin_memory()
         with torch.inference_mode():

@@ -53,9 +53,15 @@ from student_trainer.models import (
     student_config,
 )
 from student_trainer.schedule import cosine_lr
-from teacher_service.accel import default_workers, prepare_model, to_device
 from teacher_service.checkpoint import atomic_torch_save, load_encoder, save_checkpoint
 from teacher_service.encoders import Encoder, count_parameters
+from teacher_service.runtime import (
+    autocast,
+    default_workers,
+    prepare_model,
+    resolve_device,
+    to_device,
+)
 
 __all__ = ["STATE_FORMAT", "NonFiniteLossError", "TrainResult", "train"]
 
@@ -103,7 +109,7 @@ def _open_data(cfg: TrainConfig, rank: int, world: int, batch: int) -> _Data:
         from store.embedding_store import EmbeddingStore
 
         store = EmbeddingStore.open(cfg.store, expect=dict(cfg.expect) or None)
-        cached = cfg.uses_teacher and cfg.online_teacher is None
+        cached = cfg.spec.uses_teacher and cfg.online_teacher is None
         if cached and store.teacher is None:
             raise ConfigError(
                 f"store {cfg.store} has no teacher embeddings; run `disco precompute` first"
@@ -133,14 +139,6 @@ def _open_data(cfg: TrainConfig, rank: int, world: int, batch: int) -> _Data:
         cached, teacher_dim = False, None
     bank = ImageBank(dataset, manifest, ImageBank.should_cache(manifest, cfg.cache_images), show)
     return _Data(plan, PairRenderer(bank, recipe, cfg.seed), recipe, teacher_dim, cached)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    return torch.device(name)
 
 
 def _step_seed(seed: int, step: int, tag: int = 2) -> int:
@@ -233,7 +231,7 @@ def train(cfg: TrainConfig, step_hook: StepHook | None = None) -> TrainResult:
     does not match ``cfg.expect``; ``NonFiniteLossError`` if the loss stops being finite.
     """
     # --- 1. set-up --------------------------------------------------------------------------
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)  # cuda:LOCAL_RANK under torchrun, set as current
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     created_group = False
@@ -265,11 +263,11 @@ def _train(
 ) -> TrainResult:
     data = _open_data(cfg, rank, world, batch)
     teacher: Encoder | None = None
-    if cfg.online_teacher is not None and cfg.uses_teacher:
+    if cfg.online_teacher is not None and cfg.spec.uses_teacher:
         teacher = load_encoder(cfg.online_teacher, device=device).encoder
         teacher.requires_grad_(False)  # frozen, visibly
         teacher.eval()
-        prepare_model(teacher, device)  # see accel.prepare_model
+        prepare_model(teacher, device)  # see runtime.prepare_model
         data.teacher_dim = teacher.embed_dim
     embed_dim = cfg.head_out or data.teacher_dim or 128
     if data.teacher_dim is not None and embed_dim != data.teacher_dim:
@@ -302,7 +300,7 @@ def _train(
         teacher_temperature=cfg.seed_teacher_temperature,
         shuffle_keys=cfg.shuffle_keys,
     )
-    prepare_model(model, device)  # see accel.prepare_model
+    prepare_model(model, device)  # see runtime.prepare_model
     model.train()
     optimizer = torch.optim.SGD(
         student.parameters(),
@@ -321,15 +319,11 @@ def _train(
         pin_memory=device.type == "cuda",
     )
 
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if cfg.amp and device.type == "cuda"
-        else contextlib.nullcontext()
-    )
+    amp = autocast(device, "bfloat16" if cfg.amp else "float32")  # no-op on CPU
 
     def targets(b: PairBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if teacher is not None:
-            with autocast:  # the online teacher gets the same bf16 flag as a precompute would
+            with amp:  # the online teacher gets the same bf16 flag as a precompute would
                 return _teacher_targets(
                     teacher, to_device(b.view1, device), to_device(b.view2, device)
                 )
@@ -365,7 +359,7 @@ def _train(
                     if model.queue_full():
                         break
                     keys = None
-                    if model.uses_contrast:
+                    if model.spec.uses_contrast:
                         keys = model.encode_keys(
                             to_device(b.view2, device), _step_seed(cfg.seed, i, 3)
                         )
@@ -403,7 +397,7 @@ def _train(
                     group["lr"] = lr
                 model.momentum_update(cfg.key_momentum)
                 t1, t2 = targets(b)
-                with autocast:
+                with amp:
                     output: StepOutput = ddp(
                         to_device(b.view1, device),
                         to_device(b.view2, device),

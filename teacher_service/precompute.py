@@ -3,6 +3,8 @@
 Pipeline (one process = one worker of the job)::
 
     DataLoader workers: decode rows + render all V views of them  (uint8 render, float last)
+      (renderer ``batched``: the workers only decode; the main thread renders each batch's views
+      at once on the teacher's device with ``store.views.render_views``, same bytes on CPU)
       -> main thread: teacher forward (eval, inference mode, optional autocast on CUDA),
          L2-normalised embeddings gathered into a whole-shard buffer (n, V, D) float32
       -> writer thread (bounded queue): store.write_shard(s, ...) -- one call per shard, the
@@ -17,7 +19,6 @@ store, the others wait for it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import queue
@@ -52,9 +53,22 @@ from store.errors import (
     StoreNotFoundError,
 )
 from store.manifest import build_manifest
-from store.views import Recipe, render_view
-from teacher_service.accel import default_workers, prepare_model, to_device
+from store.views import (
+    RENDER_BOUND,
+    Recipe,
+    render_view,
+    render_views_normalised,
+    resolve_renderer,
+)
 from teacher_service.checkpoint import LoadedEncoder, load_encoder, recipe_for
+from teacher_service.config import AMP_DTYPES, AMP_MODES, STORE_DTYPES, PrecomputeConfig
+from teacher_service.runtime import (
+    autocast,
+    default_workers,
+    prepare_model,
+    resolve_device,
+    to_device,
+)
 
 __all__ = [
     "AMP_MODES",
@@ -62,92 +76,14 @@ __all__ = [
     "PrecomputeConfig",
     "PrecomputeReport",
     "ShardSink",
-    "resolve_device",
+    "record_renderer",
     "run_precompute",
     "teacher_attrs",
     "worker_identity",
 ]
 
-AMP_MODES = ("none", "bf16", "fp16")
-STORE_DTYPES = ("float16", "int8")
-DEVICES = ("auto", "cpu", "cuda")
-
 ShardSink = Callable[[int, np.ndarray, np.ndarray | None, np.ndarray], None]
 """``sink(shard, embeddings (n,V,D) f32, features (n,V,F) f32 | None, written (n,V) bool)``."""
-
-
-@dataclass
-class PrecomputeConfig:
-    """Settings of one precompute worker (the same for every worker of a job)."""
-
-    teacher: str
-    """Teacher checkpoint path (disco, MoCo-v2 or torchvision format)."""
-    dataset: str
-    """Dataset spec, e.g. ``mnist5k``, ``synthetic:256``, ``imagefolder:/data/train``."""
-    store: str
-    """Store URL (local path or fsspec URL)."""
-    views: int = 8
-    """Planned views V per sample (used when the store is created)."""
-    split: str = "all"
-    """Dataset split: all, train or test."""
-    recipe: str | None = None
-    """View recipe name (store.views.RECIPES); None = the existing store's, else the teacher's
-    recorded recipe, else mocov2 (``checkpoint.recipe_for``)."""
-    size: int | None = None
-    """View size S in px; None = the existing store's, else the teacher's recorded size."""
-    seed: int = 0
-    """View-plan seed."""
-    batch_size: int = 256
-    """Views per teacher forward (rounded down to whole samples: batch_size // V rows)."""
-    workers: int | None = None
-    """DataLoader worker processes decoding and rendering (0 = in the main process; None = 2 on
-    CPU, the host's cores per GPU process minus one (at most 16) on CUDA)."""
-    device: str = "auto"
-    """auto (CUDA if present), cpu or cuda[:N]."""
-    amp: str = "none"
-    """Autocast dtype on CUDA: none, bf16 or fp16 (recorded as teacher.compute_dtype)."""
-    dtype: str = "float16"
-    """Stored embedding dtype: float16 or int8 (per-dimension scales)."""
-    shard_size: int = 4096
-    """Rows per zarr shard (used when the store is created)."""
-    features: bool = False
-    """Also store backbone features (N, V, F) float16."""
-    num_shards: int = 1
-    """Job-array size: the store's shards are split across this many jobs (x WORLD_SIZE)."""
-    shard_index: int = 0
-    """This job's index in the job array, 0 <= shard_index < num_shards."""
-    overwrite: bool = False
-    """Replace an existing store instead of resuming it."""
-    max_shards: int | None = None
-    """Compute at most this many shards in this run (a measured fraction); None = all."""
-    progress: bool = True
-    """Show a rich progress bar."""
-    wait_timeout: float = 600.0
-    """Seconds a non-zero worker waits for worker 0 to create the store."""
-
-    def __post_init__(self) -> None:
-        if self.views < 1:
-            raise ConfigError(f"views must be >= 1, got {self.views}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.workers is not None and self.workers < 0:
-            raise ConfigError(f"workers must be >= 0, got {self.workers}")
-        if self.amp not in AMP_MODES:
-            raise ConfigError(f"unknown amp {self.amp!r}; valid: {', '.join(AMP_MODES)}")
-        if self.dtype not in STORE_DTYPES:
-            raise ConfigError(f"unknown dtype {self.dtype!r}; valid: {', '.join(STORE_DTYPES)}")
-        if not (self.device in DEVICES or self.device.startswith("cuda:")):
-            raise ConfigError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
-        if self.shard_size < 1:
-            raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
-        if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
-            raise ConfigError(
-                f"need 0 <= shard_index < num_shards, got {self.shard_index} / {self.num_shards}"
-            )
-        if self.size is not None and self.size < 8:
-            raise ConfigError(f"size must be >= 8 px, got {self.size}")
-        if self.max_shards is not None and self.max_shards < 0:
-            raise ConfigError(f"max_shards must be >= 0, got {self.max_shards}")
 
 
 @dataclass
@@ -177,6 +113,8 @@ class PrecomputeReport:
     """views_computed / seconds."""
     compute_dtype: str
     device: str
+    renderer: str = "reference"
+    """The renderer that produced the views: reference (per view, workers) or batched."""
     invalid_rows: int = 0
     """Rows of the computed shards skipped because the manifest marks them undecodable."""
     errors: dict[str, str] = field(default_factory=dict)
@@ -199,37 +137,17 @@ def worker_identity(num_shards: int = 1, shard_index: int = 0) -> tuple[int, int
     return shard_index * world + rank, num_shards * world
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu; plain ``cuda`` under torchrun -> ``cuda:LOCAL_RANK``;
-    ``cuda`` without a GPU raises ConfigError."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available")
-    if name == "cuda" and os.environ.get("LOCAL_RANK"):
-        # One GPU per torchrun process.
-        return torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
-    return torch.device(name)
-
-
 def _compute_dtype(amp: str, device: torch.device) -> str:
     if amp == "none":
         return "float32"
     if device.type != "cuda":
         raise ConfigError(f"--amp {amp} needs a CUDA device (got {device})")
-    return {"bf16": "bfloat16", "fp16": "float16"}[amp]
+    return AMP_DTYPES[amp]
 
 
 def teacher_attrs(loaded: LoadedEncoder, compute_dtype: str) -> dict[str, Any]:
     """The ``teacher`` attrs recorded in a store: checkpoint identity + ``compute_dtype``."""
     return {**loaded.info, "compute_dtype": compute_dtype}
-
-
-def _autocast(device: torch.device, compute_dtype: str) -> contextlib.AbstractContextManager[Any]:
-    if compute_dtype == "float32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if compute_dtype == "bfloat16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,8 +242,10 @@ class _Batch:
     shard: int
     rows: np.ndarray  # (m,) int64 store rows whose views are in `images`, each repeated V times
     views: np.ndarray  # (m,) int64
-    images: torch.Tensor  # (m, 3, S, S) float32
+    images: torch.Tensor  # (m, 3, S, S) float32; empty when the main thread renders
     errors: list[tuple[int, str, str]]  # (row, key, reason)
+    sources: list[np.ndarray] = field(default_factory=list)  # (H, W, 3) uint8 per view (batched)
+    params: np.ndarray | None = None  # (m, P) float32 view parameters (batched)
 
     def pin_memory(self) -> _Batch:
         # DataLoader(pin_memory=True) calls this (CUDA only); without it a dataclass batch would
@@ -347,7 +267,10 @@ class _RowViews(Dataset[_Batch]):
         shard_starts: dict[int, int],
         recipe: Recipe,
         dataset: ImageDataset | None = None,
+        render: bool = True,
     ) -> None:
+        self.render = render
+        """False: decode only; the views' sources and params go to the main thread."""
         self.spec = spec
         self.items = items
         self.indices = indices
@@ -374,6 +297,7 @@ class _RowViews(Dataset[_Batch]):
         rows: list[int] = []
         views: list[int] = []
         errors: list[tuple[int, str, str]] = []
+        sources: list[np.ndarray] = []
         for row in range(start, stop):
             if not self.valid[row]:
                 continue
@@ -383,13 +307,19 @@ class _RowViews(Dataset[_Batch]):
                 errors.append((row, str(self.keys[row]), exc.reason))
                 continue
             for v in range(params.shape[1]):
-                images.append(render_view(image, params[row - base, v], self.recipe))
+                if self.render:
+                    images.append(render_view(image, params[row - base, v], self.recipe))
+                else:
+                    sources.append(image)
                 rows.append(row)
                 views.append(v)
         size = self.recipe.size
         stacked = torch.stack(images) if images else torch.empty(0, 3, size, size)
+        rows_a, views_a = np.asarray(rows, np.int64), np.asarray(views, np.int64)
+        if self.render:
+            return _Batch(shard, rows_a, views_a, stacked, errors)
         return _Batch(
-            shard, np.asarray(rows, np.int64), np.asarray(views, np.int64), stacked, errors
+            shard, rows_a, views_a, stacked, errors, sources, params[rows_a - base, views_a]
         )
 
 
@@ -507,8 +437,11 @@ def run_precompute(
     teacher = teacher_attrs(loaded, compute_dtype)
     store = open_or_create_store(cfg, loaded, teacher, worker, dataset)
     encoder = loaded.encoder.requires_grad_(False).eval()
-    prepare_model(encoder, device)  # see accel.prepare_model
+    prepare_model(encoder, device)  # see runtime.prepare_model
     workers_n = cfg.workers if cfg.workers is not None else default_workers(device)
+    renderer = resolve_renderer(cfg.renderer, device)
+    if worker == 0:
+        record_renderer(store, renderer, device)
 
     mine = [s for s in range(store.num_shards) if s % workers == worker]
     missing = set(store.missing_shards())
@@ -537,6 +470,7 @@ def run_precompute(
         starts,
         store.recipe,
         dataset=dataset,
+        render=renderer == "reference",
     )
     loader = DataLoader(
         source,
@@ -547,6 +481,7 @@ def run_precompute(
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers_n > 0 else None,
     )
+    recipe = store.recipe
     write = sink if sink is not None else _store_sink(store)
     writer = _ShardWriter(write)
     dim = encoder.embed_dim
@@ -574,8 +509,11 @@ def run_precompute(
                     errors[key] = reason
                     written[row - base] = False
                 if len(batch.rows):
-                    x = to_device(batch.images, device)
-                    with _autocast(device, compute_dtype):
+                    if batch.params is not None:
+                        x = render_views_normalised(batch.sources, batch.params, recipe, device)
+                    else:
+                        x = to_device(batch.images, device)
+                    with autocast(device, compute_dtype):
                         feat, emb = encoder(x, output="both")
                     emb = torch.nn.functional.normalize(emb.float(), dim=1)
                     local = batch.rows - base
@@ -606,9 +544,26 @@ def run_precompute(
         images_per_s=n_views / seconds if seconds > 0 else 0.0,
         compute_dtype=compute_dtype,
         device=str(device),
+        renderer=renderer,
         invalid_rows=sum(int((~manifest.valid[a:b]).sum()) for _, a, b in items),
         errors=errors,
     )
+
+
+def record_renderer(store: EmbeddingStore, renderer: str, device: torch.device | str) -> None:
+    """Add ``{"renderer", "device"}`` to the store's ``renderers`` attr (the renderers and device
+    types that produced its targets, with the stated bound between them) unless already there.
+
+    Readers compare their own renderer with this list: another one is used only within
+    ``RENDER_BOUND`` (``disco store verify --renderer ... --device ...`` checks it).
+    """
+    entry = {"renderer": renderer, "device": torch.device(device).type}
+    current: Any = dict(store.group.attrs).get("renderers") or {}
+    seen = list(current.get("producers", []))
+    if entry in seen:
+        return
+    record: Any = {"producers": [*seen, entry], "bound": dict(RENDER_BOUND)}
+    store.group.attrs.update({"renderers": record})
 
 
 def _iterate(loader: DataLoader[_Batch]) -> Iterator[_Batch]:

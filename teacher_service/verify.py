@@ -9,7 +9,6 @@ view; it must fall below the threshold, or the check is not discriminative and v
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,7 +20,8 @@ from store.embedding_store import EmbeddingStore
 from store.errors import DecodeError, StoreError, StoreMismatchError
 from store.views import render_view
 from teacher_service.checkpoint import load_encoder
-from teacher_service.precompute import resolve_device
+from teacher_service.config import VerifyConfig
+from teacher_service.runtime import autocast, resolve_device
 
 __all__ = ["VerifyResult", "sample_slots", "verify_store"]
 
@@ -95,17 +95,20 @@ def sample_slots(written: np.ndarray, shard_size: int, samples: int, seed: int) 
 def verify_store(
     url: str,
     teacher_path: str,
-    samples: int = 64,
-    threshold: float = 0.999,
-    seed: int = 0,
-    device: str = "auto",
-    batch_size: int = 64,
+    samples: int = VerifyConfig.samples,
+    threshold: float = VerifyConfig.threshold,
+    seed: int = VerifyConfig.seed,
+    device: str = VerifyConfig.device,
+    batch_size: int = VerifyConfig.batch_size,
 ) -> VerifyResult:
     """Check ``samples`` cached views of the store at ``url`` against the live teacher.
 
+    The options are :class:`teacher_service.config.VerifyConfig`'s fields (defaults and checks).
     Raises ``StoreMismatchError("teacher.sha256", ...)`` if the checkpoint is not the store's
-    teacher, ``StoreError`` if the store has no teacher or no written views.
+    teacher, ``StoreError`` if the store has no teacher or no written views, ``ConfigError`` for
+    a bad option.
     """
+    VerifyConfig(samples, threshold, seed, device, batch_size)  # checks the options
     store = EmbeddingStore.open(url)
     recorded = store.teacher
     if recorded is None:
@@ -201,14 +204,9 @@ def _embed(
     compute_dtype: str,
     batch_size: int,
 ) -> np.ndarray:
-    """Live embeddings ``(n, D) float32`` under the store's recorded compute dtype when possible."""
-    ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if compute_dtype == "bfloat16":
-        ctx = torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    elif compute_dtype == "float16" and device.type == "cuda":
-        ctx = torch.autocast(device_type="cuda", dtype=torch.float16)
+    """Live embeddings ``(n, D) float32`` under the store's recorded compute dtype (CUDA only)."""
     outs = []
-    with torch.inference_mode(), ctx:
+    with torch.inference_mode(), autocast(device, compute_dtype):
         for a in range(0, len(x), batch_size):
             emb = encoder(x[a : a + batch_size].to(device), output="embedding")
             outs.append(torch.nn.functional.normalize(emb.float(), dim=1).cpu().numpy())

@@ -44,10 +44,11 @@ def test_create_info_check_round(tmp_path: Path) -> None:
         app,
         [
             "create", url, "--dataset", f"imagefolder:{data}", "--split", "all",
-            "--views", "3", "--shard-size", "4", "--size", "16",
+            "--views", "3", "--shard-size", "4", "--size", "16", "--interpolation", "bicubic",
         ],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
+    assert EmbeddingStore.open(url).recipe.interpolation == "bicubic"
     assert "N=11" in res.output and "1 undecodable" in res.output and "b/broken.png" in res.output
     res = runner.invoke(app, ["info", url])
     assert res.exit_code == 0, res.output

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 
@@ -35,9 +34,12 @@ from store.views import get_recipe, plan_views, render_view, render_center
 def digest():
     h = hashlib.sha256()
     rng = np.random.default_rng(123)
-    for name, size, shape in [("mocov2", 32, (37, 29)), ("digits", 32, (28, 28)),
-                              ("mocov2", 128, (140, 170)), ("digits", 128, (130, 150))]:
-        recipe = get_recipe(name, size)
+    for name, size, shape, interp in [
+        ("mocov2", 32, (37, 29), "bilinear"), ("digits", 32, (28, 28), "bilinear"),
+        ("mocov2", 128, (140, 170), "bilinear"), ("digits", 128, (130, 150), "bilinear"),
+        ("mocov2", 96, (300, 260), "bicubic"), ("digits", 40, (28, 28), "nearest"),
+    ]:
+        recipe = get_recipe(name, size, interp)
         img = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
         views = 24 if size == 32 else 4
         params = plan_views(recipe, 5, np.array([shape[0]]), np.array([shape[1]]), views)[0]
@@ -266,14 +268,24 @@ def test_blur_and_jitter_change_pixels() -> None:
         p = base.copy()
         p[5], p[k] = 1, value
         assert not torch.equal(render_view(img, p, recipe), plain)
-    assert math.isclose(float(plain.std()), float(plain.std()))
+    # Blur smooths the noise image (lower pixel spread); grayscale makes the channels equal in
+    # [0, 1] pixels (normalisation differs per channel).
+    blurred = base.copy()
+    blurred[15] = 1.5
+    assert float(render_view(img, blurred, recipe).std()) < 0.8 * float(plain.std())
+    grey = base.copy()
+    grey[14] = 1
+    g = render_view(img, grey, recipe)
+    g01 = g * torch.tensor(recipe.std).view(3, 1, 1) + torch.tensor(recipe.mean).view(3, 1, 1)
+    assert torch.allclose(g01[0], g01[1], atol=1e-6) and torch.allclose(g01[1], g01[2], atol=1e-6)
+    assert not torch.allclose(g01[0], g01[0].mean())
 
 
 def test_ops_match_torchvision() -> None:
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as tvf
 
-    from store.views import _adjust_contrast_exact, _adjust_hue_exact, _gaussian_blur_exact
+    from store.views.kernels import adjust_contrast_exact, gaussian_blur_exact
 
     recipe = get_recipe("mocov2", 32)
     img = np.random.default_rng(6).integers(0, 256, (28, 30, 3), dtype=np.uint8)
@@ -285,14 +297,52 @@ def test_ops_match_torchvision() -> None:
     expect = (ref.float() / 255 - mean) / std
     assert torch.allclose(render_view(img, p, recipe), expect, atol=1e-6)
     x = ref.contiguous()
-    for hue in (-0.1, 0.03, 0.1):
-        assert torch.equal(_adjust_hue_exact(x, hue), tvf.adjust_hue(x, hue))
     for c in (0.6, 1.4):
-        assert torch.equal(_adjust_contrast_exact(x, c), tvf.adjust_contrast(x, c))
+        assert torch.equal(adjust_contrast_exact(x, c), tvf.adjust_contrast(x, c))
     for sigma in (0.3, 1.9):
-        ours = _gaussian_blur_exact(x, sigma, 3).int()
+        ours = gaussian_blur_exact(x, sigma, 3).int()
         theirs = tvf.gaussian_blur(x, [3, 3], [sigma, sigma]).int()
         assert (ours - theirs).abs().max() <= 1
+    # Hue is torchvision's own kernel: a hue-only jitter view is exactly resize -> adjust_hue.
+    hue_only = p.copy()
+    hue_only[5], hue_only[9], hue_only[10:14] = 1, 0.07, [3, 0, 1, 2]
+    expect_hue = (tvf.adjust_hue(x, 0.07).float() / 255 - mean) / std
+    assert torch.equal(render_view(img, hue_only, recipe), expect_hue)
+
+
+@pytest.mark.parametrize("interp", ["bilinear", "bicubic", "nearest"])
+def test_interpolation_is_honoured(interp: str) -> None:
+    """``Recipe.interpolation`` picks the resize kernel: each equals torchvision's ``resize`` with
+    that mode (antialias for bilinear/bicubic, pixel-centre nearest), and the modes differ."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as tvf
+
+    modes = {
+        "bilinear": (InterpolationMode.BILINEAR, True),
+        "bicubic": (InterpolationMode.BICUBIC, True),
+        "nearest": (InterpolationMode.NEAREST_EXACT, False),
+    }
+    recipe = get_recipe("digits", 32, interp)
+    assert recipe.to_dict()["interpolation"] == interp
+    assert recipe.to_dict()["antialias"] is modes[interp][1]
+    assert recipe_from_dict(recipe.to_dict()) == recipe
+    img = np.random.default_rng(8).integers(0, 256, (50, 41, 3), dtype=np.uint8)
+    chw = torch.from_numpy(img).permute(2, 0, 1)
+    mode, aa = modes[interp]
+    ref = tvf.resize(chw[:, 4:45, :].contiguous(), [32, 32], interpolation=mode, antialias=aa)
+    mean = torch.tensor(recipe.mean).view(3, 1, 1)
+    std = torch.tensor(recipe.std).view(3, 1, 1)
+    assert torch.equal(render_center(img, recipe), (ref.float() / 255 - mean) / std)
+    others = [render_center(img, get_recipe("digits", 32, m)) for m in modes if m != interp]
+    assert all(not torch.equal(render_center(img, recipe), o) for o in others)
+
+
+def test_unknown_interpolation_and_stored_mismatch_are_refused() -> None:
+    with pytest.raises(ConfigError, match="valid: bicubic, bilinear, nearest"):
+        get_recipe("mocov2", 32, "lanczos")
+    stored = {**get_recipe("mocov2", 32, "bicubic").to_dict(), "antialias": False}
+    with pytest.raises(ConfigError, match="antialias"):
+        recipe_from_dict(stored)
 
 
 @pytest.mark.parametrize("name", ["mocov2", "digits"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,20 +10,11 @@ import numpy as np
 import torch
 
 from store.views import Recipe
-from teacher_service.accel import prepare_model, to_device
 from teacher_service.checkpoint import load_encoder, recipe_for
 from teacher_service.encoders import Encoder
+from teacher_service.runtime import autocast, prepare_model, resolve_device, to_device
 
-__all__ = ["TeacherRuntime", "load_runtime", "resolve_device"]
-
-_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> ``cuda`` when available else ``cpu``; anything else as torch parses it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+__all__ = ["TeacherRuntime", "load_runtime"]
 
 
 @dataclass
@@ -57,12 +47,9 @@ class TeacherRuntime:
         Runs under ``torch.inference_mode``; autocast in ``dtype`` on CUDA only. On CUDA the
         batch is copied from pinned memory without blocking, in ``channels_last`` layout.
         """
-        autocast: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if self.device.type == "cuda":
             x = x.pin_memory()
-            if self.dtype != "float32":
-                autocast = torch.autocast("cuda", dtype=_DTYPES[self.dtype])
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(self.device, self.dtype):
             out = self.encoder(to_device(x, self.device), output="embedding")
         out = torch.nn.functional.normalize(out.float(), dim=1)
         return out.cpu().numpy().astype(np.float32, copy=False)

@@ -1,0 +1,123 @@
+"""Configs of the teacher-side jobs (`disco precompute`, `disco store verify`), checked when built.
+
+Plain dataclasses with a one-line doc per field (the CLI derives its options from them); importing
+this module imports no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from store.errors import ConfigError
+
+__all__ = ["AMP_DTYPES", "AMP_MODES", "STORE_DTYPES", "PrecomputeConfig", "VerifyConfig"]
+
+AMP_DTYPES = {"none": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""``--amp`` mode -> the compute dtype recorded as ``teacher.compute_dtype``."""
+AMP_MODES = tuple(AMP_DTYPES)
+STORE_DTYPES = ("float16", "int8")
+DEVICES = ("auto", "cpu", "cuda")
+RENDERERS = ("auto", "reference", "batched")
+"""Renderer choices (as ``store.views.RENDERER_CHOICES``; restated so help needs no torch)."""
+
+
+@dataclass
+class PrecomputeConfig:
+    """Settings of one precompute worker (the same for every worker of a job)."""
+
+    teacher: str
+    """Teacher checkpoint path (disco, MoCo-v2 or torchvision format)."""
+    dataset: str
+    """Dataset spec, e.g. ``mnist5k``, ``synthetic:256``, ``imagefolder:/data/train``."""
+    store: str
+    """Store URL (local path or fsspec URL)."""
+    views: int = 8
+    """Planned views V per sample (used when the store is created)."""
+    split: str = "all"
+    """Dataset split: all, train or test."""
+    recipe: str | None = None
+    """View recipe name (store.views.RECIPES); None = the existing store's, else the teacher's
+    recorded recipe, else mocov2 (``checkpoint.recipe_for``)."""
+    size: int | None = None
+    """View size S in px; None = the existing store's, else the teacher's recorded size."""
+    seed: int = 0
+    """View-plan seed."""
+    batch_size: int = 256
+    """Views per teacher forward (rounded down to whole samples: batch_size // V rows)."""
+    workers: int | None = None
+    """DataLoader worker processes decoding and rendering (0 = in the main process; None = 2 on
+    CPU, the host's cores per GPU process minus one (at most 16) on CUDA)."""
+    device: str = "auto"
+    """auto (CUDA if present), cpu or cuda[:N]."""
+    amp: str = "none"
+    """Autocast dtype on CUDA: none, bf16 or fp16 (recorded as teacher.compute_dtype)."""
+    dtype: str = "float16"
+    """Stored embedding dtype: float16 or int8 (per-dimension scales)."""
+    shard_size: int = 4096
+    """Rows per zarr shard (used when the store is created)."""
+    features: bool = False
+    """Also store backbone features (N, V, F) float16."""
+    num_shards: int = 1
+    """Job-array size: the store's shards are split across this many jobs (x WORLD_SIZE)."""
+    shard_index: int = 0
+    """This job's index in the job array, 0 <= shard_index < num_shards."""
+    overwrite: bool = False
+    """Replace an existing store instead of resuming it."""
+    max_shards: int | None = None
+    """Compute at most this many shards in this run (a measured fraction); None = all."""
+    progress: bool = True
+    """Show a rich progress bar."""
+    renderer: str = "auto"
+    """View renderer: auto (batched on CUDA, per-view reference on CPU), reference or batched."""
+    wait_timeout: float = 600.0
+    """Seconds a non-zero worker waits for worker 0 to create the store."""
+
+    def __post_init__(self) -> None:
+        if self.views < 1:
+            raise ConfigError(f"views must be >= 1, got {self.views}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"unknown amp {self.amp!r}; valid: {', '.join(AMP_MODES)}")
+        if self.dtype not in STORE_DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}; valid: {', '.join(STORE_DTYPES)}")
+        if not (self.device in DEVICES or self.device.startswith("cuda:")):
+            raise ConfigError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
+        if self.shard_size < 1:
+            raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
+        if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
+            raise ConfigError(
+                f"need 0 <= shard_index < num_shards, got {self.shard_index} / {self.num_shards}"
+            )
+        if self.size is not None and self.size < 8:
+            raise ConfigError(f"size must be >= 8 px, got {self.size}")
+        if self.max_shards is not None and self.max_shards < 0:
+            raise ConfigError(f"max_shards must be >= 0, got {self.max_shards}")
+        if self.renderer not in RENDERERS:
+            raise ConfigError(f"unknown renderer {self.renderer!r}; valid: {', '.join(RENDERERS)}")
+
+
+@dataclass
+class VerifyConfig:
+    """How ``disco store verify`` samples and checks cached views (the store and teacher aside)."""
+
+    samples: int = 64
+    """Stored views to re-render and check (spread over the shards)."""
+    threshold: float = 0.999
+    """Minimum cosine between the cached and the live embedding of a view."""
+    seed: int = 0
+    """Seed choosing the sampled views."""
+    device: str = "auto"
+    """auto (CUDA if present), cpu or cuda[:N]."""
+    batch_size: int = 64
+    """Views per live teacher forward."""
+
+    def __post_init__(self) -> None:
+        if self.samples < 1 or self.batch_size < 1:
+            raise ConfigError(
+                f"samples and batch_size must be >= 1, got {self.samples}, {self.batch_size}"
+            )
+        if not -1.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"threshold is a cosine in [-1, 1], got {self.threshold}")
