@@ -49,7 +49,7 @@ def eval_command(
     probe_epochs: Annotated[int, typer.Option(help="Linear-probe epochs.")] = 30,
     backend: Annotated[
         str, typer.Option(help=f"kNN search backend: {', '.join(BACKENDS)}.")
-    ] = "faiss",
+    ] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
     cache_dir: Annotated[
