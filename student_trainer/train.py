@@ -4,8 +4,13 @@
 2. resume from ``out/ckpt/last.pt`` or fill the queues with real keys;
 3. for each step: learning rate from the schedule, momentum update (no grad), targets (cached or
    from a frozen online teacher), losses, a finite check, SGD step, enqueue, log, checkpoint;
-4. export ``final.pt`` (query encoder with head, loads as a teacher), ``deployed.pt`` (backbone
-   only), ``config.json``, ``log.jsonl`` and ``loss_curves.png``.
+4. export ``final.pt`` (query encoder with head, loads as a teacher), ``deployed.pt`` +
+   ``deployed.safetensors`` (the backbone's own state dict, loadable with plain timm/torchvision
+   code) + ``deployed.json``, ``config.json``, ``log.jsonl`` and ``loss_curves.png``.
+
+Normalisation belongs to each model: the views are rendered in uint8, the student sees them
+normalised with its own mean/std (a timm student's data config, else the recipe's), and an online
+teacher gets the pixels and applies its own.
 
 Every random decision is keyed by (seed, epoch/step, rank) and the data position is the step
 count, so N steps + resume + N steps gives the same weights as 2N steps.
@@ -14,6 +19,7 @@ count, so N steps + resume + N steps gives the same weights as 2N steps.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -46,16 +52,18 @@ from student_trainer.data import (
     plan_seed,
     render_pairs,
 )
+from student_trainer.export import export_deployed
 from student_trainer.moco import MoCo, StepOutput, effective_queue_size
 from student_trainer.models import (
     build_student,
     deployed_backbone,
     resolve_bn_groups,
     student_config,
+    student_normalisation,
 )
 from student_trainer.schedule import cosine_lr
-from teacher_service.checkpoint import atomic_torch_save, load_encoder, save_checkpoint
-from teacher_service.encoders import Encoder, count_parameters
+from teacher_service.checkpoint import atomic_torch_save, save_checkpoint
+from teacher_service.encoders import TIMM_PREFIX, count_parameters
 from teacher_service.runtime import (
     autocast,
     default_workers,
@@ -63,6 +71,7 @@ from teacher_service.runtime import (
     resolve_device,
     to_device,
 )
+from teacher_service.sources import TeacherModel, load_teacher, to_pixels
 
 __all__ = ["STATE_FORMAT", "NonFiniteLossError", "TrainResult", "train"]
 
@@ -112,11 +121,13 @@ def _open_data(
         from store.embedding_store import EmbeddingStore
 
         store = EmbeddingStore.open(cfg.store, expect=dict(cfg.expect) or None)
-        cached = cfg.uses_teacher and cfg.online_teacher is None
+        cached = cfg.spec.uses_teacher and cfg.online_teacher is None
         if cached and store.teacher is None:
             raise ConfigError(
                 f"store {cfg.store} has no teacher embeddings; run `disco precompute` first"
             )
+        if cached:  # cached targets pair with fresh renders: refuse a library that drew otherwise
+            store.check_render(accept_drift=cfg.accept_render_drift)
         manifest = store.manifest
         dataset = open_dataset(manifest.dataset)
         recipe = store.recipe
@@ -151,12 +162,14 @@ def _step_seed(seed: int, step: int, tag: int = 2) -> int:
 
 
 def _teacher_targets(
-    teacher: Encoder, view1: torch.Tensor, view2: torch.Tensor
+    teacher: TeacherModel, view1: torch.Tensor, view2: torch.Tensor, recipe: Recipe
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen teacher's L2-normalised embeddings of both views, ``(b, D)`` each."""
+    """Frozen teacher's L2-normalised embeddings of both views, ``(b, D)`` each. The views come
+    normalised for the student (``recipe``'s mean/std); the teacher gets their exact uint8
+    pixels and applies its own normalisation."""
     with torch.inference_mode():
-        t1 = teacher(view1)
-        t2 = teacher(view2)
+        t1 = teacher(to_pixels(view1, recipe.mean, recipe.std))
+        t2 = teacher(to_pixels(view2, recipe.mean, recipe.std))
     assert isinstance(t1, torch.Tensor) and isinstance(t2, torch.Tensor)
     return t1.float().clone(), t2.float().clone()  # clone: usable outside inference mode
 
@@ -277,11 +290,14 @@ def _train(
     # Batched renderer: workers only decode; views are rendered at once on `device` (same bytes
     # on CPU as the workers' per-view render; within store.views.RENDER_BOUND on CUDA).
     data = _open_data(cfg, rank, world, batch, resolve_renderer(cfg.renderer, device))
-    teacher: Encoder | None = None
-    if cfg.online_teacher is not None and cfg.uses_teacher:
-        teacher = load_encoder(cfg.online_teacher, device=device).encoder
+    teacher: TeacherModel | None = None
+    if cfg.online_teacher is not None and cfg.spec.uses_teacher:
+        teacher = load_teacher(
+            cfg.online_teacher, cfg.teacher_weights, cfg.teacher_pooling, device=device
+        ).model
         teacher.requires_grad_(False)  # frozen, visibly
         teacher.eval()
+        teacher.check_size(data.recipe.size)
         prepare_model(teacher, device)  # see runtime.prepare_model
         data.teacher_dim = teacher.embed_dim
     embed_dim = cfg.head_out or data.teacher_dim or 128
@@ -289,7 +305,9 @@ def _train(
         raise ConfigError(f"head_out {embed_dim} != the teacher's embedding dim {data.teacher_dim}")
 
     torch.manual_seed(cfg.seed)
-    small_stem = cfg.small_stem if cfg.small_stem is not None else data.recipe.size <= 64
+    small_stem = cfg.small_stem
+    if small_stem is None:  # timm students keep their own stem (the export must load in timm)
+        small_stem = data.recipe.size <= 64 and not cfg.arch.startswith(TIMM_PREFIX)
     encoder_cfg = student_config(
         cfg.arch,
         embed_dim,
@@ -300,6 +318,9 @@ def _train(
         width=cfg.width,
     )
     student = build_student(encoder_cfg)
+    mean, std = student_normalisation(student, data.recipe.mean, data.recipe.std)
+    data.recipe = dataclasses.replace(data.recipe, mean=mean, std=std)
+    data.renderer.recipe = data.recipe  # the student's own normalisation of the uint8 views
     plan = data.plan
     queue_size = effective_queue_size(cfg.queue_size, plan.num_samples, cfg.batch_size)
     teacher_queue = effective_queue_size(
@@ -340,7 +361,7 @@ def _train(
         if teacher is not None:
             with amp:  # the online teacher gets the same bf16 flag as a precompute would
                 return _teacher_targets(
-                    teacher, to_device(b.view1, device), to_device(b.view2, device)
+                    teacher, to_device(b.view1, device), to_device(b.view2, device), data.recipe
                 )
         if data.use_cached_targets:
             assert b.target1 is not None and b.target2 is not None
@@ -374,7 +395,7 @@ def _train(
                     if model.queue_full():
                         break
                     keys = None
-                    if model.uses_contrast:
+                    if model.spec.uses_contrast:
                         keys = model.encode_keys(
                             to_device(b.view2, device), _step_seed(cfg.seed, i, 3)
                         )
@@ -479,8 +500,8 @@ def _train(
         }
         student.eval()
         save_checkpoint(final_path, student, preprocessing, train=cfg.to_dict(), meta=meta)
-        save_checkpoint(
-            deployed_path,
+        export_deployed(
+            out,
             deployed,
             preprocessing,
             train=cfg.to_dict(),

@@ -25,13 +25,13 @@ from store.embedding_store import EmbeddingStore
 from store.errors import DecodeError, StoreError, StoreMismatchError
 from store.views import (
     RENDER_BOUND,
-    normalise_views,
     render_view,
     render_views,
     resolve_renderer,
 )
-from teacher_service.checkpoint import load_encoder
+from teacher_service.config import VerifyConfig
 from teacher_service.runtime import autocast, resolve_device
+from teacher_service.sources import load_teacher, to_pixels
 
 __all__ = ["VerifyResult", "sample_slots", "verify_store"]
 
@@ -58,6 +58,10 @@ class VerifyResult:
     """Up to 20 ``{"row", "view", "shard", "cos"}`` below the threshold."""
     skipped: dict[str, str] = field(default_factory=dict)
     """Sample key -> reason for sampled rows that no longer decode."""
+    render: str = "match"
+    """Render fingerprint check: match, accepted, drift-accepted or unrecorded."""
+    render_recorded: bool = False
+    """This install's render fingerprint was recorded as accepted in the store (passed + asked)."""
     renderer: str = "reference"
     """Renderer of the live views (``reference`` per view on CPU, or ``batched`` on ``device``)."""
     render_device: str = "cpu"
@@ -92,6 +96,11 @@ class VerifyResult:
         shards = sorted({f["shard"] for f in self.failures})
         if self.failures:
             lines.append(f"{len(self.failures)}+ views below threshold, in shards {shards}")
+        if self.render != "match":
+            lines.append(
+                f"render fingerprint: {self.render}"
+                + ("; this install's fingerprint is now accepted" if self.render_recorded else "")
+            )
         return "\n".join(lines)
 
 
@@ -122,31 +131,48 @@ def sample_slots(written: np.ndarray, shard_size: int, samples: int, seed: int) 
 def verify_store(
     url: str,
     teacher_path: str,
-    samples: int = 64,
-    threshold: float = 0.999,
-    seed: int = 0,
-    device: str = "auto",
-    batch_size: int = 64,
-    renderer: str = "auto",
+    samples: int = VerifyConfig.samples,
+    threshold: float = VerifyConfig.threshold,
+    seed: int = VerifyConfig.seed,
+    device: str = VerifyConfig.device,
+    batch_size: int = VerifyConfig.batch_size,
+    teacher_weights: str | None = None,
+    teacher_pooling: str | None = None,
+    accept_render_drift: bool = VerifyConfig.accept_render_drift,
+    renderer: str = VerifyConfig.renderer,
 ) -> VerifyResult:
     """Check ``samples`` cached views of the store at ``url`` against the live teacher.
 
-    ``renderer``: auto (batched on CUDA, reference on CPU), reference or batched; a batched render
-    is also checked against the reference within ``RENDER_BOUND`` (see the module docstring).
-
-    Raises ``StoreMismatchError("teacher.sha256", ...)`` if the checkpoint is not the store's
-    teacher, ``StoreError`` if the store has no teacher or no written views.
+    ``teacher_path`` is any ``--teacher`` spelling (timm:, hf:, open_clip:, py:, a checkpoint);
+    ``teacher_pooling`` defaults to the pooling the store recorded. The other options are
+    :class:`teacher_service.config.VerifyConfig`'s fields (defaults and checks). Raises
+    ``StoreMismatchError("teacher.<field>", ...)`` if the teacher is not the store's (source,
+    name, weights sha256, pooling), ``StoreError`` if the store has no teacher or no written views,
+    ``StoreMismatchError("render.fingerprint", ...)`` if this install renders the store's views
+    differently and ``accept_render_drift`` is False, ``ConfigError`` for a bad option. With
+    ``accept_render_drift``, a passing check records this install's render fingerprint as accepted
+    in the store (then trainers here accept it too). ``renderer``: auto (batched on CUDA, reference
+    on CPU), reference or batched; a batched render is also checked against the reference within
+    ``RENDER_BOUND`` (see the module docstring).
     """
+    VerifyConfig(samples, threshold, seed, device, batch_size, accept_render_drift, renderer)
     store = EmbeddingStore.open(url)
+    render = store.check_render(accept_drift=accept_render_drift)
     recorded = store.teacher
     if recorded is None:
         raise StoreError(f"store {url} has no teacher attached; run `disco precompute` first")
     dev = resolve_device(device)
     used = resolve_renderer(renderer, dev)
-    loaded = load_encoder(teacher_path, device=dev)
-    if recorded.get("sha256") != loaded.info["sha256"]:
-        raise StoreMismatchError("teacher.sha256", recorded.get("sha256"), loaded.info["sha256"])
-    encoder = loaded.encoder
+    if teacher_pooling is None:
+        teacher_pooling = recorded.get("pooling")
+    loaded = load_teacher(teacher_path, teacher_weights, teacher_pooling, device=dev)
+    for key in ("source", "name", "sha256", "pooling"):
+        if key in recorded and recorded.get(key) != loaded.info.get(key):
+            raise StoreMismatchError(f"teacher.{key}", loaded.info.get(key), recorded.get(key))
+    if "sha256" not in recorded:
+        raise StoreMismatchError("teacher.sha256", loaded.info.get("sha256"), None)
+    encoder = loaded.model
+    encoder.check_size(store.recipe.size)
     slots = sample_slots(store.written_mask(), store.shard_size, samples, seed)
     if len(slots) == 0:
         raise StoreError(f"store {url} has no written views to verify")
@@ -182,17 +208,15 @@ def verify_store(
         raise StoreError(f"none of the sampled rows of {url} decode any more")
     slots, cached = slots[keep], cached[keep]
     dtype = str(recorded.get("compute_dtype"))
-    reference = torch.stack(images)
-    live = _embed(encoder, reference, dev, dtype, batch_size)
+    pixels = to_pixels(torch.stack(images), recipe.mean, recipe.std)
+    live = _embed(encoder, pixels, dev, dtype, batch_size)
     extra: dict[str, Any] = {"renderer": used, "render_device": str(dev) if used != "reference"
                              else "cpu"}  # fmt: skip
     if used == "batched":
         views = render_views(sources, params[slots[:, 0], slots[:, 1]], recipe, dev)
-        ref_u8 = _to_uint8(reference, recipe.mean, recipe.std)
-        diff = int((views.cpu().int() - ref_u8.int()).abs().max())
+        diff = int((views.cpu().int() - pixels.int()).abs().max())
         live_ref = live
-        live = _embed(encoder, normalise_views(views, recipe.mean, recipe.std), dev, dtype,
-                      batch_size)  # fmt: skip
+        live = _embed(encoder, views, dev, dtype, batch_size)
         render_cos = float(np.sum(live * live_ref, axis=1).min())
         render_ok = (
             diff <= RENDER_BOUND["max_abs_diff"] and render_cos >= RENDER_BOUND["min_cosine"]
@@ -215,6 +239,18 @@ def verify_store(
         }
         for k in bad[:20]
     ]
+    passed = bool(len(bad) == 0 and control_ok and extra.get("render_ok", True))
+    accepted_now = passed and accept_render_drift and render in ("drift-accepted", "unrecorded")
+    if accepted_now:
+        EmbeddingStore.open(url, mode="r+").accept_render(
+            {
+                "verify": {
+                    "samples": len(slots),
+                    "cos_min": float(cos.min()),
+                    "teacher": loaded.info["sha256"],
+                }
+            }
+        )
     return VerifyResult(
         store=url,
         samples=len(slots),
@@ -224,20 +260,14 @@ def verify_store(
         cos_median=float(np.median(cos)),
         control_median=float(np.median(control)),
         control_max=float(control.max()),
-        passed=bool(len(bad) == 0 and control_ok and extra.get("render_ok", True)),
+        passed=passed,
         control_ok=control_ok,
         failures=failures,
         skipped=skipped,
+        render=render,
+        render_recorded=accepted_now,
         **extra,
     )
-
-
-def _to_uint8(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """Invert the reference's normalisation: (n, 3, S, S) float32 -> uint8 (exact: the float
-    error is far below half a level)."""
-    m = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
-    return (x.double() * s + m).mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _other_row(rows: np.ndarray) -> np.ndarray | None:
@@ -261,7 +291,8 @@ def _embed(
     compute_dtype: str,
     batch_size: int,
 ) -> np.ndarray:
-    """Live embeddings ``(n, D) float32`` under the store's recorded compute dtype (CUDA only)."""
+    """Live embeddings ``(n, D) float32`` of ``x`` ``(n, 3, S, S)`` uint8 pixels, under the
+    store's recorded compute dtype (CUDA only)."""
     outs = []
     with torch.inference_mode(), autocast(device, compute_dtype):
         for a in range(0, len(x), batch_size):

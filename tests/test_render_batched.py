@@ -304,6 +304,13 @@ def test_precompute_batched_renderer_writes_the_reference_store(tmp_path: Path) 
         PrecomputeConfig(teacher="t", dataset="d", store="s", renderer="fast")
 
 
+def test_config_renderer_choices_match_the_renderer_module() -> None:
+    from store.views import RENDERER_CHOICES
+    from teacher_service.config import RENDERERS
+
+    assert tuple(RENDERERS) == tuple(RENDERER_CHOICES)
+
+
 def test_training_with_the_batched_renderer_repeats_the_reference_run(tmp_path: Path) -> None:
     """Workers only decode, the loop renders on the device: the steps see the reference's views
     and a short DisCo run ends with the very same loss terms as with the reference renderer."""
