@@ -68,8 +68,9 @@ def test_resume_matches_uninterrupted_run_bitwise(tmp_path: Path) -> None:
 def test_outputs_load_as_teacher_and_deployed_backbone(tmp_path: Path) -> None:
     result = train(_cfg(tmp_path, stop_at_step=3))
     out = Path(result.out)
-    for name in ("final.pt", "deployed.pt", "config.json", "log.jsonl", "loss_curves.png"):
+    for name in ("final.pt", "deployed.pt", "deployed.json", "config.json", "log.jsonl"):
         assert (out / name).is_file(), name
+    assert (out / "loss_curves.png").is_file()
     assert TrainConfig.from_dict(json.loads((out / "config.json").read_text())).method == "mocov2"
     final = load_encoder(out / "final.pt")
     assert final.info["format"] == "disco" and final.info["embedding"] == "head"
@@ -77,7 +78,11 @@ def test_outputs_load_as_teacher_and_deployed_backbone(tmp_path: Path) -> None:
     assert final.info["preprocessing"]["size"] == 16
     deployed = load_encoder(out / "deployed.pt")
     assert deployed.encoder.head is None
-    meta = read_checkpoint(out / "deployed.pt")["meta"]
+    # deployed.pt is the backbone's plain state dict; its metadata lives in deployed.json.
+    plain = read_checkpoint(out / "deployed.pt")
+    assert set(plain) == set(final.encoder.backbone.state_dict())
+    meta = deployed.info["meta"]
+    assert meta == json.loads((out / "deployed.json").read_text())["meta"]
     assert meta["deployed_parameters"] == count_parameters(deployed.encoder)
     assert meta["deployed_parameters"] == count_parameters(final.encoder.backbone)
     assert result.deployed_parameters < result.student_parameters
