@@ -9,7 +9,7 @@ from typing import Any
 
 from store.errors import ConfigError
 
-__all__ = ["METHODS", "TrainConfig"]
+__all__ = ["METHODS", "MONITOR_SPLITS", "TrainConfig"]
 
 METHODS: dict[str, str] = {
     "mocov2": "MoCo-v2 alone (query/key encoders, queue, InfoNCE); needs no teacher",
@@ -26,7 +26,15 @@ RESUME_FREE_FIELDS = (
     "stop_at_step",
     "checkpoint_every",
     "threads",
+    "knn_every",
+    "keep_best",
+    "monitor_dataset",
+    "monitor_split",
+    "monitor_max_queries",
 )
+
+MONITOR_SPLITS = ("test", "val")
+"""Held-out splits of the kNN monitor: the dataset's test split, or a validation part of train."""
 
 
 @dataclass
@@ -99,6 +107,22 @@ class TrainConfig:
     """SEED's teacher temperature τ_t (SEED's default 1e-4); τ_s is ``temperature``."""
     teacher_queue_size: int | None = None
     """SEED teacher-queue length; None = ``effective_queue_size``."""
+    symmetric: bool = False
+    """Symmetric loss: each view is the query once and the key once per step (InfoNCE = mean of
+    both directions) and the keys of both views are enqueued; for SEED (whose loss already uses
+    both views) both views' teacher embeddings are enqueued. About 2x the key-encoder forwards."""
+    knn_every: int = 0
+    """kNN monitor: weighted 20-NN (cosine, T 0.07) of the query backbone on a held-out split every
+    N epochs (and at epoch 0 and the last step), logged to log.jsonl; 0 = off."""
+    keep_best: bool = False
+    """Write best.pt (like final.pt) at each new best kNN monitor figure (needs knn_every)."""
+    monitor_dataset: str | None = None
+    """Dataset spec the monitor evaluates on (bank: its train split); None = the training data."""
+    monitor_split: str = "test"
+    """Monitor queries: "test" (the test split) or "val" (the last 20 % of the train split, with
+    the first 80 % as bank; use it to choose settings without looking at the test split)."""
+    monitor_max_queries: int | None = None
+    """Evaluate the monitor on at most this many queries (an evenly spaced subset); None = all."""
     seed: int = 0
     """Seed of the model init and of every sampling decision (data order, view choice, shuffles)."""
     num_workers: int | None = None
@@ -167,6 +191,14 @@ class TrainConfig:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.stop_at_step is not None and self.stop_at_step < 1:
             raise ConfigError(f"stop_at_step must be >= 1, got {self.stop_at_step}")
+        if self.knn_every < 0:
+            raise ConfigError(f"knn_every must be >= 0, got {self.knn_every}")
+        if self.keep_best and self.knn_every == 0:
+            raise ConfigError("keep_best needs the kNN monitor: set knn_every >= 1")
+        if self.monitor_split not in MONITOR_SPLITS:
+            raise ConfigError(f"monitor_split must be test or val, got {self.monitor_split!r}")
+        if self.monitor_max_queries is not None and self.monitor_max_queries < 1:
+            raise ConfigError(f"monitor_max_queries must be >= 1, got {self.monitor_max_queries}")
         if self.teacher_queue_size is not None and self.teacher_queue_size < 1:
             raise ConfigError(f"teacher_queue_size must be >= 1, got {self.teacher_queue_size}")
 

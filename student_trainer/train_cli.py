@@ -93,6 +93,24 @@ def train_command(
         float, typer.Option("--lambda", "--distill-weight", help="DisCo λ (batch-mean, per view).")
     ] = 8.0,
     seed_teacher_temperature: Annotated[float, typer.Option(help="SEED teacher τ_t.")] = 1e-4,
+    symmetric: Annotated[
+        bool, typer.Option(help="Both views as query and key each step (mean of both InfoNCEs).")
+    ] = False,
+    knn_every: Annotated[
+        int, typer.Option(help="kNN monitor every N epochs (weighted 20-NN, as disco eval); 0 off.")
+    ] = 0,
+    keep_best: Annotated[
+        bool, typer.Option(help="Write best.pt at each new best kNN monitor figure.")
+    ] = False,
+    monitor_dataset: Annotated[
+        str | None, typer.Option(help="Dataset the monitor evaluates on (default: training's).")
+    ] = None,
+    monitor_split: Annotated[
+        str, typer.Option(help="Monitor queries: test, or val (last 20% of train; bank the rest).")
+    ] = "test",
+    monitor_max_queries: Annotated[
+        int | None, typer.Option(help="Monitor at most this many queries (evenly spaced).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     workers: Annotated[
         int | None,
@@ -156,6 +174,12 @@ def train_command(
             width=width,
             distill_weight=distill_weight,
             seed_teacher_temperature=seed_teacher_temperature,
+            symmetric=symmetric,
+            knn_every=knn_every,
+            keep_best=keep_best,
+            monitor_dataset=monitor_dataset,
+            monitor_split=monitor_split,
+            monitor_max_queries=monitor_max_queries,
             seed=seed,
             num_workers=workers,
             checkpoint_every=checkpoint_every,
@@ -181,3 +205,11 @@ def train_command(
             f"deployed params "
             f"{result.deployed_parameters}; wrote {result.final_path} and {result.deployed_path}"
         )
+        if result.knn:
+            best = max(result.knn, key=lambda r: r["knn_weighted"])
+            typer.echo(
+                f"kNN monitor (weighted 20-NN): last {100 * result.knn[-1]['knn_weighted']:.1f} "
+                f"at epoch {result.knn[-1]['epoch']}, best {100 * best['knn_weighted']:.1f} "
+                f"at epoch {best['epoch']}"
+                + (f"; wrote {result.best_path}" if result.best_path else "")
+            )
