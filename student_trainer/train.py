@@ -94,6 +94,7 @@ class TrainResult:
     student_parameters: int
     deployed_parameters: int
     seconds: float
+    """Training wall seconds of this process, without the kNN monitor's evaluations."""
     samples_per_second: float
     first_terms: dict[str, float] = field(default_factory=dict)
     last_terms: dict[str, float] = field(default_factory=dict)
@@ -393,6 +394,13 @@ def _train(
 
     # --- 2. resume, or fill the queues with real keys ----------------------------------------
     knn_records: list[dict[str, Any]] = []
+    # training wall seconds (without the monitor's) of earlier processes of this run, and of the
+    # monitor in this one: logged as "seconds" so runs can be compared at equal training time
+    clock = {"before": 0.0, "monitor": 0.0, "start": time.perf_counter()}
+
+    def train_seconds() -> float:
+        return clock["before"] + time.perf_counter() - clock["start"] - clock["monitor"]
+
     spe = plan.steps_per_epoch
     total_steps = cfg.epochs * spe
     warmup = round(cfg.warmup_epochs * spe)
@@ -410,7 +418,9 @@ def _train(
         step = int(state["step"])
         if rank == 0:
             _log_lines(log_path, keep_until=step)
-            knn_records.extend(_read_log(log_path)[1])  # the best so far survives a resume
+            steps_logged, knn_logged = _read_log(log_path)
+            knn_records.extend(knn_logged)  # the best so far survives a resume
+            clock["before"] = float(steps_logged[-1].get("seconds", 0.0)) if steps_logged else 0.0
     else:
         if rank == 0 and log_path.exists():
             log_path.unlink()
@@ -449,9 +459,11 @@ def _train(
     def run_monitor(epoch_done: int, log: Any) -> None:
         """kNN monitor after ``epoch_done`` epochs (rank 0), logged; best.pt on a new best."""
         record: dict[str, Any] = {}
+        entered = time.perf_counter()
         if monitor is not None:
             best = best_record(knn_records)
-            record = {"step": step, "epoch": epoch_done} | monitor.evaluate(student)
+            record = {"step": step, "epoch": epoch_done, "seconds": round(train_seconds(), 3)}
+            record |= monitor.evaluate(student)
             knn_records.append(record)
             if log is not None:
                 log.write(json.dumps(record) + "\n")
@@ -468,6 +480,7 @@ def _train(
                 knn_records.append(
                     {"step": step, "epoch": epoch_done, "knn_weighted": figure.item()}
                 )
+        clock["monitor"] += time.perf_counter() - entered
 
     ddp: torch.nn.Module = model
     if world > 1:
@@ -478,6 +491,7 @@ def _train(
     first_terms: dict[str, float] = {}
     last_terms: dict[str, float] = {}
     started, start_step = time.perf_counter(), step
+    clock["start"], clock["monitor"] = started, 0.0
     columns = (
         TextColumn("[bold]train {task.fields[method]}"),
         BarColumn(),
@@ -527,6 +541,7 @@ def _train(
                     step_hook(step, b, output)
                 if log is not None:
                     record = {"step": step, "epoch": epoch, "lr": lr} | terms
+                    record["seconds"] = round(train_seconds(), 3)
                     log.write(json.dumps(record) + "\n")
                     log.flush()
                 bar.update(task, completed=step, loss=terms["loss"])
@@ -538,7 +553,7 @@ def _train(
                     _save_state(state_path, model, optimizer, step, cfg)
                 if step >= stop:
                     break
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started - clock["monitor"]
     del loader  # shuts persistent workers down
 
     # --- 4. export ----------------------------------------------------------------------------
