@@ -31,6 +31,7 @@ RESUME_FREE_FIELDS = (
     "monitor_dataset",
     "monitor_split",
     "monitor_max_queries",
+    "monitor_max_bank",
 )
 
 MONITOR_SPLITS = ("test", "val")
@@ -123,6 +124,8 @@ class TrainConfig:
     the first 80 % as bank; use it to choose settings without looking at the test split)."""
     monitor_max_queries: int | None = None
     """Evaluate the monitor on at most this many queries (an evenly spaced subset); None = all."""
+    monitor_max_bank: int | None = None
+    """Monitor bank of at most this many images (evenly spaced; lowers the figure); None = all."""
     seed: int = 0
     """Seed of the model init and of every sampling decision (data order, view choice, shuffles)."""
     num_workers: int | None = None
@@ -199,6 +202,8 @@ class TrainConfig:
             raise ConfigError(f"monitor_split must be test or val, got {self.monitor_split!r}")
         if self.monitor_max_queries is not None and self.monitor_max_queries < 1:
             raise ConfigError(f"monitor_max_queries must be >= 1, got {self.monitor_max_queries}")
+        if self.monitor_max_bank is not None and self.monitor_max_bank < 20:
+            raise ConfigError(f"monitor_max_bank must be >= 20 (k), got {self.monitor_max_bank}")
         if self.teacher_queue_size is not None and self.teacher_queue_size < 1:
             raise ConfigError(f"teacher_queue_size must be >= 1, got {self.teacher_queue_size}")
 

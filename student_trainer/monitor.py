@@ -73,11 +73,17 @@ class MonitorData(ImageDataset):
 
     @classmethod
     def held_out(
-        cls, base: ImageDataset, split: str, max_queries: int | None = None
+        cls,
+        base: ImageDataset,
+        split: str,
+        max_queries: int | None = None,
+        max_bank: int | None = None,
     ) -> MonitorData:
         """Bank/queries of ``split`` ("test" or "val", see the module docstring) of ``base``.
 
-        ``max_queries`` keeps that many queries, evenly spaced over the split (deterministic).
+        ``max_queries``/``max_bank`` keep that many queries/bank images, evenly spaced over the
+        split's (random) permutation order, the same ones every time. A smaller bank lowers the
+        figure (fewer close neighbours), so compare subsampled figures only with each other.
         """
         train = base.split_indices("train")
         if split == "test":
@@ -87,15 +93,18 @@ class MonitorData(ImageDataset):
             bank, queries = train[:cut], train[cut:]
         else:
             raise ConfigError(f"monitor split must be test or val, got {split!r}")
-        if max_queries is not None and max_queries < len(queries):
-            pick = np.linspace(0, len(queries) - 1, max_queries).round().astype(np.int64)
-            queries = queries[np.unique(pick)]
+        queries, bank = _subsample(queries, max_queries), _subsample(bank, max_bank)
         if len(bank) < MONITOR_K or len(queries) == 0:
             raise ConfigError(
                 f"dataset {base.spec!r} is too small for the kNN monitor: {len(bank)} bank images "
                 f"(need >= {MONITOR_K}), {len(queries)} queries"
             )
-        suffix = split if max_queries is None else f"{split}[{len(queries)}]"
+        sizes = []
+        if max_bank is not None:
+            sizes.append(f"bank {len(bank)}")
+        if max_queries is not None:
+            sizes.append(f"queries {len(queries)}")
+        suffix = f"{split}[{', '.join(sizes)}]" if sizes else split
         return cls(base, bank, queries, f"{base.spec}#{suffix}")
 
     def load_with_hash(self, i: int) -> tuple[np.ndarray, str]:
@@ -111,6 +120,13 @@ class MonitorData(ImageDataset):
         if split not in self._splits:
             raise ConfigError(f"unknown split {split!r}; valid: all, train, test")
         return self._splits[split]
+
+
+def _subsample(indices: np.ndarray, count: int | None) -> np.ndarray:
+    """At most ``count`` of ``indices``, evenly spaced (all of them when ``count`` is None)."""
+    if count is None or count >= len(indices):
+        return indices
+    return indices[np.unique(np.linspace(0, len(indices) - 1, count).round().astype(np.int64))]
 
 
 class LiveFeatures:
@@ -170,9 +186,10 @@ class KnnMonitor:
         preprocessing: dict[str, Any],
         device: torch.device,
         max_queries: int | None = None,
+        max_bank: int | None = None,
     ) -> KnnMonitor:
         """Monitor on ``dataset`` (a spec) ``split`` for a checkpoint with ``preprocessing``."""
-        data = MonitorData.held_out(open_dataset(dataset), split, max_queries)
+        data = MonitorData.held_out(open_dataset(dataset), split, max_queries, max_bank)
         recipe = _eval_recipe(preprocessing, int(preprocessing["size"]))
         return cls(data, recipe, device)
 

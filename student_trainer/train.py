@@ -361,6 +361,7 @@ def _train(
             preprocessing,
             device,
             cfg.monitor_max_queries,
+            cfg.monitor_max_bank,
         )
     optimizer = torch.optim.SGD(
         student.parameters(),

@@ -111,6 +111,9 @@ def train_command(
     monitor_max_queries: Annotated[
         int | None, typer.Option(help="Monitor at most this many queries (evenly spaced).")
     ] = None,
+    monitor_max_bank: Annotated[
+        int | None, typer.Option(help="Monitor bank of at most N images (evenly spaced).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     workers: Annotated[
         int | None,
@@ -180,6 +183,7 @@ def train_command(
             monitor_dataset=monitor_dataset,
             monitor_split=monitor_split,
             monitor_max_queries=monitor_max_queries,
+            monitor_max_bank=monitor_max_bank,
             seed=seed,
             num_workers=workers,
             checkpoint_every=checkpoint_every,
