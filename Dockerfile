@@ -1,34 +1,73 @@
-# DisCo cache teacher service: `docker compose up` (see docker-compose.yml).
-# CUDA-capable PyTorch base; torch/torchvision come from the image, the rest from PyPI.
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# DisCo cache teacher service: `docker compose up` (see docker-compose.yml and README "Container").
+#
+# Build arguments:
+#   BASE_IMAGE       any Debian-like image with python3 (3.11+) and its venv module
+#                    (default python:3.11-slim-bookworm; `make docker-smoke` uses a local debootstrap)
+#   TORCH_INDEX_URL  extra package index for the torch wheels; empty = PyPI, whose Linux x86_64 torch
+#                    wheels are the CUDA builds (they run on CPU too). For a small CPU-only image:
+#                    https://download.pytorch.org/whl/cpu
+#   WHEELHOUSE_URL   install only from this wheel directory (an http URL, e.g. a local
+#                    `pip wheel -c constraints.txt . setuptools` folder served on loopback, used with
+#                    `docker build --network host`); empty = the package index
+# Every package is pinned by constraints.txt: the image runs the versions the tests ran.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
+
+ARG TORCH_INDEX_URL=
+ARG WHEELHOUSE_URL=
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH \
+    HOME=/home/disco \
     DISCO_HOST=0.0.0.0 \
     DISCO_PORT=8000 \
-    DISCO_TEACHER=/models/teacher.pt \
+    DISCO_DEVICE=auto \
+    DISCO_TEACHER=/app/student_trainer/assets/demo_teacher.pt \
     DISCO_STORE_ROOT=/stores
 
 WORKDIR /app
 
-# Dependencies first (cached layer), then the project itself.
-COPY pyproject.toml README.md ./
+# pip options shared by both install steps: the wheelhouse (no index) or PyPI (+ the torch index).
+RUN printf '%s\n' '#!/bin/sh' 'set -e' \
+      'if [ -n "$WHEELHOUSE_URL" ]; then set -- --no-index --find-links "$WHEELHOUSE_URL" "$@";' \
+      'elif [ -n "$TORCH_INDEX_URL" ]; then set -- --extra-index-url "$TORCH_INDEX_URL" "$@"; fi' \
+      'exec /opt/venv/bin/python -m pip install "$@"' > /usr/local/bin/pip-install \
+    && chmod 755 /usr/local/bin/pip-install \
+    && python3 -m venv /opt/venv
+
+# Dependencies first (a cached layer while only the code changes), pinned by constraints.txt.
+COPY pyproject.toml constraints.txt ./
+RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && pip-install -c constraints.txt 'setuptools>=68' -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# The project itself; the shipped demo teacher stays in the tree as the default model.
+COPY README.md ./
 COPY store ./store
 COPY teacher_service ./teacher_service
 COPY student_trainer ./student_trainer
-RUN python -m pip install . \
-    && python -c "import torch, torchvision, zarr, fastapi, uvicorn; print('torch', torch.__version__)"
+RUN pip-install -c constraints.txt --no-deps --no-build-isolation . \
+    && /opt/venv/bin/python -c "import torch, torchvision, zarr, fastapi, uvicorn; print('torch', torch.__version__)" \
+    && test -s "$DISCO_TEACHER"
 
-# Unprivileged user; mount points it can write (the store root) or read (checkpoints).
-RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin disco \
+# Unprivileged user (uid 10001, also without useradd in a minimal base); the store root is
+# owned by it, so a named volume mounted there is writable.
+RUN if command -v useradd >/dev/null; then \
+        useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin disco; \
+    else \
+        echo 'disco:x:10001:10001::/home/disco:/usr/sbin/nologin' >> /etc/passwd \
+        && echo 'disco:x:10001:' >> /etc/group && mkdir -p /home/disco; \
+    fi \
     && mkdir -p /models /stores \
-    && chown disco:disco /stores
-USER disco
+    && chown 10001:10001 /stores /home/disco
+USER 10001:10001
 
 EXPOSE 8000
-HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/healthz', timeout=3)"]
+# Ready = teacher loaded and warmed (/readyz is open even with a token). No `python` alias needed.
+HEALTHCHECK --interval=5s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["/opt/venv/bin/python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
 
 CMD ["disco", "serve"]

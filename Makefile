@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stamp-install
 PKGS   := teacher_service student_trainer store
 
-.PHONY: install test lint demo bench bench-gpu serve clean format
+.PHONY: install test lint demo bench bench-gpu serve clean format docker-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench-gpu:
 
 serve: $(STAMP)
 	$(BIN)/disco serve
+
+# Build the service image and run it under docker compose (root; see scripts/docker_smoke.sh).
+docker-smoke: $(STAMP)
+	PYTHON=$(abspath $(BIN)/python) bash scripts/docker_smoke.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

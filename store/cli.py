@@ -1,4 +1,8 @@
-"""``disco store`` commands: create (manifest + view plan), info, check. Thin wrappers."""
+"""``disco store`` commands: create (manifest + view plan), info, check. Thin wrappers.
+
+The store's modules (zarr, torch via the renderer) are imported inside the commands, so
+``disco store --help`` stays instant.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from store.datasets import open_dataset
-from store.embedding_store import CODECS, EmbeddingStore
 from store.errors import DiscoError
-from store.inspection import check_store, store_info
-from store.manifest import build_manifest
-from store.views import INTERPOLATIONS, RECIPES, get_recipe
 
 app = typer.Typer(help="Create and inspect DisCo embedding stores.", no_args_is_help=True)
 console = Console()
@@ -44,10 +43,15 @@ def create(
         str, typer.Option(help="Dataset spec: mnist5k, digits, synthetic[:N], imagefolder:PATH.")
     ] = "mnist5k",
     split: Annotated[str, typer.Option(help="Split: all, train or test.")] = "train",
-    recipe: Annotated[str, typer.Option(help=f"View recipe: {', '.join(RECIPES)}.")] = "mocov2",
+    recipe: Annotated[
+        str, typer.Option(help="View recipe (mocov2, digits, ...; store.views.RECIPES).")
+    ] = "mocov2",
     size: Annotated[int, typer.Option(help="Output view size in pixels.")] = 32,
     interpolation: Annotated[
-        str, typer.Option(help=f"Crop resize kernel: {', '.join(INTERPOLATIONS)}.")
+        str,
+        typer.Option(
+            help="Crop resize kernel: bilinear, bicubic, nearest (store.views.INTERPOLATIONS)."
+        ),
     ] = "bilinear",
     views: Annotated[int, typer.Option(help="Views per sample (V).")] = 8,
     seed: Annotated[int, typer.Option(help="Plan seed of the view parameters.")] = 0,
@@ -55,10 +59,17 @@ def create(
     chunk_size: Annotated[
         int | None, typer.Option(help="Rows per inner chunk (divides shard size).")
     ] = None,
-    codec: Annotated[str, typer.Option(help=f"Embedding codec: {', '.join(CODECS)}.")] = "none",
+    codec: Annotated[
+        str, typer.Option(help="Embedding codec: none, zstd or blosc-bitshuffle.")
+    ] = "none",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
 ) -> None:
     """Build the manifest and view plan of a dataset into a new store (no teacher needed)."""
+    from store.datasets import open_dataset
+    from store.embedding_store import EmbeddingStore
+    from store.manifest import build_manifest
+    from store.views import get_recipe
+
     try:
         t0 = time.perf_counter()
         rec = get_recipe(
@@ -110,6 +121,8 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show a store's shape, layout, size on disk, compression, progress and identity."""
+    from store.inspection import store_info
+
     try:
         data = store_info(path)
     except DiscoError as exc:
@@ -159,6 +172,8 @@ def check(
 
     Exits 1 when a problem is found.
     """
+    from store.inspection import check_store
+
     try:
         report = check_store(path, dataset=dataset, check_dataset=not skip_dataset)
     except DiscoError as exc:

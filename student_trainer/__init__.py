@@ -1,26 +1,31 @@
 """student_trainer: students (MoCo-v2, DisCo, SEED) trained from cached teacher targets, and eval.
 
-The training types are re-exported lazily (importing the package stays cheap): ``TrainConfig``,
-``TrainResult``, ``METHODS``. Train with ``from student_trainer.train import train`` (the
-submodule ``student_trainer.train`` shadows a package-level function of that name).
+The training types are re-exported lazily (``store.lazy``: importing the package stays cheap, no
+torch): ``TrainConfig``, ``TrainResult``, ``METHODS``, ``MethodSpec``, ``get_method``. Train with
+``from student_trainer.train import train`` (the submodule ``student_trainer.train`` shadows a
+package-level function of that name).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING
 
-__all__ = ["METHODS", "TrainConfig", "TrainResult"]
+from store.lazy import lazy_exports
 
-_LAZY = {
-    "METHODS": "student_trainer.config",
-    "TrainConfig": "student_trainer.config",
-    "TrainResult": "student_trainer.train",
-}
+if TYPE_CHECKING:
+    from student_trainer.config import TrainConfig
+    from student_trainer.methods import METHODS, MethodSpec, get_method
+    from student_trainer.train import TrainResult
 
+__all__ = ["METHODS", "MethodSpec", "TrainConfig", "TrainResult", "get_method"]
 
-def __getattr__(name: str) -> Any:
-    """Import ``name`` from its module on first use."""
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'student_trainer' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "METHODS": "student_trainer.methods",
+        "MethodSpec": "student_trainer.methods",
+        "TrainConfig": "student_trainer.config",
+        "TrainResult": "student_trainer.train",
+        "get_method": "student_trainer.methods",
+    },
+)

@@ -8,15 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from store.errors import ConfigError
+from student_trainer.methods import MethodSpec, get_method
 
-__all__ = ["METHODS", "MONITOR_SPLITS", "TrainConfig"]
-
-METHODS: dict[str, str] = {
-    "mocov2": "MoCo-v2 alone (query/key encoders, queue, InfoNCE); needs no teacher",
-    "disco": "MoCo-v2 + λ·mean_b ||ŝ - t||² on both views (DisCo)",
-    "seed": "SEED: student softmax over [ŝ·t | ŝ·teacher-queue] matched to the teacher's",
-}
-"""Registered methods -> one-line description."""
+__all__ = ["MONITOR_SPLITS", "TrainConfig"]
 
 # Fields that may differ between a run and its resumption without changing the result.
 RESUME_FREE_FIELDS = (
@@ -26,6 +20,7 @@ RESUME_FREE_FIELDS = (
     "stop_at_step",
     "checkpoint_every",
     "threads",
+    "renderer",  # CPU renderers give the same bytes (store.views.batched)
     "knn_every",
     "keep_best",
     "monitor_dataset",
@@ -37,15 +32,18 @@ RESUME_FREE_FIELDS = (
 MONITOR_SPLITS = ("test", "val")
 """Held-out splits of the kNN monitor: the dataset's test split, or a validation part of train."""
 
+RENDERER_CHOICES = ("auto", "reference", "batched")
+"""= ``store.views.RENDERER_CHOICES`` (restated so importing the config imports no torch)."""
+
 
 @dataclass
 class TrainConfig:
     """One training run. ``to_dict()`` is saved beside every artefact (``config.json``)."""
 
     method: str
-    """Training method, a key of ``METHODS`` ("mocov2", "disco", "seed")."""
+    """Training method, a name of ``student_trainer.methods.METHODS`` (mocov2, disco, seed)."""
     arch: str
-    """Student backbone, a key of ``teacher_service.encoders.ARCHS``."""
+    """Student backbone, a key of ``teacher_service.encoders.ARCHS``, or ``timm:NAME``."""
     out: str
     """Output folder: log.jsonl, loss_curves.png, ckpt/, final.pt, deployed.pt, config.json."""
     store: str | None = None
@@ -63,9 +61,16 @@ class TrainConfig:
     view ``v`` of row ``i`` is keyed by (seed, i, v), so a V=32 store holds the V=8 store's views
     as its first 8); None = all of the store's views."""
     online_teacher: str | None = None
-    """Teacher checkpoint run live on the rendered views instead of reading cached targets."""
+    """Teacher run live on the rendered views instead of reading cached targets (timm:NAME,
+    hf:PATH_OR_ID, open_clip:ARCH, py:MODULE:FUNCTION or a checkpoint)."""
+    teacher_weights: str | None = None
+    """Weights of the online teacher: .safetensors, .pth/.bin state dict or a snapshot folder."""
+    teacher_pooling: str | None = None
+    """Online ViT teacher: cls, mean or cls+mean instead of the model's own pooling."""
     expect: dict[str, Any] = field(default_factory=dict)
     """Store attributes that must match (dotted path -> value), e.g. {"teacher.sha256": ...}."""
+    accept_render_drift: bool = False
+    """Train on a store whose render fingerprint differs from this install's (after verify)."""
     epochs: int = 15
     """Passes over the data."""
     batch_size: int = 128
@@ -150,15 +155,15 @@ class TrainConfig:
     """bfloat16 autocast on CUDA (recorded; ignored on CPU)."""
     progress: bool = True
     """Show a rich progress bar."""
+    renderer: str = "auto"
+    """View renderer: auto (batched on CUDA, per-view reference in workers on CPU), reference or
+    batched (workers only decode; views rendered at once on the device)."""
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(
-                f"unknown method {self.method!r}; valid methods: {', '.join(sorted(METHODS))}"
-            )
+        spec = get_method(self.method)
         if (self.store is None) == (self.dataset is None):
             raise ConfigError("give exactly one of store or dataset")
-        if self.method != "mocov2" and self.store is None and self.online_teacher is None:
+        if spec.uses_teacher and self.store is None and self.online_teacher is None:
             raise ConfigError(
                 f"method {self.method!r} needs teacher targets: give a store or an online teacher"
             )
@@ -182,6 +187,10 @@ class TrainConfig:
             raise ConfigError(f"head_out must be >= 1, got {self.head_out}")
         if self.bn_groups < 0 or (self.num_workers is not None and self.num_workers < 0):
             raise ConfigError("bn_groups and num_workers must be >= 0")
+        if self.renderer not in RENDERER_CHOICES:
+            raise ConfigError(
+                f"unknown renderer {self.renderer!r}; valid: {', '.join(RENDERER_CHOICES)}"
+            )
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0.0 <= self.key_momentum < 1.0:
@@ -213,14 +222,9 @@ class TrainConfig:
         return self.lr if self.lr is not None else self.base_lr * self.batch_size / 256
 
     @property
-    def uses_contrast(self) -> bool:
-        """True when the method trains MoCo's InfoNCE (key encoder + queue)."""
-        return self.method in ("mocov2", "disco")
-
-    @property
-    def uses_teacher(self) -> bool:
-        """True when the method needs teacher targets."""
-        return self.method in ("disco", "seed")
+    def spec(self) -> MethodSpec:
+        """The method's registry entry (what it uses: contrast, teacher targets, queues)."""
+        return get_method(self.method)
 
     def resolved_recipe(self) -> str:
         """Recipe name used with ``dataset`` (digit-like built-ins get "digits")."""

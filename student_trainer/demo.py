@@ -20,7 +20,8 @@ from typing import Any
 from rich.console import Console
 
 from store.errors import ConfigError, DiscoError
-from student_trainer.config import METHODS, TrainConfig
+from student_trainer.config import TrainConfig
+from student_trainer.methods import METHODS
 
 __all__ = [
     "DEMO_TEACHER",
@@ -74,7 +75,10 @@ class DemoConfig:
     dataset: str = "mnist5k"
     """Dataset spec; its train split is distilled, its test split is the kNN query set."""
     teacher: str | None = None
-    """Teacher checkpoint; None = the shipped demo teacher (mnist5k only)."""
+    """Teacher (checkpoint, timm:NAME, hf:PATH_OR_ID, open_clip:ARCH, py:MODULE:FUNCTION);
+    None = the shipped demo teacher (mnist5k only)."""
+    teacher_weights: str | None = None
+    """Weights of a timm:/hf:/open_clip:/py: teacher (.safetensors, .pth, snapshot folder)."""
     size: int = 32
     """View size in px."""
     recipe: str | None = None
@@ -129,8 +133,12 @@ class DemoConfig:
         return "digits" if self.dataset.split(":", 1)[0] in ("mnist5k", "digits") else "mocov2"
 
     def resolved_teacher(self) -> str:
-        """The teacher checkpoint path; the shipped one only fits mnist5k."""
+        """The teacher spec or checkpoint path; the shipped one only fits mnist5k."""
         if self.teacher is not None:
+            from teacher_service.sources import parse_teacher
+
+            if parse_teacher(self.teacher)[0] != "checkpoint":
+                return self.teacher
             if not Path(self.teacher).is_file():
                 raise ConfigError(f"teacher checkpoint not found: {self.teacher}")
             return self.teacher
@@ -254,6 +262,7 @@ class RunLedger:
                 device=cfg.device,
                 shard_size=1024,
                 progress=cfg.progress,
+                teacher_weights=cfg.teacher_weights,
             )
         )
         key = f"precompute:{name}"
@@ -320,6 +329,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
     Writes ``results.md``, ``results.json`` and ``neighbours_*.png`` into ``cfg.out``. Raises a
     ``DiscoError`` subclass when a stage fails (e.g. the cache does not verify).
     """
+    from student_trainer.demo_service import check_service
     from student_trainer.evaluate import evaluate
     from student_trainer.features import EncoderFeatures
     from student_trainer.linear_probe import ProbeConfig
@@ -337,10 +347,21 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
     with stages.stage(f"precompute: {cfg.views} views per train image"):
         store = runs.build_store(cfg, "store.zarr", teacher, cfg.views)
     with stages.stage("verify cached targets against the live teacher"):
-        check = verify_store(store, teacher, samples=cfg.verify_samples, device=cfg.device)
+        check = verify_store(
+            store,
+            teacher,
+            samples=cfg.verify_samples,
+            device=cfg.device,
+            teacher_weights=cfg.teacher_weights,
+        )
         console.print(check.summary())
         if not check.passed:
             raise DiscoError(f"store verify failed: {check.summary()}")
+    with stages.stage("service: planned views over HTTP (disco serve + client)"):
+        served = check_service(store, teacher, seed=cfg.seed, device=cfg.device)
+        console.print(served.summary())
+        if not served.passed:
+            raise DiscoError(f"service check failed: {served.summary()}")
     for method in cfg.methods:
         with stages.stage(f"train {method} student ({cfg.student_arch}, {cfg.epochs} epochs)"):
             key = f"{method}-s{cfg.seed}"
@@ -352,7 +373,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
                     width=cfg.student_width,
                     out=str(out / "students" / key),
                     store=store,
-                    expect={"teacher.sha256": _sha(teacher)},
+                    expect=_expect_teacher(cfg, teacher),
                     epochs=cfg.epochs,
                     distill_weight=cfg.distill_weight,
                     seed=cfg.seed,
@@ -371,7 +392,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
                 for m in cfg.methods
             ],
             cfg.dataset,
-            teacher=teacher,
+            teacher=_eval_teacher(cfg, teacher, device),
             size=cfg.size,
             probe=ProbeConfig(),
             device=device,
@@ -392,9 +413,31 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
 
 
 def _sha(path: str) -> str:
-    from teacher_service.checkpoint import file_sha256
+    """sha256 of a checkpoint or weights file (for a snapshot folder: of its weight files)."""
+    from teacher_service.sources import weights_sha256
 
-    return file_sha256(path)
+    return weights_sha256(path)
+
+
+def _expect_teacher(cfg: DemoConfig, teacher: str) -> dict[str, Any]:
+    """Store attrs a demo student insists on: the teacher's weights sha256 when it is a file."""
+    from teacher_service.sources import parse_teacher
+
+    if cfg.teacher_weights:
+        return {"teacher.sha256": _sha(cfg.teacher_weights)}
+    if parse_teacher(teacher)[0] == "checkpoint":
+        return {"teacher.sha256": _sha(teacher)}
+    return {}
+
+
+def _eval_teacher(cfg: DemoConfig, teacher: str, device: str | None) -> Any:
+    """The teacher row of the evaluation: a checkpoint path, or a teacher source's features."""
+    from student_trainer.features import TeacherFeatures
+    from teacher_service.sources import parse_teacher
+
+    if parse_teacher(teacher)[0] == "checkpoint":
+        return teacher
+    return TeacherFeatures(teacher, cfg.teacher_weights, device=device, name="teacher")
 
 
 def _write_summary(

@@ -22,6 +22,7 @@ from student_trainer.features import (
     FeatureModel,
     FeatureSet,
     PixelFeatures,
+    TeacherFeatures,
     extract_features,
 )
 from student_trainer.knn import Neighbours, search
@@ -129,10 +130,43 @@ def _record(model: Any, fs: FeatureSet, role: str) -> dict[str, Any]:
     return rec
 
 
-def _as_model(spec: Any, size: int | None, device: str) -> FeatureModel:
+def _as_model(spec: Any, size: int | None, device: str, role: str | None) -> FeatureModel:
+    """A checkpoint path becomes an :class:`EncoderFeatures` named by :func:`checkpoint_row`
+    (``role`` None: the checkpoint's own); feature models pass through with their names."""
     if isinstance(spec, (str, os.PathLike)):
-        return EncoderFeatures(spec, size=size, device=device)
+        from teacher_service.sources import parse_teacher
+
+        if isinstance(spec, str) and parse_teacher(spec)[0] != "checkpoint":
+            return TeacherFeatures(spec, size=size, device=device)
+        model = EncoderFeatures(spec, size=size, device=device)
+        model.name = checkpoint_row(model, role)[0]
+        return model
     return spec
+
+
+def checkpoint_row(model: Any, role: str | None = None) -> tuple[str, str]:
+    """(row name, role) of a checkpoint from its own metadata, not its file name.
+
+    Role: ``role`` if given (``--teacher``), else the checkpoint's ``meta["role"]``, else
+    ``student`` for a file ``disco train`` wrote, else ``model`` (foreign weights). Name:
+    ``meta["name"]`` if recorded, else ``"<method> <role> (<run folder>)"`` — the run folder is
+    the file's directory (``runs/disco-s0/deployed.pt`` -> ``disco-s0``; another file name is
+    appended: ``disco-s0/final``).
+    """
+    meta = dict(getattr(model, "meta", None) or {})
+    train = dict(getattr(model, "train", None) or {})
+    role = role or str(meta.get("role") or ("student" if train.get("method") else "model"))
+    if meta.get("name"):
+        return str(meta["name"]), role
+    path = getattr(model, "path", None)
+    if path is None:
+        return str(getattr(model, "name", "model")), role
+    path = Path(path)
+    run = path.parent.name or path.stem
+    if path.stem != "deployed":
+        run = f"{run}/{path.stem}" if path.parent.name else path.stem
+    method = str(getattr(model, "method", None) or meta.get("method") or "model")
+    return f"{method} {role} ({run})", role
 
 
 def run_evaluation(
@@ -160,18 +194,21 @@ def run_evaluation(
     dev = str(resolve_device(device))  # e.g. "cuda:0"
     if pixels is None:
         pixels = ds.spec.partition(":")[0] in PIXEL_BASELINE_DATASETS
-    entries: list[tuple[FeatureModel, str]] = []
+    # (model, role, is the agreement reference): only --teacher is the reference.
+    entries: list[tuple[FeatureModel, str, bool]] = []
     if teacher is not None:
-        entries.append((_as_model(teacher, size, dev), "teacher"))
-    entries += [(_as_model(m, size, dev), "student") for m in models]
+        entries.append((_as_model(teacher, size, dev, "teacher"), "teacher", True))
+    for spec in models:
+        model = _as_model(spec, size, dev, None)
+        entries.append((model, checkpoint_row(model)[1], False))
     if pixels:
-        entries.append((PixelFeatures(), "baseline"))
+        entries.append((PixelFeatures(), "baseline", False))
     if not entries:
         raise ConfigError("nothing to evaluate: give at least one checkpoint or enable --pixels")
 
     results: list[ModelResult] = []
     teacher_nb: Neighbours | None = None
-    for model, role in entries:
+    for model, role, reference in entries:
         fs = extract_features(
             model, ds, cache_dir=cache_dir, batch_size=batch_size, progress=progress
         )
@@ -179,7 +216,7 @@ def run_evaluation(
         if k > fs.train.labels.size:
             raise ConfigError(f"k={k} exceeds the bank size {fs.train.labels.size}")
         scores, nb = score(fs, k, temperature, backend, dev, probe)
-        if role == "teacher":
+        if reference:
             teacher_nb = nb
         elif teacher_nb is not None:
             scores["agreement_at_10"] = metrics.neighbour_agreement(

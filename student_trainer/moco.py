@@ -1,7 +1,8 @@
 """The MoCo-v2 module every method runs through: query encoder, momentum key encoder, queues.
 
-``MoCo.forward`` computes one step's loss terms for ``mocov2`` (InfoNCE), ``disco`` (InfoNCE +
-λ·DisCo MSE on both views) and ``seed`` (SEED's soft cross-entropy on both views). The momentum
+``MoCo.forward`` computes one step's loss terms for the method's registry entry
+(:mod:`student_trainer.methods`): InfoNCE when it uses contrast, plus its teacher loss (``disco``:
+λ·DisCo MSE on both views; ``seed``: SEED's soft cross-entropy on both views). The momentum
 update and the enqueue are separate calls so the training loop reads top to bottom. Nothing here
 requires ``torch.distributed``; when a process group is initialised, keys are batch-shuffled across
 ranks (MoCo's shuffle-BN) and queues receive the keys of every rank.
@@ -16,7 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from student_trainer.losses import disco_mse, infonce_loss, seed_loss, symmetric_infonce_loss
+from student_trainer.losses import infonce_loss, symmetric_infonce_loss
+from student_trainer.methods import DistillInputs, MethodSpec, get_method
 from teacher_service.encoders import Encoder
 
 __all__ = ["MoCo", "StepOutput", "concat_all_gather", "effective_queue_size", "world_size"]
@@ -70,8 +72,9 @@ class StepOutput:
 class MoCo(nn.Module):
     """Query encoder + momentum key encoder + negative-key queue (+ SEED's teacher queue).
 
-    ``method``: "mocov2", "disco" or "seed". ``queue_size``: K keys ``(K, D)``;
-    ``teacher_queue_size``: SEED's teacher-embedding queue length (seed only).
+    ``method``: a name of ``student_trainer.methods.METHODS`` (its spec is ``self.spec``).
+    ``queue_size``: K keys ``(K, D)``; ``teacher_queue_size``: the teacher-embedding queue length
+    (methods with ``uses_teacher_queue`` only, i.e. SEED).
     ``temperature``: InfoNCE τ and SEED's student τ_s; ``distill_weight``: DisCo's λ;
     ``teacher_temperature``: SEED's τ_t; ``shuffle_keys``: shuffle the key batch (across ranks
     under DDP) before the key encoder so its BN statistics mix different images than the query's.
@@ -103,7 +106,7 @@ class MoCo(nn.Module):
         symmetric: bool = False,
     ) -> None:
         super().__init__()
-        self.method = method
+        self.spec: MethodSpec = get_method(method)
         self.temperature = temperature
         self.distill_weight = distill_weight
         self.teacher_temperature = teacher_temperature
@@ -112,26 +115,16 @@ class MoCo(nn.Module):
         self.query = encoder
         dim = encoder.embed_dim
         self.key: Encoder | None = None
-        if method in ("mocov2", "disco"):
+        if self.spec.uses_contrast:
             self.key = copy.deepcopy(encoder)
             self.key.requires_grad_(False)
         self.register_buffer("queue", torch.zeros(queue_size, dim))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("queue_count", torch.zeros((), dtype=torch.long))
-        tq = teacher_queue_size if method == "seed" else 1
+        tq = teacher_queue_size if self.spec.uses_teacher_queue else 1
         self.register_buffer("teacher_queue", torch.zeros(tq, dim))
         self.register_buffer("teacher_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("teacher_count", torch.zeros((), dtype=torch.long))
-
-    @property
-    def uses_contrast(self) -> bool:
-        """True for methods with InfoNCE (key encoder + queue)."""
-        return self.key is not None
-
-    @property
-    def uses_teacher(self) -> bool:
-        """True for methods that need teacher targets."""
-        return self.method in ("disco", "seed")
 
     @torch.no_grad()
     def momentum_update(self, momentum: float) -> None:
@@ -176,7 +169,7 @@ class MoCo(nn.Module):
         """
         if keys is not None:
             self._ring_write(self.queue, self.queue_ptr, self.queue_count, concat_all_gather(keys))
-        if teacher_keys is not None and self.method == "seed":
+        if teacher_keys is not None and self.spec.uses_teacher_queue:
             self._ring_write(
                 self.teacher_queue,
                 self.teacher_ptr,
@@ -200,9 +193,9 @@ class MoCo(nn.Module):
     def queue_full(self) -> bool:
         """True when every queue this method uses holds real entries."""
         full = True
-        if self.uses_contrast:
+        if self.spec.uses_contrast:
             full = int(self.queue_count) >= self.queue.shape[0]
-        if self.method == "seed":
+        if self.spec.uses_teacher_queue:
             full = full and int(self.teacher_count) >= self.teacher_queue.shape[0]
         return full
 
@@ -218,18 +211,19 @@ class MoCo(nn.Module):
 
         ``view1``/``view2`` ``(b, 3, S, S) float32``: two views of the same b images (query, key).
         ``target1``/``target2`` ``(b, D) float32``: teacher embeddings of those views (disco/seed).
-        Returns :class:`StepOutput`; ``terms`` holds "infonce", "distill" (λ-weighted) or "seed".
+        Returns :class:`StepOutput`; ``terms`` holds "infonce" (contrast) and the teacher loss's
+        terms ("distill" (λ-weighted) and "mse" for disco, "seed" for seed).
         """
+        spec = self.spec
         terms: dict[str, torch.Tensor] = {}
-        total = view1.new_zeros(())
         keys = None
         q1 = self.query(view1)
         assert isinstance(q1, torch.Tensor)
         q2: torch.Tensor | None = None
-        if self.uses_teacher or (self.symmetric and self.uses_contrast):
+        if spec.distill is not None or (self.symmetric and spec.uses_contrast):
             q2 = self.query(view2)
             assert isinstance(q2, torch.Tensor)
-        if self.uses_contrast:
+        if spec.uses_contrast:
             keys = self.encode_keys(view2, shuffle_seed)
             if self.symmetric:
                 assert q2 is not None
@@ -240,24 +234,22 @@ class MoCo(nn.Module):
                 keys = torch.cat([keys, k1])  # both views' keys go into the queue
             else:
                 terms["infonce"] = infonce_loss(q1, keys, self.queue, self.temperature)
-            total = total + terms["infonce"]
-        if self.uses_teacher:
+        if spec.distill is not None:
             if target1 is None or target2 is None:
-                raise ValueError(f"method {self.method!r} needs teacher targets for both views")
+                raise ValueError(f"method {spec.name!r} needs teacher targets for both views")
             assert q2 is not None
-            if self.method == "disco":
-                mse = disco_mse(q1, target1) + disco_mse(q2, target2)
-                terms["mse"] = mse
-                terms["distill"] = self.distill_weight * mse
-                total = total + terms["distill"]
-            else:
-                bank = self.teacher_queue
-                s1 = seed_loss(q1, target1, bank, self.temperature, self.teacher_temperature)
-                s2 = seed_loss(q2, target2, bank, self.temperature, self.teacher_temperature)
-                terms["seed"] = 0.5 * (s1 + s2)
-                total = total + terms["seed"]
+            inputs = DistillInputs(
+                q1, q2, target1, target2, self.teacher_queue,
+                temperature=self.temperature,
+                teacher_temperature=self.teacher_temperature,
+                distill_weight=self.distill_weight,
+            )  # fmt: skip
+            terms.update(spec.distill(inputs))
+        total = view1.new_zeros(())
+        for name in spec.loss_terms:
+            total = total + terms[name]
         seed_keys = None
-        if self.method == "seed" and target1 is not None:
+        if spec.uses_teacher_queue and target1 is not None:
             seed_keys = target1.detach()
             if self.symmetric and target2 is not None:
                 seed_keys = torch.cat([seed_keys, target2.detach()])

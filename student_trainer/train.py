@@ -4,8 +4,13 @@
 2. resume from ``out/ckpt/last.pt`` or fill the queues with real keys;
 3. for each step: learning rate from the schedule, momentum update (no grad), targets (cached or
    from a frozen online teacher), losses, a finite check, SGD step, enqueue, log, checkpoint;
-4. export ``final.pt`` (query encoder with head, loads as a teacher), ``deployed.pt`` (backbone
-   only), ``config.json``, ``log.jsonl`` and ``loss_curves.png``.
+4. export ``final.pt`` (query encoder with head, loads as a teacher), ``deployed.pt`` +
+   ``deployed.safetensors`` (the backbone's own state dict, loadable with plain timm/torchvision
+   code) + ``deployed.json``, ``config.json``, ``log.jsonl`` and ``loss_curves.png``.
+
+Normalisation belongs to each model: the views are rendered in uint8, the student sees them
+normalised with its own mean/std (a timm student's data config, else the recipe's), and an online
+teacher gets the pixels and applies its own.
 
 With ``knn_every`` the kNN monitor (``student_trainer.monitor``) scores the query backbone before
 step 1 and every N epochs (rank 0; the figure is broadcast), logs it to ``log.jsonl`` (records with
@@ -19,11 +24,12 @@ count, so N steps + resume + N steps gives the same weights as 2N steps.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +43,7 @@ from torch.utils.data import DataLoader
 from store.datasets import open_dataset
 from store.errors import CheckpointError, ConfigError, DiscoError
 from store.manifest import build_manifest
-from store.views import Recipe, get_recipe
+from store.views import Recipe, get_recipe, resolve_renderer
 from student_trainer.config import RESUME_FREE_FIELDS, TrainConfig
 from student_trainer.data import (
     TAG_PREFILL,
@@ -49,18 +55,21 @@ from student_trainer.data import (
     StorePlan,
     collate_pairs,
     plan_seed,
+    render_pairs,
 )
+from student_trainer.export import export_deployed
 from student_trainer.moco import MoCo, StepOutput, effective_queue_size
 from student_trainer.models import (
     build_student,
     deployed_backbone,
     resolve_bn_groups,
     student_config,
+    student_normalisation,
 )
 from student_trainer.monitor import KnnMonitor, best_record
 from student_trainer.schedule import cosine_lr
-from teacher_service.checkpoint import atomic_torch_save, load_encoder, save_checkpoint
-from teacher_service.encoders import Encoder, count_parameters
+from teacher_service.checkpoint import atomic_torch_save, save_checkpoint
+from teacher_service.encoders import TIMM_PREFIX, count_parameters
 from teacher_service.runtime import (
     autocast,
     default_workers,
@@ -68,6 +77,7 @@ from teacher_service.runtime import (
     resolve_device,
     to_device,
 )
+from teacher_service.sources import TeacherModel, load_teacher, to_pixels
 
 __all__ = ["STATE_FORMAT", "NonFiniteLossError", "TrainResult", "train"]
 
@@ -114,18 +124,22 @@ class _Data:
     dataset_spec: str
 
 
-def _open_data(cfg: TrainConfig, rank: int, world: int, batch: int) -> _Data:
+def _open_data(
+    cfg: TrainConfig, rank: int, world: int, batch: int, renderer: str = "reference"
+) -> _Data:
     """Data plan + renderer for ``cfg`` (store or dataset); refuses a mismatched store first."""
     show = cfg.progress and rank == 0
     if cfg.store is not None:
         from store.embedding_store import EmbeddingStore
 
         store = EmbeddingStore.open(cfg.store, expect=dict(cfg.expect) or None)
-        cached = cfg.uses_teacher and cfg.online_teacher is None
+        cached = cfg.spec.uses_teacher and cfg.online_teacher is None
         if cached and store.teacher is None:
             raise ConfigError(
                 f"store {cfg.store} has no teacher embeddings; run `disco precompute` first"
             )
+        if cached:  # cached targets pair with fresh renders: refuse a library that drew otherwise
+            store.check_render(accept_drift=cfg.accept_render_drift)
         manifest = store.manifest
         dataset = open_dataset(manifest.dataset)
         recipe = store.recipe
@@ -150,8 +164,8 @@ def _open_data(cfg: TrainConfig, rank: int, world: int, batch: int) -> _Data:
         )
         cached, teacher_dim = False, None
     bank = ImageBank(dataset, manifest, ImageBank.should_cache(manifest, cfg.cache_images), show)
-    renderer = PairRenderer(bank, recipe, cfg.seed)
-    return _Data(plan, renderer, recipe, teacher_dim, cached, dataset.spec)
+    pairs = PairRenderer(bank, recipe, cfg.seed, render=renderer == "reference")
+    return _Data(plan, pairs, recipe, teacher_dim, cached, dataset.spec)
 
 
 def _step_seed(seed: int, step: int, tag: int = 2) -> int:
@@ -160,12 +174,14 @@ def _step_seed(seed: int, step: int, tag: int = 2) -> int:
 
 
 def _teacher_targets(
-    teacher: Encoder, view1: torch.Tensor, view2: torch.Tensor
+    teacher: TeacherModel, view1: torch.Tensor, view2: torch.Tensor, recipe: Recipe
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen teacher's L2-normalised embeddings of both views, ``(b, D)`` each."""
+    """Frozen teacher's L2-normalised embeddings of both views, ``(b, D)`` each. The views come
+    normalised for the student (``recipe``'s mean/std); the teacher gets their exact uint8
+    pixels and applies its own normalisation."""
     with torch.inference_mode():
-        t1 = teacher(view1)
-        t2 = teacher(view2)
+        t1 = teacher(to_pixels(view1, recipe.mean, recipe.std))
+        t2 = teacher(to_pixels(view2, recipe.mean, recipe.std))
     assert isinstance(t1, torch.Tensor) and isinstance(t2, torch.Tensor)
     return t1.float().clone(), t2.float().clone()  # clone: usable outside inference mode
 
@@ -183,7 +199,7 @@ def _all_ranks_finite(terms: dict[str, float], world: int, device: torch.device)
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
     mine = cfg.to_dict()
     # a field added after the state was written counts as its default (e.g. symmetric=False)
-    defaults = TrainConfig(method=cfg.method, arch=cfg.arch, out=cfg.out, dataset="x").to_dict()
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     saved = defaults | saved
     diff = sorted(k for k in mine if k not in RESUME_FREE_FIELDS and saved.get(k) != mine[k])
     if diff:
@@ -265,11 +281,20 @@ def _plot(log_path: Path, png: Path) -> None:
 
 
 def _batches(
-    loader: DataLoader[Any], sampler: EpochBatchSampler, epoch: int, skip: int, tag: int = 0
+    loader: DataLoader[Any],
+    sampler: EpochBatchSampler,
+    epoch: int,
+    skip: int,
+    tag: int = 0,
+    device: torch.device | str = "cpu",
 ) -> Iterator[PairBatch]:
-    """The loader's batches of (epoch, tag), after ``skip`` of them."""
+    """The loader's batches of (epoch, tag), after ``skip`` of them, with their views rendered
+    (on ``device`` when the workers only decoded them)."""
     sampler.set_epoch(epoch, skip=skip, tag=tag)
-    yield from loader
+    dataset = loader.dataset
+    assert isinstance(dataset, PairRenderer)
+    for batch in loader:
+        yield render_pairs(batch, dataset.recipe, device)
 
 
 def train(cfg: TrainConfig, step_hook: StepHook | None = None) -> TrainResult:
@@ -310,12 +335,17 @@ def _train(
     batch: int,
     out: Path,
 ) -> TrainResult:
-    data = _open_data(cfg, rank, world, batch)
-    teacher: Encoder | None = None
-    if cfg.online_teacher is not None and cfg.uses_teacher:
-        teacher = load_encoder(cfg.online_teacher, device=device).encoder
+    # Batched renderer: workers only decode; views are rendered at once on `device` (same bytes
+    # on CPU as the workers' per-view render; within store.views.RENDER_BOUND on CUDA).
+    data = _open_data(cfg, rank, world, batch, resolve_renderer(cfg.renderer, device))
+    teacher: TeacherModel | None = None
+    if cfg.online_teacher is not None and cfg.spec.uses_teacher:
+        teacher = load_teacher(
+            cfg.online_teacher, cfg.teacher_weights, cfg.teacher_pooling, device=device
+        ).model
         teacher.requires_grad_(False)  # frozen, visibly
         teacher.eval()
+        teacher.check_size(data.recipe.size)
         prepare_model(teacher, device)  # see runtime.prepare_model
         data.teacher_dim = teacher.embed_dim
     embed_dim = cfg.head_out or data.teacher_dim or 128
@@ -323,7 +353,9 @@ def _train(
         raise ConfigError(f"head_out {embed_dim} != the teacher's embedding dim {data.teacher_dim}")
 
     torch.manual_seed(cfg.seed)
-    small_stem = cfg.small_stem if cfg.small_stem is not None else data.recipe.size <= 64
+    small_stem = cfg.small_stem
+    if small_stem is None:  # timm students keep their own stem (the export must load in timm)
+        small_stem = data.recipe.size <= 64 and not cfg.arch.startswith(TIMM_PREFIX)
     encoder_cfg = student_config(
         cfg.arch,
         embed_dim,
@@ -334,6 +366,9 @@ def _train(
         width=cfg.width,
     )
     student = build_student(encoder_cfg)
+    mean, std = student_normalisation(student, data.recipe.mean, data.recipe.std)
+    data.recipe = dataclasses.replace(data.recipe, mean=mean, std=std)
+    data.renderer.recipe = data.recipe  # the student's own normalisation of the uint8 views
     plan = data.plan
     queue_size = effective_queue_size(cfg.queue_size, plan.num_samples, cfg.batch_size)
     teacher_queue = effective_queue_size(
@@ -386,7 +421,7 @@ def _train(
         if teacher is not None:
             with amp:  # the online teacher gets the same bf16 flag as a precompute would
                 return _teacher_targets(
-                    teacher, to_device(b.view1, device), to_device(b.view2, device)
+                    teacher, to_device(b.view1, device), to_device(b.view2, device), data.recipe
                 )
         if data.use_cached_targets:
             assert b.target1 is not None and b.target2 is not None
@@ -427,11 +462,11 @@ def _train(
             log_path.unlink()
         if cfg.prefill_queue:
             with torch.no_grad():
-                for i, b in enumerate(_batches(loader, sampler, 0, 0, TAG_PREFILL)):
+                for i, b in enumerate(_batches(loader, sampler, 0, 0, TAG_PREFILL, device)):
                     if model.queue_full():
                         break
                     keys = None
-                    if model.uses_contrast:
+                    if model.spec.uses_contrast:
                         keys = model.encode_keys(
                             to_device(b.view2, device), _step_seed(cfg.seed, i, 3)
                         )
@@ -509,7 +544,7 @@ def _train(
             run_monitor(0, log)  # the initial weights: what training has to beat
         while step < stop:
             epoch, skip = divmod(step, spe)
-            for b in _batches(loader, sampler, epoch, skip):
+            for b in _batches(loader, sampler, epoch, skip, device=device):
                 lr = cosine_lr(step, total_steps, cfg.peak_lr, warmup)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -565,8 +600,8 @@ def _train(
         meta = export_meta()
         student.eval()
         save_checkpoint(final_path, student, preprocessing, train=cfg.to_dict(), meta=meta)
-        save_checkpoint(
-            deployed_path,
+        export_deployed(
+            out,
             deployed,
             preprocessing,
             train=cfg.to_dict(),

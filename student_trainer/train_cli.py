@@ -1,5 +1,8 @@
 """``disco train``: options -> :class:`TrainConfig` -> :func:`train` -> one summary line.
 
+The options are derived from ``TrainConfig``'s fields (``store.cli_options``): each flag's type,
+default and help are its field's, so the two cannot disagree.
+
 A ``DiscoError`` (bad option, mismatched store, non-finite loss) exits 1 with one line on stderr.
 Under ``torchrun --nproc-per-node K disco train ...`` every rank runs this command (DDP).
 """
@@ -12,8 +15,10 @@ from typing import Annotated, Any
 
 import typer
 
+from store.cli_options import dataclass_options, with_options
 from store.errors import ConfigError, DiscoError
-from student_trainer.config import METHODS, TrainConfig
+from student_trainer.config import TrainConfig
+from student_trainer.methods import METHODS
 
 __all__ = ["parse_expect", "train_command"]
 
@@ -32,26 +37,17 @@ def parse_expect(items: list[str]) -> dict[str, Any]:
     return out
 
 
+_OPTIONS = dataclass_options(
+    TrainConfig,
+    exclude=("expect",),  # given as --expect FIELD=VALUE and the --expect-* shortcuts below
+    decls={"num_workers": ("--workers",), "distill_weight": ("--lambda", "--distill-weight")},
+    helps={"method": f"Training method: {', '.join(METHODS)} (student_trainer.methods)."},
+)
+"""Every ``TrainConfig`` field as an option: name, type, default and help come from the field."""
+
+
+@with_options(_OPTIONS)
 def train_command(
-    method: Annotated[str, typer.Option(help=f"Method: {', '.join(sorted(METHODS))}.")],
-    arch: Annotated[str, typer.Option(help="Student backbone (tiny, resnet10/18/34, ...).")],
-    out: Annotated[str, typer.Option(help="Output folder (final.pt, deployed.pt, log, ...).")],
-    store: Annotated[str | None, typer.Option(help="Teacher-target store path/URL.")] = None,
-    dataset: Annotated[
-        str | None, typer.Option(help="Dataset spec, to train without a store (mocov2/online).")
-    ] = None,
-    split: Annotated[str, typer.Option(help="Split with --dataset: all, train, test.")] = "train",
-    recipe: Annotated[
-        str | None, typer.Option(help="View recipe with --dataset (default: digits for digits).")
-    ] = None,
-    size: Annotated[int, typer.Option(help="View size in px with --dataset.")] = 32,
-    online_teacher: Annotated[
-        str | None, typer.Option(help="Teacher checkpoint computing targets live (no cache).")
-    ] = None,
-    views: Annotated[
-        int | None,
-        typer.Option(help="Use only the first N views of each store row (default: all)."),
-    ] = None,
     expect_teacher: Annotated[
         str | None, typer.Option(help="Refuse a store whose teacher is not this checkpoint.")
     ] = None,
@@ -67,74 +63,10 @@ def train_command(
     expect: Annotated[
         list[str] | None, typer.Option(help="Other store attrs that must match: FIELD=VALUE.")
     ] = None,
-    epochs: Annotated[int, typer.Option(help="Epochs.")] = 15,
-    batch_size: Annotated[int, typer.Option(help="Global batch size.")] = 128,
-    lr: Annotated[float | None, typer.Option(help="Peak lr (default 0.03 x batch/256).")] = None,
-    weight_decay: Annotated[float, typer.Option(help="SGD weight decay.")] = 1e-4,
-    warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up epochs.")] = 1.0,
-    key_momentum: Annotated[float, typer.Option(help="Key-encoder EMA momentum m.")] = 0.999,
-    temperature: Annotated[float, typer.Option(help="InfoNCE / SEED student temperature.")] = 0.2,
-    queue_size: Annotated[int, typer.Option(help="Queue length (capped at N - batch).")] = 65536,
-    prefill_queue: Annotated[
-        bool, typer.Option(help="Fill the queue with real keys before step 1.")
-    ] = True,
-    head_hidden: Annotated[int, typer.Option(help="Student MLP hidden width.")] = 2048,
-    head_out: Annotated[
-        int | None, typer.Option(help="Embedding dim (default: the teacher's, else 128).")
-    ] = None,
-    head_bn: Annotated[bool, typer.Option(help="BatchNorm in the head's hidden layer.")] = True,
-    bn_groups: Annotated[int, typer.Option(help="Head-BN groups (0: per-rank batch // 32).")] = 0,
-    shuffle_keys: Annotated[bool, typer.Option(help="Shuffle the key batch (shuffle-BN).")] = True,
-    small_stem: Annotated[
-        bool | None, typer.Option(help="3x3 stride-1 stem (default: on for <= 64 px views).")
-    ] = None,
-    width: Annotated[int | None, typer.Option(help="ResNet base width.")] = None,
-    distill_weight: Annotated[
-        float, typer.Option("--lambda", "--distill-weight", help="DisCo λ (batch-mean, per view).")
-    ] = 8.0,
-    seed_teacher_temperature: Annotated[float, typer.Option(help="SEED teacher τ_t.")] = 1e-4,
-    symmetric: Annotated[
-        bool, typer.Option(help="Both views as query and key each step (mean of both InfoNCEs).")
-    ] = False,
-    knn_every: Annotated[
-        int, typer.Option(help="kNN monitor every N epochs (weighted 20-NN, as disco eval); 0 off.")
-    ] = 0,
-    keep_best: Annotated[
-        bool, typer.Option(help="Write best.pt at each new best kNN monitor figure.")
-    ] = False,
-    monitor_dataset: Annotated[
-        str | None, typer.Option(help="Dataset the monitor evaluates on (default: training's).")
-    ] = None,
-    monitor_split: Annotated[
-        str, typer.Option(help="Monitor queries: test, or val (last 20% of train; bank the rest).")
-    ] = "test",
-    monitor_max_queries: Annotated[
-        int | None, typer.Option(help="Monitor at most this many queries (evenly spaced).")
-    ] = None,
-    monitor_max_bank: Annotated[
-        int | None, typer.Option(help="Monitor bank of at most N images (evenly spaced).")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    workers: Annotated[
-        int | None,
-        typer.Option(help="DataLoader render workers (default: 2 on CPU, cores per GPU - 1)."),
-    ] = None,
-    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 200,
-    resume: Annotated[bool, typer.Option(help="Resume from OUT/ckpt/last.pt if present.")] = False,
-    stop_at_step: Annotated[
-        int | None, typer.Option(help="Stop after this many steps (schedule unchanged).")
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
-    threads: Annotated[
-        int | None, typer.Option(help="torch CPU threads (default: torch's choice).")
-    ] = None,
-    amp: Annotated[bool, typer.Option(help="bfloat16 autocast on CUDA.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    **config: Any,
 ) -> None:
     """Train a student with mocov2, disco or seed (from a store, a dataset or an online teacher)."""
-    from student_trainer.train import train
-
     try:
         expected = parse_expect(expect or [])
         if expect_teacher is not None:
@@ -147,53 +79,9 @@ def train_command(
             expected["recipe.views"] = expect_views
         if expect_dataset is not None:
             expected["dataset.spec"] = expect_dataset
-        cfg = TrainConfig(
-            method=method,
-            arch=arch,
-            out=out,
-            store=store,
-            dataset=dataset,
-            split=split,
-            recipe=recipe,
-            size=size,
-            online_teacher=online_teacher,
-            views=views,
-            expect=expected,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            key_momentum=key_momentum,
-            temperature=temperature,
-            queue_size=queue_size,
-            prefill_queue=prefill_queue,
-            head_hidden=head_hidden,
-            head_out=head_out,
-            head_bn=head_bn,
-            bn_groups=bn_groups,
-            shuffle_keys=shuffle_keys,
-            small_stem=small_stem,
-            width=width,
-            distill_weight=distill_weight,
-            seed_teacher_temperature=seed_teacher_temperature,
-            symmetric=symmetric,
-            knn_every=knn_every,
-            keep_best=keep_best,
-            monitor_dataset=monitor_dataset,
-            monitor_split=monitor_split,
-            monitor_max_queries=monitor_max_queries,
-            monitor_max_bank=monitor_max_bank,
-            seed=seed,
-            num_workers=workers,
-            checkpoint_every=checkpoint_every,
-            resume=resume,
-            stop_at_step=stop_at_step,
-            device=device,
-            threads=threads,
-            amp=amp,
-            progress=progress,
-        )
+        cfg = TrainConfig(**config, expect=expected)
+        from student_trainer.train import train  # torch: only once a run starts
+
         result = train(cfg)
     except DiscoError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -202,7 +90,7 @@ def train_command(
         typer.echo(json.dumps(asdict(result)))
     else:
         typer.echo(
-            f"trained {method} {arch}: {result.steps} steps in {result.seconds:.1f} s "
+            f"trained {cfg.method} {cfg.arch}: {result.steps} steps in {result.seconds:.1f} s "
             f"({result.samples_per_second:.0f} samples/s), "
             f"loss {result.first_terms.get('loss', 0):.3f} -> "
             f"{result.last_terms.get('loss', 0):.3f}; "

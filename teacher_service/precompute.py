@@ -2,8 +2,11 @@
 
 Pipeline (one process = one worker of the job)::
 
-    DataLoader workers: decode rows + render all V views of them  (uint8 render, float last)
-      -> main thread: teacher forward (eval, inference mode, optional autocast on CUDA),
+    DataLoader workers: decode rows + render all V views of them as uint8 pixels
+      (renderer ``batched``: the workers only decode; the main thread renders each batch's views
+      at once on the teacher's device with ``store.views.render_views``, same bytes on CPU)
+      -> main thread: teacher forward on the pixels (the teacher applies its own mean/std; eval,
+         inference mode, optional autocast on CUDA),
          L2-normalised embeddings gathered into a whole-shard buffer (n, V, D) float32
       -> writer thread (bounded queue): store.write_shard(s, ...) -- one call per shard, the
          ``written`` mask is set by the store only after the data write returned.
@@ -51,8 +54,15 @@ from store.errors import (
     StoreNotFoundError,
 )
 from store.manifest import build_manifest
-from store.views import Recipe, render_view
-from teacher_service.checkpoint import LoadedEncoder, load_encoder, recipe_for
+from store.views import (
+    RENDER_BOUND,
+    Recipe,
+    render_view,
+    render_views,
+    resolve_renderer,
+)
+from teacher_service.checkpoint import LoadedEncoder, recipe_for
+from teacher_service.config import AMP_DTYPES, AMP_MODES, STORE_DTYPES, PrecomputeConfig
 from teacher_service.runtime import (
     autocast,
     default_workers,
@@ -60,6 +70,7 @@ from teacher_service.runtime import (
     resolve_device,
     to_device,
 )
+from teacher_service.sources import LoadedTeacher, load_teacher, to_pixels
 
 __all__ = [
     "AMP_MODES",
@@ -67,93 +78,14 @@ __all__ = [
     "PrecomputeConfig",
     "PrecomputeReport",
     "ShardSink",
+    "record_renderer",
     "run_precompute",
     "teacher_attrs",
     "worker_identity",
 ]
 
-AMP_DTYPES = {"none": "float32", "bf16": "bfloat16", "fp16": "float16"}
-"""``--amp`` mode -> the compute dtype recorded as ``teacher.compute_dtype``."""
-AMP_MODES = tuple(AMP_DTYPES)
-STORE_DTYPES = ("float16", "int8")
-DEVICES = ("auto", "cpu", "cuda")
-
 ShardSink = Callable[[int, np.ndarray, np.ndarray | None, np.ndarray], None]
 """``sink(shard, embeddings (n,V,D) f32, features (n,V,F) f32 | None, written (n,V) bool)``."""
-
-
-@dataclass
-class PrecomputeConfig:
-    """Settings of one precompute worker (the same for every worker of a job)."""
-
-    teacher: str
-    """Teacher checkpoint path (disco, MoCo-v2 or torchvision format)."""
-    dataset: str
-    """Dataset spec, e.g. ``mnist5k``, ``synthetic:256``, ``imagefolder:/data/train``."""
-    store: str
-    """Store URL (local path or fsspec URL)."""
-    views: int = 8
-    """Planned views V per sample (used when the store is created)."""
-    split: str = "all"
-    """Dataset split: all, train or test."""
-    recipe: str | None = None
-    """View recipe name (store.views.RECIPES); None = the existing store's, else the teacher's
-    recorded recipe, else mocov2 (``checkpoint.recipe_for``)."""
-    size: int | None = None
-    """View size S in px; None = the existing store's, else the teacher's recorded size."""
-    seed: int = 0
-    """View-plan seed."""
-    batch_size: int = 256
-    """Views per teacher forward (rounded down to whole samples: batch_size // V rows)."""
-    workers: int | None = None
-    """DataLoader worker processes decoding and rendering (0 = in the main process; None = 2 on
-    CPU, the host's cores per GPU process minus one (at most 16) on CUDA)."""
-    device: str = "auto"
-    """auto (CUDA if present), cpu or cuda[:N]."""
-    amp: str = "none"
-    """Autocast dtype on CUDA: none, bf16 or fp16 (recorded as teacher.compute_dtype)."""
-    dtype: str = "float16"
-    """Stored embedding dtype: float16 or int8 (per-dimension scales)."""
-    shard_size: int = 4096
-    """Rows per zarr shard (used when the store is created)."""
-    features: bool = False
-    """Also store backbone features (N, V, F) float16."""
-    num_shards: int = 1
-    """Job-array size: the store's shards are split across this many jobs (x WORLD_SIZE)."""
-    shard_index: int = 0
-    """This job's index in the job array, 0 <= shard_index < num_shards."""
-    overwrite: bool = False
-    """Replace an existing store instead of resuming it."""
-    max_shards: int | None = None
-    """Compute at most this many shards in this run (a measured fraction); None = all."""
-    progress: bool = True
-    """Show a rich progress bar."""
-    wait_timeout: float = 600.0
-    """Seconds a non-zero worker waits for worker 0 to create the store."""
-
-    def __post_init__(self) -> None:
-        if self.views < 1:
-            raise ConfigError(f"views must be >= 1, got {self.views}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.workers is not None and self.workers < 0:
-            raise ConfigError(f"workers must be >= 0, got {self.workers}")
-        if self.amp not in AMP_MODES:
-            raise ConfigError(f"unknown amp {self.amp!r}; valid: {', '.join(AMP_MODES)}")
-        if self.dtype not in STORE_DTYPES:
-            raise ConfigError(f"unknown dtype {self.dtype!r}; valid: {', '.join(STORE_DTYPES)}")
-        if not (self.device in DEVICES or self.device.startswith("cuda:")):
-            raise ConfigError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
-        if self.shard_size < 1:
-            raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
-        if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
-            raise ConfigError(
-                f"need 0 <= shard_index < num_shards, got {self.shard_index} / {self.num_shards}"
-            )
-        if self.size is not None and self.size < 8:
-            raise ConfigError(f"size must be >= 8 px, got {self.size}")
-        if self.max_shards is not None and self.max_shards < 0:
-            raise ConfigError(f"max_shards must be >= 0, got {self.max_shards}")
 
 
 @dataclass
@@ -183,6 +115,8 @@ class PrecomputeReport:
     """views_computed / seconds."""
     compute_dtype: str
     device: str
+    renderer: str = "reference"
+    """The renderer that produced the views: reference (per view, workers) or batched."""
     invalid_rows: int = 0
     """Rows of the computed shards skipped because the manifest marks them undecodable."""
     errors: dict[str, str] = field(default_factory=dict)
@@ -213,8 +147,9 @@ def _compute_dtype(amp: str, device: torch.device) -> str:
     return AMP_DTYPES[amp]
 
 
-def teacher_attrs(loaded: LoadedEncoder, compute_dtype: str) -> dict[str, Any]:
-    """The ``teacher`` attrs recorded in a store: checkpoint identity + ``compute_dtype``."""
+def teacher_attrs(loaded: LoadedTeacher | LoadedEncoder, compute_dtype: str) -> dict[str, Any]:
+    """The ``teacher`` attrs recorded in a store: the teacher's identity (source, name, weights
+    sha256, pooling, mean/std, input size, licence ...) + ``compute_dtype``."""
     return {**loaded.info, "compute_dtype": compute_dtype}
 
 
@@ -238,7 +173,7 @@ def _expectations(cfg: PrecomputeConfig) -> dict[str, object]:
 
 def open_or_create_store(
     cfg: PrecomputeConfig,
-    loaded: LoadedEncoder,
+    loaded: LoadedTeacher,
     teacher: dict[str, Any],
     worker: int,
     dataset: ImageDataset | None = None,
@@ -250,12 +185,13 @@ def open_or_create_store(
     """
 
     def attach(store: EmbeddingStore) -> EmbeddingStore:
+        loaded.model.check_size(store.recipe.size)
         # Equal teacher: no-op; a different one raises StoreMismatchError naming the field.
         store.attach_teacher(
             teacher,
-            dim=loaded.encoder.embed_dim,
+            dim=loaded.model.embed_dim,
             dtype=cfg.dtype,
-            features_dim=loaded.encoder.feature_dim if cfg.features else None,
+            features_dim=loaded.model.feature_dim if cfg.features else None,
         )
         return store
 
@@ -271,6 +207,7 @@ def open_or_create_store(
                 dataset = open_dataset(cfg.dataset)
             manifest = build_manifest(dataset, cfg.split, progress=cfg.progress)
             recipe = recipe_for(loaded.info.get("preprocessing"), cfg.recipe, cfg.size)
+            loaded.model.check_size(recipe.size)  # before anything is written
             store = EmbeddingStore.create(
                 cfg.store,
                 manifest=manifest,
@@ -310,8 +247,10 @@ class _Batch:
     shard: int
     rows: np.ndarray  # (m,) int64 store rows whose views are in `images`, each repeated V times
     views: np.ndarray  # (m,) int64
-    images: torch.Tensor  # (m, 3, S, S) float32
+    images: torch.Tensor  # (m, 3, S, S) uint8 pixels; empty when the main thread renders
     errors: list[tuple[int, str, str]]  # (row, key, reason)
+    sources: list[np.ndarray] = field(default_factory=list)  # (H, W, 3) uint8 per view (batched)
+    params: np.ndarray | None = None  # (m, P) float32 view parameters (batched)
 
     def pin_memory(self) -> _Batch:
         # DataLoader(pin_memory=True) calls this (CUDA only); without it a dataclass batch would
@@ -333,7 +272,10 @@ class _RowViews(Dataset[_Batch]):
         shard_starts: dict[int, int],
         recipe: Recipe,
         dataset: ImageDataset | None = None,
+        render: bool = True,
     ) -> None:
+        self.render = render
+        """False: decode only; the views' sources and params go to the main thread."""
         self.spec = spec
         self.items = items
         self.indices = indices
@@ -360,6 +302,7 @@ class _RowViews(Dataset[_Batch]):
         rows: list[int] = []
         views: list[int] = []
         errors: list[tuple[int, str, str]] = []
+        sources: list[np.ndarray] = []
         for row in range(start, stop):
             if not self.valid[row]:
                 continue
@@ -369,13 +312,23 @@ class _RowViews(Dataset[_Batch]):
                 errors.append((row, str(self.keys[row]), exc.reason))
                 continue
             for v in range(params.shape[1]):
-                images.append(render_view(image, params[row - base, v], self.recipe))
+                if self.render:
+                    images.append(render_view(image, params[row - base, v], self.recipe))
+                else:
+                    sources.append(image)
                 rows.append(row)
                 views.append(v)
         size = self.recipe.size
-        stacked = torch.stack(images) if images else torch.empty(0, 3, size, size)
+        stacked = (
+            to_pixels(torch.stack(images), self.recipe.mean, self.recipe.std)
+            if images
+            else torch.empty(0, 3, size, size, dtype=torch.uint8)
+        )
+        rows_a, views_a = np.asarray(rows, np.int64), np.asarray(views, np.int64)
+        if self.render:
+            return _Batch(shard, rows_a, views_a, stacked, errors)
         return _Batch(
-            shard, np.asarray(rows, np.int64), np.asarray(views, np.int64), stacked, errors
+            shard, rows_a, views_a, stacked, errors, sources, params[rows_a - base, views_a]
         )
 
 
@@ -489,12 +442,15 @@ def run_precompute(
     if cfg.overwrite and workers > 1:
         # Another worker could open the old store before worker 0 replaced it.
         raise ConfigError("--overwrite needs a single worker; delete the store first instead")
-    loaded = load_encoder(cfg.teacher, device=device)
+    loaded = load_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_pooling, device=device)
     teacher = teacher_attrs(loaded, compute_dtype)
     store = open_or_create_store(cfg, loaded, teacher, worker, dataset)
-    encoder = loaded.encoder.requires_grad_(False).eval()
+    encoder = loaded.model.requires_grad_(False).eval()
     prepare_model(encoder, device)  # see runtime.prepare_model
     workers_n = cfg.workers if cfg.workers is not None else default_workers(device)
+    renderer = resolve_renderer(cfg.renderer, device)
+    if worker == 0:
+        record_renderer(store, renderer, device)
 
     mine = [s for s in range(store.num_shards) if s % workers == worker]
     missing = set(store.missing_shards())
@@ -523,6 +479,7 @@ def run_precompute(
         starts,
         store.recipe,
         dataset=dataset,
+        render=renderer == "reference",
     )
     loader = DataLoader(
         source,
@@ -533,6 +490,7 @@ def run_precompute(
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers_n > 0 else None,
     )
+    recipe = store.recipe
     write = sink if sink is not None else _store_sink(store)
     writer = _ShardWriter(write)
     dim = encoder.embed_dim
@@ -560,7 +518,10 @@ def run_precompute(
                     errors[key] = reason
                     written[row - base] = False
                 if len(batch.rows):
-                    x = to_device(batch.images, device)
+                    if batch.params is not None:
+                        x = render_views(batch.sources, batch.params, recipe, device)
+                    else:
+                        x = to_device(batch.images, device)
                     with autocast(device, compute_dtype):
                         feat, emb = encoder(x, output="both")
                     emb = torch.nn.functional.normalize(emb.float(), dim=1)
@@ -592,9 +553,26 @@ def run_precompute(
         images_per_s=n_views / seconds if seconds > 0 else 0.0,
         compute_dtype=compute_dtype,
         device=str(device),
+        renderer=renderer,
         invalid_rows=sum(int((~manifest.valid[a:b]).sum()) for _, a, b in items),
         errors=errors,
     )
+
+
+def record_renderer(store: EmbeddingStore, renderer: str, device: torch.device | str) -> None:
+    """Add ``{"renderer", "device"}`` to the store's ``renderers`` attr (the renderers and device
+    types that produced its targets, with the stated bound between them) unless already there.
+
+    Readers compare their own renderer with this list: another one is used only within
+    ``RENDER_BOUND`` (``disco store verify --renderer ... --device ...`` checks it).
+    """
+    entry = {"renderer": renderer, "device": torch.device(device).type}
+    current: Any = dict(store.group.attrs).get("renderers") or {}
+    seen = list(current.get("producers", []))
+    if entry in seen:
+        return
+    record: Any = {"producers": [*seen, entry], "bound": dict(RENDER_BOUND)}
+    store.group.attrs.update({"renderers": record})
 
 
 def _iterate(loader: DataLoader[_Batch]) -> Iterator[_Batch]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -13,8 +14,10 @@ from store.embedding_store import EmbeddingStore
 from store.errors import ConfigError
 from student_trainer.cli import app
 from student_trainer.demo import DemoConfig
+from student_trainer.demo_service import check_service
 from teacher_service.checkpoint import file_sha256, save_checkpoint
 from teacher_service.encoders import EncoderConfig, build_encoder
+from teacher_service.precompute import PrecomputeConfig, run_precompute
 
 
 def _teacher(path: Path) -> Path:
@@ -109,3 +112,31 @@ def test_quick_shrinks_every_stage() -> None:
     assert cfg.extra == {"queue_size": 512}
     with pytest.raises(ConfigError, match="unknown demo methods"):
         DemoConfig(methods=("mocov2", "byol"))
+
+
+def test_service_stage_checks_the_cache_over_http_and_can_fail(tmp_path: Path) -> None:
+    """The demo's service stage: `disco serve` on the store's teacher answers planned views
+    equal to the cached targets; a store whose targets were overwritten fails the check."""
+    teacher = _teacher(tmp_path / "teacher.pt")
+    store = str(tmp_path / "stores" / "s.zarr")
+    run_precompute(
+        PrecomputeConfig(
+            teacher=str(teacher), dataset="synthetic:8", store=store, views=2, workers=0,
+            device="cpu", shard_size=4, progress=False,
+        )
+    )  # fmt: skip
+    good = check_service(store, str(teacher), samples=6, device="cpu")
+    assert good.passed, good.summary()
+    assert good.samples == 6 and good.cos_min >= 0.999 and good.control_max < 0.999
+    assert good.ready_s > 0 and (tmp_path / "stores" / "service.log").is_file()
+    # Overwrite the cached targets with other unit vectors: the HTTP answers no longer match.
+    writer = EmbeddingStore.open(store, mode="r+")
+    rng = torch.Generator().manual_seed(1)
+    for shard in range(writer.num_shards):
+        a, b = writer.shard_bounds(shard)
+        fake = torch.nn.functional.normalize(
+            torch.randn(b - a, 2, writer.dim or 0, generator=rng), dim=2
+        )
+        writer.write_shard(shard, fake.numpy(), written=np.ones((b - a, 2), dtype=bool))
+    bad = check_service(store, str(teacher), samples=6, device="cpu")
+    assert not bad.passed and bad.cos_min < 0.999

@@ -86,7 +86,12 @@ def test_evaluate_writes_table_json_and_figures(ckpts: tuple[Path, Path], tmp_pa
         device="cpu",
     )
     names = [r["name"] for r in records]
-    assert names == ["teacher", "student", "raw pixels", "raw pixels (L2, sklearn)"]
+    assert names == [
+        "mocov2 teacher (ckpt0/teacher)",  # named from checkpoint metadata + run folder
+        "disco student (ckpt0/student)",
+        "raw pixels",
+        "raw pixels (L2, sklearn)",
+    ]
     t, s, px, l2 = records
     assert (t["role"], s["role"], px["role"]) == ("teacher", "student", "baseline")
     assert s["method"] == "disco" and t["method"] == "mocov2"

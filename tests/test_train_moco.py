@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from store.errors import ConfigError
 from student_trainer.config import TrainConfig
+from student_trainer.methods import METHODS, MethodSpec, get_method
 from student_trainer.moco import MoCo, effective_queue_size
 from student_trainer.models import build_student, deployed_backbone, student_config
 from student_trainer.schedule import cosine_lr, scaled_lr
@@ -118,3 +120,55 @@ def test_deployed_backbone_drops_the_head() -> None:
     enc.eval()
     dep.eval()
     torch.testing.assert_close(dep(x, output="feature"), enc(x, output="feature"))
+
+
+def test_method_registry_drives_the_module() -> None:
+    """Each registered spec decides the key encoder, the queues and the summed loss terms; an
+    unknown name fails loudly with the valid ones; specs are frozen and self-consistent."""
+    assert set(METHODS) == {"mocov2", "disco", "seed"}
+    with pytest.raises(ConfigError, match="unknown method 'byol'; valid methods: disco, mocov2"):
+        get_method("byol")
+    for name, spec in METHODS.items():
+        m = _moco(name)
+        assert m.spec is spec and spec.name == name and spec.help
+        assert (m.key is not None) == spec.uses_contrast
+        assert (m.teacher_queue.shape[0] == 12) == spec.uses_teacher_queue
+        cfg_kw = {"store": "s.zarr"} if spec.uses_teacher else {"dataset": "digits"}
+        assert TrainConfig(method=name, arch="tiny", out="x", **cfg_kw).spec is spec
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        METHODS["disco"].uses_contrast = False  # type: ignore[misc]
+    with pytest.raises(ValueError, match="teacher loss exactly when"):
+        MethodSpec("broken", "x", uses_contrast=True, uses_teacher=True,
+                   uses_teacher_queue=False, loss_terms=("infonce",))  # fmt: skip
+
+
+def test_loss_is_the_sum_of_the_specs_terms() -> None:
+    """The total loss is exactly the spec's loss terms summed in order (golden: DisCo = InfoNCE +
+    λ·MSE with MSE from disco_mse; SEED = mean of both views' seed_loss)."""
+    from student_trainer.losses import disco_mse, seed_loss
+
+    t = [torch.nn.functional.normalize(torch.randn(8, 16), dim=1) for _ in range(2)]
+    v = [torch.randn(8, 3, 16, 16) for _ in range(2)]
+    for name in METHODS:
+        m = _moco(name).eval()
+        m.enqueue(torch.nn.functional.normalize(torch.randn(12, 16), dim=1), t[0][:4].repeat(3, 1))
+        with torch.no_grad():
+            out = m(v[0], v[1], t[0], t[1], shuffle_seed=0)
+            q1, q2 = m.query(v[0]), m.query(v[1])
+        expected = torch.zeros(())
+        for term in METHODS[name].loss_terms:
+            expected = expected + out.terms[term]
+        assert torch.equal(out.loss, expected)
+        if name == "disco":
+            mse = disco_mse(q1, t[0]) + disco_mse(q2, t[1])
+            torch.testing.assert_close(out.terms["mse"], mse)
+            torch.testing.assert_close(out.terms["distill"], 8.0 * mse)
+        if name == "seed":
+            s = [
+                seed_loss(q, tt, m.teacher_queue, 0.2, 1e-4)
+                for q, tt in zip((q1, q2), t, strict=True)
+            ]
+            torch.testing.assert_close(out.terms["seed"], 0.5 * (s[0] + s[1]))
+            torch.testing.assert_close(out.teacher_keys, t[0])
+        else:
+            assert out.teacher_keys is None

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# `make docker-smoke`: build the service image and run it under docker compose, for real.
+#
+#   1. a Docker engine: start dockerd (as root) when none answers
+#   2. base image local/python:3.11 (when missing): debootstrap a Debian bookworm minbase with
+#      python3, python3-venv and ca-certificates from the mirror apt already uses; docker import
+#   3. wheelhouse runs/docker/wheelhouse (when missing or when pyproject/constraints changed):
+#      `pip wheel -c constraints.txt . setuptools` on the host
+#   4. docker build --network host, pip installing only from the wheelhouse served on 127.0.0.1
+#      (the host's package registry access does not reach into a build here)
+#   5. docker compose up -d, wait for healthy, POST one image to /v1/embeddings, create a store on
+#      the volume and write through to it, check the container's uid is not 0, then down -v
+# Idempotent: a second run reuses the base image and the wheelhouse (and Docker's layer cache).
+# Needs: docker.io docker-compose debootstrap (apt-get install -y ...), root for dockerd and
+# debootstrap. Times of every stage go to runs/docker/times.json.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+CACHE=${DISCO_DOCKER_CACHE:-$ROOT/runs/docker}
+BASE_IMAGE=${DISCO_BASE_IMAGE:-local/python:3.11}
+IMAGE=${DISCO_IMAGE:-disco-cache:smoke}
+PROJECT=${DISCO_SMOKE_PROJECT:-discosmoke}
+PY=${PYTHON:-python3}
+[ -x "$ROOT/.venv/bin/python" ] && PY=${PYTHON:-$ROOT/.venv/bin/python}
+WHEELHOUSE=$CACHE/wheelhouse
+mkdir -p "$CACHE"
+declare -A T=()
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+log() { printf '[docker-smoke] %s\n' "$*" >&2; }
+die() { log "FAIL: $*"; exit 1; }
+
+if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose)
+elif command -v docker-compose >/dev/null; then COMPOSE=(docker-compose)
+else die "no docker compose: apt-get install -y docker.io docker-compose debootstrap"; fi
+
+# 1. engine ------------------------------------------------------------------------------------
+if ! docker info >/dev/null 2>&1; then
+    command -v dockerd >/dev/null || die "no dockerd: apt-get install -y docker.io"
+    [ "$(id -u)" = 0 ] || die "no Docker engine answers, and starting dockerd needs root"
+    log "starting dockerd (log: $CACHE/dockerd.log)"
+    nohup dockerd >"$CACHE/dockerd.log" 2>&1 &
+    for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+    docker info >/dev/null 2>&1 || die "dockerd did not answer in 60 s (see $CACHE/dockerd.log)"
+fi
+
+# 2. base image --------------------------------------------------------------------------------
+mirror() {  # the Debian mirror apt uses (deb822 .sources first, then sources.list)
+    local uri
+    uri=$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null \
+          | awk '{print $2}' | grep -v security | head -n1 || true)
+    [ -n "$uri" ] || uri=$(grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+          2>/dev/null | awk '{print $2}' | grep -v security | head -n1 || true)
+    echo "${uri:-http://deb.debian.org/debian}"
+}
+if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+    log "base image $BASE_IMAGE present (reused)"; T[base_s]=0
+else
+    command -v debootstrap >/dev/null || die "no debootstrap: apt-get install -y debootstrap"
+    t0=$(now); rootfs=$CACHE/rootfs; rm -rf "$rootfs"
+    log "debootstrap bookworm minbase from $(mirror)"
+    nice debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+        bookworm "$rootfs" "$(mirror)" >"$CACHE/debootstrap.log" 2>&1 \
+        || die "debootstrap failed (see $CACHE/debootstrap.log)"
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    tar -C "$rootfs" -c . | docker import - "$BASE_IMAGE" >/dev/null
+    rm -rf "$rootfs"
+    T[base_s]=$(since "$t0"); log "base image built in ${T[base_s]} s"
+fi
+
+# 3. wheelhouse --------------------------------------------------------------------------------
+key=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+if [ -f "$WHEELHOUSE/.stamp-$key" ]; then
+    log "wheelhouse present (reused)"; T[wheelhouse_s]=0
+else
+    t0=$(now); mkdir -p "$WHEELHOUSE"; rm -f "$WHEELHOUSE"/.stamp-*
+    log "pip wheel -c constraints.txt . setuptools -> $WHEELHOUSE"
+    nice "$PY" -m pip wheel --quiet -c constraints.txt --wheel-dir "$WHEELHOUSE" . 'setuptools>=68' \
+        || die "pip wheel failed"
+    touch "$WHEELHOUSE/.stamp-$key"
+    T[wheelhouse_s]=$(since "$t0"); log "wheelhouse built in ${T[wheelhouse_s]} s"
+fi
+
+# 4. build -------------------------------------------------------------------------------------
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+WPORT=$(free_port)
+"$PY" -m http.server "$WPORT" --bind 127.0.0.1 --directory "$WHEELHOUSE" >"$CACHE/wheel-server.log" 2>&1 &
+WPID=$!
+export COMPOSE_PROJECT_NAME=$PROJECT DISCO_IMAGE=$IMAGE DISCO_PUBLISH_PORT=$(free_port)
+cleanup() {
+    kill "$WPID" 2>/dev/null || true
+    "${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+t0=$(now)
+log "docker build (base $BASE_IMAGE, wheels from 127.0.0.1:$WPORT)"
+DOCKER_BUILDKIT=0 nice docker build --network host -t "$IMAGE" \
+    --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg WHEELHOUSE_URL="http://127.0.0.1:$WPORT/" \
+    . >"$CACHE/build.log" 2>&1 || { tail -n 30 "$CACHE/build.log" >&2; die "docker build failed"; }
+T[build_s]=$(since "$t0"); log "image built in ${T[build_s]} s"
+kill "$WPID" 2>/dev/null || true
+T[image_bytes]=$(docker image inspect -f '{{.Size}}' "$IMAGE")
+
+# 5. run ---------------------------------------------------------------------------------------
+"${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+t0=$(now)
+"${COMPOSE[@]}" up -d --no-build teacher
+CID=$("${COMPOSE[@]}" ps -q teacher)
+[ -n "$CID" ] || die "compose started no teacher container"
+state=starting
+for _ in $(seq 300); do
+    state=$(docker inspect -f '{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$CID")
+    case $state in
+        running/healthy) break ;;
+        exited/*|dead/*) "${COMPOSE[@]}" logs teacher >&2; die "container stopped ($state)" ;;
+    esac
+    sleep 1
+done
+[ "$state" = running/healthy ] || { "${COMPOSE[@]}" logs teacher >&2; die "not healthy ($state)"; }
+T[healthy_s]=$(since "$t0"); log "healthy ${T[healthy_s]} s after up"
+
+uid=$(docker exec "$CID" id -u)
+[ "$uid" != 0 ] || die "the container runs as root"
+docker exec "$CID" disco store create /stores/smoke --dataset synthetic:4 --split all \
+    --recipe digits --size 32 --views 2 --shard-size 4 >/dev/null \
+    || die "cannot create a store on the volume as uid $uid"
+URL=http://127.0.0.1:$DISCO_PUBLISH_PORT
+PYTHONPATH=$ROOT "$PY" - "$URL" <<'PYEOF' || die "embedding check failed"
+import sys
+
+import numpy as np
+
+from store.datasets import open_dataset
+from teacher_service.client import TeacherClient
+
+with TeacherClient(sys.argv[1], timeout=60) as client:
+    model = client.model()
+    image = open_dataset("synthetic:4").load(0)
+    one = client.embed([image])
+    assert one.shape == (1, model["embed_dim"]), one.shape
+    assert abs(float(np.linalg.norm(one[0])) - 1) < 1e-2
+    dataset = open_dataset("synthetic:4")
+    slots = [(i, v) for i in range(4) for v in range(2)]
+    written = client.write_through(
+        "smoke", [dataset.load(i) for i, _ in slots], [i for i, _ in slots], [v for _, v in slots]
+    )
+    info = client.store_info("smoke")
+    assert info["written"] == 8 and info["missing_shards"] == [], info
+    target = client.store_range("smoke", 0, 4)
+    cos = float((target.reshape(-1, target.shape[-1]) * written).sum(1).min())
+    assert cos >= 0.999, cos
+    print(f"embedding {one.shape} from {model['arch']} on {model['device']}; "
+          f"8 slots written through, cosine to stored >= {cos:.5f}")
+PYEOF
+"${COMPOSE[@]}" down -v --remove-orphans >/dev/null
+T[image_mb]=$(( T[image_bytes] / 1000000 ))
+printf '{"bench": "docker_smoke", "base_s": %s, "wheelhouse_s": %s, "build_s": %s, "healthy_s": %s, "image_mb": %s, "uid": %s}\n' \
+    "${T[base_s]}" "${T[wheelhouse_s]}" "${T[build_s]}" "${T[healthy_s]}" "${T[image_mb]}" "$uid" \
+    | tee "$CACHE/times.json"
+log "passed"
