@@ -8,6 +8,7 @@ traceback. Torch is imported only when a command runs. (``disco serve`` lives in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Annotated, Any
 
@@ -68,19 +69,7 @@ def verify_command(
         opts = VerifyConfig(**config)
         from teacher_service.verify import verify_store
 
-        result = verify_store(
-            store,
-            teacher,
-            samples=opts.samples,
-            threshold=opts.threshold,
-            seed=opts.seed,
-            device=opts.device,
-            batch_size=opts.batch_size,
-            accept_render_drift=opts.accept_render_drift,
-            renderer=opts.renderer,
-            teacher_weights=opts.teacher_weights,
-            teacher_pooling=opts.teacher_pooling,
-        )
+        result = verify_store(store, teacher, **dataclasses.asdict(opts))
     except DiscoError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
