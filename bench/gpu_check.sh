@@ -7,6 +7,9 @@
 #   4. kNN 1,000,000 bank x 10,000 queries x 128 d: FAISS CPU vs GPU (FAISS GPU index when
 #      installed, torch matmul + top-k on CUDA always)
 #   5. the HTTP service at C = 64 clients, ResNet-50 at 224 px, bf16
+#   6. view rendering at 224 px: per-view reference vs batched renderer on CPU and CUDA, nvjpeg
+#      decode, against a ResNet-50 teacher's bf16 forward rate (render_vs_teacher >= 1 wanted);
+#      the batched CUDA renderer's bound vs the CPU reference is in the gpu tests (step 1)
 # Every bench's JSON line is printed and appended to one file: $OUT/gpu_check.jsonl when $OUT is
 # set, else runs/gpu_check.jsonl (or --out FILE). A bench that fails or runs past its time limit
 # writes {"bench": NAME, "status": "failed", "rc": RC} instead, and the script exits 1.
@@ -104,7 +107,8 @@ if [[ $TINY -eq 1 ]]; then
   KNN=(--bank 2000 --queries 200 --dim 32 --repeats 1)
   SVC=(--clients 4 --requests 8 --rounds 1 --arch resnet18 --width 8 --size 32
        --max-batch-size 8 --threads 1 --prep-threads 1)
-  LIMITS=(120 120 120 60 120)
+  RENDER=(--size 32 --images 4 --ref-views 8 --batches 8 --repeats 1 --no-teacher)
+  LIMITS=(120 120 120 60 120 60)
 else
   DEV=cuda; AMP=(--amp bf16); SVC_DTYPE=bfloat16; TESTS=(tests)
   W=$(( CPUS - 1 < 15 ? CPUS - 1 : 15 ))
@@ -115,7 +119,8 @@ else
   KNN=(--bank 1000000 --queries 10000 --dim 128 --k 20 --repeats 3 --skip-sklearn)
   SVC=(--clients 64 --requests 512 --rounds 2 --arch resnet50 --width 64 --size 224
        --max-batch-size 64 --threads 4 --prep-threads 8)
-  LIMITS=(90 100 120 60 90)
+  RENDER=(--size 224 --images 32 --ref-views 32 --batches 64,256 --repeats 2)
+  LIMITS=(90 100 120 60 90 90)
 fi
 
 # 1. gpu-marked tests: a JSON line from pytest's JUnit report.
@@ -140,7 +145,7 @@ print(json.dumps({"bench": "gpu_tests", "passed": passed, "failed": n["failures"
 EOF
 if ! tail -n 1 "$JSONL" | grep -q '"status": "ok"'; then FAILED=1; fi
 
-# 2-5. benches
+# 2-6. benches
 run precompute "${LIMITS[1]}" "$PY" bench/precompute.py "${PRE[@]}" --workers "$W" \
   --device "$DEV" "${AMP[@]}"
 run train_throughput "${LIMITS[2]}" "$PY" bench/train_throughput.py "${TRAIN[@]}" \
@@ -148,6 +153,7 @@ run train_throughput "${LIMITS[2]}" "$PY" bench/train_throughput.py "${TRAIN[@]}
 run knn "${LIMITS[3]}" "$PY" bench/knn.py "${KNN[@]}" --device "$DEV" --skip-disco
 run service "${LIMITS[4]}" "$PY" bench/service.py "${SVC[@]}" --device "$DEV" \
   --dtype "$SVC_DTYPE"
+run render "${LIMITS[5]}" "$PY" bench/render.py "${RENDER[@]}" --device "$DEV"
 
 echo "== all JSON lines ($JSONL):"
 cat "$JSONL"

@@ -1,13 +1,23 @@
 """The zarr v3 store of teacher embeddings: manifest, view plan, embeddings, written mask.
 
-Layout (group attrs carry ``schema: disco-store/1``)::
+Layout (group attrs carry ``schema: disco-store/2``)::
 
-    manifest/{indices,keys,labels,sha256,heights,widths,valid}   (N,) arrays
+    manifest/{indices,labels}          (N,) int64
+    manifest/{heights,widths}          (N,) int32
+    manifest/valid                     (N,) bool
+    manifest/sha256                    (N, 32) uint8 content digests (all zero: unreadable file)
+    manifest/keys                      (N,) variable-length UTF-8 strings (zarr-python's string
+                                       dtype: the only array outside the zarr v3 core spec)
     views/params          (N, V, P) float32, one chunk per shard of rows
     embeddings            (N, V, D) float16 (or int8), chunks (c, V, D) inside shards (s, V, D)
     embeddings_scale      (D,) float32, int8 only: value = int8 * scale
     features              (N, V, F) float16, optional, same row sharding
     written               (N, V) bool, one chunk per shard, set only after the data write returned
+
+Every numeric array uses core data types and core codecs (bytes, sharding, blosc when chosen;
+``zstd`` is the one extension codec, used only when a store is created with ``codec="zstd"``), so
+independent zarr v3 readers (tensorstore) read them. ``disco-store/1`` stores (``manifest/sha256``
+as hex strings) are still read.
 
 Each writer owns whole shards and writes each array of a shard in ONE call (a partial write of a
 shard rewrites the whole shard file; two writers in one shard lose data). Readers read whole shards.
@@ -29,11 +39,13 @@ from zarr.abc.store import Store
 from zarr.core.array_spec import ArrayConfigParams
 
 from store.errors import ConfigError, StoreError, StoreMismatchError, StoreNotFoundError
-from store.manifest import Manifest
+from store.manifest import Manifest, sha256_from_bytes, sha256_to_bytes
 from store.views import Recipe, plan_views, recipe_from_dict
+from store.views.fingerprint import check_render, library_versions, render_record
 
 __all__ = [
     "CODECS",
+    "READABLE_SCHEMAS",
     "SCHEMA",
     "EmbeddingStore",
     "ShardBlock",
@@ -41,7 +53,9 @@ __all__ = [
     "open_zarr_store",
 ]
 
-SCHEMA = "disco-store/1"
+SCHEMA = "disco-store/2"
+READABLE_SCHEMAS = ("disco-store/1", SCHEMA)
+"""Layouts this code opens; it creates only ``SCHEMA``."""
 CODECS = ("none", "zstd", "blosc-bitshuffle")
 DEFAULT_CODEC = "none"
 _MANIFEST_FIELDS = ("indices", "keys", "labels", "sha256", "heights", "widths", "valid")
@@ -191,6 +205,7 @@ class EmbeddingStore:
             raise ConfigError(
                 f"params shape {params.shape} != (N, V, P) = {(n, views, recipe.num_params)}"
             )
+        render = render_record(recipe)  # before the group exists: readers wait for its attrs
         zstore = open_zarr_store(url, read_only=False)
         try:
             exists = zarr.open_group(zstore, mode="r") is not None
@@ -203,8 +218,18 @@ class EmbeddingStore:
         rows = max(1, min(n, 1 << 16))
         for name in _MANIFEST_FIELDS:
             arr = np.asarray(getattr(manifest, name))
-            dtype: Any = str if arr.dtype.kind == "U" else arr.dtype
-            za = mgroup.create_array(name, shape=(n,), chunks=(rows,), dtype=dtype)
+            if name == "sha256":
+                arr = sha256_to_bytes(arr)
+            if arr.dtype.kind == "U":  # keys: no core-spec string type exists
+                za = mgroup.create_array(name, shape=(n,), chunks=(rows,), dtype=str)
+            else:
+                za = mgroup.create_array(
+                    name,
+                    shape=arr.shape,
+                    chunks=(rows, *arr.shape[1:]),
+                    dtype=arr.dtype,
+                    compressors=None,  # zarr's default (zstd) is not a core-spec codec
+                )
             if n:
                 za[:] = arr
         mgroup.attrs.update({"errors": dict(manifest.errors)})
@@ -236,6 +261,7 @@ class EmbeddingStore:
                 "codec": codec,
             },
             "versions": _versions(),
+            "render": render,
         }
         group.attrs.update(attrs)
         store = cls(url, group, "r+")
@@ -264,13 +290,50 @@ class EmbeddingStore:
         except ValueError as exc:
             raise StoreNotFoundError(f"no store at {url!r}: {exc}") from exc
         attrs = dict(group.attrs)
-        if attrs.get("schema") != SCHEMA:
-            raise StoreMismatchError("schema", SCHEMA, attrs.get("schema"))
+        if attrs.get("schema") not in READABLE_SCHEMAS:
+            raise StoreMismatchError("schema", " or ".join(READABLE_SCHEMAS), attrs.get("schema"))
         for field, expected in (expect or {}).items():
             actual = _get_path(attrs, field)
             if not _same(expected, actual):
                 raise StoreMismatchError(field, expected, actual)
         return cls(url, group, mode)
+
+    # ----------------------------------------------------------------- render fingerprint
+    def check_render(self, accept_drift: bool = False) -> str:
+        """Refuse replay on an install that renders this store's views differently.
+
+        Recomputes the render fingerprint of the store's recipe (once per process) and compares it
+        with the one recorded at create (see :func:`store.views.fingerprint.check_render` for the
+        outcomes). Raises ``StoreMismatchError("render.fingerprint", ...)`` on drift unless
+        ``accept_drift``. Call it wherever stored targets are paired with fresh renders.
+        """
+        return check_render(
+            self._attrs.get("render"), self.recipe, accept_drift=accept_drift, where=self._url
+        )
+
+    def accept_render(self, evidence: dict[str, Any]) -> None:
+        """Record this install's render fingerprint as accepted (after ``disco store verify``
+        passed on it): later :meth:`check_render` calls here and on installs that render alike
+        pass. ``evidence`` (JSON-able, e.g. the verify summary) is stored beside it. A store
+        without a render record gets this install's record as its reference."""
+        self._require_writable()
+        record = self._attrs.get("render")
+        mine = render_record(self.recipe)
+        if not record or record.get("probe_version") != mine["probe_version"]:
+            record = mine
+        elif record.get("fingerprint") != mine["fingerprint"]:
+            accepted = [a for a in record.get("accepted", []) if isinstance(a, dict)]
+            if mine["fingerprint"] not in [a.get("fingerprint") for a in accepted]:
+                accepted.append(
+                    {
+                        "fingerprint": mine["fingerprint"],
+                        "versions": library_versions(),
+                        "evidence": _jsonable(evidence),
+                    }
+                )
+            record = {**record, "accepted": accepted}
+        self._group.attrs.update({"render": record})
+        self._attrs = dict(self._group.attrs)
 
     # ----------------------------------------------------------------- teacher
     def attach_teacher(
@@ -320,7 +383,9 @@ class EmbeddingStore:
             scale = np.asarray(scale, dtype=np.float32)
             if scale.shape != (dim,) or not np.all(scale > 0):
                 raise ConfigError(f"int8_scale must be ({dim},) positive, got {scale.shape}")
-            sa = self._group.create_array("embeddings_scale", shape=(dim,), dtype="float32")
+            sa = self._group.create_array(
+                "embeddings_scale", shape=(dim,), dtype="float32", compressors=None
+            )
             sa[:] = scale
         if features_dim is not None:
             self._group.create_array(
@@ -334,7 +399,7 @@ class EmbeddingStore:
                 config=_WRITE_CONFIG,
             )
         self._group.create_array(
-            "written", shape=(n, v), chunks=(s, v), dtype=bool, fill_value=False
+            "written", shape=(n, v), chunks=(s, v), dtype=bool, fill_value=False, compressors=None
         )
         storage["dtype"] = dtype
         self._group.attrs.update({"teacher": _jsonable(record), "storage": storage})
@@ -353,7 +418,7 @@ class EmbeddingStore:
 
     @property
     def attrs(self) -> dict[str, Any]:
-        """Group attributes (schema, dataset, recipe, teacher, storage, versions)."""
+        """Group attributes (schema, dataset, recipe, teacher, storage, versions, render)."""
         return self._attrs
 
     @property
@@ -365,6 +430,11 @@ class EmbeddingStore:
     def views(self) -> int:
         """Views per row V."""
         return int(self._attrs["recipe"]["views"])
+
+    @property
+    def schema(self) -> str:
+        """Layout version of this store (one of ``READABLE_SCHEMAS``)."""
+        return str(self._attrs["schema"])
 
     @property
     def dim(self) -> int | None:
@@ -431,6 +501,8 @@ class EmbeddingStore:
         if self._manifest is None:
             m = self._group["manifest"]
             arrays: dict[str, Any] = {name: m[name][:] for name in _MANIFEST_FIELDS}  # type: ignore[index]
+            if arrays["sha256"].ndim == 2:  # disco-store/2: (N, 32) uint8; /1: hex strings
+                arrays["sha256"] = sha256_from_bytes(arrays["sha256"])
             self._manifest = Manifest(
                 dataset=self._attrs["dataset"]["spec"],
                 split=self._attrs["dataset"]["split"],

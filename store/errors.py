@@ -33,11 +33,13 @@ class StoreNotFoundError(StoreError, FileNotFoundError):
 
 
 class StoreMismatchError(StoreError, ValueError):
-    """A store does not match what its consumer expects; ``field`` names the first difference."""
+    """A store does not match what its consumer expects; ``field`` names the first difference,
+    ``hint`` (optional) says what to do about it."""
 
-    def __init__(self, field: str, expected: object, actual: object) -> None:
+    def __init__(self, field: str, expected: object, actual: object, hint: str = "") -> None:
         super().__init__(
             f"store mismatch in field {field!r}: expected {expected!r}, store has {actual!r}"
+            + (f"; {hint}" if hint else "")
         )
         self.field = field
         self.expected = expected

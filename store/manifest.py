@@ -11,7 +11,25 @@ from rich.progress import Progress
 from store.datasets import ImageDataset
 from store.errors import DecodeError
 
-__all__ = ["Manifest", "build_manifest"]
+__all__ = ["Manifest", "build_manifest", "sha256_from_bytes", "sha256_to_bytes"]
+
+
+def sha256_to_bytes(hexes: np.ndarray) -> np.ndarray:
+    """(N,) hex sha256 strings -> (N, 32) uint8 digests; "" (unreadable source) -> 32 zero bytes.
+
+    This is how ``disco-store/2`` stores ``manifest/sha256`` (a zarr v3 core data type)."""
+    out = np.zeros((len(hexes), 32), dtype=np.uint8)
+    for row, h in enumerate(np.asarray(hexes).tolist()):
+        if h:
+            out[row] = np.frombuffer(bytes.fromhex(str(h)), dtype=np.uint8)
+    return out
+
+
+def sha256_from_bytes(digests: np.ndarray) -> np.ndarray:
+    """(N, 32) uint8 digests -> (N,) hex strings; all-zero rows -> "" (the inverse of
+    :func:`sha256_to_bytes`)."""
+    arr = np.asarray(digests, dtype=np.uint8).reshape(-1, 32)
+    return np.array([row.tobytes().hex() if row.any() else "" for row in arr], dtype=str)
 
 
 def _str_array(values: object) -> np.ndarray:

@@ -11,7 +11,7 @@ from store.cli import app as store_app
 from student_trainer.demo_cli import demo_command
 from student_trainer.eval_cli import eval_command
 from student_trainer.train_cli import train_command
-from teacher_service.cli import precompute_command, verify_command
+from teacher_service.cli import estimate_command, precompute_command, verify_command
 from teacher_service.serve_cli import serve_command
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app = typer.Typer(
 )
 
 store_app.command("verify")(verify_command)
+store_app.command("estimate")(estimate_command)
 app.add_typer(store_app, name="store")
 app.command("precompute")(precompute_command)
 app.command("serve")(serve_command)

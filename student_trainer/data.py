@@ -17,6 +17,7 @@ params are sampled from), so no augmentation state lives in a worker.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -29,7 +30,7 @@ from torch.utils.data import Dataset, Sampler
 from store.datasets import ImageDataset
 from store.errors import ConfigError
 from store.manifest import Manifest
-from store.views import Recipe, render_view
+from store.views import Recipe, render_view, render_views_normalised
 
 __all__ = [
     "TAG_PREFILL",
@@ -43,6 +44,7 @@ __all__ = [
     "StorePlan",
     "collate_pairs",
     "plan_seed",
+    "render_pairs",
 ]
 
 TAG_TRAIN = 0
@@ -77,7 +79,11 @@ class PairItem(NamedTuple):
 @dataclass
 class PairBatch:
     """A collated batch: ``rows`` (b,) int64, ``views`` (b, 2) int64, ``view1``/``view2``
-    (b, 3, S, S) float32, ``target1``/``target2`` (b, D) float32 or None."""
+    (b, 3, S, S) float32, ``target1``/``target2`` (b, D) float32 or None.
+
+    Batched renderer: the workers only decode, so ``view1``/``view2`` are empty and ``sources``
+    (b decoded (H, W, 3) uint8 images) with ``params1``/``params2`` (b, P) float32 travel instead;
+    :func:`render_pairs` renders them on the training device."""
 
     rows: torch.Tensor
     views: torch.Tensor
@@ -85,6 +91,9 @@ class PairBatch:
     view2: torch.Tensor
     target1: torch.Tensor | None
     target2: torch.Tensor | None
+    sources: list[np.ndarray] | None = None
+    params1: np.ndarray | None = None
+    params2: np.ndarray | None = None
 
     def pin_memory(self) -> PairBatch:
         """The same batch in pinned host memory (``DataLoader(pin_memory=True)`` calls this on
@@ -95,7 +104,7 @@ class PairBatch:
 
         return PairBatch(
             self.rows, self.views, self.view1.pin_memory(), self.view2.pin_memory(),
-            pin(self.target1), pin(self.target2),
+            pin(self.target1), pin(self.target2), self.sources, self.params1, self.params2,
         )  # fmt: skip
 
 
@@ -143,10 +152,12 @@ class PairRenderer(Dataset[dict[str, Any]]):
     Stateless apart from the (read-only) image bank, so any worker renders any item identically.
     """
 
-    def __init__(self, bank: ImageBank, recipe: Recipe, seed: int) -> None:
+    def __init__(self, bank: ImageBank, recipe: Recipe, seed: int, render: bool = True) -> None:
         self.bank = bank
         self.recipe = recipe
         self.seed = seed
+        self.render = render
+        """False (batched renderer): decode only; :func:`render_pairs` renders on the device."""
 
     def __getitem__(self, item: PairItem) -> dict[str, Any]:
         """Render ``item`` -> dict(row, views, view1, view2 (3, S, S) float32, targets)."""
@@ -157,6 +168,9 @@ class PairRenderer(Dataset[dict[str, Any]]):
             h, w = image.shape[:2]
             p1 = self.recipe.sample(self.seed, item.image_index, item.views[0], h, w)
             p2 = self.recipe.sample(self.seed, item.image_index, item.views[1], h, w)
+        if not self.render:
+            return {"row": item.row, "views": item.views, "view1": None, "view2": None,
+                    "source": image, "params": (p1, p2), "targets": item.targets}  # fmt: skip
         return {
             "row": item.row,
             "views": item.views,
@@ -173,14 +187,36 @@ def collate_pairs(samples: list[dict[str, Any]]) -> PairBatch:
     if targets[0] is not None:
         t1 = torch.from_numpy(np.stack([t[0] for t in targets]).astype(np.float32))
         t2 = torch.from_numpy(np.stack([t[1] for t in targets]).astype(np.float32))
+    rows = torch.tensor([s["row"] for s in samples], dtype=torch.int64)
+    views = torch.tensor([list(s["views"]) for s in samples], dtype=torch.int64)
+    if samples[0]["view1"] is None:  # decoded only (batched renderer)
+        empty = torch.empty(0)
+        return PairBatch(
+            rows, views, empty, empty, t1, t2, sources=[s["source"] for s in samples],
+            params1=np.stack([s["params"][0] for s in samples]).astype(np.float32),
+            params2=np.stack([s["params"][1] for s in samples]).astype(np.float32),
+        )  # fmt: skip
     return PairBatch(
-        rows=torch.tensor([s["row"] for s in samples], dtype=torch.int64),
-        views=torch.tensor([list(s["views"]) for s in samples], dtype=torch.int64),
+        rows=rows,
+        views=views,
         view1=torch.stack([s["view1"] for s in samples]),
         view2=torch.stack([s["view2"] for s in samples]),
         target1=t1,
         target2=t2,
     )
+
+
+def render_pairs(batch: PairBatch, recipe: Recipe, device: torch.device | str) -> PairBatch:
+    """Render a decoded-only batch's two views with the batched renderer on ``device`` (one call,
+    2b views): ``view1``/``view2`` (b, 3, S, S) float32 there, equal on CPU to the workers'
+    ``render_view``. A batch rendered by the workers is returned unchanged."""
+    if batch.sources is None:
+        return batch
+    assert batch.params1 is not None and batch.params2 is not None
+    n = len(batch.sources)
+    params = np.concatenate([batch.params1, batch.params2])
+    x = render_views_normalised([*batch.sources, *batch.sources], params, recipe, device)
+    return dataclasses.replace(batch, view1=x[:n], view2=x[n:], sources=None)
 
 
 @dataclass

@@ -55,7 +55,14 @@ def demo_command(
         "mnist5k"
     ),
     teacher: Annotated[
-        str | None, typer.Option(help="Teacher checkpoint (default: the shipped demo teacher).")
+        str | None,
+        typer.Option(
+            help="Teacher: checkpoint, timm:NAME, hf:PATH_OR_ID, open_clip:ARCH, "
+            "py:MODULE:FUNCTION (default: the shipped demo teacher)."
+        ),
+    ] = None,
+    teacher_weights: Annotated[
+        str | None, typer.Option(help="Teacher weights (.safetensors, .pth, snapshot folder).")
     ] = None,
     size: Annotated[int, typer.Option(help="View size in px (224 for ImageNet-like data).")] = 32,
     views: Annotated[int, typer.Option(help="Cached views V per train image.")] = 8,
@@ -84,6 +91,7 @@ def demo_command(
             out=out,
             dataset=dataset,
             teacher=teacher,
+            teacher_weights=teacher_weights,
             size=size,
             views=views,
             student_arch=student_arch,

@@ -6,7 +6,7 @@ Torch, FAISS and the models are imported when the command runs, not for ``--help
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -23,8 +23,17 @@ def eval_command(
         typer.Option(help="Dataset spec: mnist5k, digits, synthetic[:N], imagefolder:PATH."),
     ] = "mnist5k",
     teacher: Annotated[
-        Path | None,
-        typer.Option(help="Teacher checkpoint: adds its row and the neighbour agreement column."),
+        str | None,
+        typer.Option(
+            help="Teacher (checkpoint, timm:, hf:, open_clip:, py:): adds its row and the "
+            "neighbour agreement column."
+        ),
+    ] = None,
+    teacher_weights: Annotated[
+        str | None, typer.Option(help="Teacher weights (.safetensors, .pth, snapshot folder).")
+    ] = None,
+    teacher_pooling: Annotated[
+        str | None, typer.Option(help="ViT teacher pooling: cls, mean, cls+mean.")
     ] = None,
     out: Annotated[
         Path, typer.Option(help="Directory for results.md, results.json, neighbour PNGs.")
@@ -47,8 +56,11 @@ def eval_command(
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Run the linear probe.")] = True,
     probe_epochs: Annotated[int, typer.Option(help="Linear-probe epochs.")] = 30,
     backend: Annotated[
-        str, typer.Option(help="kNN search backend (student_trainer.knn.BACKENDS).")
-    ] = "faiss",
+        str,
+        typer.Option(
+            help="kNN backend: auto (fastest exact), faiss, torch, brute; faiss-ivf (approximate)."
+        ),
+    ] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
     cache_dir: Annotated[
@@ -65,10 +77,17 @@ def eval_command(
     from student_trainer.report import render_markdown
 
     try:
+        teacher_model: Any = teacher
+        if teacher is not None and (teacher_weights or teacher_pooling):
+            from student_trainer.features import TeacherFeatures
+
+            teacher_model = TeacherFeatures(
+                teacher, teacher_weights, teacher_pooling, size=size, device=device
+            )
         records = evaluate(
             list(checkpoints or []),
             dataset,
-            teacher=teacher,
+            teacher=teacher_model,
             k=k,
             temperature=temperature,
             size=size,

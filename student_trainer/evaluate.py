@@ -22,6 +22,7 @@ from student_trainer.features import (
     FeatureModel,
     FeatureSet,
     PixelFeatures,
+    TeacherFeatures,
     extract_features,
 )
 from student_trainer.knn import Neighbours, search
@@ -73,7 +74,7 @@ def score(
     fs: FeatureSet,
     k: int = 20,
     temperature: float = 0.07,
-    backend: str = "faiss",
+    backend: str = "auto",
     device: str = "cpu",
     probe: ProbeConfig | None = None,
 ) -> tuple[dict[str, float | None], Neighbours]:
@@ -133,6 +134,10 @@ def _as_model(spec: Any, size: int | None, device: str, role: str | None) -> Fea
     """A checkpoint path becomes an :class:`EncoderFeatures` named by :func:`checkpoint_row`
     (``role`` None: the checkpoint's own); feature models pass through with their names."""
     if isinstance(spec, (str, os.PathLike)):
+        from teacher_service.sources import parse_teacher
+
+        if isinstance(spec, str) and parse_teacher(spec)[0] != "checkpoint":
+            return TeacherFeatures(spec, size=size, device=device)
         model = EncoderFeatures(spec, size=size, device=device)
         model.name = checkpoint_row(model, role)[0]
         return model
@@ -174,7 +179,7 @@ def run_evaluation(
     size: int | None = None,
     pixels: bool | None = None,
     probe: ProbeConfig | None = None,
-    backend: str = "faiss",
+    backend: str = "auto",
     device: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     batch_size: int = 256,
@@ -239,7 +244,7 @@ def evaluate(
     size: int | None = None,
     pixels: bool | None = None,
     probe: ProbeConfig | None = None,
-    backend: str = "faiss",
+    backend: str = "auto",
     device: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     batch_size: int = 256,

@@ -7,6 +7,9 @@ A *feature model* turns one decoded image into a tensor (``prepare``) and a batc
   images go through ``store.views.render_center`` (resize shorter side + centre crop + normalise)
   and the raw backbone feature ``encoder(x, output="feature")`` is kept (the MLP head is not
   deployed).
+* :class:`TeacherFeatures` — any teacher source (``timm:``, ``hf:``, ``open_clip:``, ``py:``):
+  the centre view goes to the teacher as uint8 pixels, the teacher normalises them itself, and its
+  backbone feature is kept.
 * :class:`PixelFeatures` — the raw-pixel baseline: uint8 pixels / 255, flattened (DESIGN §12).
 
 :func:`extract_features` caches both splits in one ``.npz`` named by a sha256 over the model
@@ -20,7 +23,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +32,7 @@ import torch
 from PIL import Image
 from rich.progress import Progress
 
+from store.atomic import atomic_write
 from store.datasets import ImageDataset
 from store.errors import DatasetError, DecodeError
 from teacher_service.runtime import prepare_model, resolve_device, to_device
@@ -106,11 +109,15 @@ class EncoderFeatures:
         self.encoder = loaded.encoder
         prepare_model(self.encoder, self.device)  # see runtime.prepare_model
         self.info: dict[str, Any] = loaded.info
-        raw = read_checkpoint(self.path)
-        own = isinstance(raw, dict) and raw.get("format") == FORMAT
-        self.meta: dict[str, Any] = dict(raw.get("meta") or {}) if own else {}
-        self.train: dict[str, Any] = dict(raw.get("train") or {}) if own else {}
-        del raw
+        if "meta" in self.info:  # a student export: metadata from the .json beside it
+            self.meta: dict[str, Any] = dict(self.info["meta"])
+            self.train: dict[str, Any] = dict(self.info.get("train") or {})
+        else:
+            raw = read_checkpoint(self.path)
+            own = isinstance(raw, dict) and raw.get("format") == FORMAT
+            self.meta = dict(raw.get("meta") or {}) if own else {}
+            self.train = dict(raw.get("train") or {}) if own else {}
+            del raw
         preprocessing = dict(self.info.get("preprocessing") or {})
         self.size = int(size or preprocessing.get("size") or 224)
         self.recipe = _eval_recipe(preprocessing, self.size)
@@ -145,6 +152,63 @@ class EncoderFeatures:
             batch = batch.pin_memory()
         with torch.inference_mode():
             out = self.encoder(to_device(batch, self.device), output="feature")
+        assert isinstance(out, torch.Tensor)
+        return out.float().cpu()
+
+
+class TeacherFeatures:
+    """Backbone features of a teacher source (see module docstring).
+
+    ``spec``/``weights``/``pooling`` as ``--teacher``/``--teacher-weights``/``--teacher-pooling``;
+    ``size`` defaults to the teacher's input size (pixels).
+    """
+
+    method = "teacher"
+
+    def __init__(
+        self,
+        spec: str,
+        weights: str | os.PathLike[str] | None = None,
+        pooling: str | None = None,
+        size: int | None = None,
+        device: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        from store.views import get_recipe
+        from teacher_service.runtime import prepare_model
+        from teacher_service.sources import load_teacher
+
+        self.device = resolve_device(device)
+        loaded = load_teacher(spec, weights, pooling, device=self.device)
+        self.model = loaded.model
+        prepare_model(self.model, self.device)
+        self.info: dict[str, Any] = loaded.info
+        self.path = spec
+        self.size = int(size or self.model.input_size)
+        self.model.check_size(self.size)
+        # Only the crop + resize of render_center matter: the pixels go to the teacher.
+        self.recipe = get_recipe("mocov2", self.size)
+        self.name = name or str(self.info.get("spec"))
+        self.params = sum(p.numel() for p in self.model.parameters())
+        self.feature_dim = int(self.info["feature_dim"])
+
+    def identity(self) -> dict[str, Any]:
+        """Teacher identity (source, name, weights sha256, pooling) + view size."""
+        keys = ("source", "name", "sha256", "pooling")
+        return {"kind": "teacher", **{k: self.info.get(k) for k in keys}, "size": self.size}
+
+    def prepare(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (3, S, S) uint8 centre view (the teacher normalises it)."""
+        from store.views import render_center
+        from teacher_service.sources import to_pixels
+
+        view = render_center(image, self.recipe)[None]
+        return to_pixels(view, self.recipe.mean, self.recipe.std)[0]
+
+    def embed(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) uint8 -> (B, F) float32 backbone features (CPU)."""
+        with torch.inference_mode():
+            out = self.model(batch.to(self.device), output="feature")
         assert isinstance(out, torch.Tensor)
         return out.float().cpu()
 
@@ -283,25 +347,17 @@ def _extract_split(
 
 
 def _save(path: Path, fs: FeatureSet) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(
-                fh,
-                train_features=fs.train.features,
-                train_labels=fs.train.labels,
-                train_indices=fs.train.indices,
-                test_features=fs.test.features,
-                test_labels=fs.test.labels,
-                test_indices=fs.test.indices,
-                skipped=np.asarray(fs.skipped, dtype=str),
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as fh:
+        np.savez(
+            fh,
+            train_features=fs.train.features,
+            train_labels=fs.train.labels,
+            train_indices=fs.train.indices,
+            test_features=fs.test.features,
+            test_labels=fs.test.labels,
+            test_indices=fs.test.indices,
+            skipped=np.asarray(fs.skipped, dtype=str),
+        )
 
 
 def _load(path: Path) -> FeatureSet:

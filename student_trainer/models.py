@@ -1,12 +1,20 @@
-"""Student encoders: the shared encoder registry plus the MoCo-v2 head, and the deployed export."""
+"""Student encoders: the shared encoder registry (torchvision layouts and ``timm:NAME``) plus the
+MoCo-v2 head, each student's own input normalisation, and the deployed backbone."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
-from teacher_service.encoders import Encoder, EncoderConfig, build_encoder
+from teacher_service.encoders import TIMM_PREFIX, Encoder, EncoderConfig, build_encoder
 
-__all__ = ["build_student", "deployed_backbone", "resolve_bn_groups", "student_config"]
+__all__ = [
+    "build_student",
+    "deployed_backbone",
+    "resolve_bn_groups",
+    "student_config",
+    "student_normalisation",
+]
 
 MOCO_PER_GPU_BATCH = 32
 """Samples per BN group: the per-GPU batch MoCo's shuffle-BN normalised over."""
@@ -40,6 +48,22 @@ def student_config(
         width=width,
         head=True,
     )
+
+
+def student_normalisation(
+    encoder: Encoder, mean: Sequence[float], std: Sequence[float]
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """The student's own input mean/std (on [0, 1] pixels): a ``timm:NAME`` student's from
+    ``timm.data.resolve_model_data_config`` (what timm users feed the exported model), others
+    the given recipe ``mean``/``std``."""
+    if encoder.config.arch.startswith(TIMM_PREFIX):
+        from teacher_service.sources.timm_source import timm_data_config
+
+        data = timm_data_config(encoder.backbone)
+        mean, std = data["mean"], data["std"]
+    m = tuple(float(v) for v in mean)
+    s = tuple(float(v) for v in std)
+    return (m[0], m[1], m[2]), (s[0], s[1], s[2])
 
 
 def build_student(config: EncoderConfig) -> Encoder:

@@ -17,9 +17,9 @@ Project format ``disco-checkpoint/1`` (a plain dict; tensors, str, numbers, list
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +27,13 @@ from typing import Any
 
 import torch
 
+from store.atomic import atomic_write
 from store.errors import CheckpointError, ConfigError
 from store.views import Recipe, get_recipe
 from teacher_service.encoders import ARCHS, Encoder, EncoderConfig, build_encoder
 
 __all__ = [
+    "DEPLOYED_FORMAT",
     "FORMAT",
     "IMAGENET_PREPROCESSING",
     "LoadedEncoder",
@@ -45,6 +47,8 @@ __all__ = [
 ]
 
 FORMAT = "disco-checkpoint/1"
+DEPLOYED_FORMAT = "disco-deployed/1"
+"""Format of the ``.json`` beside an exported student (``deployed.pt``: a plain state dict)."""
 
 IMAGENET_PREPROCESSING: dict[str, Any] = {
     "size": 224,
@@ -120,21 +124,10 @@ def save_checkpoint(
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save(obj)`` to a temporary file beside ``path``, fsync, then rename over ``path``:
-    a crash never leaves a truncated file (the temporary one is removed on error)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save(obj)`` through :func:`store.atomic.atomic_write`: a crash never leaves a
+    truncated file (temporary file beside ``path``, fsync, rename, directory fsync)."""
+    with atomic_write(path) as fh:
+        torch.save(obj, fh)
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Any:
@@ -335,15 +328,31 @@ def load_encoder(
       the query encoder is used, the MLP head at ``fc.0``/``fc.2`` (or ``classifier.0/2``).
     - ``torchvision``: a plain state dict of a torchvision model; the classifier is dropped and the
       embedding is the L2-normalised backbone feature (``info["embedding"] == "backbone"``).
+    - ``deployed``: a student export (plain state dict, ``.pt`` or ``.safetensors``) with its
+      ``disco-deployed/1`` ``.json`` beside it (architecture, preprocessing; ``info`` gains its
+      ``meta`` and ``train``).
 
     For the last two, ResNet layouts (block type, depth, width, stem) are inferred from the keys;
     other architectures need ``arch``. ``head=False`` ignores a MoCo head. ``preprocessing`` is
     recorded in ``info`` (ImageNet defaults otherwise). Raises ``CheckpointError``.
     """
-    obj = read_checkpoint(path)
+    if os.fspath(path).endswith(".safetensors"):
+        from teacher_service.sources.base import read_state_dict
+
+        obj: Any = read_state_dict(path)
+    else:
+        obj = read_checkpoint(path)
     sha = file_sha256(path)
     name = os.fspath(path)
-    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+    sidecar = _deployed_sidecar(path)
+    if sidecar is not None and _is_tensor_dict(obj):
+        cfg = EncoderConfig.from_dict(dict(sidecar["encoder"]))
+        encoder = build_encoder(cfg)
+        _load_into(encoder, {f"backbone.{k}": v for k, v in obj.items()}, f"export {name}")
+        info = _info(encoder, sha, "deployed", dict(sidecar.get("preprocessing") or {}))
+        info["meta"] = dict(sidecar.get("meta") or {})
+        info["train"] = dict(sidecar.get("train") or {})
+    elif isinstance(obj, Mapping) and obj.get("format") == FORMAT:
         cfg = EncoderConfig.from_dict(dict(obj["encoder"]))
         encoder = build_encoder(cfg)
         _load_into(encoder, obj["state_dict"], f"checkpoint {name}")
@@ -373,6 +382,19 @@ def load_encoder(
     encoder.eval()
     encoder.to(device)
     return LoadedEncoder(encoder=encoder, info=info)
+
+
+def _deployed_sidecar(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``disco-deployed/1`` JSON beside an exported student (``deployed.pt`` ->
+    ``deployed.json``), or None."""
+    side = Path(path).with_suffix(".json")
+    if not side.is_file():
+        return None
+    try:
+        data = json.loads(side.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == DEPLOYED_FORMAT else None
 
 
 def _load_mocov2(

@@ -14,10 +14,16 @@ from typing import Annotated, Any
 import typer
 
 from store.cli_options import dataclass_options, with_options
-from store.errors import DiscoError
+from store.errors import ConfigError, DiscoError
 from teacher_service.config import PrecomputeConfig, VerifyConfig
 
-__all__ = ["precompute_command", "verify_command"]
+__all__ = ["estimate_command", "precompute_command", "verify_command"]
+
+TEACHER_HELP = (
+    "Teacher: timm:NAME, hf:PATH_OR_ID, open_clip:ARCH, py:MODULE:FUNCTION or a checkpoint."
+)
+WEIGHTS_HELP = "Teacher weights: .safetensors, .pth/.bin state dict or a snapshot folder."
+POOLING_HELP = "ViT teachers: cls, mean or cls+mean instead of the model's own pooling."
 
 
 @with_options(dataclass_options(PrecomputeConfig))
@@ -51,7 +57,9 @@ def precompute_command(
 @with_options(dataclass_options(VerifyConfig))
 def verify_command(
     store: Annotated[str, typer.Argument(help="Store path or URL.")],
-    teacher: Annotated[str, typer.Option(help="Teacher checkpoint the store was built with.")],
+    teacher: Annotated[
+        str, typer.Option(help="The store's teacher (same spelling as for precompute).")
+    ],
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     **config: Any,
 ) -> None:
@@ -68,6 +76,10 @@ def verify_command(
             seed=opts.seed,
             device=opts.device,
             batch_size=opts.batch_size,
+            accept_render_drift=opts.accept_render_drift,
+            renderer=opts.renderer,
+            teacher_weights=opts.teacher_weights,
+            teacher_pooling=opts.teacher_pooling,
         )
     except DiscoError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -75,3 +87,41 @@ def verify_command(
     typer.echo(json.dumps(result.to_dict()) if json_out else result.summary())
     if not result.passed:
         raise typer.Exit(1)
+
+
+def estimate_command(
+    dataset: Annotated[str, typer.Option(help="Dataset spec: mnist5k, digits, imagefolder:P.")],
+    views: Annotated[int, typer.Option(help="Planned views V per sample.")] = 8,
+    split: Annotated[str, typer.Option(help="Dataset split: all, train or test.")] = "all",
+    dim: Annotated[
+        int | None, typer.Option(help="Embedding width D (default: ask the teacher).")
+    ] = None,
+    teacher: Annotated[str | None, typer.Option(help=TEACHER_HELP)] = None,
+    teacher_weights: Annotated[str | None, typer.Option(help=WEIGHTS_HELP)] = None,
+    teacher_pooling: Annotated[str | None, typer.Option(help=POOLING_HELP)] = None,
+    dtype: Annotated[str, typer.Option(help="Stored embedding dtype: float16, int8.")] = "float16",
+    features: Annotated[bool, typer.Option(help="Also store backbone features.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the estimate as JSON.")] = False,
+) -> None:
+    """Print a store's size (images x V x D x 2 bytes) before anything is computed."""
+    try:
+        from store.datasets import open_dataset
+        from teacher_service.estimate import estimate_store
+
+        n = len(open_dataset(dataset).split_indices(split))
+        feature_dim = None
+        if dim is None or features:
+            if teacher is None:
+                raise ConfigError(
+                    "give --dim D, or --teacher to read D (and F with --features) from the model"
+                )
+            from teacher_service.sources import load_teacher
+
+            loaded = load_teacher(teacher, teacher_weights, teacher_pooling)
+            dim = dim or loaded.model.embed_dim
+            feature_dim = loaded.model.feature_dim if features else None
+        est = estimate_store(n, views, dim, dtype=dtype, feature_dim=feature_dim)
+    except DiscoError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(est.to_dict()) if json_out else est.summary())

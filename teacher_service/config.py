@@ -6,11 +6,23 @@ this module imports no torch.
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 
 from store.errors import ConfigError
 
-__all__ = ["AMP_DTYPES", "AMP_MODES", "STORE_DTYPES", "PrecomputeConfig", "VerifyConfig"]
+__all__ = [
+    "AMP_DTYPES",
+    "AMP_MODES",
+    "POOLINGS",
+    "STORE_DTYPES",
+    "TEACHER_SOURCES",
+    "PrecomputeConfig",
+    "VerifyConfig",
+    "check_pooling",
+    "parse_teacher",
+]
 
 AMP_DTYPES = {"none": "float32", "bf16": "bfloat16", "fp16": "float16"}
 """``--amp`` mode -> the compute dtype recorded as ``teacher.compute_dtype``."""
@@ -19,6 +31,51 @@ STORE_DTYPES = ("float16", "int8")
 DEVICES = ("auto", "cpu", "cuda")
 RENDERERS = ("auto", "reference", "batched")
 """Renderer choices (as ``store.views.RENDERER_CHOICES``; restated so help needs no torch)."""
+POOLINGS = ("cls", "mean", "cls+mean")
+"""``--teacher-pooling`` values for ViT teachers: CLS token, mean of patch tokens, or both
+concatenated (DINOv2's linear-probe feature)."""
+
+
+TEACHER_SOURCES = {
+    "timm": "timm:NAME (timm.create_model)",
+    "hf": "hf:PATH_OR_ID (transformers AutoModel)",
+    "open_clip": "open_clip:ARCH[@TAG] (encode_image)",
+    "py": "py:MODULE:FUNCTION (your nn.Module factory)",
+    "checkpoint": "PATH (disco, MoCo-v2 or torchvision checkpoint)",
+}
+"""``--teacher`` prefixes -> usage (the loaders: ``teacher_service.sources.SOURCES``)."""
+_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9_]+):(.*)$")
+
+
+def valid_teachers() -> str:
+    """The valid ``--teacher`` spellings, for error messages."""
+    return "; ".join(TEACHER_SOURCES.values())
+
+
+def parse_teacher(spec: str) -> tuple[str, str]:
+    """``(prefix, name)`` of a ``--teacher`` value; an existing file or a spec without a known
+    ``prefix:`` is a checkpoint path. An unknown prefix raises ``ConfigError`` listing the
+    valid ones."""
+    spec = str(spec)
+    if os.path.exists(spec):
+        return "checkpoint", spec
+    match = _PREFIX.match(spec)
+    if match is None:
+        return "checkpoint", spec
+    prefix, name = match.groups()
+    if prefix not in TEACHER_SOURCES:
+        raise ConfigError(
+            f"unknown teacher source {prefix!r} in {spec!r}; valid: {valid_teachers()}"
+        )
+    if not name:
+        raise ConfigError(f"teacher {spec!r} names no model; valid: {valid_teachers()}")
+    return prefix, name
+
+
+def check_pooling(pooling: str | None) -> None:
+    """Raise ``ConfigError`` unless ``pooling`` is None or one of :data:`POOLINGS`."""
+    if pooling is not None and pooling not in POOLINGS:
+        raise ConfigError(f"unknown teacher pooling {pooling!r}; valid: {', '.join(POOLINGS)}")
 
 
 @dataclass
@@ -26,7 +83,7 @@ class PrecomputeConfig:
     """Settings of one precompute worker (the same for every worker of a job)."""
 
     teacher: str
-    """Teacher checkpoint path (disco, MoCo-v2 or torchvision format)."""
+    """Teacher: timm:NAME, hf:PATH_OR_ID, open_clip:ARCH, py:MODULE:FUNCTION or a checkpoint."""
     dataset: str
     """Dataset spec, e.g. ``mnist5k``, ``synthetic:256``, ``imagefolder:/data/train``."""
     store: str
@@ -71,8 +128,13 @@ class PrecomputeConfig:
     """View renderer: auto (batched on CUDA, per-view reference on CPU), reference or batched."""
     wait_timeout: float = 600.0
     """Seconds a non-zero worker waits for worker 0 to create the store."""
+    teacher_weights: str | None = None
+    """Teacher weights: .safetensors, .pth/.bin state dict or snapshot folder (None: download)."""
+    teacher_pooling: str | None = None
+    """ViT teachers: cls, mean or cls+mean instead of the model's own pooled output."""
 
     def __post_init__(self) -> None:
+        check_pooling(self.teacher_pooling)
         if self.views < 1:
             raise ConfigError(f"views must be >= 1, got {self.views}")
         if self.batch_size < 1:
@@ -113,11 +175,23 @@ class VerifyConfig:
     """auto (CUDA if present), cpu or cuda[:N]."""
     batch_size: int = 64
     """Views per live teacher forward."""
+    accept_render_drift: bool = False
+    """Check despite a render fingerprint drift; on pass, record this install's as accepted."""
+    renderer: str = "auto"
+    """Live views: auto (batched on CUDA, reference on CPU), reference or batched (batched is also
+    checked against the reference within store.views.RENDER_BOUND)."""
+    teacher_weights: str | None = None
+    """Teacher weights: .safetensors, .pth/.bin state dict or snapshot folder (None: download)."""
+    teacher_pooling: str | None = None
+    """ViT teachers: cls, mean or cls+mean (None: the pooling the store recorded)."""
 
     def __post_init__(self) -> None:
+        check_pooling(self.teacher_pooling)
         if self.samples < 1 or self.batch_size < 1:
             raise ConfigError(
                 f"samples and batch_size must be >= 1, got {self.samples}, {self.batch_size}"
             )
         if not -1.0 <= self.threshold <= 1.0:
             raise ConfigError(f"threshold is a cosine in [-1, 1], got {self.threshold}")
+        if self.renderer not in RENDERERS:
+            raise ConfigError(f"unknown renderer {self.renderer!r}; valid: {', '.join(RENDERERS)}")

@@ -2,8 +2,11 @@
 
 An :class:`Encoder` maps images ``(B, 3, H, W) float32`` to the backbone feature ``(B, F)`` and
 the L2-normalised final embedding ``(B, D)``. The backbones are torchvision's own modules (ResNet
-blocks, MobileNetV3, EfficientNet-B0) built with ``weights=None``; nothing is ever downloaded.
-Module names match torchvision's, so a torchvision state dict loads into ``Encoder.backbone``.
+blocks, MobileNetV3, EfficientNet-B0) built with ``weights=None``, or any timm model as
+``timm:NAME`` (``timm.create_model(NAME, pretrained=False, num_classes=0)``, its pooled pre-logits
+feature); nothing is ever downloaded. Module names match the library's, so a torchvision or timm
+state dict loads into ``Encoder.backbone`` and ``Encoder.backbone.state_dict()`` loads into the
+library's own model.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from store.errors import ConfigError
 __all__ = [
     "ARCHS",
     "OUTPUTS",
+    "TIMM_PREFIX",
     "ArchSpec",
     "Encoder",
     "EncoderConfig",
     "ProjectionHead",
     "ResNetBackbone",
     "TorchvisionBackbone",
+    "arch_spec",
     "build_encoder",
     "count_parameters",
 ]
@@ -40,8 +45,9 @@ OUTPUTS = ("embedding", "feature", "both")
 class ArchSpec:
     """One registered architecture.
 
-    ``family`` is "resnet" or "torchvision"; ResNets give ``block``, ``layers`` (blocks per
-    stage) and a default base ``width``; other families give a torchvision ``factory``.
+    ``family`` is "resnet", "torchvision" or "timm"; ResNets give ``block``, ``layers`` (blocks
+    per stage) and a default base ``width``; torchvision backbones give a ``factory``; timm
+    backbones are named ``timm:NAME`` and need no entry.
     """
 
     family: str
@@ -65,13 +71,25 @@ ARCHS: dict[str, ArchSpec] = {
 }
 
 
-def _arch_spec(name: str) -> ArchSpec:
+TIMM_PREFIX = "timm:"
+_TIMM_SPEC = ArchSpec("timm")
+
+
+def arch_spec(name: str) -> ArchSpec:
+    """The :class:`ArchSpec` of ``name`` (a key of ``ARCHS`` or ``timm:NAME``); an unknown name
+    raises ``ConfigError`` listing the valid ones."""
+    if name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX):
+        return _TIMM_SPEC
     try:
         return ARCHS[name]
     except KeyError:
         raise ConfigError(
-            f"unknown architecture {name!r}; valid names: {', '.join(sorted(ARCHS))}"
+            f"unknown architecture {name!r}; valid names: {', '.join(sorted(ARCHS))}, "
+            "or timm:NAME for any timm model"
         ) from None
+
+
+_arch_spec = arch_spec
 
 
 @dataclass
@@ -79,7 +97,7 @@ class EncoderConfig:
     """Architecture of an encoder: backbone, stem and projection head."""
 
     arch: str
-    """Backbone name, a key of ``ARCHS``."""
+    """Backbone name, a key of ``ARCHS``, or ``timm:NAME``."""
     head_hidden: int = 2048
     """Hidden width of the projection MLP (DisCo's bottleneck fix: 2048)."""
     head_out: int = 128
@@ -104,6 +122,11 @@ class EncoderConfig:
             )
         if self.bn_groups < 1:
             raise ConfigError(f"bn_groups must be >= 1, got {self.bn_groups}")
+        if spec.family == "timm" and self.small_stem:
+            raise ConfigError(
+                f"small_stem does not apply to {self.arch} (it would change the timm model, and "
+                "the exported backbone would no longer load into timm.create_model)"
+            )
         if self.width is not None:
             if spec.family != "resnet":
                 raise ConfigError(f"width applies to ResNet architectures only, not {self.arch!r}")
@@ -113,7 +136,7 @@ class EncoderConfig:
     @property
     def resolved_width(self) -> int | None:
         """The ResNet base width actually built (None for non-ResNet backbones)."""
-        spec = ARCHS[self.arch]
+        spec = arch_spec(self.arch)
         if spec.family != "resnet":
             return None
         return self.width if self.width is not None else spec.width
@@ -265,9 +288,17 @@ class Encoder(nn.Module):
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.config = config
-        spec = ARCHS[config.arch]
-        self.backbone: ResNetBackbone | TorchvisionBackbone
-        if spec.family == "resnet":
+        spec = arch_spec(config.arch)
+        self.backbone: nn.Module
+        if spec.family == "timm":
+            from teacher_service.sources.timm_source import create_timm
+
+            name = config.arch[len(TIMM_PREFIX) :]
+            self.backbone, _ = create_timm(name, None, f"student {config.arch}", pretrained=False)
+            # Pooled pre-logits width: head_hidden_size where a conv head follows the pooling.
+            width = getattr(self.backbone, "head_hidden_size", None)
+            self.feature_dim: int = int(width or self.backbone.num_features)  # type: ignore[arg-type]
+        elif spec.family == "resnet":
             assert spec.block is not None and spec.layers is not None
             width = config.resolved_width
             assert width is not None
@@ -275,7 +306,8 @@ class Encoder(nn.Module):
         else:
             assert spec.factory is not None
             self.backbone = TorchvisionBackbone(spec.factory, config.small_stem)
-        self.feature_dim: int = self.backbone.out_dim
+        if spec.family != "timm":
+            self.feature_dim = int(self.backbone.out_dim)  # type: ignore[arg-type]
         self.head: ProjectionHead | None = None
         if config.head:
             self.head = ProjectionHead(

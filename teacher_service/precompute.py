@@ -2,10 +2,11 @@
 
 Pipeline (one process = one worker of the job)::
 
-    DataLoader workers: decode rows + render all V views of them  (uint8 render, float last)
+    DataLoader workers: decode rows + render all V views of them as uint8 pixels
       (renderer ``batched``: the workers only decode; the main thread renders each batch's views
       at once on the teacher's device with ``store.views.render_views``, same bytes on CPU)
-      -> main thread: teacher forward (eval, inference mode, optional autocast on CUDA),
+      -> main thread: teacher forward on the pixels (the teacher applies its own mean/std; eval,
+         inference mode, optional autocast on CUDA),
          L2-normalised embeddings gathered into a whole-shard buffer (n, V, D) float32
       -> writer thread (bounded queue): store.write_shard(s, ...) -- one call per shard, the
          ``written`` mask is set by the store only after the data write returned.
@@ -57,10 +58,10 @@ from store.views import (
     RENDER_BOUND,
     Recipe,
     render_view,
-    render_views_normalised,
+    render_views,
     resolve_renderer,
 )
-from teacher_service.checkpoint import LoadedEncoder, load_encoder, recipe_for
+from teacher_service.checkpoint import LoadedEncoder, recipe_for
 from teacher_service.config import AMP_DTYPES, AMP_MODES, STORE_DTYPES, PrecomputeConfig
 from teacher_service.runtime import (
     autocast,
@@ -69,6 +70,7 @@ from teacher_service.runtime import (
     resolve_device,
     to_device,
 )
+from teacher_service.sources import LoadedTeacher, load_teacher, to_pixels
 
 __all__ = [
     "AMP_MODES",
@@ -145,8 +147,9 @@ def _compute_dtype(amp: str, device: torch.device) -> str:
     return AMP_DTYPES[amp]
 
 
-def teacher_attrs(loaded: LoadedEncoder, compute_dtype: str) -> dict[str, Any]:
-    """The ``teacher`` attrs recorded in a store: checkpoint identity + ``compute_dtype``."""
+def teacher_attrs(loaded: LoadedTeacher | LoadedEncoder, compute_dtype: str) -> dict[str, Any]:
+    """The ``teacher`` attrs recorded in a store: the teacher's identity (source, name, weights
+    sha256, pooling, mean/std, input size, licence ...) + ``compute_dtype``."""
     return {**loaded.info, "compute_dtype": compute_dtype}
 
 
@@ -170,7 +173,7 @@ def _expectations(cfg: PrecomputeConfig) -> dict[str, object]:
 
 def open_or_create_store(
     cfg: PrecomputeConfig,
-    loaded: LoadedEncoder,
+    loaded: LoadedTeacher,
     teacher: dict[str, Any],
     worker: int,
     dataset: ImageDataset | None = None,
@@ -182,12 +185,13 @@ def open_or_create_store(
     """
 
     def attach(store: EmbeddingStore) -> EmbeddingStore:
+        loaded.model.check_size(store.recipe.size)
         # Equal teacher: no-op; a different one raises StoreMismatchError naming the field.
         store.attach_teacher(
             teacher,
-            dim=loaded.encoder.embed_dim,
+            dim=loaded.model.embed_dim,
             dtype=cfg.dtype,
-            features_dim=loaded.encoder.feature_dim if cfg.features else None,
+            features_dim=loaded.model.feature_dim if cfg.features else None,
         )
         return store
 
@@ -203,6 +207,7 @@ def open_or_create_store(
                 dataset = open_dataset(cfg.dataset)
             manifest = build_manifest(dataset, cfg.split, progress=cfg.progress)
             recipe = recipe_for(loaded.info.get("preprocessing"), cfg.recipe, cfg.size)
+            loaded.model.check_size(recipe.size)  # before anything is written
             store = EmbeddingStore.create(
                 cfg.store,
                 manifest=manifest,
@@ -242,7 +247,7 @@ class _Batch:
     shard: int
     rows: np.ndarray  # (m,) int64 store rows whose views are in `images`, each repeated V times
     views: np.ndarray  # (m,) int64
-    images: torch.Tensor  # (m, 3, S, S) float32; empty when the main thread renders
+    images: torch.Tensor  # (m, 3, S, S) uint8 pixels; empty when the main thread renders
     errors: list[tuple[int, str, str]]  # (row, key, reason)
     sources: list[np.ndarray] = field(default_factory=list)  # (H, W, 3) uint8 per view (batched)
     params: np.ndarray | None = None  # (m, P) float32 view parameters (batched)
@@ -314,7 +319,11 @@ class _RowViews(Dataset[_Batch]):
                 rows.append(row)
                 views.append(v)
         size = self.recipe.size
-        stacked = torch.stack(images) if images else torch.empty(0, 3, size, size)
+        stacked = (
+            to_pixels(torch.stack(images), self.recipe.mean, self.recipe.std)
+            if images
+            else torch.empty(0, 3, size, size, dtype=torch.uint8)
+        )
         rows_a, views_a = np.asarray(rows, np.int64), np.asarray(views, np.int64)
         if self.render:
             return _Batch(shard, rows_a, views_a, stacked, errors)
@@ -433,10 +442,10 @@ def run_precompute(
     if cfg.overwrite and workers > 1:
         # Another worker could open the old store before worker 0 replaced it.
         raise ConfigError("--overwrite needs a single worker; delete the store first instead")
-    loaded = load_encoder(cfg.teacher, device=device)
+    loaded = load_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_pooling, device=device)
     teacher = teacher_attrs(loaded, compute_dtype)
     store = open_or_create_store(cfg, loaded, teacher, worker, dataset)
-    encoder = loaded.encoder.requires_grad_(False).eval()
+    encoder = loaded.model.requires_grad_(False).eval()
     prepare_model(encoder, device)  # see runtime.prepare_model
     workers_n = cfg.workers if cfg.workers is not None else default_workers(device)
     renderer = resolve_renderer(cfg.renderer, device)
@@ -510,7 +519,7 @@ def run_precompute(
                     written[row - base] = False
                 if len(batch.rows):
                     if batch.params is not None:
-                        x = render_views_normalised(batch.sources, batch.params, recipe, device)
+                        x = render_views(batch.sources, batch.params, recipe, device)
                     else:
                         x = to_device(batch.images, device)
                     with autocast(device, compute_dtype):

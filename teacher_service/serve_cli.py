@@ -35,11 +35,16 @@ def serve_command(**given: Any) -> None:
     if settings.teacher is not None:
         # Fail before uvicorn starts: a broken checkpoint is one clear line, not a startup trace.
         from store.errors import DiscoError
-        from teacher_service.checkpoint import load_encoder, recipe_for
+        from teacher_service.checkpoint import recipe_for
+        from teacher_service.sources import load_teacher
 
         try:
-            loaded = load_encoder(str(settings.teacher), device="cpu")
-            recipe_for(loaded.info["preprocessing"], settings.recipe, settings.size)
+            loaded = load_teacher(
+                settings.teacher, settings.teacher_weights, settings.teacher_pooling, device="cpu"
+            )
+            loaded.model.check_size(
+                recipe_for(loaded.info["preprocessing"], settings.recipe, settings.size).size
+            )
         except (DiscoError, OSError) as exc:
             typer.echo(f"error: cannot load teacher {settings.teacher}: {exc}", err=True)
             raise typer.Exit(1) from None

@@ -5,6 +5,11 @@ slots is hit once before any is hit twice), each view is re-rendered from the st
 with the one render function, the live teacher embeds it, and the cosine to the cached vector is
 measured. A control pairs each cached vector with the live embedding of a *different* sample's
 view; it must fall below the threshold, or the check is not discriminative and verify fails.
+
+With ``renderer="batched"`` (or ``auto`` on CUDA) the views are rendered by the batched renderer on
+the device, and verify also checks it against the per-view reference on CPU: uint8 values within
+``RENDER_BOUND["max_abs_diff"]`` and live embeddings of the two renders with cosine at least
+``RENDER_BOUND["min_cosine"]`` (the stated bound under which a trainer may use another renderer).
 """
 
 from __future__ import annotations
@@ -18,10 +23,15 @@ import torch
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
 from store.errors import DecodeError, StoreError, StoreMismatchError
-from store.views import render_view
-from teacher_service.checkpoint import load_encoder
+from store.views import (
+    RENDER_BOUND,
+    render_view,
+    render_views,
+    resolve_renderer,
+)
 from teacher_service.config import VerifyConfig
 from teacher_service.runtime import autocast, resolve_device
+from teacher_service.sources import load_teacher, to_pixels
 
 __all__ = ["VerifyResult", "sample_slots", "verify_store"]
 
@@ -48,6 +58,20 @@ class VerifyResult:
     """Up to 20 ``{"row", "view", "shard", "cos"}`` below the threshold."""
     skipped: dict[str, str] = field(default_factory=dict)
     """Sample key -> reason for sampled rows that no longer decode."""
+    render: str = "match"
+    """Render fingerprint check: match, accepted, drift-accepted or unrecorded."""
+    render_recorded: bool = False
+    """This install's render fingerprint was recorded as accepted in the store (passed + asked)."""
+    renderer: str = "reference"
+    """Renderer of the live views (``reference`` per view on CPU, or ``batched`` on ``device``)."""
+    render_device: str = "cpu"
+    """Where the live views were rendered."""
+    render_max_abs_diff: int | None = None
+    """Batched only: max |batched - reference| over the uint8 values of the checked views."""
+    render_cos_min: float | None = None
+    """Batched only: min cosine of live embeddings of the batched vs the reference render."""
+    render_ok: bool = True
+    """Batched only: both within ``RENDER_BOUND`` (part of ``passed``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-able)."""
@@ -62,9 +86,21 @@ class VerifyResult:
             f"control (wrong view): median {self.control_median:.4f}, max {self.control_max:.4f} "
             f"-> {'ok, below threshold' if self.control_ok else 'NOT below threshold'}",
         ]
+        if self.render_max_abs_diff is not None:
+            lines.append(
+                f"renderer {self.renderer} on {self.render_device} vs reference: max |diff| "
+                f"{self.render_max_abs_diff} (bound {RENDER_BOUND['max_abs_diff']:.0f}), "
+                f"embedding cosine min {self.render_cos_min:.6f} "
+                f"(bound {RENDER_BOUND['min_cosine']}) -> {'ok' if self.render_ok else 'OUT'}"
+            )
         shards = sorted({f["shard"] for f in self.failures})
         if self.failures:
             lines.append(f"{len(self.failures)}+ views below threshold, in shards {shards}")
+        if self.render != "match":
+            lines.append(
+                f"render fingerprint: {self.render}"
+                + ("; this install's fingerprint is now accepted" if self.render_recorded else "")
+            )
         return "\n".join(lines)
 
 
@@ -100,24 +136,43 @@ def verify_store(
     seed: int = VerifyConfig.seed,
     device: str = VerifyConfig.device,
     batch_size: int = VerifyConfig.batch_size,
+    teacher_weights: str | None = None,
+    teacher_pooling: str | None = None,
+    accept_render_drift: bool = VerifyConfig.accept_render_drift,
+    renderer: str = VerifyConfig.renderer,
 ) -> VerifyResult:
     """Check ``samples`` cached views of the store at ``url`` against the live teacher.
 
-    The options are :class:`teacher_service.config.VerifyConfig`'s fields (defaults and checks).
-    Raises ``StoreMismatchError("teacher.sha256", ...)`` if the checkpoint is not the store's
-    teacher, ``StoreError`` if the store has no teacher or no written views, ``ConfigError`` for
-    a bad option.
+    ``teacher_path`` is any ``--teacher`` spelling (timm:, hf:, open_clip:, py:, a checkpoint);
+    ``teacher_pooling`` defaults to the pooling the store recorded. The other options are
+    :class:`teacher_service.config.VerifyConfig`'s fields (defaults and checks). Raises
+    ``StoreMismatchError("teacher.<field>", ...)`` if the teacher is not the store's (source,
+    name, weights sha256, pooling), ``StoreError`` if the store has no teacher or no written views,
+    ``StoreMismatchError("render.fingerprint", ...)`` if this install renders the store's views
+    differently and ``accept_render_drift`` is False, ``ConfigError`` for a bad option. With
+    ``accept_render_drift``, a passing check records this install's render fingerprint as accepted
+    in the store (then trainers here accept it too). ``renderer``: auto (batched on CUDA, reference
+    on CPU), reference or batched; a batched render is also checked against the reference within
+    ``RENDER_BOUND`` (see the module docstring).
     """
-    VerifyConfig(samples, threshold, seed, device, batch_size)  # checks the options
+    VerifyConfig(samples, threshold, seed, device, batch_size, accept_render_drift, renderer)
     store = EmbeddingStore.open(url)
+    render = store.check_render(accept_drift=accept_render_drift)
     recorded = store.teacher
     if recorded is None:
         raise StoreError(f"store {url} has no teacher attached; run `disco precompute` first")
     dev = resolve_device(device)
-    loaded = load_encoder(teacher_path, device=dev)
-    if recorded.get("sha256") != loaded.info["sha256"]:
-        raise StoreMismatchError("teacher.sha256", recorded.get("sha256"), loaded.info["sha256"])
-    encoder = loaded.encoder
+    used = resolve_renderer(renderer, dev)
+    if teacher_pooling is None:
+        teacher_pooling = recorded.get("pooling")
+    loaded = load_teacher(teacher_path, teacher_weights, teacher_pooling, device=dev)
+    for key in ("source", "name", "sha256", "pooling"):
+        if key in recorded and recorded.get(key) != loaded.info.get(key):
+            raise StoreMismatchError(f"teacher.{key}", loaded.info.get(key), recorded.get(key))
+    if "sha256" not in recorded:
+        raise StoreMismatchError("teacher.sha256", loaded.info.get("sha256"), None)
+    encoder = loaded.model
+    encoder.check_size(store.recipe.size)
     slots = sample_slots(store.written_mask(), store.shard_size, samples, seed)
     if len(slots) == 0:
         raise StoreError(f"store {url} has no written views to verify")
@@ -139,6 +194,7 @@ def verify_store(
     skipped: dict[str, str] = {}
     keep: list[int] = []
     images: list[torch.Tensor] = []
+    sources: list[np.ndarray] = []
     for k, (row, view) in enumerate(slots):
         try:
             image = dataset.load(int(manifest.indices[row]))
@@ -146,11 +202,27 @@ def verify_store(
             skipped[str(manifest.keys[row])] = exc.reason
             continue
         images.append(render_view(image, params[row, view], recipe))
+        sources.append(image)
         keep.append(k)
     if not keep:
         raise StoreError(f"none of the sampled rows of {url} decode any more")
     slots, cached = slots[keep], cached[keep]
-    live = _embed(encoder, torch.stack(images), dev, str(recorded.get("compute_dtype")), batch_size)
+    dtype = str(recorded.get("compute_dtype"))
+    pixels = to_pixels(torch.stack(images), recipe.mean, recipe.std)
+    live = _embed(encoder, pixels, dev, dtype, batch_size)
+    extra: dict[str, Any] = {"renderer": used, "render_device": str(dev) if used != "reference"
+                             else "cpu"}  # fmt: skip
+    if used == "batched":
+        views = render_views(sources, params[slots[:, 0], slots[:, 1]], recipe, dev)
+        diff = int((views.cpu().int() - pixels.int()).abs().max())
+        live_ref = live
+        live = _embed(encoder, views, dev, dtype, batch_size)
+        render_cos = float(np.sum(live * live_ref, axis=1).min())
+        render_ok = (
+            diff <= RENDER_BOUND["max_abs_diff"] and render_cos >= RENDER_BOUND["min_cosine"]
+        )
+        extra |= {"render_max_abs_diff": diff, "render_cos_min": render_cos,
+                  "render_ok": render_ok}  # fmt: skip
 
     cos = np.sum(cached * live, axis=1)
     # Control: each cached vector against the live embedding of another sampled row's view.
@@ -167,6 +239,18 @@ def verify_store(
         }
         for k in bad[:20]
     ]
+    passed = bool(len(bad) == 0 and control_ok and extra.get("render_ok", True))
+    accepted_now = passed and accept_render_drift and render in ("drift-accepted", "unrecorded")
+    if accepted_now:
+        EmbeddingStore.open(url, mode="r+").accept_render(
+            {
+                "verify": {
+                    "samples": len(slots),
+                    "cos_min": float(cos.min()),
+                    "teacher": loaded.info["sha256"],
+                }
+            }
+        )
     return VerifyResult(
         store=url,
         samples=len(slots),
@@ -176,10 +260,13 @@ def verify_store(
         cos_median=float(np.median(cos)),
         control_median=float(np.median(control)),
         control_max=float(control.max()),
-        passed=bool(len(bad) == 0 and control_ok),
+        passed=passed,
         control_ok=control_ok,
         failures=failures,
         skipped=skipped,
+        render=render,
+        render_recorded=accepted_now,
+        **extra,
     )
 
 
@@ -204,7 +291,8 @@ def _embed(
     compute_dtype: str,
     batch_size: int,
 ) -> np.ndarray:
-    """Live embeddings ``(n, D) float32`` under the store's recorded compute dtype (CUDA only)."""
+    """Live embeddings ``(n, D) float32`` of ``x`` ``(n, 3, S, S)`` uint8 pixels, under the
+    store's recorded compute dtype (CUDA only)."""
     outs = []
     with torch.inference_mode(), autocast(device, compute_dtype):
         for a in range(0, len(x), batch_size):

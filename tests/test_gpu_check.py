@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
-BENCHES = ["env", "gpu_tests", "precompute", "train_throughput", "knn", "service"]
+BENCHES = ["env", "gpu_tests", "precompute", "train_throughput", "knn", "service", "render"]
 
 
 def _env() -> dict[str, str]:
@@ -50,6 +50,7 @@ def test_tiny_run_writes_every_bench_line(tmp_path: Path) -> None:
     assert min(train["mocov2_sps"], train["disco_cached_sps"], train["disco_online_sps"]) > 0
     assert by["knn"]["agreement_up_to_ties"] == 1.0 and by["knn"]["torch_gpu_s"] is None
     assert by["service"]["errors"] == 0 and by["service"]["service_img_s"] > 0
+    assert by["render"]["cpu_exact"] is True and by["render"]["render_ratio"] > 0
 
 
 def test_bad_argument_exits_2_and_scripts_parse(tmp_path: Path) -> None:

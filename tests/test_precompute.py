@@ -105,8 +105,16 @@ def test_store_filled_and_matches_live_teacher(teacher: Path, reference: Path) -
     x = render_view(
         ds.load(int(store.manifest.indices[row])), store.params[row, view], store.recipe
     )
+    # The teacher normalises the view's uint8 pixels with its own mean/std (0.5 / 0.25 here),
+    # not the recipe's.
+    from teacher_service.sources import load_teacher, to_pixels
+
+    pixels = to_pixels(x[None], store.recipe.mean, store.recipe.std)
     with torch.inference_mode():
-        live = loaded.encoder(x[None])[0].numpy()
+        live = load_teacher(str(teacher)).model(pixels)[0].numpy()
+        own = (pixels.float() / 255 - 0.5) / 0.25
+        direct = loaded.encoder(own)[0].numpy()
+    np.testing.assert_allclose(live, direct, rtol=0, atol=1e-6)
     cached = block.embeddings[3, view]
     assert float(live @ cached / np.linalg.norm(cached)) > 0.99999
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,6 +32,9 @@ from store.views import (
     render_view,
     render_views,
     resize_crops,
+)
+from store.views import (
+    RENDERER_CHOICES as RENDERER_CHOICES_VIEWS,
 )
 
 DEMO_TEACHER = (
@@ -305,3 +309,107 @@ def test_config_renderer_choices_match_the_renderer_module() -> None:
     from teacher_service.config import RENDERERS
 
     assert tuple(RENDERERS) == tuple(RENDERER_CHOICES)
+
+
+def test_training_with_the_batched_renderer_repeats_the_reference_run(tmp_path: Path) -> None:
+    """Workers only decode, the loop renders on the device: the steps see the reference's views
+    and a short DisCo run ends with the very same loss terms as with the reference renderer."""
+    from store.embedding_store import EmbeddingStore
+    from store.manifest import build_manifest
+    from student_trainer.config import RENDERER_CHOICES, TrainConfig
+    from student_trainer.train import train
+
+    assert RENDERER_CHOICES == RENDERER_CHOICES_VIEWS
+    url = str(tmp_path / "s.zarr")
+    data = open_dataset("synthetic:24")
+    store = EmbeddingStore.create(
+        url, manifest=build_manifest(data, "all", progress=False),
+        recipe=get_recipe("mocov2", 16), seed=3, views=3, shard_size=8,
+    )  # fmt: skip
+    store.attach_teacher({"arch": "tiny", "sha256": "ab" * 32}, dim=8)
+    rng = np.random.default_rng(0)
+    for s in range(store.num_shards):
+        a, b = store.shard_bounds(s)
+        emb = rng.standard_normal((b - a, 3, 8)).astype(np.float32)
+        store.write_shard(s, emb / np.linalg.norm(emb, axis=2, keepdims=True))
+    params = store.params
+    seen: list[int] = []
+
+    def hook(step: int, batch: Any, output: Any) -> None:
+        assert batch.sources is None and batch.view1.shape == (8, 3, 16, 16)
+        for j, row in enumerate(batch.rows.tolist()):
+            v1, v2 = batch.views[j].tolist()
+            img = data.load(row)
+            assert torch.equal(batch.view1[j], render_view(img, params[row, v1], store.recipe))
+            assert torch.equal(batch.view2[j], render_view(img, params[row, v2], store.recipe))
+            seen.append(row)
+
+    results = {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for renderer, workers in [("reference", 0), ("batched", 1)]:
+            cfg = TrainConfig(
+                method="disco", arch="tiny", out=str(tmp_path / renderer), store=url,
+                batch_size=8, epochs=1, queue_size=16, head_hidden=16, num_workers=workers,
+                progress=False, renderer=renderer, stop_at_step=3, device="cpu",
+            )  # fmt: skip
+            results[renderer] = train(cfg, step_hook=hook if renderer == "batched" else None)
+    finally:
+        torch.set_num_threads(before)
+    assert len(seen) == 24
+    ref, bat = results["reference"], results["batched"]
+    assert ref.steps == bat.steps == 3
+    assert ref.first_terms == bat.first_terms and ref.last_terms == bat.last_terms
+
+
+def test_store_verify_checks_the_batched_renderer_against_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``disco store verify --renderer batched``: passes at 0 difference on CPU; a renderer that
+    is 2 levels off fails on the stated bound even though the teacher barely notices."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import teacher_service.verify as verify
+    from student_trainer.cli import app
+    from teacher_service.checkpoint import save_checkpoint
+    from teacher_service.encoders import EncoderConfig, build_encoder
+    from teacher_service.precompute import PrecomputeConfig, run_precompute
+
+    torch.manual_seed(0)
+    enc = build_encoder(EncoderConfig(arch="tiny", head_hidden=16, head_out=8, small_stem=True))
+    pre = {"size": 16, "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear"}
+    teacher = tmp_path / "t.pt"
+    save_checkpoint(teacher, enc.eval(), pre)
+    store = str(tmp_path / "s.zarr")
+    run_precompute(
+        PrecomputeConfig(
+            teacher=str(teacher),
+            dataset="synthetic:8",
+            store=store,
+            views=2,
+            recipe="mocov2",
+            size=16,
+            shard_size=8,
+            workers=0,
+            device="cpu",
+            progress=False,
+        )
+    )
+    args = ["store", "verify", store, "--teacher", str(teacher), "--samples", "16"]
+    out = CliRunner().invoke(app, [*args, "--renderer", "batched", "--device", "cpu", "--json"])
+    assert out.exit_code == 0, out.output
+    got = json.loads(out.output)
+    assert got["renderer"] == "batched" and got["render_max_abs_diff"] == 0
+    assert got["render_cos_min"] >= 0.99999 and got["render_ok"] and got["passed"]
+
+    real = verify.render_views
+
+    def off_by_two(*a: Any, **k: Any) -> torch.Tensor:
+        return real(*a, **k).int().add(2).clamp(0, 255).to(torch.uint8)
+
+    monkeypatch.setattr(verify, "render_views", off_by_two)
+    out = CliRunner().invoke(app, [*args, "--renderer", "batched", "--device", "cpu"])
+    assert out.exit_code == 1 and "max |diff| 2 (bound 1)" in out.output and "OUT" in out.output

@@ -88,6 +88,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         views=1,
     )
     other.attach_teacher({"arch": "tiny", "sha256": "0" * 64}, dim=16)
+    drifted = EmbeddingStore.create(
+        str(stores / "drifted"),
+        manifest=build_manifest(open_dataset("synthetic:4"), "all", progress=False),
+        recipe=get_recipe("mocov2", SIZE),
+        seed=0,
+        views=1,
+    )
+    drifted.group.attrs.update({"render": {**drifted.attrs["render"], "fingerprint": "0" * 64}})
     return {"teacher": teacher, "stores": stores, "dataset": dataset}
 
 
@@ -238,7 +246,7 @@ def test_unusual_but_valid_images_are_embedded(client: TestClient) -> None:
 
 
 def test_stores_list_info_and_ranges(client: TestClient) -> None:
-    assert client.get("/v1/stores").json() == {"stores": ["other", "synth"]}
+    assert client.get("/v1/stores").json() == {"stores": ["drifted", "other", "synth"]}
     info = client.get("/v1/stores/synth").json()
     assert (info["n"], info["views"], info["num_shards"]) == (12, 2, 3)
     r = client.get("/v1/stores/synth/embeddings", params={"array": "params", "start": 2, "stop": 6})
@@ -468,6 +476,7 @@ BAD_CASES: list[tuple[str, Callable[[TestClient], httpx.Response], int]] = [
     ),
     ("index-without-store", post_json(one(index=0, view=0)), 422),
     ("store-of-another-teacher", post_json({**one(index=0, view=0), "store": "other"}), 409),
+    ("store-with-render-drift", post_json({**one(index=0, view=0), "store": "drifted"}), 409),
     ("bad-dtype-query", lambda c: c.post("/v1/embeddings?dtype=int4", json=one()), 422),
     (
         "range-start-after-stop",
@@ -508,6 +517,7 @@ NEEDLES = {
     "multipart-no-files": "no image",
     "dotdot-store": "invalid store name",
     "store-of-another-teacher": "teacher",
+    "store-with-render-drift": "render.fingerprint",
     "oversized-chunked-body": "exceeds",
 }
 

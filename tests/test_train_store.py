@@ -122,6 +122,23 @@ def test_mismatched_store_is_refused_before_training(
     assert not (tmp_path / "log.jsonl").exists() and not (tmp_path / "ckpt").exists()
 
 
+def test_store_with_another_render_fingerprint_is_refused(store_url: str, tmp_path: Path) -> None:
+    """Cached targets pair with fresh renders: a store whose recorded render fingerprint differs
+    from this install's is refused by name, unless the run accepts the drift."""
+    import shutil
+
+    url = str(tmp_path / "drift.zarr")
+    shutil.copytree(store_url, url)
+    store = EmbeddingStore.open(url, mode="r+")
+    store.group.attrs.update({"render": {**store.attrs["render"], "fingerprint": "f" * 64}})
+    with pytest.raises(StoreMismatchError, match=r"render\.fingerprint.*accept-render-drift"):
+        train(_cfg(tmp_path / "a", url))
+    assert not (tmp_path / "a" / "log.jsonl").exists()
+    with pytest.warns(UserWarning, match="render.fingerprint"):
+        result = train(_cfg(tmp_path / "b", url, stop_at_step=1, accept_render_drift=True))
+    assert result.steps == 1
+
+
 def test_store_plan_blocks_ranks_and_skip(store_url: str) -> None:
     store = EmbeddingStore.open(store_url)
     plan = StorePlan(store, seed=1, batch=4, buffer_size=6)

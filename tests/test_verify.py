@@ -91,6 +91,32 @@ def test_verify_refuses_other_teacher(built: tuple[Path, Path], tmp_path: Path) 
     assert out.exit_code == 1 and "teacher.sha256" in out.output
 
 
+def test_verify_refuses_render_drift_until_accepted(
+    built: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """An edited render fingerprint is refused by name (CLI: one line, exit 1); with
+    --accept-render-drift the check runs, passes, and records this install's fingerprint."""
+    import shutil
+
+    teacher, src = built
+    store = tmp_path / "drift.zarr"
+    shutil.copytree(src, store)
+    opened = EmbeddingStore.open(str(store), mode="r+")
+    opened.group.attrs.update({"render": {**opened.attrs["render"], "fingerprint": "e" * 64}})
+    with pytest.raises(StoreMismatchError, match=r"render\.fingerprint"):
+        verify_store(str(store), str(teacher), samples=4, device="cpu")
+    args = [str(store), "--teacher", str(teacher), "--device", "cpu", "--samples", "8"]
+    out = CliRunner().invoke(_cli(), args)
+    assert out.exit_code == 1 and "render.fingerprint" in out.output
+    assert "--accept-render-drift" in out.output
+    out = CliRunner().invoke(_cli(), [*args, "--accept-render-drift"])
+    assert out.exit_code == 0, out.output
+    assert "PASS" in out.output and "now accepted" in out.output
+    assert EmbeddingStore.open(str(store)).check_render() == "accepted"
+    result = verify_store(str(store), str(teacher), samples=4, device="cpu")
+    assert result.passed and result.render == "accepted" and not result.render_recorded
+
+
 def test_sample_slots_cover_every_shard_first() -> None:
     written = np.ones((40, 3), bool)
     written[8:16] = False  # shard 1 empty

@@ -9,6 +9,7 @@ One job per module, re-exported flat here (``from store.views import render_view
 - :mod:`~store.views.plan` — the (N, V, P) view plan;
 - :mod:`~store.views.render` — the one render function both sides call;
 - :mod:`~store.views.batched` — the batched renderer (B views at once, CPU or CUDA; same bytes).
+- :mod:`~store.views.fingerprint` — the render fingerprint that refuses silent library drift.
 
 Determinism: every step runs on uint8 tensors with kernels whose output does not depend on a
 cross-thread reduction; conversion to float and normalisation come last. The bytes are therefore
@@ -27,6 +28,13 @@ from store.views.batched import (
     resolve_renderer,
 )
 from store.views.crop import INTERPOLATIONS, crop_resize, sample_crop
+from store.views.fingerprint import (
+    check_render,
+    library_versions,
+    probe_images,
+    render_fingerprint,
+    render_record,
+)
 from store.views.kernels import (
     adjust_contrast_exact,
     blur_kernel_size,
@@ -57,15 +65,20 @@ __all__ = [
     "aa_resize_weights",
     "adjust_contrast_exact",
     "blur_kernel_size",
+    "check_render",
     "counter_uniforms",
     "crop_resize",
     "gaussian_blur_exact",
     "get_recipe",
+    "library_versions",
     "normalise",
     "normalise_views",
     "plan_views",
+    "probe_images",
     "recipe_from_dict",
     "render_center",
+    "render_fingerprint",
+    "render_record",
     "render_view",
     "render_views",
     "render_views_normalised",

@@ -158,6 +158,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings.recipe,
             settings.threads,
             settings.size,
+            settings.teacher_weights,
+            settings.teacher_pooling,
         )
     runtime = state.runtime
     size = runtime.recipe.size

@@ -1,4 +1,4 @@
-"""The teacher as the service runs it: a loaded encoder, its view recipe, and one batch forward."""
+"""The teacher as the service runs it: a loaded teacher, its view recipe, and one batch forward."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from store.views import Recipe
-from teacher_service.checkpoint import load_encoder, recipe_for
-from teacher_service.encoders import Encoder
+from teacher_service.checkpoint import recipe_for
 from teacher_service.runtime import autocast, prepare_model, resolve_device, to_device
+from teacher_service.sources import TeacherModel, load_teacher, to_pixels
 
 __all__ = ["TeacherRuntime", "load_runtime"]
 
@@ -22,10 +22,11 @@ class TeacherRuntime:
     """A frozen teacher in eval mode plus what requests need to render its input views.
 
     ``recipe`` renders request views (its ``size`` is the model input side S in pixels);
-    ``info`` is :func:`teacher_service.checkpoint.load_encoder`'s identity dict.
+    ``info`` is :func:`teacher_service.sources.load_teacher`'s identity dict. ``encoder`` takes
+    uint8 pixels and applies its own normalisation.
     """
 
-    encoder: Encoder
+    encoder: TeacherModel
     info: dict[str, Any]
     recipe: Recipe
     device: torch.device
@@ -42,11 +43,14 @@ class TeacherRuntime:
         return str(self.info["sha256"])
 
     def embed(self, x: torch.Tensor) -> np.ndarray:
-        """Embed ``x (B, 3, S, S) float32`` (normalised views) -> ``(B, D) float32``, L2-normalised.
+        """Embed ``x (B, 3, S, S) float32`` (views normalised with ``recipe``'s mean/std, as the
+        renderer gives them) -> ``(B, D) float32``, L2-normalised. The views go to the teacher as
+        the uint8 pixels they were rendered from (exact), and the teacher normalises them.
 
         Runs under ``torch.inference_mode``; autocast in ``dtype`` on CUDA only. On CUDA the
         batch is copied from pinned memory without blocking, in ``channels_last`` layout.
         """
+        x = to_pixels(x, self.recipe.mean, self.recipe.std)
         if self.device.type == "cuda":
             x = x.pin_memory()
         with torch.inference_mode(), autocast(self.device, self.dtype):
@@ -57,6 +61,12 @@ class TeacherRuntime:
     def describe(self) -> dict[str, Any]:
         """JSON-ready identity: checkpoint info, recipe, device and compute dtype."""
         return {
+            "source": self.info.get("source"),
+            "name": self.info.get("name"),
+            "pooling": self.info.get("pooling"),
+            "licence": self.info.get("licence"),
+            "mean": self.info.get("mean"),
+            "std": self.info.get("std"),
             "arch": self.info.get("arch"),
             "sha256": self.sha256,
             "format": self.info.get("format"),
@@ -73,29 +83,34 @@ class TeacherRuntime:
 
 
 def load_runtime(
-    teacher: Path,
+    teacher: str | Path,
     device: str = "auto",
     dtype: str = "float32",
     recipe: str | None = None,
     threads: int | None = None,
     size: int | None = None,
+    weights: str | Path | None = None,
+    pooling: str | None = None,
 ) -> TeacherRuntime:
-    """Load the teacher checkpoint and pick its view recipe.
+    """Load the teacher (any ``--teacher`` spelling, with ``weights``/``pooling``) and pick
+    its view recipe.
 
-    The recipe is ``recipe`` / ``size`` (px) where given, else the checkpoint's recorded ones
-    (:func:`teacher_service.checkpoint.recipe_for`, the rule precompute uses too).
-    Raises ``CheckpointError`` / ``ConfigError``.
+    The recipe is ``recipe`` / ``size`` (px) where given, else the teacher's recorded ones
+    (:func:`teacher_service.checkpoint.recipe_for`, the rule precompute uses too; a timm:/hf:/
+    open_clip:/py: teacher: ``mocov2`` at its input size). Raises ``CheckpointError`` /
+    ``ConfigError``.
     """
     if threads is not None:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
-    loaded = load_encoder(teacher, device=dev)
+    loaded = load_teacher(str(teacher), weights, pooling, device=dev)
     view_recipe = recipe_for(loaded.info.get("preprocessing"), recipe, size)
+    loaded.model.check_size(view_recipe.size)
     # CUDA: channels_last. No cuDNN autotuning: dynamic batches come in every size from 1 to
     # max_batch_size, and each new shape would stall a request while cuDNN re-tunes.
-    prepare_model(loaded.encoder, dev, autotune=False)
+    prepare_model(loaded.model, dev, autotune=False)
     return TeacherRuntime(
-        encoder=loaded.encoder,
+        encoder=loaded.model,
         info=loaded.info,
         recipe=view_recipe,
         device=dev,

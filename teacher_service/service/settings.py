@@ -7,11 +7,12 @@ instance when the caller (the CLI, a test) builds one itself.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, FilePath, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ServiceSettings", "get_settings"]
@@ -26,7 +27,17 @@ class ServiceSettings(BaseSettings):
         env_prefix="DISCO_", extra="forbid", frozen=True, env_ignore_empty=True
     )
 
-    teacher: FilePath = Field(description="teacher checkpoint file (any format load_encoder reads)")
+    teacher: str = Field(
+        description="teacher: timm:NAME, hf:PATH_OR_ID, open_clip:ARCH, py:MODULE:FUNCTION or a "
+        "checkpoint file"
+    )
+    teacher_weights: Path | None = Field(
+        default=None,
+        description="teacher weights: .safetensors, .pth/.bin state dict or a snapshot folder",
+    )
+    teacher_pooling: Literal["cls", "mean", "cls+mean"] | None = Field(
+        default=None, description="ViT teachers: cls, mean or cls+mean instead of their own"
+    )
     store_root: Path | None = Field(
         default=None, description="directory holding the stores served and written (None: none)"
     )
@@ -74,6 +85,31 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="uvicorn log level"
     )
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_path_as_str(cls, value: object) -> object:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_validator("teacher")
+    @classmethod
+    def _teacher_exists(cls, value: str) -> str:
+        from teacher_service.config import parse_teacher
+
+        try:
+            prefix, name = parse_teacher(value)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        if prefix == "checkpoint" and not Path(name).is_file():
+            raise ValueError(f"teacher checkpoint {name!r} is not a file")
+        return value
+
+    @field_validator("teacher_weights")
+    @classmethod
+    def _weights_exist(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.exists():
+            raise ValueError(f"teacher weights {str(value)!r} do not exist")
+        return value
 
     @field_validator("store_root")
     @classmethod

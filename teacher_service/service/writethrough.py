@@ -8,11 +8,11 @@ import numpy as np
 from fastapi import HTTPException, status
 
 from store.errors import StoreError, StoreMismatchError
-from teacher_service.checkpoint import LoadedEncoder
 from teacher_service.precompute import teacher_attrs as precompute_teacher_attrs
 from teacher_service.service.inputs import SlotTarget
 from teacher_service.service.model import TeacherRuntime
 from teacher_service.service.stores import StoreRegistry
+from teacher_service.sources import LoadedTeacher
 
 __all__ = ["open_target", "teacher_attrs", "write_slots"]
 
@@ -20,7 +20,7 @@ __all__ = ["open_target", "teacher_attrs", "write_slots"]
 def teacher_attrs(runtime: TeacherRuntime) -> dict[str, Any]:
     """The teacher identity recorded in a store when the service attaches itself: the same dict
     the precompute job records (checkpoint info + ``compute_dtype``)."""
-    return precompute_teacher_attrs(LoadedEncoder(runtime.encoder, runtime.info), runtime.dtype)
+    return precompute_teacher_attrs(LoadedTeacher(runtime.encoder, runtime.info), runtime.dtype)
 
 
 def _conflict(detail: str) -> HTTPException:
@@ -38,11 +38,16 @@ def _check_teacher(stored: dict[str, Any] | None, runtime: TeacherRuntime, name:
 def open_target(registry: StoreRegistry, name: str, runtime: TeacherRuntime) -> SlotTarget:
     """Open store ``name`` for write-through and check its teacher (blocking; run in a thread).
 
-    Raises the registry's name errors, and 409 when another teacher's embeddings are attached.
+    Raises the registry's name errors, and 409 when another teacher's embeddings are attached or
+    this install renders the store's views differently (``render.fingerprint``).
     """
     with registry.lock(name):
         store = registry.writer(name)
         _check_teacher(store.teacher, runtime, name)
+        try:
+            store.check_render()
+        except StoreMismatchError as exc:
+            raise _conflict(str(exc)) from None
         manifest = store.manifest
         return SlotTarget(
             recipe=store.recipe,
