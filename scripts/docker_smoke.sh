@@ -84,7 +84,11 @@ fi
 
 # 4. build -------------------------------------------------------------------------------------
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-WPORT=$(free_port)
+# A fixed port keeps the WHEELHOUSE_URL build argument, and so Docker's layer cache, stable.
+WPORT=${DISCO_WHEELHOUSE_PORT:-38765}
+if ! "$PY" -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))" "$WPORT" 2>/dev/null; then
+    WPORT=$(free_port)
+fi
 "$PY" -m http.server "$WPORT" --bind 127.0.0.1 --directory "$WHEELHOUSE" >"$CACHE/wheel-server.log" 2>&1 &
 WPID=$!
 export COMPOSE_PROJECT_NAME=$PROJECT DISCO_IMAGE=$IMAGE DISCO_PUBLISH_PORT=$(free_port)
@@ -154,6 +158,26 @@ with TeacherClient(sys.argv[1], timeout=60) as client:
           f"8 slots written through, cosine to stored >= {cos:.5f}")
 PYEOF
 "${COMPOSE[@]}" down -v --remove-orphans >/dev/null
+
+# A broken and a missing checkpoint: the container exits once (code 1, no restart) with one line.
+mkdir -p "$CACHE/checkpoints"
+printf 'not a checkpoint' >"$CACHE/checkpoints/broken.pt"
+for teacher in /models/broken.pt /models/missing.pt; do
+    DISCO_CHECKPOINTS=$CACHE/checkpoints DISCO_TEACHER=$teacher \
+        "${COMPOSE[@]}" up -d --no-build teacher >/dev/null 2>&1
+    CID=$("${COMPOSE[@]}" ps -q teacher)
+    for _ in $(seq 180); do
+        [ "$(docker inspect -f '{{.State.Status}}' "$CID")" = exited ] && break
+        sleep 1
+    done
+    read -r status code restarts < <(docker inspect -f '{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}' "$CID")
+    out=$(docker logs "$CID" 2>&1)
+    "${COMPOSE[@]}" down -v --remove-orphans >/dev/null 2>&1
+    [ "$status/$code/$restarts" = exited/1/0 ] || die "$teacher: container $status/$code/$restarts restarts, want exited/1/0"
+    [ "$(printf '%s\n' "$out" | grep -c .)" = 1 ] && printf '%s' "$out" | grep -q "^error: " \
+        || die "$teacher: want one error line, got: $out"
+    log "$teacher: exited once with: $out"
+done
 T[image_mb]=$(( T[image_bytes] / 1000000 ))
 printf '{"bench": "docker_smoke", "base_s": %s, "wheelhouse_s": %s, "build_s": %s, "healthy_s": %s, "image_mb": %s, "uid": %s}\n' \
     "${T[base_s]}" "${T[wheelhouse_s]}" "${T[build_s]}" "${T[healthy_s]}" "${T[image_mb]}" "$uid" \

@@ -300,7 +300,9 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
         if not check.passed:
             raise DiscoError(f"store verify failed: {check.summary()}")
     with stages.stage("service: planned views over HTTP (disco serve + client)"):
-        served = check_service(store, teacher, seed=cfg.seed, device=cfg.device)
+        served = check_service(
+            store, teacher, seed=cfg.seed, device=cfg.device, teacher_weights=cfg.teacher_weights
+        )
         console.print(served.summary())
         if not served.passed:
             raise DiscoError(f"service check failed: {served.summary()}")

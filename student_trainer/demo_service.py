@@ -79,9 +79,12 @@ def check_service(
     device: str = "cpu",
     log_path: str | None = None,
     timeout_s: float = 300.0,
+    teacher_weights: str | None = None,
 ) -> ServiceCheck:
     """Serve ``teacher`` over the store root holding ``store_url`` (a local store) and check
     ``samples`` of its written (row, view) slots over HTTP against the cached targets.
+    ``teacher`` is what ``disco serve --teacher`` takes (a checkpoint, or a timm:/hf:/open_clip:/
+    py: spec with ``teacher_weights``).
 
     The server renders request params with the store's recipe (``DISCO_RECIPE`` /
     ``DISCO_SIZE``). Raises ``StoreError`` when the store has no teacher or written views, and
@@ -105,6 +108,7 @@ def check_service(
         "PYTHONUNBUFFERED": "1",
         "DISCO_RECIPE": store.recipe.name,
         "DISCO_SIZE": str(store.recipe.size),
+        "DISCO_TEACHER_WEIGHTS": teacher_weights or "",  # empty = none
     }
     port = _free_port()
     cmd = [sys.executable, "-m", "student_trainer.cli", "serve", "--teacher", teacher]

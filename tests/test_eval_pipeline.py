@@ -171,7 +171,7 @@ def test_evaluate_writes_table_json_and_figures(ckpts: tuple[Path, Path], tmp_pa
     saved = json.loads((out / "results.json").read_text())
     assert [r["name"] for r in saved] == names
     md = (out / "results.md").read_text()
-    assert "| student | student | disco |" in md and "kNN-w" in md
+    assert "| disco student (ckpt0/student) | student | disco |" in md and "kNN-w" in md
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert len(pngs) == 3 and all(p.startswith("neighbours_") for p in pngs)
     assert (out / pngs[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

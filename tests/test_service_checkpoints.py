@@ -45,10 +45,11 @@ def free_port() -> int:
 
 
 def serve(
-    args: list[str], log: Path, timeout: float = 120.0
+    args: list[str], log: Path, timeout: float = 400.0
 ) -> tuple[subprocess.Popen[bytes], str]:
     """``disco serve ARGS`` (the console script's module) on a free loopback port; waits for
-    ``/readyz`` 200 (the teacher is loaded and warmed)."""
+    ``/readyz`` 200 (the teacher is loaded and warmed). The generous timeout is for a shared
+    machine under heavy load, where importing torch alone has taken minutes."""
     for _ in range(3):
         port = free_port()
         with open(log, "wb") as out:

@@ -35,7 +35,7 @@ class EncoderNet(nn.Module):
 
 def load_checkpoint_teacher(path: str, weights: str | None, pooling: str | None) -> LoadedTeacher:
     """A checkpoint file as a teacher; ``info`` = the loader's info + source/name/mean/std."""
-    from teacher_service.checkpoint import load_encoder
+    from teacher_service.checkpoint import load_encoder, recipe_for
 
     if weights is not None:
         raise ConfigError(
@@ -46,6 +46,13 @@ def load_checkpoint_teacher(path: str, weights: str | None, pooling: str | None)
     loaded = load_encoder(path)
     pre = dict(loaded.info["preprocessing"])
     size = int(pre.get("size") or 224)
+    if pre.get("mean") is None or pre.get("std") is None:
+        # A file that records only its recipe: the recipe's normalisation is what its views,
+        # and so its training inputs, were normalised with.
+        recipe = recipe_for(pre)
+        for key, value in (("mean", recipe.mean), ("std", recipe.std)):
+            if pre.get(key) is None:
+                pre[key] = list(value)
     model = TeacherModel(
         EncoderNet(loaded.encoder),
         pre["mean"],
