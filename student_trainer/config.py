@@ -7,10 +7,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from store.atomic import atomic_write_text
 from store.errors import ConfigError
 from student_trainer.methods import MethodSpec, get_method
 
-__all__ = ["TrainConfig"]
+__all__ = ["MONITOR_SPLITS", "TrainConfig"]
 
 # Fields that may differ between a run and its resumption without changing the result.
 RESUME_FREE_FIELDS = (
@@ -21,7 +22,16 @@ RESUME_FREE_FIELDS = (
     "checkpoint_every",
     "threads",
     "renderer",  # CPU renderers give the same bytes (store.views.batched)
+    "knn_every",
+    "keep_best",
+    "monitor_dataset",
+    "monitor_split",
+    "monitor_max_queries",
+    "monitor_max_bank",
 )
+
+MONITOR_SPLITS = ("test", "val")
+"""Held-out splits of the kNN monitor: the dataset's test split, or a validation part of train."""
 
 RENDERER_CHOICES = ("auto", "reference", "batched")
 """= ``store.views.RENDERER_CHOICES`` (restated so importing the config imports no torch)."""
@@ -104,6 +114,24 @@ class TrainConfig:
     """SEED's teacher temperature τ_t (SEED's default 1e-4); τ_s is ``temperature``."""
     teacher_queue_size: int | None = None
     """SEED teacher-queue length; None = ``effective_queue_size``."""
+    symmetric: bool = False
+    """Symmetric loss: each view is the query once and the key once per step (InfoNCE = mean of
+    both directions) and the keys of both views are enqueued; for SEED (whose loss already uses
+    both views) both views' teacher embeddings are enqueued. About 2x the key-encoder forwards."""
+    knn_every: int = 0
+    """kNN monitor: weighted 20-NN (cosine, T 0.07) of the query backbone on a held-out split every
+    N epochs (and at epoch 0 and the last step), logged to log.jsonl; 0 = off."""
+    keep_best: bool = False
+    """Write best.pt (like final.pt) at each new best kNN monitor figure (needs knn_every)."""
+    monitor_dataset: str | None = None
+    """Dataset spec the monitor evaluates on (bank: its train split); None = the training data."""
+    monitor_split: str = "test"
+    """Monitor queries: "test" (the test split) or "val" (the last 20 % of the train split, with
+    the first 80 % as bank; use it to choose settings without looking at the test split)."""
+    monitor_max_queries: int | None = None
+    """Evaluate the monitor on at most this many queries (an evenly spaced subset); None = all."""
+    monitor_max_bank: int | None = None
+    """Monitor bank of at most this many images (evenly spaced; lowers the figure); None = all."""
     seed: int = 0
     """Seed of the model init and of every sampling decision (data order, view choice, shuffles)."""
     num_workers: int | None = None
@@ -176,6 +204,16 @@ class TrainConfig:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.stop_at_step is not None and self.stop_at_step < 1:
             raise ConfigError(f"stop_at_step must be >= 1, got {self.stop_at_step}")
+        if self.knn_every < 0:
+            raise ConfigError(f"knn_every must be >= 0, got {self.knn_every}")
+        if self.keep_best and self.knn_every == 0:
+            raise ConfigError("keep_best needs the kNN monitor: set knn_every >= 1")
+        if self.monitor_split not in MONITOR_SPLITS:
+            raise ConfigError(f"monitor_split must be test or val, got {self.monitor_split!r}")
+        if self.monitor_max_queries is not None and self.monitor_max_queries < 1:
+            raise ConfigError(f"monitor_max_queries must be >= 1, got {self.monitor_max_queries}")
+        if self.monitor_max_bank is not None and self.monitor_max_bank < 20:
+            raise ConfigError(f"monitor_max_bank must be >= 20 (k), got {self.monitor_max_bank}")
         if self.teacher_queue_size is not None and self.teacher_queue_size < 1:
             raise ConfigError(f"teacher_queue_size must be >= 1, got {self.teacher_queue_size}")
 
@@ -210,5 +248,5 @@ class TrainConfig:
         return cls(**data)
 
     def save(self, path: str | Path) -> None:
-        """Write ``to_dict()`` as indented JSON to ``path``."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        """Write ``to_dict()`` as indented JSON to ``path`` (atomically)."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from student_trainer.losses import infonce_loss
+from student_trainer.losses import infonce_loss, symmetric_infonce_loss
 from student_trainer.methods import DistillInputs, MethodSpec, get_method
 from teacher_service.encoders import Encoder
 
@@ -78,6 +78,11 @@ class MoCo(nn.Module):
     ``temperature``: InfoNCE τ and SEED's student τ_s; ``distill_weight``: DisCo's λ;
     ``teacher_temperature``: SEED's τ_t; ``shuffle_keys``: shuffle the key batch (across ranks
     under DDP) before the key encoder so its BN statistics mix different images than the query's.
+    ``symmetric``: each view is the query once and the key once (InfoNCE = the mean of both
+    directions, :func:`~student_trainer.losses.symmetric_infonce_loss`) and the keys of *both*
+    views are enqueued (as MoCo's symmetric CIFAR demo does: the queue holds keys of the same
+    encoder states the loss used; it turns over twice as fast); SEED's loss already uses both views,
+    so for it ``symmetric`` enqueues both views' teacher embeddings.
     """
 
     queue: torch.Tensor
@@ -98,6 +103,7 @@ class MoCo(nn.Module):
         distill_weight: float = 8.0,
         teacher_temperature: float = 1e-4,
         shuffle_keys: bool = True,
+        symmetric: bool = False,
     ) -> None:
         super().__init__()
         self.spec: MethodSpec = get_method(method)
@@ -105,6 +111,7 @@ class MoCo(nn.Module):
         self.distill_weight = distill_weight
         self.teacher_temperature = teacher_temperature
         self.shuffle_keys = shuffle_keys
+        self.symmetric = symmetric
         self.query = encoder
         dim = encoder.embed_dim
         self.key: Encoder | None = None
@@ -212,14 +219,25 @@ class MoCo(nn.Module):
         keys = None
         q1 = self.query(view1)
         assert isinstance(q1, torch.Tensor)
+        q2: torch.Tensor | None = None
+        if spec.distill is not None or (self.symmetric and spec.uses_contrast):
+            q2 = self.query(view2)
+            assert isinstance(q2, torch.Tensor)
         if spec.uses_contrast:
             keys = self.encode_keys(view2, shuffle_seed)
-            terms["infonce"] = infonce_loss(q1, keys, self.queue, self.temperature)
+            if self.symmetric:
+                assert q2 is not None
+                k1 = self.encode_keys(view1, shuffle_seed)
+                terms["infonce"] = symmetric_infonce_loss(
+                    q1, q2, k1, keys, self.queue, self.temperature
+                )
+                keys = torch.cat([keys, k1])  # both views' keys go into the queue
+            else:
+                terms["infonce"] = infonce_loss(q1, keys, self.queue, self.temperature)
         if spec.distill is not None:
             if target1 is None or target2 is None:
                 raise ValueError(f"method {spec.name!r} needs teacher targets for both views")
-            q2 = self.query(view2)
-            assert isinstance(q2, torch.Tensor)
+            assert q2 is not None
             inputs = DistillInputs(
                 q1, q2, target1, target2, self.teacher_queue,
                 temperature=self.temperature,
@@ -233,6 +251,8 @@ class MoCo(nn.Module):
         seed_keys = None
         if spec.uses_teacher_queue and target1 is not None:
             seed_keys = target1.detach()
+            if self.symmetric and target2 is not None:
+                seed_keys = torch.cat([seed_keys, target2.detach()])
         return StepOutput(
             loss=total,
             terms={k: v.detach() for k, v in terms.items()},

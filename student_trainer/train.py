@@ -12,6 +12,11 @@ Normalisation belongs to each model: the views are rendered in uint8, the studen
 normalised with its own mean/std (a timm student's data config, else the recipe's), and an online
 teacher gets the pixels and applies its own.
 
+With ``knn_every`` the kNN monitor (``student_trainer.monitor``) scores the query backbone before
+step 1 and every N epochs (rank 0; the figure is broadcast), logs it to ``log.jsonl`` (records with
+a ``knn_weighted`` key instead of ``lr``/losses), draws it on the curves and, with ``keep_best``,
+writes ``best.pt`` at each new best. It uses no random state, so it does not change the weights.
+
 Every random decision is keyed by (seed, epoch/step, rank) and the data position is the step
 count, so N steps + resume + N steps gives the same weights as 2N steps.
 """
@@ -24,7 +29,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +66,7 @@ from student_trainer.models import (
     student_config,
     student_normalisation,
 )
+from student_trainer.monitor import KnnMonitor, best_record
 from student_trainer.schedule import cosine_lr
 from teacher_service.checkpoint import atomic_torch_save, save_checkpoint
 from teacher_service.encoders import TIMM_PREFIX, count_parameters
@@ -98,9 +104,14 @@ class TrainResult:
     student_parameters: int
     deployed_parameters: int
     seconds: float
+    """Training wall seconds of this process, without the kNN monitor's evaluations."""
     samples_per_second: float
     first_terms: dict[str, float] = field(default_factory=dict)
     last_terms: dict[str, float] = field(default_factory=dict)
+    knn: list[dict[str, Any]] = field(default_factory=list)
+    """kNN monitor records of the whole run (rank 0: full records; other ranks: the figure)."""
+    best_path: str | None = None
+    """``best.pt`` (the query encoder at the best monitor figure) with ``keep_best``."""
 
 
 @dataclass
@@ -110,6 +121,7 @@ class _Data:
     recipe: Recipe
     teacher_dim: int | None
     use_cached_targets: bool
+    dataset_spec: str
 
 
 def _open_data(
@@ -153,7 +165,7 @@ def _open_data(
         cached, teacher_dim = False, None
     bank = ImageBank(dataset, manifest, ImageBank.should_cache(manifest, cfg.cache_images), show)
     pairs = PairRenderer(bank, recipe, cfg.seed, render=renderer == "reference")
-    return _Data(plan, pairs, recipe, teacher_dim, cached)
+    return _Data(plan, pairs, recipe, teacher_dim, cached, dataset.spec)
 
 
 def _step_seed(seed: int, step: int, tag: int = 2) -> int:
@@ -186,6 +198,9 @@ def _all_ranks_finite(terms: dict[str, float], world: int, device: torch.device)
 
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
     mine = cfg.to_dict()
+    # a field added after the state was written counts as its default (e.g. symmetric=False)
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    saved = defaults | saved
     diff = sorted(k for k in mine if k not in RESUME_FREE_FIELDS and saved.get(k) != mine[k])
     if diff:
         raise ConfigError(
@@ -206,18 +221,30 @@ def _log_lines(path: Path, keep_until: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
+def _read_log(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``log.jsonl`` -> (step records with ``lr`` and losses, kNN monitor records)."""
+    if not path.exists():
+        return [], []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if "lr" in r], [r for r in records if "knn_weighted" in r]
+
+
 def _plot(log_path: Path, png: Path) -> None:
-    """PNG of every logged loss term against the step (matplotlib, Agg backend)."""
+    """PNG of every logged loss term, the lr and (if logged) the kNN monitor against the step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    records, knn = _read_log(log_path)
     if not records:
         return
     names = [k for k in records[0] if k == "loss" or k in ("infonce", "distill", "mse", "seed")]
-    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=(3, 1))
+    heights = (3, 1, 2) if knn else (3, 1)
+    fig, axes = plt.subplots(
+        len(heights), 1, figsize=(7, 6 + 2 * bool(knn)), sharex=True, height_ratios=heights
+    )
+    ax, ax_lr = axes[0], axes[1]
     steps = [r["step"] for r in records]
     for name in names:
         ax.plot(steps, [r[name] for r in records], label=name, linewidth=1)
@@ -226,7 +253,28 @@ def _plot(log_path: Path, png: Path) -> None:
     ax.grid(alpha=0.3)
     ax_lr.plot(steps, [r["lr"] for r in records], color="grey")
     ax_lr.set_ylabel("lr")
-    ax_lr.set_xlabel("step")
+    if knn:
+        ax_knn = axes[2]
+        ax_knn.plot(
+            [r["step"] for r in knn],
+            [100 * r["knn_weighted"] for r in knn],
+            marker="o",
+            label=f"weighted 20-NN ({knn[-1].get('monitor', '')})",
+        )
+        best = best_record(knn)
+        assert best is not None
+        ax_knn.annotate(
+            f"best {100 * best['knn_weighted']:.1f} (epoch {best['epoch']})",
+            (best["step"], 100 * best["knn_weighted"]),
+            textcoords="offset points",
+            xytext=(0, -14),
+            ha="center",
+            fontsize=8,
+        )
+        ax_knn.set_ylabel("kNN-w (%)")
+        ax_knn.legend(loc="lower right")
+        ax_knn.grid(alpha=0.3)
+    axes[-1].set_xlabel("step")
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
@@ -335,9 +383,21 @@ def _train(
         distill_weight=cfg.distill_weight,
         teacher_temperature=cfg.seed_teacher_temperature,
         shuffle_keys=cfg.shuffle_keys,
+        symmetric=cfg.symmetric,
     )
     prepare_model(model, device)  # see runtime.prepare_model
     model.train()
+    preprocessing = _preprocessing(data.recipe)
+    monitor: KnnMonitor | None = None
+    if cfg.knn_every and rank == 0:
+        monitor = KnnMonitor.create(
+            cfg.monitor_dataset or data.dataset_spec,
+            cfg.monitor_split,
+            preprocessing,
+            device,
+            cfg.monitor_max_queries,
+            cfg.monitor_max_bank,
+        )
     optimizer = torch.optim.SGD(
         student.parameters(),
         lr=cfg.peak_lr,
@@ -369,6 +429,14 @@ def _train(
         return None, None
 
     # --- 2. resume, or fill the queues with real keys ----------------------------------------
+    knn_records: list[dict[str, Any]] = []
+    # training wall seconds (without the monitor's) of earlier processes of this run, and of the
+    # monitor in this one: logged as "seconds" so runs can be compared at equal training time
+    clock = {"before": 0.0, "monitor": 0.0, "start": time.perf_counter()}
+
+    def train_seconds() -> float:
+        return clock["before"] + time.perf_counter() - clock["start"] - clock["monitor"]
+
     spe = plan.steps_per_epoch
     total_steps = cfg.epochs * spe
     warmup = round(cfg.warmup_epochs * spe)
@@ -386,6 +454,9 @@ def _train(
         step = int(state["step"])
         if rank == 0:
             _log_lines(log_path, keep_until=step)
+            steps_logged, knn_logged = _read_log(log_path)
+            knn_records.extend(knn_logged)  # the best so far survives a resume
+            clock["before"] = float(steps_logged[-1].get("seconds", 0.0)) if steps_logged else 0.0
     else:
         if rank == 0 and log_path.exists():
             log_path.unlink()
@@ -404,6 +475,49 @@ def _train(
     if rank == 0:
         cfg.save(out / "config.json")
 
+    def export_meta() -> dict[str, Any]:
+        return {
+            "method": cfg.method,
+            "steps": step,
+            "total_steps": total_steps,
+            "queue_size": queue_size,
+            "head_bn": cfg.head_bn,
+            "bn_groups": encoder_cfg.bn_groups,
+            "shuffle_keys": cfg.shuffle_keys,
+            "prefill_queue": cfg.prefill_queue,
+            "symmetric": cfg.symmetric,
+            "world_size": world,
+            "student_parameters": count_parameters(student),
+            "deployed_parameters": count_parameters(deployed_backbone(student)),
+            "last_terms": last_terms,
+        }
+
+    def run_monitor(epoch_done: int, log: Any) -> None:
+        """kNN monitor after ``epoch_done`` epochs (rank 0), logged; best.pt on a new best."""
+        record: dict[str, Any] = {}
+        entered = time.perf_counter()
+        if monitor is not None:
+            best = best_record(knn_records)
+            record = {"step": step, "epoch": epoch_done, "seconds": round(train_seconds(), 3)}
+            record |= monitor.evaluate(student)
+            knn_records.append(record)
+            if log is not None:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if cfg.keep_best and (best is None or record["knn_weighted"] > best["knn_weighted"]):
+                meta = export_meta() | {"epoch": epoch_done, "knn": record}
+                save_checkpoint(
+                    out / "best.pt", student, preprocessing, train=cfg.to_dict(), meta=meta
+                )
+        if world > 1:  # every rank learns the figure (and waits for rank 0's evaluation)
+            figure = torch.tensor([record.get("knn_weighted", 0.0)], device=device)
+            dist.broadcast(figure, src=0)
+            if rank:
+                knn_records.append(
+                    {"step": step, "epoch": epoch_done, "knn_weighted": figure.item()}
+                )
+        clock["monitor"] += time.perf_counter() - entered
+
     ddp: torch.nn.Module = model
     if world > 1:
         ddp = DistributedDataParallel(model, broadcast_buffers=False)
@@ -413,6 +527,7 @@ def _train(
     first_terms: dict[str, float] = {}
     last_terms: dict[str, float] = {}
     started, start_step = time.perf_counter(), step
+    clock["start"], clock["monitor"] = started, 0.0
     columns = (
         TextColumn("[bold]train {task.fields[method]}"),
         BarColumn(),
@@ -425,6 +540,8 @@ def _train(
         open(log_path, "a") if rank == 0 else contextlib.nullcontext() as log,
     ):
         task = bar.add_task("train", total=stop, completed=step, method=cfg.method, loss=0.0)
+        if cfg.knn_every and step == 0:
+            run_monitor(0, log)  # the initial weights: what training has to beat
         while step < stop:
             epoch, skip = divmod(step, spe)
             for b in _batches(loader, sampler, epoch, skip, device=device):
@@ -460,14 +577,19 @@ def _train(
                     step_hook(step, b, output)
                 if log is not None:
                     record = {"step": step, "epoch": epoch, "lr": lr} | terms
+                    record["seconds"] = round(train_seconds(), 3)
                     log.write(json.dumps(record) + "\n")
                     log.flush()
                 bar.update(task, completed=step, loss=terms["loss"])
+                epoch_done, into_epoch = divmod(step, spe)
+                due = epoch_done % cfg.knn_every == 0 if cfg.knn_every else False
+                if cfg.knn_every and into_epoch == 0 and (due or step == total_steps):
+                    run_monitor(epoch_done, log)
                 if rank == 0 and (step % cfg.checkpoint_every == 0 or step == stop):
                     _save_state(state_path, model, optimizer, step, cfg)
                 if step >= stop:
                     break
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started - clock["monitor"]
     del loader  # shuts persistent workers down
 
     # --- 4. export ----------------------------------------------------------------------------
@@ -475,29 +597,7 @@ def _train(
     deployed = deployed_backbone(student)
     deployed_params = count_parameters(deployed)
     if rank == 0:
-        recipe = data.recipe
-        preprocessing = {
-            "size": recipe.size,
-            "mean": list(recipe.mean),
-            "std": list(recipe.std),
-            "interpolation": recipe.interpolation,
-            "antialias": True,
-            "recipe": recipe.to_dict(),
-        }
-        meta = {
-            "method": cfg.method,
-            "steps": step,
-            "total_steps": total_steps,
-            "queue_size": queue_size,
-            "head_bn": cfg.head_bn,
-            "bn_groups": encoder_cfg.bn_groups,
-            "shuffle_keys": cfg.shuffle_keys,
-            "prefill_queue": cfg.prefill_queue,
-            "world_size": world,
-            "student_parameters": count_parameters(student),
-            "deployed_parameters": deployed_params,
-            "last_terms": last_terms,
-        }
+        meta = export_meta()
         student.eval()
         save_checkpoint(final_path, student, preprocessing, train=cfg.to_dict(), meta=meta)
         export_deployed(
@@ -522,7 +622,21 @@ def _train(
         samples_per_second=done * cfg.batch_size / seconds if seconds > 0 else 0.0,
         first_terms=first_terms,
         last_terms=last_terms,
+        knn=knn_records,
+        best_path=str(out / "best.pt") if cfg.keep_best and rank == 0 else None,
     )
+
+
+def _preprocessing(recipe: Recipe) -> dict[str, Any]:
+    """The ``preprocessing`` dict of an exported checkpoint for views rendered with ``recipe``."""
+    return {
+        "size": recipe.size,
+        "mean": list(recipe.mean),
+        "std": list(recipe.std),
+        "interpolation": recipe.interpolation,
+        "antialias": True,
+        "recipe": recipe.to_dict(),
+    }
 
 
 def _save_state(

@@ -97,3 +97,11 @@ def train_command(
             f"deployed params "
             f"{result.deployed_parameters}; wrote {result.final_path} and {result.deployed_path}"
         )
+        if result.knn:
+            best = max(result.knn, key=lambda r: r["knn_weighted"])
+            typer.echo(
+                f"kNN monitor (weighted 20-NN): last {100 * result.knn[-1]['knn_weighted']:.1f} "
+                f"at epoch {result.knn[-1]['epoch']}, best {100 * best['knn_weighted']:.1f} "
+                f"at epoch {best['epoch']}"
+                + (f"; wrote {result.best_path}" if result.best_path else "")
+            )
