@@ -1,6 +1,6 @@
 """Benchmark: the HTTP teacher service under C concurrent clients vs in-process batched forward.
 
-Starts the real server (``python -m teacher_service.serve_cli``, uvicorn on 127.0.0.1) with a
+Starts the real server (the service app under ``python -m uvicorn`` on 127.0.0.1) with a
 teacher big enough that compute dominates, drives it with C concurrent clients each sending
 single-image JSON requests (centre view) for a fixed count, then runs the same images in-process:
 decode + render + batched forward at the same max batch size. Prints a table, one JSON line per C,
@@ -10,6 +10,8 @@ and as its last line one JSON object (the largest C, with the whole curve)::
      "service_ratio": ..., "p50_ms": ..., "p99_ms": ..., "mean_batch": ..., "errors": 0, ...}
 
 Usage: ``python bench/service.py [--clients 1,8,32] [--requests 96] [--arch resnet18 --width 32]``
+``--http h11 --loop asyncio`` measures uvicorn's pure-Python stack (``auto``: httptools + uvloop
+when installed, as ``disco serve`` runs).
 GPU host: ``--device cuda --dtype bfloat16`` runs the server and the in-process reference there.
 """
 
@@ -20,6 +22,7 @@ import asyncio
 import base64
 import io
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -59,16 +62,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(args: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    settings: dict[str, str], log: Path, http: str = "auto", loop: str = "auto"
+) -> tuple[subprocess.Popen[bytes], str]:
+    """The service app under ``python -m uvicorn --factory`` (settings as ``DISCO_*`` variables),
+    with uvicorn's HTTP parser (h11, httptools) and event loop (asyncio, uvloop) chosen, so one
+    bench can compare them; ``auto`` is what ``disco serve`` gets (the fastest installed)."""
     port = free_port()
+    env = {**os.environ, **{f"DISCO_{k.upper()}": v for k, v in settings.items()}}
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "teacher_service.service.app:create_app",
+           "--host", "127.0.0.1", "--port", str(port), "--http", http, "--loop", loop,
+           "--log-level", "warning"]  # fmt: skip
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "teacher_service.serve_cli", *args, "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # a busy shared machine imports torch slowly
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
@@ -155,6 +163,8 @@ def main() -> None:
     ap.add_argument("--prep-threads", type=int, default=1, help="server decode/render threads")
     ap.add_argument("--device", default="cpu", help="server + in-process device: cpu, cuda")
     ap.add_argument("--dtype", default="float32", help="compute dtype on CUDA (bfloat16, ...)")
+    ap.add_argument("--http", default="auto", help="uvicorn HTTP parser: auto, h11, httptools")
+    ap.add_argument("--loop", default="auto", help="uvicorn event loop: auto, asyncio, uvloop")
     args = ap.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
 
@@ -172,12 +182,11 @@ def main() -> None:
             json.dumps({"images": [{"data": base64.b64encode(b).decode()}]}).encode()
             for b in images
         ]
-        server_args = ["--teacher", str(teacher), "--max-batch-size", str(args.max_batch_size),
-                       "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "4096",
-                       "--threads", str(args.threads), "--prep-threads", str(args.prep_threads),
-                       "--device", args.device, "--dtype", args.dtype,
-                       "--log-level", "warning"]  # fmt: skip
-        proc, url = start_server(server_args, Path(tmp) / "server.log")
+        settings = {"teacher": str(teacher), "max_batch_size": str(args.max_batch_size),
+                    "max_wait_ms": str(args.max_wait_ms), "max_queue": "4096",
+                    "threads": str(args.threads), "prep_threads": str(args.prep_threads),
+                    "device": args.device, "dtype": args.dtype}  # fmt: skip
+        proc, url = start_server(settings, Path(tmp) / "server.log", args.http, args.loop)
         rows: list[dict[str, Any]] = []
         try:
             asyncio.run(drive(url, bodies[:8], 4))  # warm-up
@@ -219,6 +228,8 @@ def main() -> None:
                         "device": args.device,
                         "dtype": args.dtype,
                         "max_batch_size": args.max_batch_size,
+                        "http": args.http,
+                        "loop": args.loop,
                     }
                 )
         finally:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from store.atomic import atomic_write_text
 from store.errors import ConfigError
 from student_trainer.methods import MethodSpec, get_method
 
@@ -247,5 +248,5 @@ class TrainConfig:
         return cls(**data)
 
     def save(self, path: str | Path) -> None:
-        """Write ``to_dict()`` as indented JSON to ``path``."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        """Write ``to_dict()`` as indented JSON to ``path`` (atomically)."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")

@@ -19,8 +19,10 @@ from typing import Any
 
 from rich.console import Console
 
+from store.atomic import atomic_write_text
 from store.errors import ConfigError, DiscoError
 from student_trainer.config import TrainConfig
+from student_trainer.ledger import RunLedger
 from student_trainer.methods import METHODS
 
 __all__ = [
@@ -28,7 +30,6 @@ __all__ = [
     "DEMO_TEACHER_PATH",
     "DemoConfig",
     "DemoResult",
-    "RunLedger",
     "demo_teacher_config",
     "install_demo_teacher",
     "run_demo",
@@ -126,6 +127,37 @@ class DemoConfig:
             self.verify_samples = min(self.verify_samples, 16)
             self.extra = {"queue_size": 512, **self.extra}  # fewer prefill batches
 
+    def student(
+        self,
+        method: str,
+        seed: int,
+        name: str,
+        source: dict[str, Any],
+        overrides: dict[str, Any] | None = None,
+    ) -> TrainConfig:
+        """The ``TrainConfig`` of one demo or study student, trained into ``out/students/name``.
+
+        ``source`` says where the targets come from (``{"store": ..., "expect": ...}`` or
+        ``{"dataset": ..., "online_teacher": ...}``); the settings are :data:`STUDENT_DEFAULTS`,
+        then ``extra``, then ``overrides`` (a study arm's), with this demo's architecture,
+        epochs, λ, workers and device.
+        """
+        settings: dict[str, Any] = {**STUDENT_DEFAULTS, **self.extra, **(overrides or {})}
+        return TrainConfig(
+            method=method,
+            arch=self.student_arch,
+            width=self.student_width,
+            out=str(Path(self.out) / "students" / name),
+            epochs=self.epochs,
+            distill_weight=settings.pop("distill_weight", self.distill_weight),
+            seed=seed,
+            num_workers=self.workers,
+            device=self.device,
+            progress=self.progress,
+            **source,
+            **settings,
+        )
+
     def resolved_recipe(self) -> str:
         """Recipe name ("digits" for mnist5k/digits unless given)."""
         if self.recipe is not None:
@@ -217,96 +249,6 @@ def _load_raw(path: str) -> dict[str, Any]:
     return dict(data) if isinstance(data, dict) else {}
 
 
-class RunLedger:
-    """``runs.json`` in a demo folder: every finished training run and cache build, with its time.
-
-    A run whose key is recorded with the same settings (and whose deployed checkpoint still
-    exists) is not trained again, so an interrupted demo or study picks up where it stopped;
-    an unfinished run resumes from its own ``ckpt/last.pt``. The recorded seconds are what the
-    study's cost table uses (a skipped run keeps the time of the run that trained it).
-    """
-
-    IGNORED = ("progress", "num_workers", "resume", "threads", "checkpoint_every")
-    """TrainConfig fields that do not change a run's result."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.entries: dict[str, dict[str, Any]] = (
-            json.loads(path.read_text()) if path.is_file() else {}
-        )
-
-    def record(self, key: str, entry: dict[str, Any]) -> None:
-        """Store ``entry`` under ``key`` (atomic rewrite of the file)."""
-        self.entries[key] = entry
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.entries, indent=2, default=str))
-        tmp.replace(self.path)
-
-    def build_store(self, cfg: DemoConfig, name: str, teacher: str, views: int) -> str:
-        """Precompute ``teacher`` over ``views`` views of every train image into ``cfg.out/name``
-        (resumes a partial store); record the build as ``precompute:<name>``; return the URL."""
-        from teacher_service.precompute import PrecomputeConfig, run_precompute
-
-        url = str(Path(cfg.out) / name)
-        report = run_precompute(
-            PrecomputeConfig(
-                teacher=teacher,
-                dataset=cfg.dataset,
-                store=url,
-                views=views,
-                split="train",
-                recipe=cfg.resolved_recipe(),
-                size=cfg.size,
-                seed=cfg.seed,
-                workers=cfg.workers,
-                device=cfg.device,
-                shard_size=1024,
-                progress=cfg.progress,
-                teacher_weights=cfg.teacher_weights,
-            )
-        )
-        key = f"precompute:{name}"
-        if key not in self.entries and report.views_computed:
-            self.record(key, {"seconds": report.seconds, "views": report.views_computed})
-        return url
-
-    @classmethod
-    def _settings(cls, cfg: TrainConfig) -> dict[str, Any]:
-        return {k: v for k, v in cfg.to_dict().items() if k not in cls.IGNORED}
-
-    def train(self, key: str, cfg: TrainConfig, console: Console | None = None) -> dict[str, Any]:
-        """Train ``cfg`` unless ``key`` is already done with these settings; return its entry
-        (deployed and final checkpoint paths, training seconds, steps)."""
-        from student_trainer.train import train
-
-        done = self.entries.get(key)
-        if (
-            done is not None
-            and done.get("settings") == json.loads(json.dumps(self._settings(cfg), default=str))
-            and Path(done["deployed"]).is_file()
-        ):
-            if console is not None:
-                console.print(f"{key}: already trained ({done['seconds']:.0f} s), reusing it")
-            return done
-        # An interrupted run with these settings continues from its last checkpoint; a folder
-        # left by other settings is trained afresh (train overwrites it).
-        started = Path(cfg.out) / "config.json"
-        cfg.resume = started.is_file() and self._settings(
-            TrainConfig.from_dict(json.loads(started.read_text()))
-        ) == self._settings(cfg)
-        result = train(cfg)
-        entry = {
-            "settings": self._settings(cfg),
-            "deployed": result.deployed_path,
-            "final": result.final_path,
-            "seconds": round(result.seconds, 2),
-            "steps": result.steps,
-            "deployed_parameters": result.deployed_parameters,
-        }
-        self.record(key, json.loads(json.dumps(entry, default=str)))
-        return self.entries[key]
-
-
 class _Stages:
     """Times named stages and prints one line per stage."""
 
@@ -365,25 +307,8 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
     for method in cfg.methods:
         with stages.stage(f"train {method} student ({cfg.student_arch}, {cfg.epochs} epochs)"):
             key = f"{method}-s{cfg.seed}"
-            entry = runs.train(
-                key,
-                TrainConfig(
-                    method=method,
-                    arch=cfg.student_arch,
-                    width=cfg.student_width,
-                    out=str(out / "students" / key),
-                    store=store,
-                    expect=_expect_teacher(cfg, teacher),
-                    epochs=cfg.epochs,
-                    distill_weight=cfg.distill_weight,
-                    seed=cfg.seed,
-                    num_workers=cfg.workers,
-                    device=cfg.device,
-                    progress=cfg.progress,
-                    **{**STUDENT_DEFAULTS, **cfg.extra},
-                ),
-                console,
-            )
+            source = {"store": store, "expect": _expect_teacher(cfg, teacher)}
+            entry = runs.train(key, cfg.student(method, cfg.seed, key, source), console)
             students[method] = entry["deployed"]
     with stages.stage("evaluate: raw pixels, teacher, students (FAISS kNN + linear probe)"):
         records = evaluate(
@@ -445,9 +370,7 @@ def _write_summary(
 ) -> None:
     """Rewrite results.json with the demo config and stage times beside the records."""
     summary = {"demo": asdict(cfg), "stage_seconds": seconds, "records": records}
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    tmp.replace(out / "results.json")
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=2, default=str))
     lines = ["", "## Stage times", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {sec:.1f} |" for name, sec in seconds.items()]
     with (out / "results.md").open("a") as fh:

@@ -56,8 +56,11 @@ def eval_command(
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Run the linear probe.")] = True,
     probe_epochs: Annotated[int, typer.Option(help="Linear-probe epochs.")] = 30,
     backend: Annotated[
-        str, typer.Option(help="kNN search backend (student_trainer.knn.BACKENDS).")
-    ] = "faiss",
+        str,
+        typer.Option(
+            help="kNN backend: auto (fastest exact), faiss, torch, brute; faiss-ivf (approximate)."
+        ),
+    ] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
     cache_dir: Annotated[

@@ -23,7 +23,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +32,7 @@ import torch
 from PIL import Image
 from rich.progress import Progress
 
+from store.atomic import atomic_write
 from store.datasets import ImageDataset
 from store.errors import DatasetError, DecodeError
 from teacher_service.runtime import prepare_model, resolve_device, to_device
@@ -347,25 +347,17 @@ def _extract_split(
 
 
 def _save(path: Path, fs: FeatureSet) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(
-                fh,
-                train_features=fs.train.features,
-                train_labels=fs.train.labels,
-                train_indices=fs.train.indices,
-                test_features=fs.test.features,
-                test_labels=fs.test.labels,
-                test_indices=fs.test.indices,
-                skipped=np.asarray(fs.skipped, dtype=str),
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as fh:
+        np.savez(
+            fh,
+            train_features=fs.train.features,
+            train_labels=fs.train.labels,
+            train_indices=fs.train.indices,
+            test_features=fs.test.features,
+            test_labels=fs.test.labels,
+            test_indices=fs.test.indices,
+            skipped=np.asarray(fs.skipped, dtype=str),
+        )
 
 
 def _load(path: Path) -> FeatureSet:

@@ -1,7 +1,21 @@
-"""Exact cosine nearest-neighbour search: FAISS ``IndexFlatIP`` and a brute-force torch reference.
+"""Cosine nearest-neighbour search: exact backends (FAISS ``IndexFlatIP``, a blocked torch matmul +
+top-k, a brute-force torch reference), one approximate FAISS IVF index, and ``auto``.
 
-Both backends return the *same* neighbours and similarities, bit for bit. Each backend only proposes
-candidates (its own float32 top-``k + margin``); the final ranking is decided by one shared rule:
+Backends (``search(..., backend=...)``):
+
+* ``faiss`` — ``IndexFlatIP`` (``GpuIndexFlatIP`` on CUDA when faiss has GPU support);
+* ``torch`` — blocked matmul + top-k: query blocks x bank blocks, a running top-k merged per bank
+  block, so memory stays at one (query block, bank block) similarity tile for any bank size;
+* ``brute`` — the plain reference: one (query chunk, whole bank) product + top-k;
+* ``auto`` (default) — the fastest exact backend for the device, chosen by measurement with
+  ``bench/knn.py`` (:func:`default_backend`);
+* ``faiss-ivf`` — approximate: ``IndexIVFFlat`` probing ``nprobe`` of ``nlist`` lists, for banks of
+  millions; its candidates are re-ranked by the exact rule below but rows outside the probed lists
+  are never seen (recall < 1). ``bench/knn.py`` reports its recall@k against exact.
+
+All exact backends return the *same* neighbours and similarities, bit for bit. Each backend only
+proposes candidates (its own float32 top-``k + margin``); the final ranking is decided by one shared
+rule:
 
 * similarity = float64 dot product of the L2-normalised float32 vectors (each float32 product is
   exact in float64; the sum over dimensions is numpy's pairwise sum along a contiguous row, so a
@@ -11,7 +25,7 @@ candidates (its own float32 top-``k + margin``); the final ranking is decided by
   float32 rounding (bound ``_float32_slack``); otherwise that row is searched again with
   more candidates.
 
-So the FAISS path and the brute-force path can differ only in speed, never in results.
+So the exact backends can differ only in speed, never in results.
 """
 
 from __future__ import annotations
@@ -25,7 +39,17 @@ import torch
 
 from store.errors import ConfigError
 
-BACKENDS = ("faiss", "brute")
+EXACT_BACKENDS = ("faiss", "torch", "brute")
+"""Backends whose results are identical (module docstring)."""
+APPROX_BACKENDS = ("faiss-ivf",)
+"""Backends that may miss true neighbours (recall@k < 1), for very large banks."""
+BACKENDS = ("auto", *EXACT_BACKENDS, *APPROX_BACKENDS)
+"""Every name :func:`search` accepts."""
+
+# Fastest exact backend per device type, from ``bench/knn.py`` on this project's machines (README,
+# "kNN backends"): on CPU FAISS's flat index beat the torch paths (MKL sgemm + top-k) in the same
+# run at 50 000 x 4 000 x 512; on CUDA the GPU flat index is FAISS's strength.
+_FASTEST_EXACT = {"cpu": "faiss", "cuda": "faiss"}
 
 # Candidate source: (bank (N, D) float32, queries (Q, D) float32, k) -> indices (Q, k) int64.
 CandidateFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
@@ -95,6 +119,111 @@ def faiss_candidates(
     index.add(np.ascontiguousarray(bank, dtype=np.float32))
     _, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
     return np.asarray(found, dtype=np.int64)
+
+
+def default_backend(device: str = "cpu") -> str:
+    """The exact backend ``auto`` uses on ``device`` (``cpu``, ``cuda`` or ``cuda:N``): the one
+    measured fastest there (``_FASTEST_EXACT``); on CUDA without a GPU-enabled faiss, ``torch``
+    (a CPU index would leave the GPU idle)."""
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    choice = _FASTEST_EXACT[kind]
+    if kind == "cuda" and choice == "faiss" and not faiss_has_gpu():
+        return "torch"
+    return choice
+
+
+def torch_candidates(
+    bank: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    device: str = "cpu",
+    query_block: int = 1024,
+    bank_block: int = 16384,
+) -> np.ndarray:
+    """Top-``k`` inner-product candidates by blocked torch matmul + top-k.
+
+    ``bank`` (N, D) float32 and ``queries`` (Q, D) float32 -> (Q, k) int64. For each block of
+    ``query_block`` queries the bank is scanned in blocks of ``bank_block`` rows; each block's
+    top-k is merged into a running top-k, so at most one (query_block, bank_block) float32 tile
+    (64 MiB by default) is alive. Every (query, bank row) score is computed once, so a row left
+    out scored no higher than every kept row (what :func:`refine` relies on).
+    """
+    n_bank = bank.shape[0]
+    bank_t = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32)).to(device)
+    out = np.empty((queries.shape[0], k), dtype=np.int64)
+    with torch.inference_mode():
+        for qs in range(0, queries.shape[0], query_block):
+            q = torch.from_numpy(np.ascontiguousarray(queries[qs : qs + query_block])).to(device)
+            best_v: torch.Tensor | None = None
+            best_i: torch.Tensor | None = None
+            for bs in range(0, n_bank, bank_block):
+                sims = q @ bank_t[bs : bs + bank_block].T
+                top = sims.topk(min(k, sims.shape[1]), dim=1, sorted=False)
+                vals, idx = top.values, top.indices + bs
+                if best_v is not None and best_i is not None:
+                    vals, idx = torch.cat([best_v, vals], 1), torch.cat([best_i, idx], 1)
+                    top = vals.topk(min(k, vals.shape[1]), dim=1, sorted=False)
+                    vals, idx = top.values, idx.gather(1, top.indices)
+                best_v, best_i = vals, idx
+            assert best_i is not None
+            out[qs : qs + query_block] = best_i.cpu().numpy()
+    return out
+
+
+def ivf_search(
+    bank: np.ndarray | torch.Tensor,
+    queries: np.ndarray | torch.Tensor,
+    k: int,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    seed: int = 0,
+) -> Neighbours:
+    """Approximate cosine top-``k`` with a FAISS ``IndexIVFFlat`` (inner product, CPU).
+
+    ``bank`` (N, D), ``queries`` (Q, D), any float; L2-normalised here.
+    ``nlist``: inverted lists (default ``4 * sqrt(N)``, at most ``N / 39`` as FAISS asks),
+    trained by k-means on up to ``64 * nlist`` bank rows drawn with ``seed``.
+    ``nprobe``: lists searched per query (default ``min(nlist, 32)``).
+    The proposed ``k + margin`` candidates are re-ranked by the exact rule (float64 similarity,
+    ties to the lower row); rows with fewer than ``k`` hits are searched again over every list.
+    Returns (Q, k) neighbours whose recall@k against :func:`search` is < 1 in general.
+    """
+    import faiss
+
+    bank_n, queries_n = l2_normalise(bank), l2_normalise(queries)
+    n_bank, dim = bank_n.shape
+    if not 1 <= k <= n_bank:
+        raise ConfigError(f"k must be between 1 and the bank size {n_bank}, got {k}")
+    nlist = max(1, min(round(4 * n_bank**0.5), n_bank // 39)) if nlist is None else nlist
+    nprobe = min(nlist, 32) if nprobe is None else nprobe
+    if not 1 <= nprobe <= nlist <= n_bank:
+        raise ConfigError(f"need 1 <= nprobe ({nprobe}) <= nlist ({nlist}) <= N ({n_bank})")
+    quantizer = faiss.IndexFlatIP(dim)
+    index: Any = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(seed)
+    train = bank_n if n_bank <= 64 * nlist else bank_n[rng.choice(n_bank, 64 * nlist, False)]
+    index.cp.seed = seed
+    index.train(np.ascontiguousarray(train))
+    index.add(bank_n)
+    n_cand = min(n_bank, k + max(8, k // 4))
+    index.nprobe = nprobe
+    _, cand = index.search(queries_n, n_cand)
+    short = (cand < 0).any(axis=1)
+    if short.any():  # probed lists held fewer than n_cand rows: search those queries everywhere
+        index.nprobe = nlist
+        cand[short] = index.search(queries_n[short], n_cand)[1]
+    idx, sim = _rank(cand, exact_similarities(bank_n, queries_n, cand), k)
+    return Neighbours(idx, sim)
+
+
+def recall_at_k(approx: Neighbours, exact: Neighbours) -> float:
+    """Mean fraction of each query's exact top-k bank rows that ``approx`` also returned (both
+    (Q, k)); 1.0 = nothing missed."""
+    hits = [
+        len(np.intersect1d(a, e, assume_unique=True))
+        for a, e in zip(approx.indices, exact.indices, strict=True)
+    ]
+    return float(np.mean(hits) / exact.k)
 
 
 def brute_candidates(
@@ -190,18 +319,22 @@ def search(
     bank: np.ndarray | torch.Tensor,
     queries: np.ndarray | torch.Tensor,
     k: int,
-    backend: str = "faiss",
+    backend: str = "auto",
     device: str = "cpu",
 ) -> Neighbours:
-    """The ``k`` most cosine-similar bank rows of every query.
+    """The ``k`` most cosine-similar bank rows of every query: (Q, k) neighbours.
 
     ``bank`` (N, D) and ``queries`` (Q, D), any float dtype; both are L2-normalised here.
-    ``backend``
-    is "faiss" (``IndexFlatIP``; the GPU index when ``device`` is CUDA and faiss has GPU support) or
-    "brute" (torch matmul + top-k on ``device``). Both give identical results (module docstring).
+    ``backend`` is one of :data:`BACKENDS` (module docstring): the exact ones (``auto`` =
+    :func:`default_backend` of ``device``) give identical results; ``faiss-ivf`` is approximate
+    (:func:`ivf_search` with its defaults).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown kNN backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if backend == "faiss-ivf":
+        return ivf_search(bank, queries, k)
+    if backend == "auto":
+        backend = default_backend(device)
     bank_n = l2_normalise(bank)
     queries_n = l2_normalise(queries)
     if bank_n.shape[1] != queries_n.shape[1]:
@@ -211,6 +344,11 @@ def search(
 
         def fn(b: np.ndarray, q: np.ndarray, c: int) -> np.ndarray:
             return faiss_candidates(b, q, c, device)
+
+    elif backend == "torch":
+
+        def fn(b: np.ndarray, q: np.ndarray, c: int) -> np.ndarray:
+            return torch_candidates(b, q, c, device)
 
     else:
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from store.atomic import atomic_write_text
 from store.datasets import ImageDataset
 from student_trainer.features import FeatureSet
 from student_trainer.knn import Neighbours
@@ -41,7 +41,8 @@ def format_params(n: int | None) -> str:
     return str(n)
 
 
-def _pct(value: Any) -> str:
+def format_pct(value: Any) -> str:
+    """A fraction as a percentage with one decimal ("94.0"); "—" for None or NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     return f"{100.0 * float(value):.1f}"
@@ -59,7 +60,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
             str(r.get("method") or ""),
             format_params(r.get("params")),
             str(r.get("feature_dim") or ""),
-        ] + [_pct(r.get(key)) for key, _ in shown]
+        ] + [format_pct(r.get(key)) for key, _ in shown]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -75,23 +76,11 @@ def baseline_notes(records: list[dict[str, Any]]) -> list[str]:
         value = r.get("knn_weighted")
         if r.get("role") != "baseline" and value is not None and float(value) < floor:
             notes.append(
-                f"- **{r['name']}** scores below raw pixels ({_pct(value)} < {_pct(floor)} "
-                "weighted kNN): it has not learned a useful representation of this data."
+                f"- **{r['name']}** scores below raw pixels "
+                f"({format_pct(value)} < {format_pct(floor)} weighted kNN): "
+                "it has not learned a useful representation of this data."
             )
     return notes
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def render_markdown(records: list[dict[str, Any]], title: str = "Retrieval evaluation") -> str:
@@ -126,8 +115,8 @@ def write_tables(
     paths."""
     out = Path(out_dir)
     md, js = out / "results.md", out / "results.json"
-    _atomic_write(md, render_markdown(records, title))
-    _atomic_write(js, json.dumps(records, indent=2, default=str) + "\n")
+    atomic_write_text(md, render_markdown(records, title))
+    atomic_write_text(js, json.dumps(records, indent=2, default=str) + "\n")
     return md, js
 
 

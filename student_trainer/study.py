@@ -32,9 +32,12 @@ from typing import Any
 
 from rich.console import Console
 
+from store.atomic import atomic_write_text
 from store.errors import ConfigError
 from student_trainer.config import TrainConfig
-from student_trainer.demo import STUDENT_DEFAULTS, DemoConfig, RunLedger, run_demo
+from student_trainer.demo import STUDENT_DEFAULTS, DemoConfig, run_demo
+from student_trainer.ledger import RunLedger
+from student_trainer.report import format_pct
 
 __all__ = ["Arm", "StudyConfig", "StudyResult", "plan_arms", "render_study", "run_study"]
 
@@ -175,7 +178,6 @@ def run_study(demo: DemoConfig, study: StudyConfig, console: Console | None = No
     arms = plan_arms(demo, study)
 
     def student_cfg(arm: Arm, seed: int, store_teacher: str) -> TrainConfig:
-        settings: dict[str, Any] = {**STUDENT_DEFAULTS, **demo.extra, **dict(arm.overrides)}
         source: dict[str, Any]
         if arm.store:
             source = {
@@ -190,20 +192,7 @@ def run_study(demo: DemoConfig, study: StudyConfig, console: Console | None = No
                 "size": demo.size,
                 "online_teacher": teacher,
             }
-        return TrainConfig(
-            method=arm.method,
-            arch=demo.student_arch,
-            width=demo.student_width,
-            out=str(out / "students" / f"{arm.name}-s{seed}"),
-            epochs=demo.epochs,
-            distill_weight=settings.pop("distill_weight", demo.distill_weight),
-            seed=seed,
-            num_workers=demo.workers,
-            device=demo.device,
-            progress=demo.progress,
-            **source,
-            **settings,
-        )
+        return demo.student(arm.method, seed, f"{arm.name}-s{seed}", source, dict(arm.overrides))
 
     for arm in arms:
         store_teacher = teacher
@@ -241,10 +230,8 @@ def run_study(demo: DemoConfig, study: StudyConfig, console: Console | None = No
     by_name = {r["name"]: r for r in records}
     summary = _summarise(demo, study, arms, runs, by_name, demo_result.records)
     md = render_study(summary)
-    (out / "study.md").write_text(md)
-    tmp = out / "study.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    tmp.replace(out / "study.json")
+    atomic_write_text(out / "study.md", md)
+    atomic_write_text(out / "study.json", json.dumps(summary, indent=2, default=str))
     console.print(md)
     return StudyResult(str(out), summary, md)
 
@@ -341,10 +328,6 @@ def _cost(runs: RunLedger, rows: dict[str, dict[str, Any]], demo: DemoConfig) ->
     return out
 
 
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.1f}"
-
-
 def render_study(summary: dict[str, Any]) -> str:
     """study.md from a study summary (see :func:`run_study`)."""
     arms = {a["name"]: a for a in summary["arms"]}
@@ -353,10 +336,10 @@ def render_study(summary: dict[str, Any]) -> str:
     demo = summary["demo"]
 
     def cell(a: dict[str, Any]) -> str:
-        per = ", ".join(_pct(v) for v in a["knn_weighted"].values())
+        per = ", ".join(format_pct(v) for v in a["knn_weighted"].values())
         if len(a["seeds"]) > 1:
-            return f"{_pct(a['mean'])} ± {_pct(a['std'])} | {per}"
-        return f"{_pct(a['mean'])} | {per}"
+            return f"{format_pct(a['mean'])} ± {format_pct(a['std'])} | {per}"
+        return f"{format_pct(a['mean'])} | {per}"
 
     lines = [
         "# DisCo study",
@@ -372,8 +355,8 @@ def render_study(summary: dict[str, Any]) -> str:
         "",
         "| model | kNN-w (mean ± std) | per seed | Δ vs mocov2 |",
         "|---|---|---|---|",
-        f"| teacher | {_pct(t)} | — | |",
-        f"| raw pixels (cosine) | {_pct(px)} | — | |",
+        f"| teacher | {format_pct(t)} | — | |",
+        f"| raw pixels (cosine) | {format_pct(px)} | — | |",
     ]
     base = arms["mocov2"]["mean"]
     for a in summary["arms"]:
@@ -405,7 +388,7 @@ def render_study(summary: dict[str, Any]) -> str:
             lines.append(f"| {a['label']} | {cell(a)} | {100 * delta:+.1f} |")
         if group == "weak":
             first = group_rows[0]["seeds"][0]
-            weak = _pct(arms["mocov2"]["knn_weighted"][first])
+            weak = format_pct(arms["mocov2"]["knn_weighted"][first])
             lines.append(f"| the weak teacher itself (mocov2 seed {first}) | {weak} | | |")
     cost = summary["cost"]
     lines += ["", "## Cost: cache build against per-run teacher time", ""]

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import torch
 
+from store.atomic import atomic_write
 from store.errors import CheckpointError, ConfigError
 from store.views import Recipe, get_recipe
 from teacher_service.encoders import ARCHS, Encoder, EncoderConfig, build_encoder
@@ -124,21 +124,10 @@ def save_checkpoint(
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save(obj)`` to a temporary file beside ``path``, fsync, then rename over ``path``:
-    a crash never leaves a truncated file (the temporary one is removed on error)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save(obj)`` through :func:`store.atomic.atomic_write`: a crash never leaves a
+    truncated file (temporary file beside ``path``, fsync, rename, directory fsync)."""
+    with atomic_write(path) as fh:
+        torch.save(obj, fh)
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Any:

@@ -114,6 +114,20 @@ def test_quick_shrinks_every_stage() -> None:
         DemoConfig(methods=("mocov2", "byol"))
 
 
+def test_demo_and_study_students_share_one_config_assembly() -> None:
+    """``DemoConfig.student``: shared defaults, then ``extra``, then an arm's overrides."""
+    from student_trainer.demo import STUDENT_DEFAULTS
+
+    cfg = DemoConfig(out="runs/x", quick=True, student_arch="tiny", epochs=3, workers=0)
+    plain = cfg.student("disco", 5, "disco-s5", {"store": "s.zarr"})
+    assert (plain.method, plain.arch, plain.seed, plain.epochs) == ("disco", "tiny", 5, 1)
+    assert plain.out == str(Path("runs/x") / "students" / "disco-s5") and plain.store == "s.zarr"
+    assert plain.queue_size == 512  # quick's extra beats STUDENT_DEFAULTS' 4096
+    assert plain.lr == STUDENT_DEFAULTS["lr"] and plain.distill_weight == cfg.distill_weight
+    arm = cfg.student("disco", 0, "lam2-s0", {"store": "s.zarr"}, {"distill_weight": 2.0})
+    assert arm.distill_weight == 2.0 and arm.num_workers == 0
+
+
 def test_service_stage_checks_the_cache_over_http_and_can_fail(tmp_path: Path) -> None:
     """The demo's service stage: `disco serve` on the store's teacher answers planned views
     equal to the cached targets; a store whose targets were overwritten fails the check."""

@@ -30,6 +30,51 @@ PRE = {
 }
 
 
+def _full_ranking(bank: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force, independent of ``student_trainer.knn``: every bank row of every query sorted
+    by float64 cosine (desc), ties to the lower row. Returns (Q, N) rows and (Q, N) cosines."""
+    b = bank.astype(np.float64)
+    q = queries.astype(np.float64)
+    b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-30)
+    q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
+    sims = q @ b.T
+    rows = np.broadcast_to(np.arange(len(b)), sims.shape)
+    order = np.lexsort((rows, -sims), axis=1)
+    return order, np.take_along_axis(sims, order, axis=1)
+
+
+def _vote(labels: list[int], weights: list[float]) -> int:
+    """Highest total vote; a tie goes to the tied class seen first in rank order."""
+    totals: dict[int, float] = {}
+    for lab, w in zip(labels, weights, strict=True):
+        totals[lab] = totals.get(lab, 0.0) + w
+    best = max(totals.values())
+    return next(lab for lab in labels if totals[lab] == best)
+
+
+def _reference_scores(
+    bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, truth: np.ndarray, k: int
+) -> dict[str, float]:
+    """kNN-w (T 0.07), 1-NN, k-NN majority, recall@1/5 and mAP@R by plain loops."""
+    order, sims = _full_ranking(bank, queries)
+    hits = {"knn_weighted": 0, "nn1": 0, "knn_majority": 0, "recall_at_1": 0, "recall_at_5": 0}
+    aps = []
+    for i, t in enumerate(truth.tolist()):
+        labs = bank_labels[order[i]].tolist()
+        weights = [float(np.exp(s / 0.07)) for s in sims[i, :k]]
+        hits["knn_weighted"] += _vote(labs[:k], weights) == t
+        hits["nn1"] += labs[0] == t
+        hits["knn_majority"] += _vote(labs[:k], [1.0] * k) == t
+        hits["recall_at_1"] += t in labs[:1]
+        hits["recall_at_5"] += t in labs[:5]
+        r = int((bank_labels == t).sum())
+        rel = [lab == t for lab in labs[:r]]
+        aps.append(sum(sum(rel[: j + 1]) / (j + 1) for j in range(r) if rel[j]) / r)
+    out = {key: v / len(truth) for key, v in hits.items()}
+    out["map_at_r"] = float(np.mean(aps))
+    return out
+
+
 def _checkpoint(path: Path, seed: int, method: str) -> Path:
     torch.manual_seed(seed)
     enc = build_encoder(EncoderConfig(arch="tiny", small_stem=True, head_hidden=32, head_out=16))
@@ -97,10 +142,28 @@ def test_evaluate_writes_table_json_and_figures(ckpts: tuple[Path, Path], tmp_pa
     assert s["method"] == "disco" and t["method"] == "mocov2"
     enc = build_encoder(EncoderConfig(arch="tiny", small_stem=True))
     assert s["params"] == count_parameters(enc.backbone)
-    for key in ("knn_weighted", "nn1", "knn_majority", "recall_at_1", "recall_at_5", "map_at_r"):
-        for r in (t, s, px):
-            assert 0.0 <= r[key] <= 1.0
-    assert t["agreement_at_10"] is None and 0.0 <= s["agreement_at_10"] <= 1.0
+    # Every figure equals a brute-force recomputation from the (cached) features.
+    ds = open_dataset(SPEC)
+    feats = {
+        name: extract_features(
+            EncoderFeatures(path, device="cpu"), ds, cache_dir=tmp_path / "cache", progress=False
+        )
+        for name, path in (("teacher", teacher), ("student", student))
+    }
+    for record, fs in ((t, feats["teacher"]), (s, feats["student"])):
+        assert fs.from_cache  # the very features evaluate() scored
+        ref = _reference_scores(
+            fs.train.features, fs.train.labels, fs.test.features, fs.test.labels, 20
+        )
+        for key, value in ref.items():
+            assert record[key] == pytest.approx(value, abs=1e-12), (record["name"], key)
+    t_order, _ = _full_ranking(feats["teacher"].train.features, feats["teacher"].test.features)
+    s_order, _ = _full_ranking(feats["student"].train.features, feats["student"].test.features)
+    shared = [len(set(a[:10]) & set(b[:10])) / 10 for a, b in zip(t_order, s_order, strict=True)]
+    assert t["agreement_at_10"] is None
+    assert s["agreement_at_10"] == pytest.approx(float(np.mean(shared)), abs=1e-12)
+    # two different random networks: the records are each model's own, not one copied twice
+    assert (t["knn_weighted"], t["map_at_r"]) != (s["knn_weighted"], s["map_at_r"])
     assert 0.0 <= s["linear_probe"] <= 1.0
     assert l2["knn_l2_sklearn"] is not None and l2["knn_weighted"] is None
     assert set(METRIC_KEYS) <= set(s)

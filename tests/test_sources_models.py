@@ -32,9 +32,9 @@ def pixels() -> torch.Tensor:
     ds = open_dataset("synthetic:3")
     recipe = get_recipe("mocov2", SIZE)
     images = [ds.load(i) for i in range(3)]
-    params = plan_views(
-        recipe, 0, np.array([im.shape[0] for im in images]), np.array([im.shape[1] for im in images]), 2
-    )  # fmt: skip
+    heights = np.array([im.shape[0] for im in images])
+    widths = np.array([im.shape[1] for im in images])
+    params = plan_views(recipe, 0, heights, widths, 2)
     views = [render_view(images[i], params[i, v], recipe) for i in range(3) for v in range(2)]
     return to_pixels(torch.stack(views), recipe.mean, recipe.std)
 
@@ -101,7 +101,7 @@ def test_pooling_override(zoo: Zoo, pixels: torch.Tensor) -> None:
 def test_vit_patch_grid_must_divide_the_view(zoo: Zoo) -> None:
     model = load_teacher(*zoo["timm_vit"][:2]).model
     model.check_size(48)  # dynamic_img_size: any multiple of the patch
-    with pytest.raises(ConfigError, match="not a multiple of the teacher's patch size 8"):
+    with pytest.raises(ConfigError, match=r"not a multiple of the teacher's patch size 8"):
         model.check_size(36)
     fixed = load_teacher(*zoo["open_clip"][:2]).model
     with pytest.raises(ConfigError, match="takes 32 px views only"):
@@ -111,7 +111,7 @@ def test_vit_patch_grid_must_divide_the_view(zoo: Zoo) -> None:
 def test_registry_errors(zoo: Zoo, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown teacher source 'foo'.*timm:NAME.*hf:PATH"):
         load_teacher("foo:bar")
-    with pytest.raises(CheckpointError, match="not found.*timm:NAME"):
+    with pytest.raises(CheckpointError, match=r"not found.*timm:NAME"):
         load_teacher(str(tmp_path / "missing.pt"))
     with pytest.raises(ConfigError, match="unknown timm model"):
         load_teacher("timm:no_such_model_x", zoo["timm_cnn"][1])

@@ -87,14 +87,14 @@ def test_store_precomputed_and_verified(zoo: Zoo, stores: dict[str, str], name: 
 
 def test_verify_refuses_other_weights(zoo: Zoo, stores: dict[str, str]) -> None:
     spec, _, _ = zoo["hf_clip"]
-    with pytest.raises(StoreMismatchError, match="teacher.source"):
+    with pytest.raises(StoreMismatchError, match=r"teacher\.source"):
         verify_store(stores["hf_clip"], zoo["timm_cnn"][0], teacher_weights=zoo["timm_cnn"][1])
     other = Path(zoo["timm_vit"][1]).parent / "other_clip.safetensors"
     from safetensors.torch import load_file, save_file
 
     state = load_file(zoo["hf_clip"][1])
     save_file({k: v + 0.01 for k, v in state.items()}, str(other))
-    with pytest.raises(StoreMismatchError, match="teacher.sha256"):
+    with pytest.raises(StoreMismatchError, match=r"teacher\.sha256"):
         verify_store(stores["hf_clip"], spec, teacher_weights=str(other))
 
 

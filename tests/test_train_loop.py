@@ -68,8 +68,9 @@ def test_resume_matches_uninterrupted_run_bitwise(tmp_path: Path) -> None:
 def test_outputs_load_as_teacher_and_deployed_backbone(tmp_path: Path) -> None:
     result = train(_cfg(tmp_path, stop_at_step=3))
     out = Path(result.out)
-    for name in ("final.pt", "deployed.pt", "config.json", "log.jsonl", "loss_curves.png"):
+    for name in ("final.pt", "deployed.pt", "deployed.json", "config.json", "log.jsonl"):
         assert (out / name).is_file(), name
+    assert (out / "loss_curves.png").is_file()
     assert TrainConfig.from_dict(json.loads((out / "config.json").read_text())).method == "mocov2"
     final = load_encoder(out / "final.pt")
     assert final.info["format"] == "disco" and final.info["embedding"] == "head"
@@ -77,28 +78,62 @@ def test_outputs_load_as_teacher_and_deployed_backbone(tmp_path: Path) -> None:
     assert final.info["preprocessing"]["size"] == 16
     deployed = load_encoder(out / "deployed.pt")
     assert deployed.encoder.head is None
-    meta = read_checkpoint(out / "deployed.pt")["meta"]
+    # deployed.pt is the backbone's plain state dict; its metadata lives in deployed.json.
+    plain = read_checkpoint(out / "deployed.pt")
+    assert set(plain) == set(final.encoder.backbone.state_dict())
+    meta = deployed.info["meta"]
+    assert meta == json.loads((out / "deployed.json").read_text())["meta"]
     assert meta["deployed_parameters"] == count_parameters(deployed.encoder)
     assert meta["deployed_parameters"] == count_parameters(final.encoder.backbone)
     assert result.deployed_parameters < result.student_parameters
     assert result.queue_size == 16 and meta["queue_size"] == 16
 
 
-def test_online_teacher_disco_and_seed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["disco", "seed"])
+def test_online_teacher_targets_are_the_teachers_embeddings_of_the_rendered_views(
+    method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``online_teacher`` the targets the model receives at every step are the frozen
+    teacher's embeddings of exactly the two rendered views of that step (checked against a
+    separately loaded copy of the teacher); SEED queues view 1's targets."""
+    import student_trainer.train as train_module
+    from student_trainer.moco import MoCo
+
     torch.manual_seed(1)
     teacher = build_encoder(EncoderConfig("tiny", head_hidden=32, head_out=24, small_stem=True))
     recipe = get_recipe("mocov2", 16)
     ckpt = tmp_path / "teacher.pt"
     save_checkpoint(ckpt, teacher, {"size": 16, "mean": list(recipe.mean), "std": list(recipe.std)})
-    seen: list[set[str]] = []
-    for method in ("disco", "seed"):
-        result = train(
-            _cfg(tmp_path / method, method=method, online_teacher=str(ckpt), stop_at_step=2),
-            step_hook=lambda step, batch, output: seen.append(set(output.terms)),
-        )
-        assert result.steps == 2
-        assert load_encoder(result.final_path).info["embed_dim"] == 24  # = the teacher's dim
-    assert seen[0] == {"infonce", "distill", "mse"} and seen[-1] == {"seed"}
+    reference = load_encoder(ckpt).encoder.eval()
+    received: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    class RecordingMoCo(MoCo):
+        def forward(self, view1: Any, view2: Any, target1: Any = None, target2: Any = None,
+                    shuffle_seed: int = 0) -> Any:  # fmt: skip
+            received.append((target1.detach().clone(), target2.detach().clone()))
+            return super().forward(view1, view2, target1, target2, shuffle_seed)
+
+    monkeypatch.setattr(train_module, "MoCo", RecordingMoCo)
+    checked: list[int] = []
+    seen_terms: set[str] = set()
+
+    def hook(step: int, batch: Any, output: Any) -> None:
+        t1, t2 = received[-1]
+        with torch.no_grad():
+            want1, want2 = reference(batch.view1), reference(batch.view2)
+        assert t1.shape == (8, 24) and torch.allclose(t1, want1, atol=1e-6), step
+        assert torch.allclose(t2, want2, atol=1e-6), step
+        assert not torch.allclose(t1, t2)  # two different views of each image
+        if method == "seed":
+            assert torch.equal(output.teacher_keys, t1)  # SEED's queue gets view 1's targets
+        seen_terms.update(output.terms)
+        checked.append(step)
+
+    cfg = _cfg(tmp_path / method, method=method, online_teacher=str(ckpt), stop_at_step=2)
+    result = train(cfg, step_hook=hook)
+    assert result.steps == 2 and checked == [1, 2] and len(received) == 2
+    assert load_encoder(result.final_path).info["embed_dim"] == 24  # = the teacher's dim
+    assert seen_terms == ({"infonce", "distill", "mse"} if method == "disco" else {"seed"})
 
 
 def test_non_finite_loss_stops_with_a_message(tmp_path: Path) -> None:

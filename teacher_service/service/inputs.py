@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 import torch
 from fastapi import HTTPException, Request, status
 from fastapi.encoders import jsonable_encoder
@@ -106,6 +107,10 @@ def _validate(model: type[BaseModel], obj: Any) -> Any:
 
 
 def _loads(raw: bytes | str, what: str) -> Any:
+    try:
+        return orjson.loads(raw)  # fast path
+    except ValueError:
+        pass  # refused: let the stdlib parser say why (it also reads NaN, refused later by name)
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting

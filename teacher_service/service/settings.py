@@ -7,6 +7,7 @@ instance when the caller (the CLI, a test) builds one itself.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -84,6 +85,11 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="uvicorn log level"
     )
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_path_as_str(cls, value: object) -> object:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
 
     @field_validator("teacher")
     @classmethod
