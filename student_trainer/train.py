@@ -510,7 +510,9 @@ def _train(
                     out / "best.pt", student, preprocessing, train=cfg.to_dict(), meta=meta
                 )
         if world > 1:  # every rank learns the figure (and waits for rank 0's evaluation)
-            figure = torch.tensor([record.get("knn_weighted", 0.0)], device=device)
+            figure = torch.tensor(
+                [record.get("knn_weighted", 0.0)], dtype=torch.float64, device=device
+            )
             dist.broadcast(figure, src=0)
             if rank:
                 knn_records.append(
