@@ -150,7 +150,7 @@ run precompute "${LIMITS[1]}" "$PY" bench/precompute.py "${PRE[@]}" --workers "$
   --device "$DEV" "${AMP[@]}"
 run train_throughput "${LIMITS[2]}" "$PY" bench/train_throughput.py "${TRAIN[@]}" \
   --workers "$W" --device "$DEV"
-run knn "${LIMITS[3]}" "$PY" bench/knn.py "${KNN[@]}" --device "$DEV" --skip-disco
+run knn "${LIMITS[3]}" "$PY" bench/knn.py "${KNN[@]}" --device "$DEV"
 run service "${LIMITS[4]}" "$PY" bench/service.py "${SVC[@]}" --device "$DEV" \
   --dtype "$SVC_DTYPE"
 run render "${LIMITS[5]}" "$PY" bench/render.py "${RENDER[@]}" --device "$DEV"

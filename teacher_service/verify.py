@@ -166,7 +166,7 @@ def verify_store(
     if teacher_pooling is None:
         teacher_pooling = recorded.get("pooling")
     loaded = load_teacher(teacher_path, teacher_weights, teacher_pooling, device=dev)
-    for key in ("source", "name", "sha256", "pooling"):
+    for key in ("source", "sha256", "name", "pooling"):
         if key in recorded and recorded.get(key) != loaded.info.get(key):
             raise StoreMismatchError(f"teacher.{key}", loaded.info.get(key), recorded.get(key))
     if "sha256" not in recorded:
