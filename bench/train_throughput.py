@@ -1,26 +1,48 @@
-"""Benchmark: student training samples/s for mocov2 alone, disco from a store, disco online.
+"""Benchmark: what the cache costs a student run, against the baselines that isolate each cost.
 
-One run, one student, one batch size, the same images: (a) ``mocov2`` from the dataset,
-(b) ``disco`` reading cached targets from a store built here by ``disco precompute`` with the
-teacher, (c) ``disco`` with the same teacher run live (``--online-teacher``). The teacher is a
-randomly initialised encoder (its weights do not change its cost) with at least 4x the student's
-FLOPs. Each figure is the median of ``--repeats`` runs of ``--steps`` optimiser steps (set-up and
-queue pre-fill excluded). Prints a table, then as its last line one JSON object:
-``{"bench": "train_throughput", "mocov2_sps", "disco_cached_sps", "disco_online_sps",
-"cache_overhead_ratio" (b / a), "speedup_vs_online" (b / c), "predicted_speedup_vs_online",
-"student", "teacher", "student_gflops", "teacher_gflops", ...}``.
+One run, one student, one batch size, the same images (``--dataset``, ``mocov2`` recipe), the
+same training loop (``student_trainer.train``) and sampling; figures are medians of
+``--repeats`` interleaved repeats (set-up and queue pre-fill excluded):
 
-The FLOP prediction counts per image: ``disco`` runs the student forward on both views with
-backward (~3x forward each) and the key encoder's forward on one view = 7 student forwards;
-``mocov2`` needs only 4 (one query view), so even a free cache gives b / a = 4/7 by FLOPs
-(``predicted_cache_overhead_ratio``); online adds 2 teacher forwards:
-predicted speed-up = (7 F_s + 2 F_t) / (7 F_s). Small students on CPU are dominated by per-step
-overheads, which these FLOP counts ignore.
+- ``disco_cached``: ``disco`` streaming its teacher targets from a zarr store built here by
+  ``disco precompute``;
+- ``disco_ram``: the same run with the same store read into RAM first (``--store-in-ram``,
+  ``store.memory.InMemoryStore``): identical targets, views and order, no store reads;
+- ``mocov2``: the student alone, from the dataset;
+- ``disco_online``: ``disco`` with the same teacher run live (``--online-teacher``);
+- ``lazy_fill``: ``disco`` from an empty store while a real ``disco serve`` on loopback fills
+  the targets it lacks on demand (``--teacher-url``); epoch 1 is its first pass (every target
+  fetched), epoch 2 the same run's second pass (now cached). ``--no-lazy-fill`` skips it.
 
-    python bench/train_throughput.py                          # CPU, ~5 min on 2 busy cores
+The teacher is a randomly initialised encoder (weights do not change its cost) with at least
+``--min-flops-ratio`` (10) x the student's FLOPs. Figures (last stdout line, one JSON object):
+
+- ``read_cost_ratio`` = disco_cached / disco_ram samples/s: the cost of the store itself
+  (goal >= 0.95);
+- ``speedup_vs_online`` = disco_cached / disco_online, against ``predicted_speedup_vs_online``
+  from FLOP counts: ``disco`` runs the student on both views with backward (~3x forward each)
+  plus the key encoder on one view = 7 student forwards per image, online adds 2 teacher
+  forwards, so the prediction is (7 F_s + 2 F_t) / (7 F_s); ``speedup_vs_prediction`` =
+  measured / predicted;
+- the step split that explains the gap (ms per step of each run: waiting for data, online teacher,
+  the rest = student forward + backward + optimiser + queue) and the FLOP rates achieved in the
+  runs (``run_teacher_gflop_s`` = 2 F_t B / teacher time; ``run_student_gflop_s`` = 7 F_s B /
+  the cached run's non-data time), plus isolated rates of the same models on one batch
+  (teacher forward in eval + inference mode; student forward in that mode, forward in train mode
+  with grad, forward + backward) and the optimiser step time; the FLOP prediction assumes all
+  of these run at the same FLOP rate;
+- ``cache_overhead_ratio`` = disco_cached / mocov2, information only: ``mocov2`` does 4 student
+  forwards per image to ``disco``'s 7, so even a free cache gives 4/7 by FLOPs
+  (``predicted_cache_overhead_ratio``);
+- ``lazy_fill_sps`` (first epoch, service filling), ``lazy_fill_cached_sps`` (second epoch),
+  ``lazy_fill_vs_online`` = lazy_fill_sps / disco_online_sps.
+
+    python bench/train_throughput.py                          # CPU, ~6 min on 2 busy cores
     python bench/train_throughput.py --device cuda --batch 256 --size 64 --dataset synthetic:4096
     python bench/train_throughput.py --device cuda --amp --student resnet18 --teacher resnet50 \
-        --teacher-width 64 --size 224 --batch 128 --workers 15   # GPU host, bf16 everywhere
+        --teacher-width 64 --size 224 --batch 128 --workers 15 --min-flops-ratio 2  # GPU host
+
+Measured here (2 shared cores, README "Benchmark: bench/train_throughput.py"): see the README.
 """
 
 from __future__ import annotations
@@ -29,6 +51,8 @@ import argparse
 import json
 import statistics
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +62,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from store.views import get_recipe
 from student_trainer.config import TrainConfig
 from student_trainer.models import build_student, student_config
-from student_trainer.train import train
+from student_trainer.train import TrainResult, train
 from teacher_service.checkpoint import save_checkpoint
 from teacher_service.encoders import EncoderConfig, build_encoder
 from teacher_service.precompute import PrecomputeConfig, run_precompute
+
+RUNS = ("mocov2", "disco_cached", "disco_ram", "disco_online")
 
 
 def forward_gflops(encoder: torch.nn.Module, size: int) -> float:
@@ -52,20 +78,76 @@ def forward_gflops(encoder: torch.nn.Module, size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall seconds of ``fn()`` over ``repeats`` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def isolated_rates(
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+    f_t: float,
+    f_s: float,
+    size: int,
+    batch: int,
+    repeats: int = 5,
+) -> dict[str, float]:
+    """GFLOP/s of each model on one (batch, 3, size, size) batch, in the main process:
+    ``teacher_fwd_eval`` (eval + inference mode, as the online teacher runs), ``student_fwd_eval``
+    (the same mode), ``student_fwd_train`` (train mode, autograd recording), ``student_fwd_bwd``
+    (3 F_s per image), and ``optimizer_ms`` (one SGD-momentum step over the student's weights)."""
+    x = torch.randn(batch, 3, size, size)
+
+    def infer(model: torch.nn.Module) -> Callable[[], object]:
+        def run() -> object:
+            with torch.inference_mode():
+                return model(x)
+
+        return run
+
+    def fwd_bwd() -> None:
+        student.zero_grad(set_to_none=True)
+        student(x).pow(2).sum().backward()
+
+    teacher.eval()
+    student.eval()
+    out = {
+        "teacher_fwd_eval": f_t * batch / _median_seconds(infer(teacher), repeats),
+        "student_fwd_eval": f_s * batch / _median_seconds(infer(student), repeats),
+    }
+    student.train()
+    out["student_fwd_train"] = f_s * batch / _median_seconds(lambda: student(x), repeats)
+    out["student_fwd_bwd"] = 3 * f_s * batch / _median_seconds(fwd_bwd, repeats)
+    fwd_bwd()
+    opt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    out["optimizer_ms"] = 1000 * _median_seconds(opt.step, repeats)
+    return {k: round(v, 2) for k, v in out.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--student", default="tiny", help="student arch (tiny = resnet10 w8)")
-    parser.add_argument("--student-width", type=int, default=None)
-    parser.add_argument("--teacher", default="resnet18", help="teacher arch")
+    parser.add_argument("--student", default="resnet10", help="student arch")
+    parser.add_argument("--student-width", type=int, default=16)
+    parser.add_argument("--teacher", default="resnet50", help="teacher arch")
     parser.add_argument("--teacher-width", type=int, default=32)
-    parser.add_argument("--dataset", default="synthetic:640")
+    parser.add_argument("--dataset", default="synthetic:384")
     parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument(
+        "--steps", type=int, default=12, help="timed steps of the store/mocov2 runs (1 epoch)"
+    )
+    parser.add_argument("--online-steps", type=int, default=4, help="timed steps, online run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--views", type=int, default=4)
+    parser.add_argument("--queue", type=int, default=128, help="MoCo queue (pre-fill is untimed)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--amp", action="store_true", help="bf16 autocast on CUDA (precompute and training)"
@@ -73,7 +155,7 @@ def main() -> None:
     parser.add_argument(
         "--min-flops-ratio",
         type=float,
-        default=4.0,
+        default=10.0,
         help="refuse teachers with fewer x the student's FLOPs (ResNet-50/18 at 224 px: 2.3)",
     )
     args = parser.parse_args()
@@ -119,7 +201,7 @@ def main() -> None:
         width=args.student_width,
         batch_size=args.batch,
         epochs=100,
-        queue_size=1024,
+        queue_size=args.queue,
         num_workers=args.workers,
         progress=False,
         stop_at_step=args.steps,
@@ -128,51 +210,108 @@ def main() -> None:
         threads=args.threads,
         checkpoint_every=10**6,
     )
-    runs = {
+    online = dict(method="disco", dataset=args.dataset, recipe="mocov2", size=args.size)
+    runs: dict[str, dict[str, Any]] = {
         "mocov2": dict(method="mocov2", dataset=args.dataset, recipe="mocov2", size=args.size),
         "disco_cached": dict(method="disco", store=store),
-        "disco_online": dict(
-            method="disco",
-            dataset=args.dataset,
-            recipe="mocov2",
-            size=args.size,
-            online_teacher=str(ckpt),
-        ),
+        "disco_ram": dict(method="disco", store=store, store_in_ram=True),
+        "disco_online": online | dict(online_teacher=str(ckpt), stop_at_step=args.online_steps),
     }
-    sps: dict[str, list[float]] = {name: [] for name in runs}
+    results: dict[str, list[TrainResult]] = {name: [] for name in runs}
     for r in range(args.repeats):
-        for name, kw in runs.items():  # interleaved, so machine noise hits all three alike
+        for name, kw in runs.items():  # interleaved, so machine noise hits all of them alike
             cfg = TrainConfig(out=str(work / f"{name}{r}"), **(common | kw))
-            sps[name].append(train(cfg).samples_per_second)
-    med = {name: statistics.median(v) for name, v in sps.items()}
+            results[name].append(train(cfg))
+
+    def med(name: str, per_step: Callable[[TrainResult], float]) -> float:
+        return statistics.median(per_step(res) for res in results[name])
+
+    sps = {name: med(name, lambda res: res.samples_per_second) for name in runs}
+    ms = {  # ms per step: all, waiting for data, online teacher, the rest
+        name: {
+            "step": med(name, lambda res: 1000 * res.seconds / _steps(res)),
+            "data": med(name, lambda res: 1000 * res.data_seconds / _steps(res)),
+            "teacher": med(name, lambda res: 1000 * res.teacher_seconds / _steps(res)),
+            "rest": med(
+                name,
+                lambda res: (
+                    1000 * (res.seconds - res.data_seconds - res.teacher_seconds) / _steps(res)
+                ),
+            ),
+        }
+        for name in runs
+    }
     predicted = (7 * f_s + 2 * f_t) / (7 * f_s)
-    print(f"{'run':<14}{'samples/s (median)':>20}{'all repeats':>36}")
-    for name, values in sps.items():
-        print(f"{name:<14}{med[name]:>20.1f}{', '.join(f'{v:.1f}' for v in values):>36}")
-    print(f"student {args.student}: {f_s:.4f} GFLOPs/img; teacher {args.teacher}: {f_t:.4f}")
-    result = {
+    speedup = sps["disco_cached"] / sps["disco_online"]
+    rates = isolated_rates(teacher, student, f_t, f_s, args.size, args.batch)
+    run_teacher_rate = 2 * f_t * args.batch / (ms["disco_online"]["teacher"] / 1000)
+    run_student_rate = 7 * f_s * args.batch / (ms["disco_cached"]["rest"] / 1000)
+
+    print(
+        f"{'run':<14}{'samples/s':>10}{'ms/step':>9}{'data':>7}{'teacher':>8}{'rest':>7}  repeats"
+    )
+    for name in runs:
+        m = ms[name]
+        reps = ", ".join(f"{res.samples_per_second:.1f}" for res in results[name])
+        print(
+            f"{name:<14}{sps[name]:>10.1f}{m['step']:>9.0f}{m['data']:>7.0f}{m['teacher']:>8.0f}"
+            f"{m['rest']:>7.0f}  {reps}"
+        )
+    pair = [
+        c.samples_per_second / m.samples_per_second
+        for c, m in zip(results["disco_cached"], results["disco_ram"], strict=True)
+    ]
+    print("read cost, cached / ram per repeat: " + ", ".join(f"{x:.3f}" for x in pair))
+    print(
+        f"student {args.student}(w{args.student_width}): {f_s:.4f} GFLOPs/img; teacher "
+        f"{args.teacher}(w{args.teacher_width}): {f_t:.4f} ({f_t / f_s:.1f}x)"
+    )
+    print(
+        f"speed-up vs online {speedup:.2f}, predicted by FLOPs {predicted:.2f} "
+        f"({speedup / predicted:.2f} of it); achieved GFLOP/s in the runs: teacher forward "
+        f"{run_teacher_rate:.1f}, student step {run_student_rate:.1f}"
+    )
+    print("isolated GFLOP/s on one batch: " + ", ".join(f"{k} {v}" for k, v in rates.items()))
+
+    result: dict[str, Any] = {
         "bench": "train_throughput",
-        "mocov2_sps": round(med["mocov2"], 2),
-        "disco_cached_sps": round(med["disco_cached"], 2),
-        "disco_online_sps": round(med["disco_online"], 2),
-        "cache_overhead_ratio": round(med["disco_cached"] / med["mocov2"], 3),
-        "speedup_vs_online": round(med["disco_cached"] / med["disco_online"], 3),
+        "mocov2_sps": round(sps["mocov2"], 2),
+        "disco_cached_sps": round(sps["disco_cached"], 2),
+        "disco_ram_sps": round(sps["disco_ram"], 2),
+        "disco_online_sps": round(sps["disco_online"], 2),
+        "read_cost_ratio": round(sps["disco_cached"] / sps["disco_ram"], 3),
+        "speedup_vs_online": round(speedup, 3),
         "predicted_speedup_vs_online": round(predicted, 3),
+        "speedup_vs_prediction": round(speedup / predicted, 3),
+        "cache_overhead_ratio": round(sps["disco_cached"] / sps["mocov2"], 3),
+        "cache_overhead_ratio_note": "information: mocov2 does 4 student forwards/img, disco 7",
         "predicted_cache_overhead_ratio": round(4 / 7, 3),
-        "student": args.student,
+        "ms_per_step": {name: {k: round(v, 1) for k, v in m.items()} for name, m in ms.items()},
+        "run_teacher_gflop_s": round(run_teacher_rate, 2),
+        "run_student_gflop_s": round(run_student_rate, 2),
+        "isolated_gflop_s": rates,
+        "student": f"{args.student}(width={args.student_width})",
         "teacher": f"{args.teacher}(width={args.teacher_width})",
         "student_gflops": round(f_s, 5),
         "teacher_gflops": round(f_t, 5),
         "flops_ratio": round(f_t / f_s, 2),
         "batch": args.batch,
         "size": args.size,
+        "views": args.views,
         "steps": args.steps,
+        "online_steps": args.online_steps,
         "repeats": args.repeats,
         "device": args.device,
         "amp": args.amp,
         "workers": args.workers,
+        "threads": args.threads or torch.get_num_threads(),
     }
     print(json.dumps(result))
+
+
+def _steps(res: TrainResult) -> int:
+    """Timed steps of a run (its ``stop_at_step``: every run starts from step 0)."""
+    return max(1, res.steps)
 
 
 if __name__ == "__main__":

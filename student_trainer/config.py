@@ -21,6 +21,7 @@ RESUME_FREE_FIELDS = (
     "stop_at_step",
     "checkpoint_every",
     "threads",
+    "store_in_ram",  # the same targets, read once instead of per epoch
     "renderer",  # CPU renderers give the same bytes (store.views.batched)
     "knn_every",
     "keep_best",
@@ -139,6 +140,10 @@ class TrainConfig:
     on CPU, the host's cores per GPU process minus one (at most 16) on CUDA)."""
     shuffle_buffer: int = 8192
     """Shuffle-buffer length in samples when streaming store blocks."""
+    store_in_ram: bool = False
+    """Read the store's targets, written mask and params into RAM once before training
+    (``store.memory.InMemoryStore``: N * V * (4 D + 4 P + 1) bytes) instead of streaming every
+    shard from the store each epoch; same targets, same order. Only with ``store``."""
     cache_images: bool | None = None
     """Keep decoded images in RAM; None = when the decoded dataset is under 2 GiB."""
     checkpoint_every: int = 200
@@ -170,6 +175,8 @@ class TrainConfig:
             )
         if self.views is not None and (self.store is None or self.views < 2):
             raise ConfigError("views needs a store and must be >= 2 (a pair of distinct views)")
+        if self.store_in_ram and self.store is None:
+            raise ConfigError("store_in_ram needs a store")
         if self.split not in ("all", "train", "test"):
             raise ConfigError(f"split must be all, train or test, got {self.split!r}")
         positive_ints = {

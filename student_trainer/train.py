@@ -28,7 +28,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,11 @@ class TrainResult:
     """kNN monitor records of the whole run (rank 0: full records; other ranks: the figure)."""
     best_path: str | None = None
     """``best.pt`` (the query encoder at the best monitor figure) with ``keep_best``."""
+    data_seconds: float = 0.0
+    """Of ``seconds``: waiting for the next batch (decode + render not hidden by the workers,
+    store reads, batched rendering). Host time: on CUDA, queued GPU work is not waited for."""
+    teacher_seconds: float = 0.0
+    """Of ``seconds``: the online teacher's forward on both views (0 with cached targets)."""
 
 
 @dataclass
@@ -140,6 +145,10 @@ def _open_data(
             )
         if cached:  # cached targets pair with fresh renders: refuse a library that drew otherwise
             store.check_render(accept_drift=cfg.accept_render_drift)
+        if cfg.store_in_ram and store.teacher is not None:
+            from store.memory import InMemoryStore
+
+            store = InMemoryStore.load(store)
         manifest = store.manifest
         dataset = open_dataset(manifest.dataset)
         recipe = store.recipe
@@ -297,6 +306,20 @@ def _batches(
         yield render_pairs(batch, dataset.recipe, device)
 
 
+def _timed(items: Iterable[PairBatch], clock: dict[str, float]) -> Iterator[PairBatch]:
+    """``items``, adding the seconds spent waiting for each one to ``clock["data"]``."""
+    it = iter(items)
+    while True:
+        start = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        finally:
+            clock["data"] += time.perf_counter() - start
+        yield item
+
+
 def train(cfg: TrainConfig, step_hook: StepHook | None = None) -> TrainResult:
     """Train a student (or a teacher, with ``mocov2``) as ``cfg`` says; see the module docstring.
 
@@ -419,10 +442,13 @@ def _train(
 
     def targets(b: PairBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if teacher is not None:
+            entered = time.perf_counter()
             with amp:  # the online teacher gets the same bf16 flag as a precompute would
-                return _teacher_targets(
+                t = _teacher_targets(
                     teacher, to_device(b.view1, device), to_device(b.view2, device), data.recipe
                 )
+            clock["teacher"] += time.perf_counter() - entered
+            return t
         if data.use_cached_targets:
             assert b.target1 is not None and b.target2 is not None
             return to_device(b.target1, device), to_device(b.target2, device)
@@ -432,7 +458,9 @@ def _train(
     knn_records: list[dict[str, Any]] = []
     # training wall seconds (without the monitor's) of earlier processes of this run, and of the
     # monitor in this one: logged as "seconds" so runs can be compared at equal training time
+    # (and, of the loop's time, waiting for batches and running an online teacher)
     clock = {"before": 0.0, "monitor": 0.0, "start": time.perf_counter()}
+    clock |= {"data": 0.0, "teacher": 0.0}
 
     def train_seconds() -> float:
         return clock["before"] + time.perf_counter() - clock["start"] - clock["monitor"]
@@ -529,7 +557,7 @@ def _train(
     first_terms: dict[str, float] = {}
     last_terms: dict[str, float] = {}
     started, start_step = time.perf_counter(), step
-    clock["start"], clock["monitor"] = started, 0.0
+    clock["start"], clock["monitor"], clock["data"], clock["teacher"] = started, 0.0, 0.0, 0.0
     columns = (
         TextColumn("[bold]train {task.fields[method]}"),
         BarColumn(),
@@ -546,7 +574,7 @@ def _train(
             run_monitor(0, log)  # the initial weights: what training has to beat
         while step < stop:
             epoch, skip = divmod(step, spe)
-            for b in _batches(loader, sampler, epoch, skip, device=device):
+            for b in _timed(_batches(loader, sampler, epoch, skip, device=device), clock):
                 lr = cosine_lr(step, total_steps, cfg.peak_lr, warmup)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -626,6 +654,8 @@ def _train(
         last_terms=last_terms,
         knn=knn_records,
         best_path=str(out / "best.pt") if cfg.keep_best and rank == 0 else None,
+        data_seconds=clock["data"],
+        teacher_seconds=clock["teacher"],
     )
 
 
