@@ -103,7 +103,8 @@ if [[ $TINY -eq 1 ]]; then
   PRE=(--arch resnet18 --width 8 --dataset synthetic:32 --n 32 --views 2 --size 16
        --batch-size 32 --shard-size 32 --repeats 1)
   TRAIN=(--student tiny --teacher resnet18 --teacher-width 16 --dataset synthetic:64 --size 16
-         --batch 16 --steps 2 --repeats 1 --views 2 --threads 1)
+         --batch 16 --steps 2 --online-steps 1 --repeats 1 --views 2 --threads 1
+         --min-flops-ratio 2)
   KNN=(--bank 2000 --queries 200 --dim 32 --repeats 1)
   SVC=(--clients 4 --requests 8 --rounds 1 --arch resnet18 --width 8 --size 32
        --max-batch-size 8 --threads 1 --prep-threads 1)
@@ -115,7 +116,8 @@ else
   PRE=(--arch resnet50 --width 64 --no-small-stem --dataset synthetic:512 --n 512 --views 4
        --size 224 --batch-size 256 --shard-size 256 --repeats 2)
   TRAIN=(--student resnet18 --teacher resnet50 --teacher-width 64 --dataset synthetic:1024
-         --size 224 --batch 128 --steps 20 --repeats 2 --views 2 --amp --min-flops-ratio 2)
+         --size 224 --batch 128 --steps 20 --online-steps 20 --repeats 2 --views 2 --amp
+         --min-flops-ratio 2)
   KNN=(--bank 1000000 --queries 10000 --dim 128 --k 20 --repeats 3 --skip-sklearn)
   SVC=(--clients 64 --requests 512 --rounds 2 --arch resnet50 --width 64 --size 224
        --max-batch-size 64 --threads 4 --prep-threads 8)

@@ -49,7 +49,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -59,8 +62,11 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from store.embedding_store import EmbeddingStore
+from store.memory import InMemoryStore
 from store.views import get_recipe
 from student_trainer.config import TrainConfig
+from student_trainer.data import StorePlan
 from student_trainer.models import build_student, student_config
 from student_trainer.train import TrainResult, train
 from teacher_service.checkpoint import save_checkpoint
@@ -130,23 +136,103 @@ def isolated_rates(
     return {k: round(v, 2) for k, v in out.items()}
 
 
+def plan_epoch_ms(store: str, batch: int, epochs: int = 3) -> dict[str, float]:
+    """Main-process ms to plan one epoch of store batches (shard reads + fp16 -> fp32 +
+    shuffle buffer + view choice), median of ``epochs``: from the zarr store (``zarr``) and from
+    the same store in RAM (``ram``). The DataLoader runs this in the training process."""
+    opened = EmbeddingStore.open(store)
+    out = {}
+    for name, source in (("zarr", opened), ("ram", InMemoryStore.load(opened))):
+        plan = StorePlan(source, seed=0, batch=batch)
+        times = []
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            for _ in plan.batches(epoch):
+                pass
+            times.append(1000 * (time.perf_counter() - start))
+        out[name] = round(statistics.median(times), 2)
+    return out
+
+
+def _start_service(args: list[str], log: Path, timeout: float = 180.0) -> tuple[Any, str]:
+    """``disco serve ARGS`` (uvicorn) on a free loopback port, once ``/healthz`` answers."""
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    with open(log, "wb") as out:
+        cmd = [sys.executable, "-m", "teacher_service.serve_cli", *args, "--port", str(port)]
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    proc.wait()
+    raise SystemExit(f"disco serve did not start:\n{log.read_text()[-2000:]}")
+
+
+def _fill_record(out: Path) -> dict[str, Any]:
+    """The last step record of a run's ``log.jsonl`` (lazy fill logs ``fill_*`` counters)."""
+    lines = (out / "log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if "lr" in r][-1]
+
+
+def lazy_fill(
+    store: str, ckpt: Path, work: Path, common: dict[str, Any], views: int, device: str
+) -> dict[str, Any]:
+    """DisCo from an empty store (the full store's manifest and view plan, ``views`` per row, no
+    teacher attached) while a real ``disco serve`` on loopback fills the targets on demand: epoch
+    1 (every target fetched; no queue pre-fill, so nothing is fetched before the clock starts)
+    and, resumed in the same run folder, epoch 2 (with V = 2 every pair of epoch 2 was written
+    in epoch 1). Returns both runs' results and their last ``fill_*`` log counters."""
+    full = EmbeddingStore.open(store)
+    root = work / "service_stores"
+    root.mkdir()
+    lazy_store = root / "lazy"
+    EmbeddingStore.create(
+        str(lazy_store), manifest=full.manifest, recipe=full.recipe, seed=full.seed,
+        views=views, shard_size=full.shard_size,
+    )  # fmt: skip
+    serve = ["--teacher", str(ckpt), "--store-root", str(root), "--device", device,
+             "--threads", "1", "--max-wait-ms", "5", "--log-level", "warning"]  # fmt: skip
+    proc, url = _start_service(serve, work / "serve.log")
+    try:
+        kw = common | dict(method="disco", store=str(lazy_store), teacher_url=url)
+        kw |= dict(prefill_queue=False, out=str(work / "lazy_fill"))
+        spe = StorePlan(full, seed=0, batch=kw["batch_size"]).steps_per_epoch
+        first = train(TrainConfig(**(kw | dict(stop_at_step=spe))))
+        fill1 = _fill_record(Path(kw["out"]))
+        second = train(TrainConfig(**(kw | dict(stop_at_step=2 * spe, resume=True))))
+        fill2 = _fill_record(Path(kw["out"]))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return {"epoch1": first, "epoch2": second, "fill1": fill1, "fill2": fill2, "spe": spe}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--student", default="resnet10", help="student arch")
-    parser.add_argument("--student-width", type=int, default=16)
-    parser.add_argument("--teacher", default="resnet50", help="teacher arch")
-    parser.add_argument("--teacher-width", type=int, default=32)
-    parser.add_argument("--dataset", default="synthetic:384")
+    parser.add_argument("--student", default="tiny", help="student arch")
+    parser.add_argument("--student-width", type=int, default=8)
+    parser.add_argument("--teacher", default="resnet18", help="teacher arch")
+    parser.add_argument("--teacher-width", type=int, default=20)
+    parser.add_argument("--dataset", default="synthetic:256")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument(
-        "--steps", type=int, default=12, help="timed steps of the store/mocov2 runs (1 epoch)"
+        "--steps", type=int, default=8, help="timed steps of the store/mocov2 runs (1 epoch)"
     )
     parser.add_argument("--online-steps", type=int, default=4, help="timed steps, online run")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--views", type=int, default=4)
+    parser.add_argument("--views", type=int, default=2)
     parser.add_argument("--queue", type=int, default=128, help="MoCo queue (pre-fill is untimed)")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
@@ -157,6 +243,15 @@ def main() -> None:
         type=float,
         default=10.0,
         help="refuse teachers with fewer x the student's FLOPs (ResNet-50/18 at 224 px: 2.3)",
+    )
+    parser.add_argument(
+        "--lazy-fill",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure lazy fill against a real `disco serve` on loopback",
+    )
+    parser.add_argument(
+        "--lazy-views", type=int, default=2, help="V of the lazy-fill store (2: epoch 2 cached)"
     )
     args = parser.parse_args()
     if args.threads:
@@ -219,8 +314,13 @@ def main() -> None:
     }
     results: dict[str, list[TrainResult]] = {name: [] for name in runs}
     for r in range(args.repeats):
-        for name, kw in runs.items():  # interleaved, so machine noise hits all of them alike
-            cfg = TrainConfig(out=str(work / f"{name}{r}"), **(common | kw))
+        # interleaved, so machine noise hits all of them alike; cached and ram swap places
+        # every repeat, so a drift in the machine's load does not favour either
+        order = (
+            list(runs) if r % 2 == 0 else ["disco_ram", "disco_cached", "mocov2", "disco_online"]
+        )
+        for name in order:
+            cfg = TrainConfig(out=str(work / f"{name}{r}"), **(common | runs[name]))
             results[name].append(train(cfg))
 
     def med(name: str, per_step: Callable[[TrainResult], float]) -> float:
@@ -244,6 +344,10 @@ def main() -> None:
     predicted = (7 * f_s + 2 * f_t) / (7 * f_s)
     speedup = sps["disco_cached"] / sps["disco_online"]
     rates = isolated_rates(teacher, student, f_t, f_s, args.size, args.batch)
+    planning = plan_epoch_ms(store, args.batch)
+    lazy = None
+    if args.lazy_fill:
+        lazy = lazy_fill(store, ckpt, work, common, args.lazy_views, args.device)
     run_teacher_rate = 2 * f_t * args.batch / (ms["disco_online"]["teacher"] / 1000)
     run_student_rate = 7 * f_s * args.batch / (ms["disco_cached"]["rest"] / 1000)
 
@@ -272,6 +376,11 @@ def main() -> None:
         f"{run_teacher_rate:.1f}, student step {run_student_rate:.1f}"
     )
     print("isolated GFLOP/s on one batch: " + ", ".join(f"{k} {v}" for k, v in rates.items()))
+    print(
+        f"planning one epoch of batches in the training process: from zarr {planning['zarr']} ms,"
+        f" from RAM {planning['ram']} ms (a disco_ram epoch: "
+        f"{ms['disco_ram']['step'] * results['disco_ram'][0].steps_per_epoch:.0f} ms)"
+    )
 
     result: dict[str, Any] = {
         "bench": "train_throughput",
@@ -286,6 +395,7 @@ def main() -> None:
         "cache_overhead_ratio": round(sps["disco_cached"] / sps["mocov2"], 3),
         "cache_overhead_ratio_note": "information: mocov2 does 4 student forwards/img, disco 7",
         "predicted_cache_overhead_ratio": round(4 / 7, 3),
+        "plan_epoch_ms": planning,
         "ms_per_step": {name: {k: round(v, 1) for k, v in m.items()} for name, m in ms.items()},
         "run_teacher_gflop_s": round(run_teacher_rate, 2),
         "run_student_gflop_s": round(run_student_rate, 2),
@@ -306,6 +416,24 @@ def main() -> None:
         "workers": args.workers,
         "threads": args.threads or torch.get_num_threads(),
     }
+    if lazy is not None:
+        e1, e2 = lazy["epoch1"], lazy["epoch2"]
+        result |= {
+            "lazy_fill_sps": round(e1.samples_per_second, 2),
+            "lazy_fill_cached_sps": round(e2.samples_per_second, 2),
+            "lazy_fill_vs_online": round(e1.samples_per_second / sps["disco_online"], 3),
+            "lazy_fill_views": args.lazy_views,
+            "lazy_fill_log": {
+                "epoch1": {k: v for k, v in lazy["fill1"].items() if k.startswith("fill")},
+                "epoch2": {k: v for k, v in lazy["fill2"].items() if k.startswith("fill")},
+            },
+        }
+        print(
+            f"lazy fill (V={args.lazy_views}, {lazy['spe']} steps/epoch): epoch 1 "
+            f"{e1.samples_per_second:.1f} samples/s ({result['lazy_fill_vs_online']:.2f}x online,"
+            f" data wait {1000 * e1.data_seconds / max(1, e1.steps):.0f} ms/step), epoch 2 "
+            f"{e2.samples_per_second:.1f}; log {result['lazy_fill_log']}"
+        )
     print(json.dumps(result))
 
 

@@ -47,7 +47,17 @@ def test_tiny_run_writes_every_bench_line(tmp_path: Path) -> None:
     pre = by["precompute"]
     assert pre["device"] == "cpu" and pre["bare_img_s"] > 0 and pre["pipeline_store_img_s"] > 0
     train = by["train_throughput"]
-    assert min(train["mocov2_sps"], train["disco_cached_sps"], train["disco_online_sps"]) > 0
+    runs = ("mocov2_sps", "disco_cached_sps", "disco_ram_sps", "disco_online_sps")
+    assert min(train[k] for k in runs) > 0 and train["lazy_fill_sps"] > 0
+    # the ratios are the printed samples/s figures' ratios (rounded)
+    ratio = train["disco_cached_sps"] / train["disco_ram_sps"]
+    assert train["read_cost_ratio"] == pytest.approx(ratio, rel=5e-3)
+    measured = train["disco_cached_sps"] / train["disco_online_sps"]
+    assert train["speedup_vs_online"] == pytest.approx(measured, rel=5e-3)
+    assert train["speedup_vs_prediction"] == pytest.approx(
+        train["speedup_vs_online"] / train["predicted_speedup_vs_online"], rel=5e-3
+    )
+    assert train["lazy_fill_log"]["epoch1"]["fill_fetched"] > 0  # the service filled targets
     assert by["knn"]["agreement"] == 1.0 and by["knn"]["faiss_gpu"] is False
     assert by["service"]["errors"] == 0 and by["service"]["service_img_s"] > 0
     assert by["render"]["cpu_exact"] is True and by["render"]["render_ratio"] > 0
