@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import zarr
 
 from store.embedding_store import EmbeddingStore, ShardBlock
 from store.errors import StoreError
@@ -30,14 +31,14 @@ __all__ = ["InMemoryStore"]
 class InMemoryStore(EmbeddingStore):
     """An :class:`EmbeddingStore` whose shards were read once into RAM (see the module doc)."""
 
-    def __init__(self, source: EmbeddingStore) -> None:
-        super().__init__(source.url, source.group, "r")
-        self._attrs = dict(source.attrs)
-        self._manifest = source.manifest
-        self._recipe = source.recipe
+    def __init__(self, url: str, group: zarr.Group, mode: str = "r") -> None:
+        """Read every shard of the store ``group`` at ``url`` into RAM (the constructor
+        ``EmbeddingStore.open`` calls, so ``InMemoryStore.open(url)`` works too; ``mode`` is
+        ignored: the copy is read-only)."""
+        super().__init__(url, group, "r")
         if self.teacher is None:
-            raise StoreError(f"store {source.url!r} has no teacher embeddings to hold in RAM")
-        blocks = [source.read_shard(s) for s in range(source.num_shards)]
+            raise StoreError(f"store {url!r} has no teacher embeddings to hold in RAM")
+        blocks = [super(InMemoryStore, self).read_shard(s) for s in range(self.num_shards)]
         for block in blocks:
             for array in (block.embeddings, block.written, block.params):
                 array.flags.writeable = False
@@ -51,8 +52,8 @@ class InMemoryStore(EmbeddingStore):
 
     @classmethod
     def load(cls, store: EmbeddingStore) -> InMemoryStore:
-        """Every shard of ``store`` read into RAM (one ``read_shard`` per shard)."""
-        return cls(store)
+        """Every shard of the open ``store`` read into RAM (one ``read_shard`` per shard)."""
+        return cls(store.url, store.group)
 
     @property
     def nbytes(self) -> int:

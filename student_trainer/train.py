@@ -213,7 +213,9 @@ def _open_data(
 def _store_complete(store: Any, views: int | None) -> bool:
     """True when ``store`` holds a target for every view (the first ``views``) of every valid
     row, fetched fresh (a store without a teacher is empty)."""
-    fresh = type(store).open(store.url)
+    from store.embedding_store import EmbeddingStore
+
+    fresh = EmbeddingStore.open(store.url)  # from storage, also for a store held in RAM
     if fresh.teacher is None:
         return False
     mask = fresh.written_mask()[np.asarray(fresh.manifest.valid, dtype=bool)]

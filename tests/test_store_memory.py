@@ -78,6 +78,8 @@ def test_in_memory_store_serves_the_stores_blocks_read_only(store_url: str) -> N
         np.testing.assert_array_equal(got.params, want.params)
         with pytest.raises(ValueError, match="read-only"):
             got.embeddings[0, 0, 0] = 1.0
+    reopened = InMemoryStore.open(store_url, mode="r+")  # EmbeddingStore's constructor path
+    np.testing.assert_array_equal(reopened.read_shard(1).embeddings, mem.read_shard(1).embeddings)
     with pytest.raises(StoreError, match="out of range"):
         mem.read_shard(store.num_shards)
     with pytest.raises(StoreError, match="read-only"):
