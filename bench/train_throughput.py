@@ -154,27 +154,32 @@ def plan_epoch_ms(store: str, batch: int, epochs: int = 3) -> dict[str, float]:
     return out
 
 
-def _start_service(args: list[str], log: Path, timeout: float = 180.0) -> tuple[Any, str]:
-    """``disco serve ARGS`` (uvicorn) on a free loopback port, once ``/healthz`` answers."""
-    import httpx
-
+def spawn_service(args: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``disco serve ARGS`` (uvicorn) on a free loopback port; returns (process, URL) at
+    once: it loads while the other runs train (:func:`wait_ready` waits for it)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     with open(log, "wb") as out:
         cmd = [sys.executable, "-m", "teacher_service.serve_cli", *args, "--port", str(port)]
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float) -> None:
+    """Wait until the service's ``/healthz`` answers 200; exit with its log if it does not."""
+    import httpx
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                return proc, url
+            if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
+                return
         except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    proc.wait()
-    raise SystemExit(f"disco serve did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.5)
+    raise SystemExit(
+        f"disco serve did not become ready in {timeout:.0f} s:\n{log.read_text()[-2000:]}"
+    )
 
 
 def _fill_record(out: Path) -> dict[str, Any]:
@@ -183,36 +188,31 @@ def _fill_record(out: Path) -> dict[str, Any]:
     return [r for r in map(json.loads, lines) if "lr" in r][-1]
 
 
-def lazy_fill(
-    store: str, ckpt: Path, work: Path, common: dict[str, Any], views: int, device: str
-) -> dict[str, Any]:
-    """DisCo from an empty store (the full store's manifest and view plan, ``views`` per row, no
-    teacher attached) while a real ``disco serve`` on loopback fills the targets on demand: epoch
-    1 (every target fetched; no queue pre-fill, so nothing is fetched before the clock starts)
-    and, resumed in the same run folder, epoch 2 (with V = 2 every pair of epoch 2 was written
-    in epoch 1). Returns both runs' results and their last ``fill_*`` log counters."""
+def empty_store(store: str, root: Path, views: int) -> Path:
+    """``root/lazy``: the full store's manifest and view plan with ``views`` per row, no teacher
+    attached (the service attaches its teacher at the first write-through)."""
     full = EmbeddingStore.open(store)
-    root = work / "service_stores"
     root.mkdir()
-    lazy_store = root / "lazy"
     EmbeddingStore.create(
-        str(lazy_store), manifest=full.manifest, recipe=full.recipe, seed=full.seed,
+        str(root / "lazy"), manifest=full.manifest, recipe=full.recipe, seed=full.seed,
         views=views, shard_size=full.shard_size,
     )  # fmt: skip
-    serve = ["--teacher", str(ckpt), "--store-root", str(root), "--device", device,
-             "--threads", "1", "--max-wait-ms", "5", "--log-level", "warning"]  # fmt: skip
-    proc, url = _start_service(serve, work / "serve.log")
-    try:
-        kw = common | dict(method="disco", store=str(lazy_store), teacher_url=url)
-        kw |= dict(prefill_queue=False, out=str(work / "lazy_fill"))
-        spe = StorePlan(full, seed=0, batch=kw["batch_size"]).steps_per_epoch
-        first = train(TrainConfig(**(kw | dict(stop_at_step=spe))))
-        fill1 = _fill_record(Path(kw["out"]))
-        second = train(TrainConfig(**(kw | dict(stop_at_step=2 * spe, resume=True))))
-        fill2 = _fill_record(Path(kw["out"]))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    return root / "lazy"
+
+
+def lazy_fill(lazy_store: Path, url: str, work: Path, common: dict[str, Any]) -> dict[str, Any]:
+    """DisCo from the empty ``lazy_store`` while the service at ``url`` fills the targets on
+    demand: epoch 1 (every target fetched; no queue pre-fill, so nothing is fetched before the
+    clock starts) and, resumed in the same run folder, epoch 2 (with V = 2 every pair of epoch
+    2 was written in epoch 1). Returns both runs' results and their last ``fill_*`` counters."""
+    kw = common | dict(method="disco", store=str(lazy_store), teacher_url=url)
+    kw |= dict(prefill_queue=False, out=str(work / "lazy_fill"))
+    spe = StorePlan(EmbeddingStore.open(str(lazy_store)), seed=0, batch=kw["batch_size"],
+                    use_targets=False).steps_per_epoch  # fmt: skip
+    first = train(TrainConfig(**(kw | dict(stop_at_step=spe))))
+    fill1 = _fill_record(Path(kw["out"]))
+    second = train(TrainConfig(**(kw | dict(stop_at_step=2 * spe, resume=True))))
+    fill2 = _fill_record(Path(kw["out"]))
     return {"epoch1": first, "epoch2": second, "fill1": fill1, "fill2": fill2, "spe": spe}
 
 
@@ -291,6 +291,33 @@ def main() -> None:
         )
     )
 
+    service = None
+    if args.lazy_fill:  # started now: it loads while the other runs train
+        lazy_store = empty_store(store, work / "service_stores", args.lazy_views)
+        serve = ["--teacher", str(ckpt), "--store-root", str(lazy_store.parent),
+                 "--device", args.device, "--threads", "1", "--max-wait-ms", "5",
+                 "--log-level", "warning"]  # fmt: skip
+        service = spawn_service(serve, work / "serve.log")
+    try:
+        _measure(args, store, ckpt, work, teacher, student, f_t, f_s, service)
+    finally:
+        if service is not None:
+            service[0].terminate()
+            service[0].wait(timeout=60)
+
+
+def _measure(
+    args: argparse.Namespace,
+    store: str,
+    ckpt: Path,
+    work: Path,
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+    f_t: float,
+    f_s: float,
+    service: tuple[subprocess.Popen[bytes], str] | None,
+) -> None:
+    """The runs, the figures, the table and the JSON line (see the module docstring)."""
     common: dict[str, Any] = dict(
         arch=args.student,
         width=args.student_width,
@@ -346,8 +373,9 @@ def main() -> None:
     rates = isolated_rates(teacher, student, f_t, f_s, args.size, args.batch)
     planning = plan_epoch_ms(store, args.batch)
     lazy = None
-    if args.lazy_fill:
-        lazy = lazy_fill(store, ckpt, work, common, args.lazy_views, args.device)
+    if service is not None:
+        wait_ready(*service, work / "serve.log", timeout=900.0)
+        lazy = lazy_fill(work / "service_stores" / "lazy", service[1], work, common)
     run_teacher_rate = 2 * f_t * args.batch / (ms["disco_online"]["teacher"] / 1000)
     run_student_rate = 7 * f_s * args.batch / (ms["disco_cached"]["rest"] / 1000)
 
