@@ -109,7 +109,7 @@ if [[ $TINY -eq 1 ]]; then
   SVC=(--clients 4 --requests 8 --rounds 1 --arch resnet18 --width 8 --size 32
        --max-batch-size 8 --threads 1 --prep-threads 1)
   RENDER=(--size 32 --images 4 --ref-views 8 --batches 8 --repeats 1 --no-teacher)
-  LIMITS=(120 120 120 60 120 60)
+  LIMITS=(120 120 240 60 120 60)
 else
   DEV=cuda; AMP=(--amp bf16); SVC_DTYPE=bfloat16; TESTS=(tests)
   W=$(( CPUS - 1 < 15 ? CPUS - 1 : 15 ))

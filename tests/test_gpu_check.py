@@ -31,7 +31,7 @@ def test_tiny_run_writes_every_bench_line(tmp_path: Path) -> None:
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=500,
+        timeout=800,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     lines = [json.loads(x) for x in out.read_text().splitlines()]
