@@ -18,7 +18,9 @@ The teacher is a randomly initialised encoder (weights do not change its cost) w
 ``--min-flops-ratio`` (10) x the student's FLOPs. Figures (last stdout line, one JSON object):
 
 - ``read_cost_ratio`` = disco_cached / disco_ram samples/s: the cost of the store itself
-  (goal >= 0.95);
+  (goal >= 0.95). This and the other ratios are medians over repeats of the ratio within each
+  repeat (``sps_repeats`` holds every run's figure): on a shared machine the load changes
+  between repeats far more than within one;
 - ``speedup_vs_online`` = disco_cached / disco_online, against ``predicted_speedup_vs_online``
   from FLOP counts: ``disco`` runs the student on both views with backward (~3x forward each)
   plus the key encoder on one view = 7 student forwards per image, online adds 2 teacher
@@ -369,7 +371,15 @@ def _measure(
         for name in runs
     }
     predicted = (7 * f_s + 2 * f_t) / (7 * f_s)
-    speedup = sps["disco_cached"] / sps["disco_online"]
+    per_repeat = {name: [res.samples_per_second for res in results[name]] for name in runs}
+
+    def paired(a: str, b: str) -> float:
+        """Median over repeats of a / b within each repeat (the two ran minutes apart, so a
+        load change between repeats, common on a shared machine, cancels)."""
+        return statistics.median(x / y for x, y in zip(per_repeat[a], per_repeat[b], strict=True))
+
+    read_cost = paired("disco_cached", "disco_ram")
+    speedup = paired("disco_cached", "disco_online")
     rates = isolated_rates(teacher, student, f_t, f_s, args.size, args.batch)
     planning = plan_epoch_ms(store, args.batch)
     lazy = None
@@ -389,10 +399,7 @@ def _measure(
             f"{name:<14}{sps[name]:>10.1f}{m['step']:>9.0f}{m['data']:>7.0f}{m['teacher']:>8.0f}"
             f"{m['rest']:>7.0f}  {reps}"
         )
-    pair = [
-        c.samples_per_second / m.samples_per_second
-        for c, m in zip(results["disco_cached"], results["disco_ram"], strict=True)
-    ]
+    pair = [c / r for c, r in zip(per_repeat["disco_cached"], per_repeat["disco_ram"], strict=True)]
     print("read cost, cached / ram per repeat: " + ", ".join(f"{x:.3f}" for x in pair))
     print(
         f"student {args.student}(w{args.student_width}): {f_s:.4f} GFLOPs/img; teacher "
@@ -416,13 +423,14 @@ def _measure(
         "disco_cached_sps": round(sps["disco_cached"], 2),
         "disco_ram_sps": round(sps["disco_ram"], 2),
         "disco_online_sps": round(sps["disco_online"], 2),
-        "read_cost_ratio": round(sps["disco_cached"] / sps["disco_ram"], 3),
+        "read_cost_ratio": round(read_cost, 3),
         "speedup_vs_online": round(speedup, 3),
         "predicted_speedup_vs_online": round(predicted, 3),
         "speedup_vs_prediction": round(speedup / predicted, 3),
-        "cache_overhead_ratio": round(sps["disco_cached"] / sps["mocov2"], 3),
+        "cache_overhead_ratio": round(paired("disco_cached", "mocov2"), 3),
         "cache_overhead_ratio_note": "information: mocov2 does 4 student forwards/img, disco 7",
         "predicted_cache_overhead_ratio": round(4 / 7, 3),
+        "sps_repeats": {name: [round(x, 2) for x in v] for name, v in per_repeat.items()},
         "plan_epoch_ms": planning,
         "ms_per_step": {name: {k: round(v, 1) for k, v in m.items()} for name, m in ms.items()},
         "run_teacher_gflop_s": round(run_teacher_rate, 2),
