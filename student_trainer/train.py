@@ -113,6 +113,9 @@ class TrainResult:
     """kNN monitor records of the whole run (rank 0: full records; other ranks: the figure)."""
     best_path: str | None = None
     """``best.pt`` (the query encoder at the best monitor figure) with ``keep_best``."""
+    fill: dict[str, float] = field(default_factory=dict)
+    """Lazy fill (``teacher_url``): the last ``FillStats.snapshot()`` (fill_fetched slots,
+    fill_slots_per_s, fill_cached fraction, fill_dropped samples); empty otherwise."""
 
 
 @dataclass
@@ -708,6 +711,7 @@ def _train(
         last_terms=last_terms,
         knn=knn_records,
         best_path=str(out / "best.pt") if cfg.keep_best and rank == 0 else None,
+        fill=filler.stats.snapshot() if filler is not None else {},
     )
 
 
