@@ -61,7 +61,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
     def serve() -> None:
         try:
-            server["proc"], server["url"] = start_server(args, root / "server.log", timeout=300)
+            server["proc"], server["url"] = start_server(args, root / "server.log", timeout=540)
         except RuntimeError as exc:
             server["error"] = exc
 
@@ -179,6 +179,9 @@ def test_lazy_fill_sees_the_full_store_sequence_and_targets(
         got = filled.read_shard(r // SHARD).embeddings[r % SHARD, v]
         want = full.read_shard(r // SHARD).embeddings[r % SHARD, v]
         assert _cos(got, want) >= 0.9999
+    # a store filled by a mix of precompute and lazy fill (or lazy fill alone) checks clean
+    check = CliRunner().invoke(cli_app, ["store", "check", str(path)])
+    assert check.exit_code == 0 and "OK" in check.output, check.output
 
 
 def test_resume_of_a_lazy_run_continues_the_same_sequence(
