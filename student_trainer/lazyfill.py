@@ -70,6 +70,8 @@ SKIP_RETRY_S = 10.0
 the service is tried again."""
 STATUS_EVERY_S = 10.0
 """A repeated status line (e.g. still waiting) is printed at most this often."""
+JOIN_TIMEOUT_S = 120.0
+"""How long a stopped fetcher may take to finish its request in flight."""
 _IDENTITY = ("dataset.manifest_hash", "dataset.n", "recipe")
 
 
@@ -133,6 +135,7 @@ class TeacherLink:
         self._checked = False
         self._down_until = 0.0
         self._waiting_since: float | None = None
+        self._said = 0.0
         self.status = ""
         """The current condition ("" when fine), e.g. "waiting for teacher service URL (12 s)"."""
 
@@ -190,7 +193,7 @@ class TeacherLink:
 
     def _set_status(self, text: str) -> None:
         changed = text.split(" (")[0] != self.status.split(" (")[0]
-        if changed or time.monotonic() - getattr(self, "_said", 0.0) >= STATUS_EVERY_S:
+        if changed or time.monotonic() - self._said >= STATUS_EVERY_S:
             if text or self.status:
                 self._status(text or f"teacher service {self.url} answers again")
             self._said = time.monotonic()
@@ -358,7 +361,8 @@ class TargetFiller:
     def run_ahead(self, batches: Iterator[list[PairItem]], tag: int) -> Iterator[list[PairItem]]:
         """Yield ``batches`` filled, in order, from a background thread that stays at most
         ``depth`` batches ahead; stops the thread when the consumer stops. A fetch error is
-        raised here, at the batch it belongs to."""
+        raised here, at the batch it belongs to. Closing the iterator stops the thread after its
+        request in flight."""
         if tag == TAG_TRAIN:
             self.stats.new_pass()
         ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=self.depth)
@@ -396,3 +400,6 @@ class TargetFiller:
                 yield value
         finally:
             stop.set()
+            # let a request in flight finish: the next pass then finds its slots written instead
+            # of asking for them again (a wait for the service ends at once on ``stop``)
+            thread.join(timeout=JOIN_TIMEOUT_S)

@@ -118,6 +118,9 @@ class TrainResult:
     store reads, batched rendering). Host time: on CUDA, queued GPU work is not waited for."""
     teacher_seconds: float = 0.0
     """Of ``seconds``: the online teacher's forward on both views (0 with cached targets)."""
+    fill: dict[str, float] = field(default_factory=dict)
+    """Lazy fill (``teacher_url``): the last ``FillStats.snapshot()`` (fill_fetched slots,
+    fill_slots_per_s, fill_cached fraction, fill_dropped samples); empty otherwise."""
 
 
 @dataclass
@@ -740,6 +743,7 @@ def _train(
         best_path=str(out / "best.pt") if cfg.keep_best and rank == 0 else None,
         data_seconds=clock["data"],
         teacher_seconds=clock["teacher"],
+        fill=filler.stats.snapshot() if filler is not None else {},
     )
 
 
