@@ -29,6 +29,7 @@ read. Last line: one JSON object with every figure (ms).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -46,7 +47,7 @@ from store.datasets import open_dataset
 from store.decode import decode_image
 from store.embedding_store import EmbeddingStore
 from store.manifest import build_manifest
-from store.views import get_recipe, plan_views, render_view, render_views
+from store.views import get_recipe, normalise_views, plan_views, render_view, render_views
 from teacher_service.checkpoint import load_encoder
 from teacher_service.encoders import EncoderConfig, build_encoder
 
@@ -126,7 +127,7 @@ def _precompute_demo(
     )
     bat = _median_s(lambda: render_views(srcs, params, recipe, dev), a.repeats, sync)
     teacher = load_encoder(DEMO_TEACHER).encoder.eval().to(dev)
-    x = render_views(srcs, params, recipe, dev)
+    x = normalise_views(render_views(srcs, params, recipe, dev), recipe.mean, recipe.std)
     x = torch.cat([x, x])  # 256 views, the demo's precompute batch
 
     def forward() -> None:
@@ -163,6 +164,7 @@ def _precompute_224(
     torch.manual_seed(0)
     teacher = build_encoder(EncoderConfig(arch="resnet50")).eval().to(dev)
     x = render_views(srcs[: a.r50_batch], params[: a.r50_batch], recipe, dev)
+    x = normalise_views(x, recipe.mean, recipe.std)
 
     def forward() -> None:
         with torch.inference_mode():
@@ -186,7 +188,7 @@ def _training(
     from teacher_service.runtime import to_device
 
     b = a.train_batch
-    defaults = TrainConfig(method="disco", dataset="mnist5k", out=str(Path(tmp) / "unused"))
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     dataset = open_dataset("mnist5k")
     recipe = get_recipe("digits", 32)
     images = [dataset.load(i) for i in range(b)]
@@ -208,9 +210,9 @@ def _training(
     data_ref = _median_s(data_reference, a.repeats, sync)
     data_bat = _median_s(data_batched, a.repeats, sync)
 
-    # Targets: the demo store is 4,000 rows x V x 128 fp16 in shards of 1,024 rows; a step uses
+    # Targets: a V x 128 fp16 store read in whole 512-row shards; a step uses
     # b rows of a shard read once per shard, plus the gather of its two views' targets.
-    shard_rows = 1024
+    shard_rows = 512
     store = _store(tmp, "targets", shard_rows, a.views, 128)
     emb = np.random.default_rng(1).standard_normal((shard_rows, a.views, 128)).astype(np.float32)
     store.write_shard(0, emb / np.linalg.norm(emb, axis=-1, keepdims=True))
@@ -230,8 +232,8 @@ def _training(
 
     torch.manual_seed(0)
     cfg = student_config(
-        "resnet10", 128, head_hidden=defaults.head_hidden, head_bn=defaults.head_bn,
-        bn_groups=resolve_bn_groups(defaults.bn_groups, b), small_stem=True, width=16,
+        "resnet10", 128, head_hidden=defaults["head_hidden"], head_bn=defaults["head_bn"],
+        bn_groups=resolve_bn_groups(defaults["bn_groups"], b), small_stem=True, width=16,
     )  # fmt: skip
     model = MoCo(build_student(cfg), method="disco", queue_size=4096, distill_weight=8.0)
     model.to(dev).train()
