@@ -277,7 +277,7 @@ def _training(
 
 def _table(title: str, unit: str, rows: list[tuple[str, float]], total_keys: list[str]) -> None:
     print(f"\n{title}")
-    print(f"| stage | ms {unit} | share of {' + '.join(total_keys)} |")
+    print(f"| stage | ms {unit} | share (of the pipeline with the reference renderer) |")
     print("|---|---|---|")
     total = sum(v for k, v in rows if k in total_keys)
     for name, value in rows:
