@@ -22,7 +22,7 @@ DataLoader worker or one loaded core gives); medians of ``--repeats``. The load 
 printed: on a shared machine absolute figures move with it, shares within one run are what to
 read. Last line: one JSON object with every figure (ms).
 
-    nice python bench/time_budget.py                # about 2-4 minutes on 2 busy cores
+    nice python bench/time_budget.py                # 12 minutes niced at load average 12 here
     python bench/time_budget.py --device cuda       # on a GPU host (bench/gpu_check.sh)
 """
 
