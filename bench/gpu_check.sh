@@ -111,7 +111,7 @@ if [[ $TINY -eq 1 ]]; then
        --max-batch-size 8 --threads 1 --prep-threads 1)
   RENDER=(--size 32 --images 4 --ref-views 8 --batches 8 --repeats 1 --no-teacher)
   TIME=(--skip-224 --repeats 1 --train-batch 16 --views 2)
-  LIMITS=(120 120 120 60 120 60 90)
+  LIMITS=(120 120 120 60 120 60 120)
 else
   DEV=cuda; AMP=(--amp bf16); SVC_DTYPE=bfloat16; TESTS=(tests)
   W=$(( CPUS - 1 < 15 ? CPUS - 1 : 15 ))
