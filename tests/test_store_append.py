@@ -1,4 +1,4 @@
-"""Mixed fill and growth: precompute keeps slots others wrote; `disco store append` grows a store."""
+"""Mixed fill, growth: precompute keeps slots others wrote; `disco store append` grows a store."""
 
 from __future__ import annotations
 
