@@ -11,7 +11,7 @@ from store.atomic import atomic_write_text
 from store.errors import ConfigError
 from student_trainer.methods import MethodSpec, get_method
 
-__all__ = ["MONITOR_SPLITS", "TrainConfig"]
+__all__ = ["MISSING_CHOICES", "MONITOR_SPLITS", "TrainConfig"]
 
 # Fields that may differ between a run and its resumption without changing the result.
 RESUME_FREE_FIELDS = (
@@ -28,7 +28,16 @@ RESUME_FREE_FIELDS = (
     "monitor_split",
     "monitor_max_queries",
     "monitor_max_bank",
+    # lazy fill: where targets come from, not what they are (a service's write-through gives
+    # the store's targets within fp16 rounding), so a run may resume with or without a service
+    "teacher_url",
+    "service_store",
+    "missing",
+    "fill_depth",
 )
+
+MISSING_CHOICES = ("error", "wait", "skip")
+"""What lazy fill does when the teacher service cannot deliver a missing target."""
 
 MONITOR_SPLITS = ("test", "val")
 """Held-out splits of the kNN monitor: the dataset's test split, or a validation part of train."""
@@ -70,6 +79,17 @@ class TrainConfig:
     """Online ViT teacher: cls, mean or cls+mean instead of the model's own pooling."""
     expect: dict[str, Any] = field(default_factory=dict)
     """Store attributes that must match (dotted path -> value), e.g. {"teacher.sha256": ...}."""
+    teacher_url: str | None = None
+    """Lazy fill: teacher service (``disco serve``) that computes the store's missing targets on
+    demand and writes them through (bearer token from env DISCO_TOKEN); None = the store must
+    hold every target the plan uses."""
+    service_store: str | None = None
+    """Lazy fill: the store's name under the service's store root (None: its folder name)."""
+    missing: str = "error"
+    """Lazy fill when the service cannot be reached: error (stop with one line), wait (retry,
+    showing "waiting for teacher service") or skip (train on the batch's cached samples only)."""
+    fill_depth: int = 4
+    """Lazy fill: batches whose missing targets are fetched ahead of the DataLoader."""
     accept_render_drift: bool = False
     """Train on a store whose render fingerprint differs from this install's (after verify)."""
     epochs: int = 15
@@ -170,6 +190,22 @@ class TrainConfig:
             )
         if self.views is not None and (self.store is None or self.views < 2):
             raise ConfigError("views needs a store and must be >= 2 (a pair of distinct views)")
+        if self.teacher_url is not None:
+            if self.store is None or not spec.uses_teacher or self.online_teacher is not None:
+                raise ConfigError(
+                    "teacher_url (lazy fill) needs a store and a method with cached teacher "
+                    "targets (disco, seed), without an online teacher"
+                )
+            if not self.teacher_url.startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"teacher_url must be http(s)://HOST:PORT, got {self.teacher_url!r}"
+                )
+        elif self.service_store is not None:
+            raise ConfigError("service_store needs teacher_url (lazy fill)")
+        if self.missing not in MISSING_CHOICES:
+            raise ConfigError(
+                f"missing must be one of {', '.join(MISSING_CHOICES)}, got {self.missing!r}"
+            )
         if self.split not in ("all", "train", "test"):
             raise ConfigError(f"split must be all, train or test, got {self.split!r}")
         positive_ints = {
@@ -180,6 +216,7 @@ class TrainConfig:
             "size": self.size,
             "shuffle_buffer": self.shuffle_buffer,
             "checkpoint_every": self.checkpoint_every,
+            "fill_depth": self.fill_depth,
         }
         for name, value in positive_ints.items():
             if value < 1:

@@ -9,7 +9,11 @@ params are sampled from), so no augmentation state lives in a worker.
 - Store mode (:class:`StorePlan`): whole shards in a seeded random order
   (``EmbeddingStore.iter_blocks``), rank r reading shards ``s % world == r``; rows pass through a
   shuffle buffer; each row gets two different cached views v1 != v2 (among its written views);
-  params and teacher targets are taken from the block in memory.
+  params and teacher targets are taken from the block in memory. With lazy fill
+  (``StorePlan(fill_dim=D)``) every valid view counts as usable, written or not, so the (i, v1, v2)
+  sequence is the full store's; each shard is read when the plan reaches it (seeing what a
+  concurrent precompute job or service wrote until then) and items whose views are not written
+  yet carry ``written`` False: :class:`student_trainer.lazyfill.TargetFiller` fetches them.
 - Dataset mode (:class:`DatasetPlan`): a seeded permutation of the split per epoch; view params are
   sampled in the worker with ``recipe.sample(seed, index, view_id, h, w)`` where view ids
   ``2·epoch`` and ``2·epoch + 1`` make every epoch's views fresh and reproducible.
@@ -20,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -28,6 +32,7 @@ from rich.progress import Progress
 from torch.utils.data import Dataset, Sampler
 
 from store.datasets import ImageDataset
+from store.embedding_store import ShardBlock
 from store.errors import ConfigError
 from store.manifest import Manifest
 from store.views import Recipe, render_view, render_views_normalised
@@ -35,6 +40,7 @@ from store.views import Recipe, render_view, render_views_normalised
 __all__ = [
     "TAG_PREFILL",
     "TAG_TRAIN",
+    "BatchFilter",
     "DatasetPlan",
     "EpochBatchSampler",
     "ImageBank",
@@ -66,7 +72,8 @@ class PairItem(NamedTuple):
 
     ``row``: manifest row; ``image_index``: dataset index; ``views``: (v1, v2) stored view numbers
     (store mode) or counter-based view ids (dataset mode); ``params``: two (P,) float32 arrays or
-    None (sample them in the worker); ``targets``: two (D,) float32 arrays or None.
+    None (sample them in the worker); ``targets``: two (D,) float32 arrays or None; ``written``:
+    whether each target is real (lazy fill: False = not in the store yet, the target is zeros).
     """
 
     row: int
@@ -74,6 +81,7 @@ class PairItem(NamedTuple):
     views: tuple[int, int]
     params: tuple[np.ndarray, np.ndarray] | None
     targets: tuple[np.ndarray, np.ndarray] | None
+    written: tuple[bool, bool] = (True, True)
 
 
 @dataclass
@@ -233,7 +241,10 @@ class StorePlan:
 
     ``use_targets``: attach cached teacher targets (and use only written views); False for
     ``mocov2`` or an online teacher, where any view of a valid row may be used. ``max_views``:
-    use only views ``0 .. max_views - 1`` of each row (None = all).
+    use only views ``0 .. max_views - 1`` of each row (None = all). ``fill_dim``: lazy fill with
+    targets of width D: every valid view is usable as on a full store (the same (i, v1, v2)
+    sequence), unwritten targets come as zeros with ``PairItem.written`` False, and a store
+    without a teacher yet is re-opened at each shard until one is attached.
     Every rank gets the same number of batches per epoch (``steps_per_epoch``), the minimum over
     ranks of usable rows // ``batch``.
     """
@@ -249,8 +260,10 @@ class StorePlan:
         buffer_size: int = 8192,
         use_targets: bool = True,
         max_views: int | None = None,
+        fill_dim: int | None = None,
     ) -> None:
         self.store = store
+        self.fill_dim = fill_dim
         self.seed = seed
         self.batch = batch
         self.rank = rank
@@ -268,7 +281,7 @@ class StorePlan:
         usable = np.repeat(manifest.valid[:, None], views, axis=1)
         if max_views is not None:
             usable[:, max_views:] = False
-        if use_targets:
+        if use_targets and fill_dim is None:
             usable &= np.asarray(store.written_mask(), dtype=bool)
         self.usable_views = usable
         self.usable_rows = usable.sum(axis=1) >= 2
@@ -294,6 +307,9 @@ class StorePlan:
         A store without teacher embeddings (online-teacher runs) has no ``written``/``embeddings``
         arrays, so its blocks carry the stored params only, in the same order.
         """
+        if self.fill_dim is not None:
+            yield from self._fill_blocks(block_seed)
+            return
         if self.use_targets or self.store.teacher is not None:
             yield from self.store.iter_blocks(seed=block_seed, shards=self.shards)
             return
@@ -301,6 +317,32 @@ class StorePlan:
         for k in np.random.default_rng(block_seed).permutation(len(self.shards)).tolist():
             start, stop = self.store.shard_bounds(self.shards[k])
             yield _ParamsBlock(start, stop, params[start:stop])
+
+    def _fill_blocks(self, block_seed: int) -> Iterator[ShardBlock]:
+        """Lazy fill: the shards in ``iter_blocks``' order, each read when reached; a store still
+        without a teacher is re-opened (the service attaches one at its first write-through)
+        and meanwhile gives all-unwritten blocks of zeros."""
+        assert self.fill_dim is not None
+        views = int(self.store.views)
+        for k in np.random.default_rng(block_seed).permutation(len(self.shards)).tolist():
+            shard = self.shards[k]
+            if self.store.teacher is None:
+                fresh = type(self.store).open(self.store.url)
+                if fresh.teacher is not None:
+                    self.store = fresh
+            if self.store.teacher is not None:
+                yield self.store.read_shard(shard)
+                continue
+            start, stop = self.store.shard_bounds(shard)
+            n = stop - start
+            yield ShardBlock(
+                shard=shard,
+                start=start,
+                stop=stop,
+                embeddings=np.zeros((n, views, self.fill_dim), dtype=np.float32),
+                written=np.zeros((n, views), dtype=bool),
+                params=self.store.params[start:stop],
+            )
 
     def batches(self, epoch: int, tag: int = TAG_TRAIN, skip: int = 0) -> Iterator[list[PairItem]]:
         """This rank's batches of epoch ``epoch`` (``steps_per_epoch`` of them), after ``skip``."""
@@ -329,14 +371,18 @@ class StorePlan:
                 choices = np.flatnonzero(self.usable_views[row])
                 v1, v2 = (int(v) for v in rng.choice(choices, size=2, replace=False))
                 targets = None
+                written = (True, True)
                 if self.use_targets:
                     targets = (block.embeddings[local, v1], block.embeddings[local, v2])
+                    if self.fill_dim is not None:
+                        written = (_is_target(block, local, v1), _is_target(block, local, v2))
                 item = PairItem(
                     row=row,
                     image_index=int(self.store.manifest.indices[row]),
                     views=(v1, v2),
                     params=(block.params[local, v1], block.params[local, v2]),
                     targets=targets,
+                    written=written,
                 )
                 if len(buffer) < self.buffer_size:
                     buffer.append(item)
@@ -350,6 +396,15 @@ class StorePlan:
             yield from take(buffer[int(j)])
             if emitted >= self.steps_per_epoch:
                 return
+
+
+def _is_target(block: Any, local: int, view: int) -> bool:
+    """True when slot (local row, view) of ``block`` is written and holds a unit vector (a store
+    that ``disco store check`` would flag gets the slot fetched again instead of trained on)."""
+    if not bool(block.written[local, view]):
+        return False
+    norm = float(np.linalg.norm(block.embeddings[local, view]))
+    return abs(norm - 1.0) < 0.05  # int8 stores: a few 1e-3 off
 
 
 class DatasetPlan:
@@ -395,11 +450,23 @@ class DatasetPlan:
             yield [PairItem(int(r), int(indices[r]), (base, base + 1), None, None) for r in rows]
 
 
-class EpochBatchSampler(Sampler[list[PairItem]]):
-    """Batch sampler handing a plan's batches to a DataLoader; ``set_epoch`` picks the stream."""
+class BatchFilter(Protocol):
+    """Something that completes a plan's batches before the DataLoader gets them (lazy fill)."""
 
-    def __init__(self, plan: StorePlan | DatasetPlan) -> None:
+    def run_ahead(
+        self, batches: Iterator[list[PairItem]], tag: int
+    ) -> Iterator[list[PairItem]]: ...
+
+
+class EpochBatchSampler(Sampler[list[PairItem]]):
+    """Batch sampler handing a plan's batches to a DataLoader; ``set_epoch`` picks the stream.
+
+    ``filler`` (lazy fill): the plan's batches pass through ``filler.run_ahead`` (a bounded
+    background fetcher of missing targets) on their way to the DataLoader."""
+
+    def __init__(self, plan: StorePlan | DatasetPlan, filler: BatchFilter | None = None) -> None:
         self.plan = plan
+        self.filler = filler
         self.epoch = 0
         self.tag = TAG_TRAIN
         self.skip = 0
@@ -409,7 +476,10 @@ class EpochBatchSampler(Sampler[list[PairItem]]):
         self.epoch, self.skip, self.tag = epoch, skip, tag
 
     def __iter__(self) -> Iterator[list[PairItem]]:
-        return self.plan.batches(self.epoch, self.tag, self.skip)
+        batches = self.plan.batches(self.epoch, self.tag, self.skip)
+        if self.filler is None:
+            return batches
+        return self.filler.run_ahead(batches, self.tag)
 
     def __len__(self) -> int:
         return max(0, self.plan.steps_per_epoch - self.skip)

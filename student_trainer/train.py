@@ -58,6 +58,7 @@ from student_trainer.data import (
     render_pairs,
 )
 from student_trainer.export import export_deployed
+from student_trainer.lazyfill import LazyFillError, TargetFiller, TeacherLink, service_store_name
 from student_trainer.moco import MoCo, StepOutput, effective_queue_size
 from student_trainer.models import (
     build_student,
@@ -112,6 +113,9 @@ class TrainResult:
     """kNN monitor records of the whole run (rank 0: full records; other ranks: the figure)."""
     best_path: str | None = None
     """``best.pt`` (the query encoder at the best monitor figure) with ``keep_best``."""
+    fill: dict[str, float] = field(default_factory=dict)
+    """Lazy fill (``teacher_url``): the last ``FillStats.snapshot()`` (fill_fetched slots,
+    fill_slots_per_s, fill_cached fraction, fill_dropped samples); empty otherwise."""
 
 
 @dataclass
@@ -122,6 +126,32 @@ class _Data:
     teacher_dim: int | None
     use_cached_targets: bool
     dataset_spec: str
+    filler: TargetFiller | None = None
+    """Lazy fill: fetches the plan's missing targets from the teacher service."""
+    complete: bool = True
+    """Every target the plan can use is written (a lazy and a plain run plan alike then);
+    checked only when resuming."""
+
+
+def _connect_service(cfg: TrainConfig, store: Any, world: int) -> tuple[TeacherLink, int]:
+    """Lazy fill: the link to ``cfg.teacher_url`` for ``store`` (identity checked, unless the
+    service is down under ``missing=skip``) and the targets' width D (the store's, else the
+    service's ``GET /v1/model`` ``embed_dim`` for a store without a teacher yet)."""
+    assert cfg.teacher_url is not None and cfg.store is not None
+    if cfg.missing == "skip" and world > 1:
+        raise ConfigError("missing=skip needs one process: DDP ranks gather equal batches")
+    name = service_store_name(cfg.store, cfg.service_store)
+    link = TeacherLink(cfg.teacher_url, name, store.attrs, cfg.missing)
+    model = link.model()  # checks the service's store first; error/wait/skip on no answer
+    dim = store.dim
+    if dim is None:
+        if model is None:
+            raise LazyFillError(
+                f"store {cfg.store} has no teacher yet and the teacher service "
+                f"{link.url} is unreachable: its embedding dim is unknown"
+            )
+        dim = int(model["embed_dim"])
+    return link, int(dim)
 
 
 def _open_data(
@@ -134,12 +164,16 @@ def _open_data(
 
         store = EmbeddingStore.open(cfg.store, expect=dict(cfg.expect) or None)
         cached = cfg.spec.uses_teacher and cfg.online_teacher is None
-        if cached and store.teacher is None:
+        if cached and store.teacher is None and cfg.teacher_url is None:
             raise ConfigError(
-                f"store {cfg.store} has no teacher embeddings; run `disco precompute` first"
+                f"store {cfg.store} has no teacher embeddings; run `disco precompute` first "
+                "(or fill it while training: --teacher-url)"
             )
         if cached:  # cached targets pair with fresh renders: refuse a library that drew otherwise
             store.check_render(accept_drift=cfg.accept_render_drift)
+        link, fill_dim = None, None
+        if cached and cfg.teacher_url is not None:
+            link, fill_dim = _connect_service(cfg, store, world)
         manifest = store.manifest
         dataset = open_dataset(manifest.dataset)
         recipe = store.recipe
@@ -152,8 +186,10 @@ def _open_data(
             buffer_size=cfg.shuffle_buffer,
             use_targets=cached,
             max_views=cfg.views,
+            fill_dim=fill_dim,
         )
-        teacher_dim = store.dim if cached else None
+        teacher_dim = (fill_dim or store.dim) if cached else None
+        complete = not (cached and cfg.resume) or _store_complete(store, cfg.views)
     else:
         assert cfg.dataset is not None
         dataset = open_dataset(cfg.dataset)
@@ -162,10 +198,21 @@ def _open_data(
         plan = DatasetPlan(
             manifest, seed=cfg.seed, batch=batch, epochs=cfg.epochs, rank=rank, world=world
         )
-        cached, teacher_dim = False, None
+        cached, teacher_dim, link, complete = False, None, None, True
     bank = ImageBank(dataset, manifest, ImageBank.should_cache(manifest, cfg.cache_images), show)
     pairs = PairRenderer(bank, recipe, cfg.seed, render=renderer == "reference")
-    return _Data(plan, pairs, recipe, teacher_dim, cached, dataset.spec)
+    filler = None if link is None else TargetFiller(link, bank.image, cfg.fill_depth)
+    return _Data(plan, pairs, recipe, teacher_dim, cached, dataset.spec, filler, complete)
+
+
+def _store_complete(store: Any, views: int | None) -> bool:
+    """True when ``store`` holds a target for every view (the first ``views``) of every valid
+    row, fetched fresh (a store without a teacher is empty)."""
+    fresh = type(store).open(store.url)
+    if fresh.teacher is None:
+        return False
+    mask = fresh.written_mask()[np.asarray(fresh.manifest.valid, dtype=bool)]
+    return bool(mask[:, :views].all())
 
 
 def _step_seed(seed: int, step: int, tag: int = 2) -> int:
@@ -297,6 +344,18 @@ def _batches(
         yield render_pairs(batch, dataset.recipe, device)
 
 
+def _saving_on_fill_error(
+    batches: Iterator[PairBatch], save: Callable[[], None]
+) -> Iterator[PairBatch]:
+    """``batches``; when lazy fill fails (``LazyFillError``) the training state is saved first
+    (``save``), so ``--resume`` continues from the last finished step."""
+    try:
+        yield from batches
+    except LazyFillError:
+        save()
+        raise
+
+
 def train(cfg: TrainConfig, step_hook: StepHook | None = None) -> TrainResult:
     """Train a student (or a teacher, with ``mocov2``) as ``cfg`` says; see the module docstring.
 
@@ -404,7 +463,7 @@ def _train(
         momentum=cfg.sgd_momentum,
         weight_decay=cfg.weight_decay,
     )
-    sampler = EpochBatchSampler(plan)
+    sampler = EpochBatchSampler(plan, data.filler)
     workers = cfg.num_workers if cfg.num_workers is not None else default_workers(device)
     loader: DataLoader[Any] = DataLoader(
         data.renderer,
@@ -448,6 +507,15 @@ def _train(
         if state.get("format") != STATE_FORMAT:
             raise CheckpointError(f"{state_path} is not a {STATE_FORMAT} training state")
         _check_resumable(state["config"], cfg)
+        was_lazy = state["config"].get("teacher_url") is not None
+        if was_lazy != (cfg.teacher_url is not None) and not data.complete:
+            raise ConfigError(
+                "cannot resume: the run was started "
+                + ("with" if was_lazy else "without")
+                + " lazy fill (teacher_url) and the store still lacks targets, so the data "
+                "plan would differ; resume it "
+                + ("with --teacher-url" if was_lazy else "without --teacher-url")
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_torch"].cpu())
@@ -530,23 +598,39 @@ def _train(
     last_terms: dict[str, float] = {}
     started, start_step = time.perf_counter(), step
     clock["start"], clock["monitor"] = started, 0.0
+    filler = data.filler
+
+    def save_progress() -> None:
+        if rank == 0 and step > start_step:
+            _save_state(state_path, model, optimizer, step, cfg)
+
     columns = (
         TextColumn("[bold]train {task.fields[method]}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.4f}"),
+        *([TextColumn("{task.fields[fill]}")] if filler is not None else []),
         TimeRemainingColumn(),
     )
+
+    def fill_text() -> str:
+        if filler is None:
+            return ""
+        return filler.link.status or filler.stats.describe()
+
     with (
         Progress(*columns, disable=not (cfg.progress and rank == 0)) as bar,
         open(log_path, "a") if rank == 0 else contextlib.nullcontext() as log,
     ):
-        task = bar.add_task("train", total=stop, completed=step, method=cfg.method, loss=0.0)
+        task = bar.add_task(
+            "train", total=stop, completed=step, method=cfg.method, loss=0.0, fill=fill_text()
+        )
         if cfg.knn_every and step == 0:
             run_monitor(0, log)  # the initial weights: what training has to beat
         while step < stop:
             epoch, skip = divmod(step, spe)
-            for b in _batches(loader, sampler, epoch, skip, device=device):
+            batches = _batches(loader, sampler, epoch, skip, device=device)
+            for b in _saving_on_fill_error(batches, save_progress):
                 lr = cosine_lr(step, total_steps, cfg.peak_lr, warmup)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -580,9 +664,11 @@ def _train(
                 if log is not None:
                     record = {"step": step, "epoch": epoch, "lr": lr} | terms
                     record["seconds"] = round(train_seconds(), 3)
+                    if filler is not None:
+                        record |= {"batch": len(b.rows)} | filler.stats.snapshot()
                     log.write(json.dumps(record) + "\n")
                     log.flush()
-                bar.update(task, completed=step, loss=terms["loss"])
+                bar.update(task, completed=step, loss=terms["loss"], fill=fill_text())
                 epoch_done, into_epoch = divmod(step, spe)
                 due = epoch_done % cfg.knn_every == 0 if cfg.knn_every else False
                 if cfg.knn_every and into_epoch == 0 and (due or step == total_steps):
@@ -626,6 +712,7 @@ def _train(
         last_terms=last_terms,
         knn=knn_records,
         best_path=str(out / "best.pt") if cfg.keep_best and rank == 0 else None,
+        fill=filler.stats.snapshot() if filler is not None else {},
     )
 
 
