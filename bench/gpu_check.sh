@@ -10,6 +10,8 @@
 #   6. view rendering at 224 px: per-view reference vs batched renderer on CPU and CUDA, nvjpeg
 #      decode, against a ResNet-50 teacher's bf16 forward rate (render_vs_teacher >= 1 wanted);
 #      the batched CUDA renderer's bound vs the CPU reference is in the gpu tests (step 1)
+#   7. where the time goes (bench/time_budget.py): per-view decode, render, teacher forward, store
+#      write/read, and per-step training stages, with the model and the batched render on CUDA
 # Every bench's JSON line is printed and appended to one file: $OUT/gpu_check.jsonl when $OUT is
 # set, else runs/gpu_check.jsonl (or --out FILE). A bench that fails or runs past its time limit
 # writes {"bench": NAME, "status": "failed", "rc": RC} instead, and the script exits 1.
@@ -109,7 +111,8 @@ if [[ $TINY -eq 1 ]]; then
   SVC=(--clients 4 --requests 8 --rounds 1 --arch resnet18 --width 8 --size 32
        --max-batch-size 8 --threads 1 --prep-threads 1)
   RENDER=(--size 32 --images 4 --ref-views 8 --batches 8 --repeats 1 --no-teacher)
-  LIMITS=(120 120 240 60 120 60)
+  TIME=(--skip-224 --repeats 1 --train-batch 16 --views 2)
+  LIMITS=(120 120 240 60 120 60 120)
 else
   DEV=cuda; AMP=(--amp bf16); SVC_DTYPE=bfloat16; TESTS=(tests)
   W=$(( CPUS - 1 < 15 ? CPUS - 1 : 15 ))
@@ -122,7 +125,8 @@ else
   SVC=(--clients 64 --requests 512 --rounds 2 --arch resnet50 --width 64 --size 224
        --max-batch-size 64 --threads 4 --prep-threads 8)
   RENDER=(--size 224 --images 32 --ref-views 32 --batches 64,256 --repeats 2)
-  LIMITS=(90 100 120 60 90 90)
+  TIME=(--repeats 3 --images 16 --r50-batch 64 --threads 4)
+  LIMITS=(90 100 120 60 90 90 90)
 fi
 
 # 1. gpu-marked tests: a JSON line from pytest's JUnit report.
@@ -156,6 +160,7 @@ run knn "${LIMITS[3]}" "$PY" bench/knn.py "${KNN[@]}" --device "$DEV"
 run service "${LIMITS[4]}" "$PY" bench/service.py "${SVC[@]}" --device "$DEV" \
   --dtype "$SVC_DTYPE"
 run render "${LIMITS[5]}" "$PY" bench/render.py "${RENDER[@]}" --device "$DEV"
+run time_budget "${LIMITS[6]}" "$PY" bench/time_budget.py "${TIME[@]}" --device "$DEV"
 
 echo "== all JSON lines ($JSONL):"
 cat "$JSONL"

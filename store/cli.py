@@ -1,4 +1,4 @@
-"""``disco store`` commands: create (manifest + view plan), info, check. Thin wrappers.
+"""``disco store`` commands: create (manifest + view plan), append, info, check. Thin wrappers.
 
 The store's modules (zarr, torch via the renderer) are imported inside the commands, so
 ``disco store --help`` stays instant.
@@ -102,6 +102,50 @@ def create(
         console.print(f"  undecodable {key}: {reason}", highlight=False, soft_wrap=True)
 
 
+@app.command()
+def append(
+    path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Dataset spec that grew (default: the store's), e.g. imagefolder:PATH."),
+    ] = None,
+    lock_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for running writers before giving up.")
+    ] = 60.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Add the dataset's new samples as new rows (planned, unwritten); old rows stay as they are.
+
+    Refuses (naming the key, nothing written) a sample whose content changed or that is gone.
+    Then `disco precompute` fills only the new rows.
+    """
+    from store.append import append_rows
+
+    try:
+        report = append_rows(path, dataset, progress=not as_json, lock_timeout=lock_timeout)
+    except DiscoError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        console.print_json(json.dumps(report.to_dict()))
+        return
+    if report.added == 0:
+        console.print(
+            f"{path}: nothing to append, every sample of {report.dataset} is in the store "
+            f"(N={report.n_after})",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    console.print(
+        f"appended {report.added} rows to {path}: N {report.n_before} -> {report.n_after} "
+        f"({report.undecodable} undecodable, {report.relabelled} relabelled, {report.moved} "
+        f"re-indexed) in {report.seconds:.1f}s; fill them with `disco precompute --dataset "
+        f"{report.dataset} --store {path} ...`",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def _short(value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}={_short(v)}" for k, v in value.items() if not isinstance(v, dict))
@@ -153,6 +197,14 @@ def info(
         ("dataset", _short(data["dataset"])),
         ("versions", _short(data["versions"])),
     ]
+    for step in data["history"]:
+        rows.append(
+            (
+                "appended",
+                f"{step.get('time')}: +{step.get('added')} rows, N {step.get('n_before')} -> "
+                f"{step.get('n_after')} from {step.get('dataset')}",
+            )
+        )
     for key, value in rows:
         table.add_row(key, escape(value))
     console.print(table)

@@ -19,16 +19,24 @@ Every numeric array uses core data types and core codecs (bytes, sharding, blosc
 independent zarr v3 readers (tensorstore) read them. ``disco-store/1`` stores (``manifest/sha256``
 as hex strings) are still read.
 
-Each writer owns whole shards and writes each array of a shard in ONE call (a partial write of a
-shard rewrites the whole shard file; two writers in one shard lose data). Readers read whole shards.
+Concurrency (see ``store.locks``): a partial write of a shard rewrites the whole shard file, so
+every write of a shard (``write_shard``, ``write_slots``, ``merge_shard``) is one read-modify-write
+of its arrays under the shard's lock: across processes for local paths (``fcntl.flock`` on
+``<store>/.locks/shard-NNNNN.lock``), in-process only for fsspec URLs. Writers write embeddings
+(and features) before the ``written`` mask; readers (``read_shard``) read ``written`` before the
+embeddings. zarr's LocalStore replaces each chunk/shard file atomically (write + rename), so a
+reader sees the old or the new file, never a torn one, and every slot its mask calls written holds
+that slot's final bytes (``write_slots``/``merge_shard`` never change a written slot unless asked
+to overwrite). Readers take no lock.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import threading
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +47,7 @@ from zarr.abc.store import Store
 from zarr.core.array_spec import ArrayConfigParams
 
 from store.errors import ConfigError, StoreError, StoreMismatchError, StoreNotFoundError
+from store.locks import is_local, shard_lock, store_lock
 from store.manifest import Manifest, sha256_from_bytes, sha256_to_bytes
 from store.views import Recipe, plan_views, recipe_from_dict
 from store.views.fingerprint import check_render, library_versions, render_record
@@ -61,8 +70,6 @@ DEFAULT_CODEC = "none"
 _MANIFEST_FIELDS = ("indices", "keys", "labels", "sha256", "heights", "widths", "valid")
 # Every write is real data: skip zarr's scan for all-fill chunks (2-3x faster shard writes).
 _WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
-_SLOT_LOCKS: dict[str, threading.Lock] = {}
-_SLOT_LOCKS_GUARD = threading.Lock()
 
 
 def _versions() -> dict[str, str]:
@@ -355,6 +362,23 @@ class EmbeddingStore:
         self._require_writable()
         if dtype not in ("float16", "int8"):
             raise ConfigError(f"embedding dtype must be 'float16' or 'int8', got {dtype!r}")
+        if self._attrs.get("teacher") is not None:
+            self._attach(teacher, dim, dtype, features_dim, int8_scale)
+            return
+        # Two processes may attach at once (a batch job and the service): one creates the
+        # arrays, the other then sees its record.
+        with store_lock(self._url, timeout=None):
+            self.refresh()
+            self._attach(teacher, dim, dtype, features_dim, int8_scale)
+
+    def _attach(
+        self,
+        teacher: dict[str, Any],
+        dim: int,
+        dtype: str,
+        features_dim: int | None,
+        int8_scale: np.ndarray | None,
+    ) -> None:
         record = {**teacher, "embed_dim": int(dim), "features_dim": features_dim}
         current = self._attrs.get("teacher")
         if current is not None:
@@ -500,7 +524,8 @@ class EmbeddingStore:
         """The manifest (read lazily, whole arrays)."""
         if self._manifest is None:
             m = self._group["manifest"]
-            arrays: dict[str, Any] = {name: m[name][:] for name in _MANIFEST_FIELDS}  # type: ignore[index]
+            # Sliced to N: an append resizes the arrays before it records the new N.
+            arrays: dict[str, Any] = {name: m[name][: self.n] for name in _MANIFEST_FIELDS}  # type: ignore[index]
             if arrays["sha256"].ndim == 2:  # disco-store/2: (N, 32) uint8; /1: hex strings
                 arrays["sha256"] = sha256_from_bytes(arrays["sha256"])
             self._manifest = Manifest(
@@ -515,7 +540,7 @@ class EmbeddingStore:
     def params(self) -> np.ndarray:
         """All view parameters (N, V, P) float32 (read lazily)."""
         if self._params is None:
-            self._params = np.asarray(self._group["views/params"][:], dtype=np.float32)  # type: ignore[index]
+            self._params = np.asarray(self._group["views/params"][: self.n], dtype=np.float32)  # type: ignore[index]
         return self._params
 
     # ----------------------------------------------------------------- shards
@@ -547,7 +572,7 @@ class EmbeddingStore:
 
     def written_mask(self) -> np.ndarray:
         """(N, V) bool: slots whose embedding is stored."""
-        return np.asarray(self._array("written")[:], dtype=bool)
+        return np.asarray(self._array("written")[: self.n], dtype=bool)
 
     def missing_shards(self) -> list[int]:
         """Shards with any valid row (manifest.valid) not fully written, in order."""
@@ -567,6 +592,42 @@ class EmbeddingStore:
         q = np.rint(block.astype(np.float32) / scale)
         return np.clip(q, -127, 127).astype(np.int8)
 
+    def refresh(self) -> bool:
+        """Re-read the group attrs from storage (another process may have appended rows or
+        attached the teacher); drop the cached manifest, plan and array handles when N or the
+        teacher changed. Returns True when they did."""
+        group = zarr.open_group(
+            open_zarr_store(self._url, read_only=self._mode == "r"),
+            mode=self._mode,  # type: ignore[arg-type]
+        )
+        attrs = dict(group.attrs)
+        changed = _get_path(attrs, "dataset.n") != self.n or attrs.get(
+            "teacher"
+        ) != self._attrs.get("teacher")
+        self._group = group
+        self._attrs = attrs
+        if changed:
+            self._manifest = None
+            self._params = None
+            self._arrays = {}
+            self._scale_cache = None
+        return changed
+
+    def sync(self) -> None:
+        """Catch up with an append that ran since this handle was opened (cached array shapes
+        would cut the grown last shard); every write calls it under its shard lock. Cheap (reads
+        the root ``zarr.json``); local stores only: a remote store is appended with no writer
+        running (README)."""
+        if not is_local(self._url):
+            return
+        try:
+            meta = json.loads((Path(self._url) / "zarr.json").read_text())
+            n = int(meta["attributes"]["dataset"]["n"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if n != self.n:
+            self.refresh()
+
     def write_shard(
         self,
         s: int,
@@ -574,34 +635,171 @@ class EmbeddingStore:
         features: np.ndarray | None = None,
         written: np.ndarray | None = None,
     ) -> None:
-        """Write shard ``s``: embeddings (n, V, D) float32/float16, optional features (n, V, F),
-        ``written`` (n, V) bool (default: rows with manifest.valid). One call per array; the mask
-        is written only after the data writes returned."""
+        """Write shard ``s`` whole: embeddings (n, V, D) float32/float16, optional features
+        (n, V, F), ``written`` (n, V) bool (default: rows with manifest.valid) replaces the mask.
+
+        Overwrites every slot of the shard, written or not (use :meth:`merge_shard` to keep
+        written slots). Under the shard lock; one call per array; the mask is written only after
+        the data writes returned."""
         self._require_writable()
-        a, b = self.shard_bounds(s)
-        n, v, d = b - a, self.views, self.dim
-        emb = np.asarray(embeddings)
-        if emb.shape != (n, v, d):
-            raise StoreError(f"shard {s} embeddings shape {emb.shape} != {(n, v, d)}")
-        if written is None:
-            mask = np.repeat(self.manifest.valid[a:b, None], v, axis=1)
-        else:
-            mask = np.asarray(written, dtype=bool)
-            if mask.shape != (n, v):
-                raise StoreError(f"shard {s} written shape {mask.shape} != {(n, v)}")
-        self._array("embeddings")[a:b] = self._encode(emb)
+        with shard_lock(self._url, s):
+            self.sync()
+            a, b = self.shard_bounds(s)
+            n, v, d = b - a, self.views, self.dim
+            emb = np.asarray(embeddings)
+            if emb.shape != (n, v, d):
+                raise StoreError(f"shard {s} embeddings shape {emb.shape} != {(n, v, d)}")
+            if written is None:
+                mask = np.repeat(self.manifest.valid[a:b, None], v, axis=1)
+            else:
+                mask = np.asarray(written, dtype=bool)
+                if mask.shape != (n, v):
+                    raise StoreError(f"shard {s} written shape {mask.shape} != {(n, v)}")
+            feats = None if features is None else self._check_features(s, features, n)
+            self._array("embeddings")[a:b] = self._encode(emb)
+            if feats is not None:
+                self._array("features")[a:b] = feats
+            self._array("written")[a:b] = mask
+
+    def _check_features(self, s: int, features: np.ndarray, n: int) -> np.ndarray:
+        f = self.features_dim
+        if f is None:
+            raise StoreError("this store has no features array (attach with features_dim)")
+        feats = np.asarray(features)
+        if feats.shape != (n, self.views, f):
+            raise StoreError(f"shard {s} features shape {feats.shape} != {(n, self.views, f)}")
+        return feats.astype(np.float16)
+
+    def merge_shard(
+        self,
+        s: int,
+        embeddings: np.ndarray,
+        mask: np.ndarray,
+        features: np.ndarray | None = None,
+    ) -> int:
+        """Store the slots of shard ``s`` where ``mask`` (n, V) bool is set and the store's
+        ``written`` is not, from ``embeddings`` (n, V, D) float32 (and ``features`` (n, V, F)).
+
+        One read-modify-write of the shard under its lock; slots already written (by any writer,
+        also while the caller computed) keep their stored bytes exactly. Returns the number of
+        slots written."""
+        self._require_writable()
+        with shard_lock(self._url, s):
+            self.sync()
+            a, b = self.shard_bounds(s)
+            n, v, d = b - a, self.views, self.dim
+            emb = np.asarray(embeddings)
+            want = np.asarray(mask, dtype=bool)
+            if emb.shape != (n, v, d) or want.shape != (n, v):
+                raise StoreError(
+                    f"shard {s}: embeddings {emb.shape} / mask {want.shape} != {(n, v, d)} / "
+                    f"{(n, v)}"
+                )
+            feats = None if features is None else self._check_features(s, features, n)
+            rows, views = np.nonzero(want)
+            enc = self._encode(emb[rows, views])
+            return self._update_shard(
+                s, rows, views, enc, None if feats is None else feats[rows, views], False
+            )
+
+    def write_slots(
+        self,
+        indices: np.ndarray | Sequence[int],
+        views: np.ndarray | Sequence[int],
+        vectors: np.ndarray,
+        features: np.ndarray | None = None,
+        overwrite: bool = False,
+    ) -> int:
+        """Write embeddings ``vectors`` (n, D) float32 into slots (``indices`` (n,) int rows,
+        ``views`` (n,) int), optionally ``features`` (n, F); then mark them written.
+
+        One read-modify-write per touched shard, under that shard's lock. Slots already written
+        keep their stored bytes unless ``overwrite`` (the first writer of a slot wins, so a
+        target never changes under a reader). Returns the number of slots written."""
+        self._require_writable()
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        vw = np.asarray(views, dtype=np.int64).reshape(-1)
+        vec = np.asarray(vectors, dtype=np.float32)
+        if len(vw) != len(idx) or vec.shape != (len(idx), self.dim):
+            raise StoreError(
+                f"write_slots: indices {idx.shape}, views {vw.shape}, vectors {vec.shape} do "
+                f"not match (n,), (n,), (n, {self.dim})"
+            )
+        feats = None
         if features is not None:
-            f = self.features_dim
-            if f is None:
+            if self.features_dim is None:
                 raise StoreError("this store has no features array (attach with features_dim)")
-            feats = np.asarray(features)
-            if feats.shape != (n, v, f):
-                raise StoreError(f"shard {s} features shape {feats.shape} != {(n, v, f)}")
-            self._array("features")[a:b] = feats.astype(np.float16)
-        self._array("written")[a:b] = mask
+            feats = np.asarray(features, dtype=np.float32)
+            if feats.shape != (len(idx), self.features_dim):
+                raise StoreError(
+                    f"features shape {feats.shape} != ({len(idx)}, {self.features_dim})"
+                )
+        if len(idx) and (idx.max() >= self.n or vw.max() >= self.views):
+            self.refresh()  # rows appended since this handle was opened?
+        if len(idx) and (
+            idx.min() < 0 or idx.max() >= self.n or vw.min() < 0 or vw.max() >= self.views
+        ):
+            bad = np.flatnonzero((idx < 0) | (idx >= self.n) | (vw < 0) | (vw >= self.views))[0]
+            raise StoreError(f"slot ({idx[bad]}, {vw[bad]}) out of range ({self.n}, {self.views})")
+        enc = self._encode(vec[:, None])[:, 0]
+        f16 = None if feats is None else feats.astype(np.float16)
+        shards = idx // self.shard_size
+        done = 0
+        for s in np.unique(shards).tolist():
+            sel = np.flatnonzero(shards == s)
+            with shard_lock(self._url, s):
+                self.sync()
+                a = s * self.shard_size
+                done += self._update_shard(
+                    s, idx[sel] - a, vw[sel], enc[sel], None if f16 is None else f16[sel], overwrite
+                )
+        return done
+
+    def _update_shard(
+        self,
+        s: int,
+        rows: np.ndarray,
+        views: np.ndarray,
+        enc: np.ndarray,
+        feats: np.ndarray | None,
+        overwrite: bool,
+    ) -> int:
+        """Under shard ``s``'s lock: set slots (local ``rows``, ``views``) to encoded ``enc``
+        (m, D) and float16 ``feats`` (m, F); data first, then the mask."""
+        a, b = self.shard_bounds(s)
+        w_arr = self._array("written")
+        mask = np.asarray(w_arr[a:b], dtype=bool)
+        if not overwrite:
+            keep = ~mask[rows, views]
+            rows, views, enc = rows[keep], views[keep], enc[keep]
+            feats = None if feats is None else feats[keep]
+        if len(rows) == 0:
+            return 0
+        fresh = not mask.any()  # nothing written: the shard's old bytes are orphans, skip reading
+        emb_arr = self._array("embeddings")
+        block = (
+            np.zeros((b - a, *emb_arr.shape[1:]), emb_arr.dtype)
+            if fresh
+            else np.asarray(emb_arr[a:b])
+        )
+        block[rows, views] = enc
+        emb_arr[a:b] = block
+        if feats is not None:
+            f_arr = self._array("features")
+            fblock = (
+                np.zeros((b - a, *f_arr.shape[1:]), np.float16) if fresh else np.asarray(f_arr[a:b])
+            )
+            fblock[rows, views] = feats
+            f_arr[a:b] = fblock
+        mask[rows, views] = True
+        w_arr[a:b] = mask
+        return len(np.unique(rows * self.views + views))
 
     def read_shard(self, s: int) -> ShardBlock:
-        """Read shard ``s`` whole: embeddings dequantised to float32, written mask, params."""
+        """Read shard ``s`` whole: embeddings dequantised to float32, written mask, params.
+
+        Reads ``written`` before the embeddings (writers write them in the other order), so every
+        slot the returned mask calls written holds its final bytes. Takes no lock."""
         a, b = self.shard_bounds(s)
         written = np.asarray(self._array("written")[a:b], dtype=bool)
         raw = np.asarray(self._array("embeddings")[a:b])
@@ -632,25 +830,12 @@ class EmbeddingStore:
             yield self.read_shard(order[k])
 
     def write_slot(self, index: int, view: int, embedding: np.ndarray) -> None:
-        """Write one (row, view) embedding (D,) by rewriting its whole shard (read-modify-write,
-        an in-process lock per store URL); then mark the slot written."""
-        self._require_writable()
-        if not (0 <= index < self.n and 0 <= view < self.views):
-            raise StoreError(f"slot ({index}, {view}) out of range ({self.n}, {self.views})")
+        """Write one (row, view) embedding (D,) float32, replacing a written one: a thin wrapper
+        of :meth:`write_slots` (``overwrite=True``)."""
         vec = np.asarray(embedding, dtype=np.float32)
         if vec.shape != (self.dim,):
             raise StoreError(f"embedding shape {vec.shape} != ({self.dim},)")
-        s = index // self.shard_size
-        a, b = self.shard_bounds(s)
-        with _slot_lock(self._url):
-            emb_arr = self._array("embeddings")
-            raw = np.asarray(emb_arr[a:b])
-            raw[index - a, view] = self._encode(vec[None, None])[0, 0]
-            emb_arr[a:b] = raw
-            w_arr = self._array("written")
-            mask = np.asarray(w_arr[a:b], dtype=bool)
-            mask[index - a, view] = True
-            w_arr[a:b] = mask
+        self.write_slots([index], [view], vec[None], overwrite=True)
 
     def _require_writable(self) -> None:
         if self._mode == "r":
@@ -661,14 +846,6 @@ class EmbeddingStore:
             f"EmbeddingStore({self._url!r}, n={self.n}, views={self.views}, dim={self.dim}, "
             f"shards={self.num_shards})"
         )
-
-
-def _slot_lock(url: str) -> threading.Lock:
-    with _SLOT_LOCKS_GUARD:
-        lock = _SLOT_LOCKS.get(url)
-        if lock is None:
-            lock = _SLOT_LOCKS[url] = threading.Lock()
-        return lock
 
 
 def _jsonable(value: Any) -> Any:

@@ -39,7 +39,9 @@ def _array_bytes(sizes: dict[str, int], name: str) -> tuple[int, list[str]]:
 
 
 def store_info(url: str) -> dict[str, Any]:
-    """Summary of a store: shape, layout, bytes on disk, compression ratio, % written, identity.
+    """Summary of a store: shape, layout, bytes on disk, compression ratio, % written, identity,
+    growth ``history`` (one dict per ``disco store append``: time, n_before, n_after, added,
+    dataset, manifest_hash).
 
     ``compression_ratio`` = uncompressed bytes of the embedding shard files present / their size
     on disk (None when no shard is stored yet).
@@ -67,6 +69,7 @@ def store_info(url: str) -> dict[str, Any]:
         "recipe": attrs["recipe"],
         "dataset": attrs["dataset"],
         "versions": attrs.get("versions", {}),
+        "history": list(attrs.get("history") or []),
     }
     if store.dim is not None:
         stored, keys = _array_bytes(sizes, "embeddings")

@@ -11,7 +11,7 @@ from rich.progress import Progress
 from store.datasets import ImageDataset
 from store.errors import DecodeError
 
-__all__ = ["Manifest", "build_manifest", "sha256_from_bytes", "sha256_to_bytes"]
+__all__ = ["Manifest", "build_manifest", "manifest_rows", "sha256_from_bytes", "sha256_to_bytes"]
 
 
 def sha256_to_bytes(hexes: np.ndarray) -> np.ndarray:
@@ -107,7 +107,16 @@ def build_manifest(dataset: ImageDataset, split: str = "all", progress: bool = T
     for
     a bad image. Raises ``DatasetError`` for an unknown split.
     """
-    indices = dataset.split_indices(split)
+    return manifest_rows(dataset, dataset.split_indices(split), split, progress)
+
+
+def manifest_rows(
+    dataset: ImageDataset, indices: np.ndarray, split: str = "all", progress: bool = True
+) -> Manifest:
+    """The manifest of the samples ``indices`` (int64 dataset indices, in row order) of
+    ``dataset``, built as :func:`build_manifest` does (``disco store append`` builds its new rows
+    with it)."""
+    indices = np.asarray(indices, dtype=np.int64)
     n = len(indices)
     keys = [dataset.keys[int(i)] for i in indices]
     labels = dataset.labels[indices]

@@ -134,7 +134,8 @@ class _Data:
     filler: TargetFiller | None = None
     """Lazy fill: fetches the plan's missing targets from the teacher service."""
     complete: bool = True
-    """Every target the plan can use is written (a lazy and a plain run plan alike then)."""
+    """Every target the plan can use is written (a lazy and a plain run plan alike then);
+    checked only when resuming."""
 
 
 def _connect_service(cfg: TrainConfig, store: Any, world: int) -> tuple[TeacherLink, int]:
@@ -197,7 +198,7 @@ def _open_data(
             fill_dim=fill_dim,
         )
         teacher_dim = (fill_dim or store.dim) if cached else None
-        complete = not cached or _store_complete(store, cfg.views)
+        complete = not (cached and cfg.resume) or _store_complete(store, cfg.views)
     else:
         assert cfg.dataset is not None
         dataset = open_dataset(cfg.dataset)

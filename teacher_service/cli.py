@@ -48,7 +48,8 @@ def precompute_command(
         f"worker {report.worker}/{report.workers}: computed {report.shards_computed} shards "
         f"({report.views_computed} views, {report.images_per_s:.1f} img/s on {report.device}, "
         f"{report.renderer} renderer, "
-        f"{report.compute_dtype}); {report.shards_skipped} already written; "
+        f"{report.compute_dtype}); {report.shards_skipped} shards already written, "
+        f"{report.slots_kept} written slots kept in the others; "
         f"{report.invalid_rows + len(report.errors)} undecodable samples skipped"
     )
     for key, reason in list(report.errors.items())[:10]:

@@ -8,11 +8,15 @@ Pipeline (one process = one worker of the job)::
       -> main thread: teacher forward on the pixels (the teacher applies its own mean/std; eval,
          inference mode, optional autocast on CUDA),
          L2-normalised embeddings gathered into a whole-shard buffer (n, V, D) float32
-      -> writer thread (bounded queue): store.write_shard(s, ...) -- one call per shard, the
-         ``written`` mask is set by the store only after the data write returned.
+      -> writer thread (bounded queue): store.merge_shard(s, ...) -- one read-modify-write per
+         shard under its lock, the ``written`` mask set only after the data write returned.
 
-Resume = run the same command again: only shards not fully written are computed; a shard that was
-in flight when a process died has no ``written`` bits and is recomputed from scratch. Scale-out:
+Resume = run the same command again: only slots not yet written are computed (a shard that was in
+flight when a process died has no ``written`` bits and is recomputed). The same holds for a store
+filled partly by anyone else (the HTTP service's write-through, lazy-fill trainers, rows added by
+``disco store append``): the job renders only the unwritten (row, view) slots and merges them into
+each shard with ``EmbeddingStore.merge_shard`` under the shard's lock, so every slot written
+before (or meanwhile, by another process) keeps its stored bytes. Scale-out:
 whole shards are dealt round-robin to ``num_shards * WORLD_SIZE`` workers (``--num-shards`` /
 ``--shard-index`` for job arrays, ``RANK``/``WORLD_SIZE`` from torchrun); worker 0 creates the
 store, the others wait for it.
@@ -85,7 +89,8 @@ __all__ = [
 ]
 
 ShardSink = Callable[[int, np.ndarray, np.ndarray | None, np.ndarray], None]
-"""``sink(shard, embeddings (n,V,D) f32, features (n,V,F) f32 | None, written (n,V) bool)``."""
+"""``sink(shard, embeddings (n,V,D) f32, features (n,V,F) f32 | None, computed (n,V) bool)``:
+``computed`` marks the slots this run filled in (the rest of the buffers is zero)."""
 
 
 @dataclass
@@ -104,7 +109,7 @@ class PrecomputeReport:
     shards_skipped: int
     """Owned shards already fully written (resume)."""
     shards_computed: int
-    """Shards computed and written in this run."""
+    """Shards (partly) computed and written in this run."""
     computed_shards: list[int]
     """Their indices."""
     views_computed: int
@@ -119,6 +124,9 @@ class PrecomputeReport:
     """The renderer that produced the views: reference (per view, workers) or batched."""
     invalid_rows: int = 0
     """Rows of the computed shards skipped because the manifest marks them undecodable."""
+    slots_kept: int = 0
+    """Slots of the computed shards that were already written (an earlier run, the service, a
+    lazy-fill trainer): not recomputed, their stored bytes untouched."""
     errors: dict[str, str] = field(default_factory=dict)
     """Sample key -> reason, for rows that failed to decode during this run (also skipped)."""
 
@@ -259,12 +267,12 @@ class _Batch:
 
 
 class _RowViews(Dataset[_Batch]):
-    """Item k = all V views of a block of consecutive rows of one shard, rendered."""
+    """Item k = the views to compute of a block of rows of one shard, rendered."""
 
     def __init__(
         self,
         spec: str,
-        items: list[tuple[int, int, int]],
+        items: list[tuple[int, list[int]]],
         indices: np.ndarray,
         keys: np.ndarray,
         valid: np.ndarray,
@@ -273,7 +281,10 @@ class _RowViews(Dataset[_Batch]):
         recipe: Recipe,
         dataset: ImageDataset | None = None,
         render: bool = True,
+        need: dict[int, np.ndarray] | None = None,
     ) -> None:
+        self.need = need
+        """Shard -> (n, V) bool slots to compute (None: every view of the listed rows)."""
         self.render = render
         """False: decode only; the views' sources and params go to the main thread."""
         self.spec = spec
@@ -295,15 +306,16 @@ class _RowViews(Dataset[_Batch]):
         return self._dataset
 
     def __getitem__(self, k: int) -> _Batch:
-        shard, start, stop = self.items[k]
+        shard, block = self.items[k]
         params = self.params[shard]
         base = self.shard_starts[shard]
+        need = self.need[shard] if self.need is not None else None
         images: list[torch.Tensor] = []
         rows: list[int] = []
         views: list[int] = []
         errors: list[tuple[int, str, str]] = []
         sources: list[np.ndarray] = []
-        for row in range(start, stop):
+        for row in block:
             if not self.valid[row]:
                 continue
             try:
@@ -312,6 +324,8 @@ class _RowViews(Dataset[_Batch]):
                 errors.append((row, str(self.keys[row]), exc.reason))
                 continue
             for v in range(params.shape[1]):
+                if need is not None and not need[row - base, v]:
+                    continue
                 if self.render:
                     images.append(render_view(image, params[row - base, v], self.recipe))
                 else:
@@ -415,13 +429,23 @@ def _progress(enabled: bool) -> Progress:
 
 
 def _plan_items(
-    store: EmbeddingStore, shards: list[int], rows_per_batch: int
-) -> list[tuple[int, int, int]]:
-    items = []
-    for s in shards:
-        start, stop = store.shard_bounds(s)
-        for a in range(start, stop, rows_per_batch):
-            items.append((s, a, min(stop, a + rows_per_batch)))
+    store: EmbeddingStore, need: dict[int, np.ndarray], batch_size: int
+) -> list[tuple[int, list[int]]]:
+    """Batches of (shard, rows): rows with a slot to compute, about ``batch_size`` views each."""
+    items: list[tuple[int, list[int]]] = []
+    for s, mask in need.items():
+        start = store.shard_bounds(s)[0]
+        rows: list[int] = []
+        count = 0
+        for local in np.flatnonzero(mask.any(axis=1)).tolist():
+            k = int(mask[local].sum())
+            if rows and count + k > batch_size:
+                items.append((s, rows))
+                rows, count = [], 0
+            rows.append(start + local)
+            count += k
+        if rows:
+            items.append((s, rows))
     return items
 
 
@@ -432,7 +456,7 @@ def run_precompute(
 ) -> PrecomputeReport:
     """Compute and store the teacher's embedding of every planned view this worker owns.
 
-    ``sink`` replaces the store write (``store.write_shard``), e.g. a null writer in benchmarks;
+    ``sink`` replaces the store write (``store.merge_shard``), e.g. a null writer in benchmarks;
     ``dataset`` reuses an already opened dataset (workers otherwise open ``cfg.dataset`` lazily).
     Returns a :class:`PrecomputeReport`. Raises ``DiscoError`` subclasses on bad input.
     """
@@ -453,21 +477,29 @@ def run_precompute(
         record_renderer(store, renderer, device)
 
     mine = [s for s in range(store.num_shards) if s % workers == worker]
-    missing = set(store.missing_shards())
-    todo = [s for s in mine if s in missing]
+    manifest = store.manifest
+    written_now = store.written_mask()
+    # A shard is to do when a valid row has an unwritten view; only those slots are computed.
+    need: dict[int, np.ndarray] = {}
+    for s in mine:
+        a, b = store.shard_bounds(s)
+        mask = manifest.valid[a:b, None] & ~written_now[a:b]
+        if mask.any():
+            need[s] = mask
+    todo = list(need)
     skipped = len(mine) - len(todo)
     if cfg.max_shards is not None:
         todo = todo[: cfg.max_shards]
+        need = {s: need[s] for s in todo}
 
-    manifest = store.manifest
     views = store.views
     all_params = store.params
     params = {s: all_params[slice(*store.shard_bounds(s))] for s in todo}
     starts = {s: store.shard_bounds(s)[0] for s in todo}
-    rows_per_batch = max(1, cfg.batch_size // views)
-    items = _plan_items(store, todo, rows_per_batch)
+    items = _plan_items(store, need, max(views, cfg.batch_size))
+    kept = sum(int(written_now[slice(*store.shard_bounds(s))].sum()) for s in todo)
     batches_left = {s: 0 for s in todo}
-    for s, _, _ in items:
+    for s, _ in items:
         batches_left[s] += 1
     source = _RowViews(
         manifest.dataset,
@@ -480,6 +512,7 @@ def run_precompute(
         store.recipe,
         dataset=dataset,
         render=renderer == "reference",
+        need=need,
     )
     loader = DataLoader(
         source,
@@ -495,7 +528,7 @@ def run_precompute(
     writer = _ShardWriter(write)
     dim = encoder.embed_dim
     fdim = encoder.feature_dim
-    total_views = int(sum(manifest.valid[a:b].sum() for _, a, b in items)) * views
+    total_views = int(sum(m.sum() for m in need.values()))
     errors: dict[str, str] = {}
     buffers: dict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray]] = {}
     computed: list[int] = []
@@ -510,13 +543,12 @@ def run_precompute(
                     a, b = store.shard_bounds(s)
                     emb_buf = np.zeros((b - a, views, dim), np.float32)
                     feat_buf = np.zeros((b - a, views, fdim), np.float32) if cfg.features else None
-                    written = np.repeat(manifest.valid[a:b, None], views, axis=1)
-                    buffers[s] = (emb_buf, feat_buf, written)
-                emb_buf, feat_buf, written = buffers[s]
+                    done = np.zeros((b - a, views), bool)
+                    buffers[s] = (emb_buf, feat_buf, done)
+                emb_buf, feat_buf, done = buffers[s]
                 base = starts[s]
-                for row, key, reason in batch.errors:
-                    errors[key] = reason
-                    written[row - base] = False
+                for _row, key, reason in batch.errors:
+                    errors[key] = reason  # its slots stay unwritten: the next run retries
                 if len(batch.rows):
                     if batch.params is not None:
                         x = render_views(batch.sources, batch.params, recipe, device)
@@ -527,14 +559,15 @@ def run_precompute(
                     emb = torch.nn.functional.normalize(emb.float(), dim=1)
                     local = batch.rows - base
                     emb_buf[local, batch.views] = emb.cpu().numpy()
+                    done[local, batch.views] = True
                     if feat_buf is not None:
                         feat_buf[local, batch.views] = feat.float().cpu().numpy()
                     n_views += len(batch.rows)
                     bar.advance(task, len(batch.rows))
                 batches_left[s] -= 1
                 if batches_left[s] == 0:
-                    emb_buf, feat_buf, written = buffers.pop(s)
-                    writer.submit(s, emb_buf, feat_buf, written)
+                    emb_buf, feat_buf, done = buffers.pop(s)
+                    writer.submit(s, emb_buf, feat_buf, done)
                     computed.append(s)
     finally:
         writer.close()
@@ -554,8 +587,9 @@ def run_precompute(
         compute_dtype=compute_dtype,
         device=str(device),
         renderer=renderer,
-        invalid_rows=sum(int((~manifest.valid[a:b]).sum()) for _, a, b in items),
+        invalid_rows=sum(int((~manifest.valid[slice(*store.shard_bounds(s))]).sum()) for s in todo),
         errors=errors,
+        slots_kept=kept,
     )
 
 
@@ -583,7 +617,8 @@ def _iterate(loader: DataLoader[_Batch]) -> Iterator[_Batch]:
 
 
 def _store_sink(store: EmbeddingStore) -> ShardSink:
-    def write(shard: int, emb: np.ndarray, feats: np.ndarray | None, written: np.ndarray) -> None:
-        store.write_shard(shard, emb, features=feats, written=written)
+    def write(shard: int, emb: np.ndarray, feats: np.ndarray | None, computed: np.ndarray) -> None:
+        # Under the shard lock; slots another writer filled meanwhile keep their bytes.
+        store.merge_shard(shard, emb, computed, features=feats)
 
     return write

@@ -46,6 +46,7 @@ COMMANDS = [
     ["store", "create"],
     ["store", "info"],
     ["store", "check"],
+    ["store", "append"],
     ["store", "verify"],
 ]
 

@@ -7,6 +7,9 @@
 * eval features on CUDA match CPU features;
 * the HTTP service loads its teacher on the GPU (``/v1/model`` says cuda) and serves embeddings
   that match the CPU teacher;
+* the service's batched renderer on CUDA (``auto``) and nvjpeg decoding (``decode = device``)
+  serve embeddings close to the CPU reference service's, and write-through on CUDA decodes with
+  Pillow and records ``{"renderer": "batched", "device": "cuda"}`` in the store;
 * a training step (mocov2 and online disco, bf16 autocast) runs on CUDA and records ``amp``.
 """
 
@@ -24,7 +27,7 @@ from PIL import Image
 
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
-from store.views import get_recipe, render_center
+from store.views import get_recipe, render_center, render_view
 from student_trainer.features import EncoderFeatures
 from student_trainer.knn import faiss_candidates, faiss_has_gpu, l2_normalise, search
 from teacher_service.checkpoint import load_encoder, read_checkpoint, save_checkpoint
@@ -130,6 +133,92 @@ def test_service_serves_from_the_gpu(teacher: Path) -> None:
     recipe = get_recipe("mocov2", SIZE)
     with torch.inference_mode():
         want = encoder(torch.stack([render_center(a, recipe) for a in images])).numpy()
+    assert cosine(got, want).min() >= 0.999
+
+
+def _jpeg_bodies(n: int, seed: int = 2) -> tuple[list[np.ndarray], list[bytes]]:
+    """Photo-like sources (smooth fields + mild noise) and their quality-90 JPEG bytes."""
+    rng = np.random.default_rng(seed)
+    arrays, jpegs = [], []
+    for k in range(n):
+        h, w = 60 + 7 * k, 80 - 5 * k
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        base = np.stack(
+            [127 + 100 * np.sin(xx / (9 + k)), 127 + 100 * np.cos(yy / 13), (xx + yy) % 256], -1
+        )
+        arr = np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+        jpegs.append(buf.getvalue())
+        arrays.append(arr)
+    return arrays, jpegs
+
+
+def test_service_batched_renderer_and_nvjpeg_on_cuda(teacher: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from store.decode import decode_image
+    from store.manifest import build_manifest
+    from teacher_service.service import ServiceSettings, create_app
+    from teacher_service.service.jpeg import decode_jpeg_device
+
+    _, jpegs = _jpeg_bodies(4)
+    images = [{"data": base64.b64encode(b).decode()} for b in jpegs]
+    bodies = [{"images": images}, {"images": images, "views": 3, "seed": 5}]
+    # nvjpeg decodes on the device, within a few grey levels of Pillow (libjpeg-turbo).
+    for data in jpegs:
+        on_gpu = decode_jpeg_device(data, torch.device("cuda"))
+        assert on_gpu is not None and on_gpu.device.type == "cuda"
+        diff = (on_gpu.cpu().int() - torch.from_numpy(decode_image(data)).int()).abs()
+        assert diff.float().mean().item() <= 2.0, diff.float().mean().item()
+
+    def serve(**kw: Any) -> list[np.ndarray]:
+        with TestClient(create_app(ServiceSettings(teacher=teacher, **kw))) as client:
+            info = client.get("/v1/model").json()
+            want = "batched" if kw["device"] == "cuda" else "reference"
+            assert info["renderer"] == want and info["decode"] == kw.get("decode", "cpu")
+            out = []
+            for body in bodies:
+                r = client.post("/v1/embeddings", json=body)
+                assert r.status_code == 200, r.text
+                out.append(np.asarray(r.json()["embeddings"], dtype=np.float32))
+            return out
+
+    ref = serve(device="cpu", renderer="reference")
+    batched = serve(device="cuda")  # auto -> batched on CUDA, fp32
+    nvjpeg = serve(device="cuda", decode="device")
+    for a, b, c in zip(ref, batched, nvjpeg, strict=True):
+        assert a.shape == b.shape == c.shape
+        assert cosine(a, b).min() >= 0.999  # render within +-1, fp32 (TF32 convolutions)
+        assert cosine(a, c).min() >= 0.99  # other decoder: a few grey levels
+    # Write-through on CUDA: Pillow decode (the store's), renderer recorded.
+    root = tmp_path / "stores"
+    root.mkdir()
+    dataset = open_dataset("synthetic:4")
+    recipe = get_recipe("mocov2", SIZE)
+    EmbeddingStore.create(
+        str(root / "s"), manifest=build_manifest(dataset, "all", progress=False), recipe=recipe,
+        seed=0, views=2, shard_size=4,
+    )  # fmt: skip
+    settings = ServiceSettings(teacher=teacher, device="cuda", decode="device", store_root=root)
+    slot_images = []
+    for i in range(2):
+        buf = io.BytesIO()
+        Image.fromarray(dataset.load(i)).save(buf, format="PNG")
+        slot_images.append({"data": base64.b64encode(buf.getvalue()).decode(), "index": i,
+                            "view": 1})  # fmt: skip
+    with TestClient(create_app(settings)) as client:
+        r = client.post("/v1/embeddings", json={"store": "s", "images": slot_images})
+        assert r.status_code == 200, r.text
+    store = EmbeddingStore.open(str(root / "s"))
+    assert store.attrs["renderers"]["producers"] == [{"renderer": "batched", "device": "cuda"}]
+    got = store.read_shard(0).embeddings[:2, 1]
+    encoder = load_encoder(teacher).encoder
+    views = torch.stack(
+        [render_view(dataset.load(i), store.params[i, 1], recipe) for i in range(2)]
+    )
+    with torch.inference_mode():
+        want = encoder(views).numpy()
     assert cosine(got, want).min() >= 0.999
 
 

@@ -14,7 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
-BENCHES = ["env", "gpu_tests", "precompute", "train_throughput", "knn", "service", "render"]
+BENCHES = [
+    "env", "gpu_tests", "precompute", "train_throughput", "knn", "service", "render", "time_budget"
+]  # fmt: skip
 
 
 def _env() -> dict[str, str]:
@@ -66,6 +68,7 @@ def test_tiny_run_writes_every_bench_line(tmp_path: Path) -> None:
     assert by["knn"]["agreement"] == 1.0 and by["knn"]["faiss_gpu"] is False
     assert by["service"]["errors"] == 0 and by["service"]["service_img_s"] > 0
     assert by["render"]["cpu_exact"] is True and by["render"]["render_ratio"] > 0
+    assert by["time_budget"]["train_forward_ms"] > 0 and by["time_budget"]["store_write_ms"] > 0
 
 
 def test_bad_argument_exits_2_and_scripts_parse(tmp_path: Path) -> None:

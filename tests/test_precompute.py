@@ -136,15 +136,16 @@ if kill["at"] == "forward":
         return forward(self, *a, **k)
     Encoder.forward = killing_forward
 elif kill["at"] == "write":
-    write_shard = EmbeddingStore.write_shard
-    def killing_write(self, s, emb, features=None, written=None):
+    merge_shard = EmbeddingStore.merge_shard
+    def killing_merge(self, s, emb, mask, features=None):
         calls[0] += 1
         if calls[0] == kill["n"]:
             # The crash window: this shard's embeddings are durably written, its mask is not.
-            write_shard(self, s, emb, features=features, written=np.zeros_like(written))
+            a, b = self.shard_bounds(s)
+            self.write_shard(s, emb, features=features, written=self.written_mask()[a:b])
             os.kill(os.getpid(), signal.SIGKILL)
-        return write_shard(self, s, emb, features=features, written=written)
-    EmbeddingStore.write_shard = killing_write
+        return merge_shard(self, s, emb, mask, features=features)
+    EmbeddingStore.merge_shard = killing_merge
 report = run_precompute(PrecomputeConfig(**cfg))
 print("REPORT " + json.dumps(report.to_dict()))
 """

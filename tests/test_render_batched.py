@@ -29,6 +29,8 @@ from store.views import (
     get_recipe,
     normalise_views,
     plan_views,
+    render_center,
+    render_centers,
     render_view,
     render_views,
     resize_crops,
@@ -194,6 +196,18 @@ def test_resize_crops_matches_the_reference_crop_resize(interpolation: str) -> N
         for img, box, out in zip(images, boxes, got, strict=True):
             want = crop_resize(img, box, size, interpolation)
             assert torch.equal(out, want), (interpolation, tuple(box), size)
+
+
+@pytest.mark.parametrize("resize", ["native", "matmul"])
+@pytest.mark.parametrize("name,interpolation", [("mocov2", "bicubic"), ("digits", "nearest")])
+def test_render_centers_equals_render_center(name: str, interpolation: str, resize: str) -> None:
+    recipe = get_recipe(name, 32, interpolation)
+    images = [*_images(9, seed=4, lo=5, hi=90), np.zeros((32, 32, 3), np.uint8)]
+    got = render_centers(images, recipe, "cpu", resize=resize)  # type: ignore[arg-type]
+    assert got.dtype == torch.uint8 and got.shape == (len(images), 3, 32, 32)
+    want = torch.stack([render_center(a, recipe) for a in images])
+    assert torch.equal(normalise_views(got, recipe.mean, recipe.std), want)
+    assert render_centers([], recipe).shape == (0, 3, 32, 32)
 
 
 def test_aa_weights_are_a_partition_of_unity_in_fixed_point() -> None:

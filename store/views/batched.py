@@ -47,6 +47,7 @@ __all__ = [
     "RENDER_BOUND",
     "aa_resize_weights",
     "normalise_views",
+    "render_centers",
     "render_views",
     "render_views_normalised",
     "resize_crops",
@@ -474,6 +475,33 @@ def render_views(
     boxes = _checked_boxes([(int(s.shape[0]), int(s.shape[1])) for s in sources], p)
     x = _crop_resize_batch(sources, boxes, recipe.size, recipe.interpolation, resize)
     return fn(x.contiguous(), p, recipe).contiguous()  # type: ignore[operator]
+
+
+def render_centers(
+    images: Sequence[Image],
+    recipe: Recipe,
+    device: torch.device | str = "cpu",
+    resize: ResizeMode = "auto",
+) -> torch.Tensor:
+    """Un-augmented views of B images at once: (B, 3, S, S) uint8 on ``device``.
+
+    The batched counterpart of :func:`store.views.render_center` (centre square crop of side
+    min(H, W), resized to S with the recipe's interpolation, no colour step): on CPU the same
+    bytes as ``render_center`` before its normalisation; ``images`` and ``resize`` as in
+    :func:`render_views`.
+    """
+    dev = torch.device(device)
+    if len(images) == 0:
+        return torch.empty((0, 3, recipe.size, recipe.size), dtype=torch.uint8, device=dev)
+    moved: dict[int, torch.Tensor] = {}
+    sources = [moved.setdefault(id(im), _source_hwc(im, dev)) for im in images]
+    boxes = np.empty((len(sources), 4), dtype=np.int64)
+    for n, src in enumerate(sources):
+        big_h, big_w = int(src.shape[0]), int(src.shape[1])
+        side = min(big_h, big_w)
+        boxes[n] = ((big_h - side) // 2, (big_w - side) // 2, side, side)
+    x = _crop_resize_batch(sources, boxes, recipe.size, recipe.interpolation, resize)
+    return x.contiguous()
 
 
 def normalise_views(

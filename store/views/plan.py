@@ -18,11 +18,13 @@ def plan_views(
     widths: np.ndarray,
     views: int,
     progress: bool = False,
+    first_row: int = 0,
 ) -> np.ndarray:
     """Parameters for every (row i, view v): (N, V, P) float32; row i uses key (seed, i, v).
 
     ``heights``/``widths`` are (N,) image sizes in pixels (0 for undecodable rows: a 1x1 box is
-    planned).
+    planned). ``first_row`` is the store row of ``heights[0]`` (rows appended to a store are
+    planned from N on: the same numbers a store created over the grown dataset plans for them).
     """
     heights = np.asarray(heights, dtype=np.int64)
     widths = np.asarray(widths, dtype=np.int64)
@@ -35,7 +37,7 @@ def plan_views(
         task = bar.add_task(f"plan {recipe.name} x{views}", total=n)
         for start in range(0, n, block):
             stop = min(n, start + block)
-            rows = np.repeat(np.arange(start, stop, dtype=np.int64), views)
+            rows = np.repeat(np.arange(first_row + start, first_row + stop, dtype=np.int64), views)
             vs = np.tile(np.arange(views, dtype=np.int64), stop - start)
             p = recipe.sample_batch(
                 seed, rows, vs, np.repeat(heights[start:stop], views),

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from fastapi import Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
@@ -23,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from store.errors import DiscoError, StoreError, StoreMismatchError, StoreNotFoundError
+from store.views import render_views, resolve_renderer
 from teacher_service.service import routes_embeddings, routes_health, routes_stores
 from teacher_service.service.batching import DynamicBatcher
 from teacher_service.service.deps import ServiceState, require_token
@@ -144,6 +146,20 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, internal)
 
 
+def _warm_up(runtime: TeacherRuntime, renderer: str) -> None:
+    """One forward (and, for the batched renderer, one render of a planned view on the model's
+    device), so the first request pays no start-up cost and a recipe the batched renderer does
+    not support fails at start-up (ConfigError naming the reference renderer), not per request."""
+    size = runtime.recipe.size
+    if renderer == "batched":
+        image = np.zeros((size + 8, size + 8, 3), dtype=np.uint8)
+        params = runtime.recipe.sample(0, 0, 0, size + 8, size + 8)[None]
+        x = render_views([image], params, runtime.recipe, runtime.device)
+    else:
+        x = torch.zeros(1, 3, size, size, dtype=torch.uint8)
+    runtime.embed(x)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load the teacher (in a thread), warm it up, run the batch worker until shutdown."""
@@ -163,15 +179,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     runtime = state.runtime
     size = runtime.recipe.size
-    await run_in_threadpool(runtime.embed, torch.zeros(1, 3, size, size))
+    renderer = resolve_renderer(settings.renderer, runtime.device)
+    await run_in_threadpool(_warm_up, runtime, renderer)
     log.info(
-        "teacher %s (%s...) on %s, D=%d, recipe %s@%dpx",
+        "teacher %s (%s...) on %s, D=%d, recipe %s@%dpx, %s renderer",
         runtime.info.get("arch"),
         runtime.sha256[:12],
         runtime.device,
         runtime.embed_dim,
         runtime.recipe.name,
         size,
+        renderer,
     )
     batcher = DynamicBatcher(
         runtime.embed,

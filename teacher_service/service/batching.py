@@ -1,10 +1,11 @@
 """Dynamic batching: requests queue rows, one worker owns the model and runs it in a thread.
 
-A row is one rendered view ``(3, S, S) float32``. :meth:`DynamicBatcher.submit` admits all rows of
-a request or none (429 when the queue would overflow). The worker closes a batch when it holds
-``max_batch_size`` rows or when the oldest queued row has waited ``max_wait_s``; the model then runs
-in a dedicated single-thread executor, so the event loop keeps serving while it computes. Rows of
-a client that went away are removed with :meth:`DynamicBatcher.drop` and never reach the model.
+A row is one rendered view ``(3, S, S)`` (the service queues uint8 pixels).
+:meth:`DynamicBatcher.submit` admits all rows of a request or none (429 when the queue would
+overflow). The worker closes a batch when it holds ``max_batch_size`` rows or when the oldest
+queued row has waited ``max_wait_s``; the model then runs in a dedicated single-thread executor,
+so the event loop keeps serving while it computes. Rows of a client that went away are removed
+with :meth:`DynamicBatcher.drop` and never reach the model.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class _Row:
 
 
 class DynamicBatcher:
-    """Queue rows and run ``run_batch((B, 3, S, S) float32) -> (B, D) float32`` on closed batches.
+    """Queue rows and run ``run_batch((B, 3, S, S) rows) -> (B, D) float32`` on closed batches.
 
     ``max_wait_s`` is measured from the arrival of the oldest row in the queue; ``max_queue`` bounds
     the rows waiting (rows being computed do not count). Start with :meth:`start` inside a running
@@ -148,7 +149,7 @@ class DynamicBatcher:
             self._executor = None
 
     def submit(self, rows: torch.Tensor) -> list[asyncio.Future[RowResult]]:
-        """Queue ``rows (k, 3, S, S) float32``; one future per row, in order.
+        """Queue ``rows (k, 3, S, S)`` (any dtype/device ``run_batch`` takes); one future per row.
 
         All or nothing: raises :class:`QueueFullError` when queued + reserved + ``k`` exceeds
         ``max_queue`` and :class:`BatcherClosedError` when the worker is not running.

@@ -29,7 +29,8 @@ from starlette.datastructures import UploadFile
 
 from store.decode import decode_image
 from store.errors import DecodeError, DiscoError
-from store.views import Recipe, render_center, render_view
+from store.views import Recipe, render_center, render_centers, render_view, render_views
+from teacher_service.service.jpeg import decode_jpeg_device
 from teacher_service.service.schemas import (
     EmbedOptions,
     EmbedRequest,
@@ -38,6 +39,7 @@ from teacher_service.service.schemas import (
 )
 from teacher_service.service.settings import ServiceSettings
 from teacher_service.service.viewparams import ViewParamsError, check_view_params
+from teacher_service.sources import to_pixels
 
 __all__ = [
     "ImageJob",
@@ -51,6 +53,9 @@ __all__ = [
 ]
 
 _FORM_FIELDS = ("views", "seed", "store")
+
+Source = np.ndarray | torch.Tensor
+"""A decoded image: (H, W, 3) uint8, a numpy array (Pillow) or a tensor on the device (nvjpeg)."""
 
 
 @dataclass
@@ -86,8 +91,9 @@ class SlotTarget:
 
 @dataclass
 class Prepared:
-    """Rendered rows ``(R, 3, S, S) float32`` and the leading output shape ``(N,)``/``(N, V)``;
-    ``slots`` lists the write-through (index, view) per row, else None."""
+    """Rendered rows ``(R, 3, S, S)`` uint8 pixels (on the renderer's device) and the leading
+    output shape ``(N,)``/``(N, V)``; ``slots`` lists the write-through (index, view) per row,
+    else None."""
 
     rows: torch.Tensor
     shape: tuple[int, ...]
@@ -268,8 +274,14 @@ def _params_shape(job: ImageJob) -> tuple[int, ...]:
     return tuple(arr.shape)
 
 
-def _decode(job: ImageJob, max_pixels: int) -> np.ndarray:
+def _decode(job: ImageJob, max_pixels: int, device: torch.device | None = None) -> Source:
+    """Decode one image: ``(H, W, 3)`` uint8, on ``device`` (nvjpeg) when given and the bytes
+    are a JPEG that path handles, else a numpy array from Pillow (422 for undecodable bytes)."""
     try:
+        if device is not None:
+            on_device = decode_jpeg_device(job.data, device, key=job.key, max_pixels=max_pixels)
+            if on_device is not None:
+                return on_device
         return decode_image(job.data, key=job.key, max_pixels=max_pixels)
     except DecodeError as exc:
         raise _unprocessable(str(exc)) from None
@@ -282,25 +294,80 @@ def _render(image: np.ndarray, params: np.ndarray, recipe: Recipe, key: str) -> 
         raise _unprocessable(f"{key}: cannot render the view: {exc}") from None
 
 
+@dataclass
+class _Views:
+    """What :func:`prepare` renders: per row its source image and params (None: centre view)."""
+
+    recipe: Recipe
+    sources: list[Source]
+    params: list[np.ndarray | None]
+    keys: list[str]
+
+
+def _render_reference(views: _Views) -> torch.Tensor:
+    """Per-view reference renders -> ``(R, 3, S, S)`` uint8 pixels on the CPU (exact inverse of
+    the reference's normalisation)."""
+    rows = []
+    for image, params, key in zip(views.sources, views.params, views.keys, strict=True):
+        assert isinstance(image, np.ndarray)
+        if params is None:
+            rows.append(render_center(image, views.recipe))
+        else:
+            rows.append(_render(image, params, views.recipe, key))
+    return to_pixels(torch.stack(rows), views.recipe.mean, views.recipe.std)
+
+
+def _render_batched(views: _Views, device: torch.device) -> torch.Tensor:
+    """All views of the request in one batched render on ``device``: ``(R, 3, S, S)`` uint8.
+
+    A request is homogeneous (check_request): every row has params, or every row is a centre
+    view; a DisCo error (a box outside its image) is a 422 naming the request's images."""
+    try:
+        if views.params[0] is None:
+            return render_centers(views.sources, views.recipe, device)
+        params = np.stack([p for p in views.params if p is not None]).astype(np.float32)
+        return render_views(views.sources, params, views.recipe, device)
+    except (DiscoError, ValueError, IndexError) as exc:
+        first, last = views.keys[0], views.keys[-1]
+        where = first if first == last else f"{first}..{last}"
+        raise _unprocessable(f"{where}: cannot render the views: {exc}") from None
+
+
 def prepare(
     parsed: ParsedRequest,
     recipe: Recipe,
     target: SlotTarget | None,
     settings: ServiceSettings,
+    renderer: str = "reference",
+    device: torch.device | str = "cpu",
 ) -> Prepared:
     """Decode every image, resolve its views and render them (blocking: run in a thread).
 
     Views: write-through -> the store's ``params[index, view]``; ``views: k`` ->
     ``recipe.sample(seed, position, v, H, W)``; per-image params -> checked against ``recipe``;
-    otherwise the un-augmented centre view. Returns rows ``(R, 3, S, S) float32``.
+    otherwise the un-augmented centre view. ``renderer`` (resolved: ``reference`` or
+    ``batched``): ``reference`` renders each view on the CPU with ``render_view``; ``batched``
+    renders all the request's views in one ``render_views`` call on ``device`` (the model's),
+    same bytes on CPU. With ``settings.decode == "device"``, a CUDA ``device`` and the batched
+    renderer, JPEGs of requests without write-through are decoded by nvjpeg on the device.
+    Returns rows ``(R, 3, S, S)`` uint8 pixels: on ``device`` (batched) or the CPU (reference).
     """
     opts = parsed.options
-    rows: list[torch.Tensor] = []
+    dev = torch.device(device)
+    batched = renderer == "batched"
+    gpu_decode = batched and settings.decode == "device" and dev.type == "cuda" and target is None
+    views_in = _Views(target.recipe if target is not None else recipe, [], [], [])
     slots: list[tuple[int, int]] | None = [] if target is not None else None
     views = 1
     single = True
+
+    def add(image: Source, params: np.ndarray | None, key: str) -> None:
+        views_in.sources.append(image)
+        views_in.params.append(params)
+        views_in.keys.append(key)
+
     for pos, job in enumerate(parsed.jobs):
-        image = _decode(job, settings.max_pixels)
+        image = _decode(job, settings.max_pixels, dev if gpu_decode else None)
         height, width = int(image.shape[0]), int(image.shape[1])
         if target is not None and slots is not None:
             assert job.index is not None and job.view is not None
@@ -318,14 +385,12 @@ def prepare(
                     f"{job.key}: image is {height}x{width} px but store row {job.index} was "
                     f"planned for {expect[0]}x{expect[1]}; is it the right image?"
                 )
-            params = target.params[job.index, job.view]
-            rows.append(_render(image, params, target.recipe, job.key))
+            add(image, target.params[job.index, job.view], job.key)
             slots.append((job.index, job.view))
         elif opts.views is not None:
             views, single = opts.views, False
             for v in range(opts.views):
-                params = recipe.sample(opts.seed, pos, v, height, width)
-                rows.append(_render(image, params, recipe, job.key))
+                add(image, recipe.sample(opts.seed, pos, v, height, width), job.key)
         elif job.params is not None:
             arr = np.asarray(job.params, dtype=np.float64)
             single = arr.ndim == 1
@@ -334,9 +399,11 @@ def prepare(
             except ViewParamsError as exc:
                 raise _unprocessable(f"{job.key}.params: {exc}") from None
             views = checked.shape[0]
-            rows.extend(_render(image, p, recipe, job.key) for p in checked)
+            for p in checked:
+                add(image, p, job.key)
         else:
-            rows.append(render_center(image, recipe))
+            add(image, None, job.key)
+    rows = _render_batched(views_in, dev) if batched else _render_reference(views_in)
     n = len(parsed.jobs)
     shape = (n,) if single else (n, views)
-    return Prepared(torch.stack(rows), shape, slots)
+    return Prepared(rows, shape, slots)

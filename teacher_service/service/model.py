@@ -43,15 +43,18 @@ class TeacherRuntime:
         return str(self.info["sha256"])
 
     def embed(self, x: torch.Tensor) -> np.ndarray:
-        """Embed ``x (B, 3, S, S) float32`` (views normalised with ``recipe``'s mean/std, as the
-        renderer gives them) -> ``(B, D) float32``, L2-normalised. The views go to the teacher as
-        the uint8 pixels they were rendered from (exact), and the teacher normalises them.
+        """Embed ``x (B, 3, S, S)`` -> ``(B, D) float32``, L2-normalised.
 
-        Runs under ``torch.inference_mode``; autocast in ``dtype`` on CUDA only. On CUDA the
+        ``x`` is uint8 pixels (what the service's renderers give, on the CPU or on the model's
+        device) or float32 normalised with ``recipe``'s mean/std (turned back into the exact
+        uint8 pixels); the teacher applies its own normalisation.
+
+        Runs under ``torch.inference_mode``; autocast in ``dtype`` on CUDA only. On CUDA a CPU
         batch is copied from pinned memory without blocking, in ``channels_last`` layout.
         """
-        x = to_pixels(x, self.recipe.mean, self.recipe.std)
-        if self.device.type == "cuda":
+        if x.dtype != torch.uint8:
+            x = to_pixels(x, self.recipe.mean, self.recipe.std)
+        if self.device.type == "cuda" and x.device.type == "cpu":
             x = x.pin_memory()
         with torch.inference_mode(), autocast(self.device, self.dtype):
             out = self.encoder(to_device(x, self.device), output="embedding")

@@ -11,6 +11,7 @@ import orjson
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
+from store.views import resolve_renderer
 from teacher_service.service.batching import (
     BatcherClosedError,
     DynamicBatcher,
@@ -157,8 +158,16 @@ async def create_embeddings(
             if name is not None:
                 target = await run_in_threadpool(open_target, stores, name, runtime)
             loop = asyncio.get_running_loop()
+            renderer = resolve_renderer(settings.renderer, runtime.device)
             prepared = await loop.run_in_executor(
-                prep_pool, prepare, parsed, runtime.recipe, target, settings
+                prep_pool,
+                prepare,
+                parsed,
+                runtime.recipe,
+                target,
+                settings,
+                renderer,
+                runtime.device,
             )
         finally:
             batcher.release(rows)
@@ -179,6 +188,9 @@ async def create_embeddings(
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from None
     vectors = np.stack([r.vector for r in results]).astype(np.float32, copy=False)
     if name is not None and prepared.slots is not None:
+        # Recorded before the targets land, as precompute does: the store's `renderers` attr
+        # lists every (renderer, device type) that produced any of its targets.
+        await run_in_threadpool(stores.record_renderer, name, renderer, runtime.device)
         await run_in_threadpool(write_slots, stores, name, runtime, prepared.slots, vectors)
         metrics.store_writes.inc(len(prepared.slots))
     out = vectors.reshape(*prepared.shape, vectors.shape[-1])
@@ -223,6 +235,8 @@ async def model_info(runtime: RuntimeDep, settings: SettingsDep) -> dict[str, An
     """Teacher identity (arch, checkpoint sha256, dims, preprocessing, recipe) and batch knobs."""
     return {
         **runtime.describe(),
+        "renderer": resolve_renderer(settings.renderer, runtime.device),
+        "decode": settings.decode,
         "max_batch_size": settings.max_batch_size,
         "max_wait_ms": settings.max_wait_ms,
         "max_queue": settings.max_queue,

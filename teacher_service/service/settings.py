@@ -47,6 +47,16 @@ class ServiceSettings(BaseSettings):
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         default="float32", description="compute dtype (autocast on CUDA only; CPU stays float32)"
     )
+    renderer: Literal["auto", "reference", "batched"] = Field(
+        default="auto",
+        description="view renderer: auto (batched on CUDA, reference on CPU), reference (per "
+        "view) or batched (each request's views at once on the model's device)",
+    )
+    decode: Literal["cpu", "device"] = Field(
+        default="cpu",
+        description="image decoding: cpu (Pillow, the stores' decoder) or device (JPEGs with "
+        "nvjpeg on CUDA under the batched renderer; not for write-through; other pixels)",
+    )
     recipe: str | None = Field(
         default=None,
         description="view recipe for request params (None: the checkpoint's, else mocov2)",

@@ -11,6 +11,8 @@ import re
 import threading
 from pathlib import Path
 
+import torch
+
 from store.embedding_store import EmbeddingStore
 
 __all__ = ["InvalidStoreNameError", "StoreRegistry", "UnknownStoreError", "check_store_name"]
@@ -48,6 +50,7 @@ class StoreRegistry:
         self._writers: dict[str, EmbeddingStore] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._recorded: set[tuple[str, str, str]] = set()
 
     def path(self, name: str) -> Path:
         """The directory of store ``name``; raises Invalid (bad name) or Unknown (missing)."""
@@ -90,6 +93,21 @@ class StoreRegistry:
             with self._guard:
                 self._writers[name] = handle
         return handle
+
+    def record_renderer(self, name: str, renderer: str, device: torch.device | str) -> None:
+        """Record in store ``name``'s ``renderers`` attr that ``renderer`` on ``device``'s type
+        produces targets there (precompute's convention:
+        :func:`teacher_service.precompute.record_renderer`); once per store and process."""
+        from teacher_service.precompute import record_renderer
+
+        key = (name, renderer, torch.device(device).type)
+        with self._guard:
+            if key in self._recorded:
+                return
+        with self.lock(name):
+            record_renderer(self.writer(name), renderer, device)
+        with self._guard:
+            self._recorded.add(key)
 
     def forget(self, name: str) -> None:
         """Drop the cached writer of ``name`` (after attrs changed on disk)."""

@@ -1,4 +1,8 @@
-"""Write-through: put request embeddings into store slots, one writer and one lock per store."""
+"""Write-through: put request embeddings into store slots, one writer and one lock per store.
+
+The registry lock serialises this service's requests per store; the store's own shard locks
+(``store.locks``: ``fcntl.flock`` for local stores) serialise it with other processes writing the
+same store (``disco precompute``, another service, ``disco store append``)."""
 
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ def open_target(registry: StoreRegistry, name: str, runtime: TeacherRuntime) -> 
     """
     with registry.lock(name):
         store = registry.writer(name)
+        store.sync()  # rows appended by `disco store append` since the writer was opened
         _check_teacher(store.teacher, runtime, name)
         try:
             store.check_render()
@@ -67,9 +72,10 @@ def write_slots(
 ) -> None:
     """Write ``vectors (n, D) float32`` into ``slots`` [(index, view)] of store ``name``.
 
-    Holds the store's lock for the whole call, so concurrent requests that touch one shard are
-    applied one after the other (each ``write_slot`` rewrites its whole shard). Attaches this
-    teacher first if the store has none; 409 if it has another.
+    One ``store.write_slots`` call: one read-modify-write per touched shard under the shard's
+    lock (cross-process for local stores), inside the registry's per-store lock. A slot already
+    written (by the batch job, another request or a lazy-fill trainer) keeps its stored bytes.
+    Attaches this teacher first if the store has none; 409 if it has another.
     """
     with registry.lock(name):
         store = registry.writer(name)
@@ -77,8 +83,10 @@ def write_slots(
             if store.teacher is None:
                 store.attach_teacher(teacher_attrs(runtime), dim=runtime.embed_dim)
             _check_teacher(store.teacher, runtime, name)
-            for (index, view), vector in zip(slots, vectors, strict=True):
-                store.write_slot(int(index), int(view), vector)
+            if len(slots) != len(vectors):
+                raise StoreError(f"{len(slots)} slots but {len(vectors)} vectors")
+            pairs = np.asarray(slots, dtype=np.int64).reshape(len(slots), 2)
+            store.write_slots(pairs[:, 0], pairs[:, 1], vectors)
         except StoreMismatchError as exc:
             raise _conflict(str(exc)) from None
         except StoreError as exc:
