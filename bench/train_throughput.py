@@ -44,11 +44,11 @@ The teacher is a randomly initialised encoder (weights do not change its cost) w
     python bench/train_throughput.py --device cuda --amp --student resnet18 --teacher resnet50 \
         --teacher-width 64 --size 224 --batch 128 --workers 15 --min-flops-ratio 2  # GPU host
 
-Measured here (2 shared cores, load ~2, defaults; README "Benchmark: bench/train_throughput.py"):
-read_cost_ratio 1.07 (zarr vs RAM planning 12.5 vs 6.5 ms per 1.8 s epoch), speedup_vs_online
-2.15 against 4.47 predicted (0.48: the teacher's inference ran at 41 GFLOP/s, the student's
-training step at 16, and rendering is 78 of the cached run's 207 ms per step), lazy fill 16.1
-samples/s in epoch 1 (0.22x online: the service delivered 32 slots/s) and 160.7 in epoch 2.
+Measured here (2 quiet cores, defaults; README "Benchmark: bench/train_throughput.py"):
+read_cost_ratio 1.02 (zarr vs RAM planning 19 vs 11 ms per 1.6 s epoch), speedup_vs_online
+2.22 against 4.47 predicted (0.50: the teacher's inference ran at 41 GFLOP/s, the student's
+training step at 17, and rendering is 73 of the cached run's 193 ms per step), lazy fill 84.3
+samples/s in epoch 1 (1.16x online: the service delivered 169 slots/s) and 197.7 in epoch 2.
 """
 
 from __future__ import annotations
