@@ -3,13 +3,11 @@ read-only, and a training run that sees exactly the streaming run's steps."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
@@ -23,12 +21,7 @@ from student_trainer.train import train
 DIM = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _store(url: str, teacher: bool = True) -> EmbeddingStore:
