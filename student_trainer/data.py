@@ -331,7 +331,8 @@ class StorePlan:
                 if fresh.teacher is not None:
                     self.store = fresh
             if self.store.teacher is not None:
-                yield self.store.read_shard(shard)
+                block = self.store.read_shard(shard)
+                yield dataclasses.replace(block, written=_unit_targets(block))
                 continue
             start, stop = self.store.shard_bounds(shard)
             n = stop - start
@@ -375,7 +376,7 @@ class StorePlan:
                 if self.use_targets:
                     targets = (block.embeddings[local, v1], block.embeddings[local, v2])
                     if self.fill_dim is not None:
-                        written = (_is_target(block, local, v1), _is_target(block, local, v2))
+                        written = (bool(block.written[local, v1]), bool(block.written[local, v2]))
                 item = PairItem(
                     row=row,
                     image_index=int(self.store.manifest.indices[row]),
@@ -398,13 +399,11 @@ class StorePlan:
                 return
 
 
-def _is_target(block: Any, local: int, view: int) -> bool:
-    """True when slot (local row, view) of ``block`` is written and holds a unit vector (a store
-    that ``disco store check`` would flag gets the slot fetched again instead of trained on)."""
-    if not bool(block.written[local, view]):
-        return False
-    norm = float(np.linalg.norm(block.embeddings[local, view]))
-    return abs(norm - 1.0) < 0.05  # int8 stores: a few 1e-3 off
+def _unit_targets(block: ShardBlock) -> np.ndarray:
+    """(n, V) bool: the block's slots that are written and hold a unit vector (a slot that
+    ``disco store check`` would flag is fetched again instead of trained on)."""
+    norms = np.linalg.norm(block.embeddings, axis=-1)
+    return block.written & (np.abs(norms - 1.0) < 0.05)  # int8 stores: a few 1e-3 off
 
 
 class DatasetPlan:
