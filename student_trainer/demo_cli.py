@@ -31,14 +31,15 @@ def demo_command(
         bool,
         typer.Option(
             help="After the demo, measure the claims over seeds into OUT/study.md: mocov2 vs disco "
-            "(--seeds), DisCo λ 2, V 2/32 views vs an online teacher, head 128/512, a weak "
-            "teacher, cache cost (about an hour on 2 CPU cores; resumable)."
+            "(--seeds), mocov2 with the symmetric loss, DisCo λ 2, V 2/32 views vs an online "
+            "teacher, head 128/512, a weak teacher, cache cost (about 1.5 hours on 2 CPU cores; "
+            "resumable)."
         ),
     ] = False,
     seeds: Annotated[int, typer.Option(help="With --study: seeds of mocov2 and disco.")] = 3,
     ablation_seeds: Annotated[
         int, typer.Option(help="With --study: seeds of every other study arm.")
-    ] = 1,
+    ] = 2,
     study_views: Annotated[
         list[int] | None,
         typer.Option(help="With --study: other cached-view counts V (repeatable; default 2, 32)."),

@@ -48,7 +48,7 @@ class StudyConfig:
 
     seeds: int = 3
     """Student seeds of the main arms (mocov2, disco): seeds demo.seed .. demo.seed + seeds - 1."""
-    ablation_seeds: int = 1
+    ablation_seeds: int = 2
     """Student seeds of every other arm (each costs one student run per seed)."""
     lambdas: tuple[float, ...] = (2.0,)
     """DisCo λ values besides the demo's."""
@@ -61,6 +61,9 @@ class StudyConfig:
     """Student head hidden widths besides the default 2048 (the Distilling BottleNeck)."""
     weak_teacher: bool = True
     """Also distil from the seed-0 mocov2 student (a teacher no better than the student)."""
+    symmetric_mocov2: bool = True
+    """Also train ``mocov2`` with the symmetric loss (``--symmetric``: both views query and key
+    each step): the better no-teacher baseline at the demo's epochs."""
 
     def shrunk(self, demo_views: int) -> StudyConfig:
         """The ``--quick`` study: 2 main seeds, 1 ablation seed, one extra V (demo's + 1), one
@@ -119,6 +122,17 @@ def plan_arms(demo: DemoConfig, study: StudyConfig) -> list[Arm]:
         Arm("mocov2", "main", "mocov2", main, label="mocov2 (no teacher)"),
         Arm("disco", "main", "disco", main, label=f"disco ({lam}, V {v_main}, head 2048)"),
     ]
+    if study.symmetric_mocov2:
+        arms.append(
+            Arm(
+                "mocov2-sym",
+                "main",
+                "mocov2",
+                abl,
+                (("symmetric", True),),
+                label="mocov2, symmetric loss (no teacher)",
+            )
+        )
     if study.weak_teacher:
         arms.append(
             Arm(

@@ -90,7 +90,7 @@ def test_quick_study_end_to_end_and_resumed(tmp_path: Path) -> None:
     study = json.loads((out / "study.json").read_text())
     arms = {a["name"]: a for a in study["arms"]}
     assert set(arms) == {
-        *("mocov2", "disco", "disco-lambda2", "disco-V3", "disco-online"),
+        *("mocov2", "mocov2-sym", "disco", "disco-lambda2", "disco-V3", "disco-online"),
         *("disco-head128", "disco-weak"),
     }
     assert arms["mocov2"]["seeds"] == [0, 1] and arms["disco"]["seeds"] == [0, 1]
