@@ -25,6 +25,7 @@ from store.views import (
     RENDER_BOUND,
     Recipe,
     aa_resize_weights,
+    batched,
     crop_resize,
     get_recipe,
     normalise_views,
@@ -144,6 +145,7 @@ def test_mocov2_every_branch_and_order_is_exercised_exactly() -> None:
         rows.append(p)
         srcs.append(img)
     params = np.stack(rows).astype(np.float32)
+    assert len(rows) > batched.CPU_CHUNK  # the CPU path renders in chunks: cross a boundary
     got = render_views(srcs, params, recipe)
     assert torch.equal(
         normalise_views(got, recipe.mean, recipe.std), _reference(srcs, params, recipe)
