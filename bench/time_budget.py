@@ -285,6 +285,23 @@ def _table(title: str, unit: str, rows: list[tuple[str, float]], total_keys: lis
         print(f"| {name} | {value:.3f} | {share} |")
 
 
+def _precompute_table(
+    title: str, fig: dict[str, float], prefix: str, views: int, decode: str, forward: str
+) -> None:
+    """Per-view precompute stages of the ``prefix`` figures (ms): decode (one image serves its
+    ``views`` views), both renderers, the teacher's forward and the store write; the share column
+    counts the reference renderer only."""
+    rows = [
+        (f"{decode}, per view of V={views}", fig[f"{prefix}_decode_ms"] / views),
+        ("render reference, per view", fig[f"{prefix}_render_reference_ms"]),
+        ("render batched, per view", fig[f"{prefix}_render_batched_ms"]),
+        (f"{forward}, per view", fig[f"{prefix}_teacher_forward_ms"]),
+        ("store write, per view", fig["store_write_ms"]),
+    ]
+    keys = [rows[0][0], rows[1][0], rows[3][0], rows[4][0]]
+    _table(title, "per view", rows, keys)
+
+
 def main() -> None:
     a = _args()
     torch.set_num_threads(a.threads)
@@ -315,25 +332,15 @@ def main() -> None:
 
     v = a.views
     print(f"threads {a.threads}, device {dev}, load average {fig['load_average']} (before, after)")
-    demo = [
-        (f"decode (mnist5k load), per view of V={v}", fig["demo_decode_ms"] / v),
-        ("render reference, per view", fig["demo_render_reference_ms"]),
-        ("render batched, per view", fig["demo_render_batched_ms"]),
-        ("teacher forward (demo teacher), per view", fig["demo_teacher_forward_ms"]),
-        ("store write, per view", fig["store_write_ms"]),
-    ]
-    keys = [demo[0][0], demo[1][0], demo[3][0], demo[4][0]]
-    _table("Precompute, demo (mnist5k, digits, 32 px)", "per view", demo, keys)
+    _precompute_table(
+        "Precompute, demo (mnist5k, digits, 32 px)", fig, "demo", v,
+        "decode (mnist5k load)", "teacher forward (demo teacher)",
+    )  # fmt: skip
     if not a.skip_224:
-        r50 = [
-            (f"decode 640x427 JPEG, per view of V={v}", fig["r50_decode_ms"] / v),
-            ("render reference, per view", fig["r50_render_reference_ms"]),
-            ("render batched, per view", fig["r50_render_batched_ms"]),
-            ("ResNet-50 forward fp32, per view", fig["r50_teacher_forward_ms"]),
-            ("store write, per view", fig["store_write_ms"]),
-        ]
-        keys = [r50[0][0], r50[1][0], r50[3][0], r50[4][0]]
-        _table("Precompute, 224 px (mocov2, ResNet-50 layout)", "per view", r50, keys)
+        _precompute_table(
+            "Precompute, 224 px (mocov2, ResNet-50 layout)", fig, "r50", v,
+            "decode 640x427 JPEG", "ResNet-50 forward fp32",
+        )  # fmt: skip
         fig["r50_forward_over_render"] = round(
             fig["r50_teacher_forward_ms"] / fig["r50_render_reference_ms"], 2
         )

@@ -24,7 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
-from store.datasets import open_dataset
+from store.datasets import ImageDataset, open_dataset
 from store.embedding_store import EmbeddingStore
 from store.manifest import build_manifest
 from store.views import get_recipe, render_center, render_view
@@ -102,9 +102,12 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=15)
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    root = tmp_path_factory.mktemp("service_e2e")
+def make_service_root(
+    root: Path, store_names: tuple[str, ...], seed: int
+) -> tuple[Path, Path, ImageDataset]:
+    """A service's files under ``root``: a tiny random 32-px ``mocov2`` teacher checkpoint
+    (``teacher.pt``) and, under ``stores/``, one empty store per name on synthetic:8 (V 2,
+    shards of 4, view-plan ``seed``). Returns (teacher, store root, dataset)."""
     torch.manual_seed(0)
     enc = build_encoder(EncoderConfig(arch="tiny", small_stem=True, head_hidden=32, head_out=16))
     teacher = root / "teacher.pt"
@@ -112,14 +115,22 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     stores = root / "stores"
     stores.mkdir()
     dataset = open_dataset("synthetic:8")
-    EmbeddingStore.create(
-        str(stores / "synth"),
-        manifest=build_manifest(dataset, "all", progress=False),
-        recipe=RECIPE,
-        seed=0,
-        views=2,
-        shard_size=4,
-    )
+    for name in store_names:
+        EmbeddingStore.create(
+            str(stores / name),
+            manifest=build_manifest(dataset, "all", progress=False),
+            recipe=RECIPE,
+            seed=seed,
+            views=2,
+            shard_size=4,
+        )
+    return teacher, stores, dataset
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("service_e2e")
+    teacher, stores, dataset = make_service_root(root, ("synth",), seed=0)
     # Batches close only by time (max batch > max queue): bursts fill the queue deterministically.
     args = ["--teacher", str(teacher), "--store-root", str(stores), "--max-batch-size", "32",
             "--max-wait-ms", "400", "--max-queue", str(MAX_QUEUE), "--threads", "1",

@@ -16,24 +16,12 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
-from store.manifest import build_manifest
 from store.views import RENDER_BOUND, get_recipe
-from teacher_service.checkpoint import save_checkpoint
-from teacher_service.encoders import EncoderConfig, build_encoder
 from teacher_service.service import ServiceSettings, create_app
 from teacher_service.service.jpeg import decode_jpeg_device
+from tests.test_service_e2e import SIZE, make_service_root
 
-SIZE = 32
-PRE = {
-    "size": SIZE,
-    "mean": [0.485, 0.456, 0.406],
-    "std": [0.229, 0.224, 0.225],
-    "interpolation": "bilinear",
-    "antialias": True,
-    "recipe": "mocov2",
-}
 OCTET = {"Accept": "application/octet-stream"}
 
 
@@ -46,22 +34,7 @@ def encoded(arr: np.ndarray, fmt: str = "PNG") -> str:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("service_renderer")
-    torch.manual_seed(0)
-    enc = build_encoder(EncoderConfig(arch="tiny", small_stem=True, head_hidden=32, head_out=16))
-    teacher = root / "teacher.pt"
-    save_checkpoint(teacher, enc, PRE)
-    stores = root / "stores"
-    stores.mkdir()
-    dataset = open_dataset("synthetic:8")
-    for name in ("for-reference", "for-batched"):
-        EmbeddingStore.create(
-            str(stores / name),
-            manifest=build_manifest(dataset, "all", progress=False),
-            recipe=get_recipe("mocov2", SIZE),
-            seed=3,
-            views=2,
-            shard_size=4,
-        )
+    teacher, stores, dataset = make_service_root(root, ("for-reference", "for-batched"), seed=3)
     return {"teacher": teacher, "stores": stores, "dataset": dataset}
 
 
