@@ -12,10 +12,11 @@ Normalisation belongs to each model: the views are rendered in uint8, the studen
 normalised with its own mean/std (a timm student's data config, else the recipe's), and an online
 teacher gets the pixels and applies its own.
 
-With ``knn_every`` the kNN monitor (``student_trainer.monitor``) scores the query backbone before
-step 1 and every N epochs (rank 0; the figure is broadcast), logs it to ``log.jsonl`` (records with
-a ``knn_weighted`` key instead of ``lr``/losses), draws it on the curves and, with ``keep_best``,
-writes ``best.pt`` at each new best. It uses no random state, so it does not change the weights.
+With ``knn_every`` the kNN monitor (``student_trainer.eval.monitor``) scores the query backbone
+before step 1 and every N epochs (rank 0; the figure is broadcast), logs it to ``log.jsonl``
+(records with a ``knn_weighted`` key instead of ``lr``/losses), draws it on the curves and, with
+``keep_best``, writes ``best.pt`` at each new best. It uses no random state, so it does not change
+the weights.
 
 Every random decision is keyed by (seed, epoch/step, rank) and the data position is the step
 count, so N steps + resume + N steps gives the same weights as 2N steps.
@@ -41,11 +42,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from store.datasets import open_dataset
+from store.embedding_store import EmbeddingStore
 from store.errors import CheckpointError, ConfigError, DiscoError
 from store.manifest import build_manifest
+from store.memory import InMemoryStore
 from store.views import Recipe, get_recipe, resolve_renderer
-from student_trainer.config import RESUME_FREE_FIELDS, TrainConfig
-from student_trainer.data import (
+from student_trainer.eval.monitor import KnnMonitor, best_record
+from student_trainer.train.config import RESUME_FREE_FIELDS, TrainConfig
+from student_trainer.train.data import (
     TAG_PREFILL,
     DatasetPlan,
     EpochBatchSampler,
@@ -57,18 +61,22 @@ from student_trainer.data import (
     plan_seed,
     render_pairs,
 )
-from student_trainer.export import export_deployed
-from student_trainer.lazyfill import LazyFillError, TargetFiller, TeacherLink, service_store_name
-from student_trainer.moco import MoCo, StepOutput, effective_queue_size
-from student_trainer.models import (
+from student_trainer.train.export import export_deployed
+from student_trainer.train.lazyfill import (
+    LazyFillError,
+    TargetFiller,
+    TeacherLink,
+    service_store_name,
+)
+from student_trainer.train.moco import MoCo, StepOutput, effective_queue_size
+from student_trainer.train.models import (
     build_student,
     deployed_backbone,
     resolve_bn_groups,
     student_config,
     student_normalisation,
 )
-from student_trainer.monitor import KnnMonitor, best_record
-from student_trainer.schedule import cosine_lr
+from student_trainer.train.schedule import cosine_lr
 from teacher_service.checkpoint import atomic_torch_save, save_checkpoint
 from teacher_service.encoders import TIMM_PREFIX, count_parameters
 from teacher_service.runtime import (
@@ -165,8 +173,6 @@ def _open_data(
     """Data plan + renderer for ``cfg`` (store or dataset); refuses a mismatched store first."""
     show = cfg.progress and rank == 0
     if cfg.store is not None:
-        from store.embedding_store import EmbeddingStore
-
         store = EmbeddingStore.open(cfg.store, expect=dict(cfg.expect) or None)
         cached = cfg.spec.uses_teacher and cfg.online_teacher is None
         if cached and store.teacher is None and cfg.teacher_url is None:
@@ -180,8 +186,6 @@ def _open_data(
         if cached and cfg.teacher_url is not None:
             link, fill_dim = _connect_service(cfg, store, world)
         if cfg.store_in_ram and store.teacher is not None:
-            from store.memory import InMemoryStore
-
             store = InMemoryStore.load(store)
         manifest = store.manifest
         dataset = open_dataset(manifest.dataset)
@@ -217,8 +221,6 @@ def _open_data(
 def _store_complete(store: Any, views: int | None) -> bool:
     """True when ``store`` holds a target for every view (the first ``views``) of every valid
     row, fetched fresh (a store without a teacher is empty)."""
-    from store.embedding_store import EmbeddingStore
-
     fresh = EmbeddingStore.open(store.url)  # from storage, also for a store held in RAM
     if fresh.teacher is None:
         return False
@@ -289,9 +291,11 @@ def _read_log(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 def _plot(log_path: Path, png: Path) -> None:
     """PNG of every logged loss term, the lr and (if logged) the kNN monitor against the step."""
+    # lazy: matplotlib only when drawing the curves
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib only when drawing the curves
     import matplotlib.pyplot as plt
 
     records, knn = _read_log(log_path)
