@@ -63,6 +63,12 @@ def create(
         str, typer.Option(help="Embedding codec: none, zstd or blosc-bitshuffle.")
     ] = "none",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Processes reading image headers and hashing files (default: all cores)."
+        ),
+    ] = None,
 ) -> None:
     """Build the manifest and view plan of a dataset into a new store (no teacher needed)."""
     from store.datasets import open_dataset
@@ -76,7 +82,7 @@ def create(
             recipe, size, interpolation
         )  # validate cheap options before decoding the dataset
         ds = open_dataset(dataset)
-        manifest = build_manifest(ds, split, progress=True)
+        manifest = build_manifest(ds, split, progress=True, workers=workers)
         store = EmbeddingStore.create(
             path,
             manifest=manifest,
@@ -113,6 +119,10 @@ def append(
         float, typer.Option(help="Seconds to wait for running writers before giving up.")
     ] = 60.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Processes hashing and probing the files (default: all cores)."),
+    ] = None,
 ) -> None:
     """Add the dataset's new samples as new rows (planned, unwritten); old rows stay as they are.
 
@@ -122,7 +132,9 @@ def append(
     from store.append import append_rows
 
     try:
-        report = append_rows(path, dataset, progress=not as_json, lock_timeout=lock_timeout)
+        report = append_rows(
+            path, dataset, progress=not as_json, lock_timeout=lock_timeout, workers=workers
+        )
     except DiscoError as exc:
         raise _fail(exc) from None
     if as_json:

@@ -62,8 +62,8 @@ __all__ = [
     "open_zarr_store",
 ]
 
-SCHEMA = "disco-store/2"
-READABLE_SCHEMAS = ("disco-store/1", SCHEMA)
+SCHEMA = "disco-store/3"
+READABLE_SCHEMAS = ("disco-store/1", "disco-store/2", SCHEMA)
 """Layouts this code opens; it creates only ``SCHEMA``."""
 CODECS = ("none", "zstd", "blosc-bitshuffle")
 DEFAULT_CODEC = "none"
@@ -258,6 +258,7 @@ class EmbeddingStore:
                 "split": manifest.split,
                 "n": n,
                 "manifest_hash": manifest.hash,
+                "row_order": manifest.row_order,
             },
             "recipe": {**recipe.to_dict(), "seed": int(seed), "views": int(views)},
             "teacher": None,
@@ -429,6 +430,26 @@ class EmbeddingStore:
         self._group.attrs.update({"teacher": _jsonable(record), "storage": storage})
         self._attrs = dict(self._group.attrs)
 
+    def mark_invalid(self, rows: np.ndarray, reasons: dict[str, str]) -> None:
+        """Record rows (``rows`` (m,) int64) whose samples failed to decode after the manifest
+        was built (their header was fine): ``manifest/valid`` False and ``reasons`` (key ->
+        reason) merged into the manifest's ``errors`` attr. Their slots stay unwritten; readers
+        skip them as they skip rows the manifest found unusable. Under the store-wide lock."""
+        self._require_writable()
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if len(rows) == 0:
+            return
+        with store_lock(self._url, timeout=None):
+            self.refresh()
+            mgroup: Any = self._group["manifest"]
+            valid = np.asarray(mgroup["valid"][: self.n], dtype=bool)
+            valid[rows] = False
+            lo, hi = int(rows.min()), int(rows.max()) + 1
+            mgroup["valid"][lo:hi] = valid[lo:hi]
+            errors = {**dict(mgroup.attrs.get("errors", {})), **reasons}
+            mgroup.attrs.update({"errors": errors})
+            self._manifest = None
+
     # ----------------------------------------------------------------- properties
     @property
     def url(self) -> str:
@@ -459,6 +480,13 @@ class EmbeddingStore:
     def schema(self) -> str:
         """Layout version of this store (one of ``READABLE_SCHEMAS``)."""
         return str(self._attrs["schema"])
+
+    @property
+    def row_order(self) -> str:
+        """The rule that ordered this store's rows (``store.manifest.ROW_ORDERS``): ``permuted``
+        for ``disco-store/3`` stores, ``dataset`` for older ones (recorded as
+        ``dataset.row_order``)."""
+        return str(self._attrs["dataset"].get("row_order", "dataset"))
 
     @property
     def dim(self) -> int | None:
@@ -531,6 +559,7 @@ class EmbeddingStore:
             self._manifest = Manifest(
                 dataset=self._attrs["dataset"]["spec"],
                 split=self._attrs["dataset"]["split"],
+                row_order=self.row_order,
                 errors=dict(m.attrs.get("errors", {})),  # type: ignore[arg-type]
                 **arrays,
             )
