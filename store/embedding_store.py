@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ from zarr.core.array_spec import ArrayConfigParams
 from store.errors import ConfigError, StoreError, StoreMismatchError, StoreNotFoundError
 from store.locks import is_local, shard_lock, store_lock
 from store.manifest import Manifest, sha256_from_bytes, sha256_to_bytes
+from store.slotlog import SlotLog, SlotRecords, encode_record, read_slots
 from store.views import Recipe, plan_views, recipe_from_dict
 from store.views.fingerprint import check_render, library_versions, render_record
 
@@ -66,6 +68,8 @@ SCHEMA = "disco-store/3"
 READABLE_SCHEMAS = ("disco-store/1", "disco-store/2", SCHEMA)
 """Layouts this code opens; it creates only ``SCHEMA``."""
 CODECS = ("none", "zstd", "blosc-bitshuffle")
+COMPACT_FRACTION = 0.25
+"""A shard's slot log is merged into its file once it holds this fraction of the shard's slots."""
 DEFAULT_CODEC = "none"
 _MANIFEST_FIELDS = ("indices", "keys", "labels", "sha256", "heights", "widths", "valid")
 # Every write is real data: skip zarr's scan for all-fill chunks (2-3x faster shard writes).
@@ -170,6 +174,9 @@ class EmbeddingStore:
         self._recipe: Recipe | None = None
         self._arrays: dict[str, zarr.Array] = {}
         self._scale_cache: np.ndarray | None = None
+        # Slot-log records this process knows, per shard: (inode, size, records); valid while
+        # the file's inode and size are unchanged (another writer appends or compacts).
+        self._log_cache: dict[int, tuple[int, int, SlotRecords]] = {}
 
     # ----------------------------------------------------------------- create / open
     @classmethod
@@ -600,8 +607,57 @@ class EmbeddingStore:
         return self._scale_cache
 
     def written_mask(self) -> np.ndarray:
-        """(N, V) bool: slots whose embedding is stored."""
-        return np.asarray(self._array("written")[: self.n], dtype=bool)
+        """(N, V) bool: slots whose embedding is stored (in the shard files or a slot log)."""
+        log = self._slotlog()
+        logged = (
+            [] if log is None else [(s, read_slots(log.path(s))) for s in log.shards()]
+        )  # logs first: a log merged meanwhile is in the shard file read next
+        mask = np.asarray(self._array("written")[: self.n], dtype=bool)
+        for s, (rows, views) in logged:
+            rows = rows + s * self.shard_size
+            keep = rows < self.n
+            mask[rows[keep], views[keep]] = True
+        return mask
+
+    # ----------------------------------------------------------------- slot log
+    def _slotlog(self) -> SlotLog | None:
+        """The slot log of a local store with a teacher (None: fsspec URL or no teacher)."""
+        if not is_local(self._url) or self._attrs.get("teacher") is None:
+            return None
+        return SlotLog(self._url, int(self.dim or 0), self.features_dim, str(self.dtype))
+
+    def _log_records(self, s: int) -> SlotRecords:
+        """Shard ``s``'s whole log records, from this process's cache while the file is the one
+        it read (caller holds the shard lock, so only another process can have changed it)."""
+        log = self._slotlog()
+        assert log is not None
+        try:
+            st = os.stat(log.path(s))
+        except FileNotFoundError:
+            self._log_cache.pop(s, None)
+            return log.read(s)
+        hit = self._log_cache.get(s)
+        if hit is not None and hit[0] == st.st_ino and hit[1] == st.st_size:
+            return hit[2]
+        records = log.read(s)
+        self._log_cache[s] = (st.st_ino, st.st_size, records)
+        return records
+
+    def compact(self, shards: Sequence[int] | None = None) -> int:
+        """Merge the slot logs of ``shards`` (default: every shard with a log) into their shard
+        files, one read-modify-write each under its lock. Returns the number of shards merged.
+        Readers see the same slots before and after."""
+        self._require_writable()
+        log = self._slotlog()
+        if log is None:
+            return 0
+        todo = log.shards() if shards is None else list(shards)
+        for s in todo:
+            with shard_lock(self._url, s):
+                self.sync()
+                empty = np.zeros(0, np.int64)
+                self._update_shard(s, empty, empty, np.zeros((0, self.dim or 0)), None, False)
+        return len(todo)
 
     def missing_shards(self) -> list[int]:
         """Shards with any valid row (manifest.valid) not fully written, in order."""
@@ -685,6 +741,10 @@ class EmbeddingStore:
                 if mask.shape != (n, v):
                     raise StoreError(f"shard {s} written shape {mask.shape} != {(n, v)}")
             feats = None if features is None else self._check_features(s, features, n)
+            log = self._slotlog()
+            if log is not None:  # every slot is replaced: logged ones too
+                log.remove(s)
+                self._log_cache.pop(s, None)
             self._array("embeddings")[a:b] = self._encode(emb)
             if feats is not None:
                 self._array("features")[a:b] = feats
@@ -779,10 +839,61 @@ class EmbeddingStore:
             with shard_lock(self._url, s):
                 self.sync()
                 a = s * self.shard_size
-                done += self._update_shard(
-                    s, idx[sel] - a, vw[sel], enc[sel], None if f16 is None else f16[sel], overwrite
-                )
+                rows, views, f_sel = idx[sel] - a, vw[sel], None if f16 is None else f16[sel]
+                if self._slotlog() is None:  # fsspec URL: rewrite the shard
+                    done += self._update_shard(s, rows, views, enc[sel], f_sel, overwrite)
+                else:
+                    done += self._log_slots(s, rows, views, enc[sel], f_sel, overwrite)
         return done
+
+    def _log_slots(
+        self,
+        s: int,
+        rows: np.ndarray,
+        views: np.ndarray,
+        enc: np.ndarray,
+        feats: np.ndarray | None,
+        overwrite: bool,
+    ) -> int:
+        """Under shard ``s``'s lock: append the slots (local ``rows``, ``views``; encoded
+        ``enc`` (m, D), float16 ``feats`` (m, F)) to its slot log, skipping written ones unless
+        ``overwrite``; merge the log into the shard once it holds ``COMPACT_FRACTION`` of the
+        shard's slots."""
+        log = self._slotlog()
+        assert log is not None
+        a, b = self.shard_bounds(s)
+        records = self._log_records(s)
+        if not overwrite:
+            mask = np.array(self._array("written")[a:b], dtype=bool)
+            records.mark(mask)
+            keep = ~mask[rows, views]
+            rows, views, enc = rows[keep], views[keep], enc[keep]
+            feats = None if feats is None else feats[keep]
+        if len(rows) == 0:
+            return 0
+        record = encode_record(rows, views, enc, feats, overwrite)
+        log.append(s, record, records.end)
+        st = os.stat(log.path(s))
+        fdim = self.features_dim
+        grown = SlotRecords(
+            rows=np.concatenate([records.rows, rows]),
+            views=np.concatenate([records.views, views]),
+            data=np.concatenate([records.data, enc.astype(records.data.dtype)]),
+            features=None
+            if fdim is None or records.features is None
+            else np.concatenate(
+                [records.features, feats if feats is not None else np.zeros((len(rows), fdim))]
+            ).astype(np.float16),
+            has_features=np.concatenate(
+                [records.has_features, np.full(len(rows), feats is not None)]
+            ),
+            end=records.end + len(record),
+        )
+        self._log_cache[s] = (st.st_ino, st.st_size, grown)
+        if len(grown) >= max(1, int(COMPACT_FRACTION * (b - a) * self.views)):
+            empty = np.zeros(0, np.int64)
+            self._update_shard(s, empty, empty, enc[:0], None, False)
+        return len(np.unique(rows * self.views + views))
 
     def _update_shard(
         self,
@@ -793,35 +904,52 @@ class EmbeddingStore:
         feats: np.ndarray | None,
         overwrite: bool,
     ) -> int:
-        """Under shard ``s``'s lock: set slots (local ``rows``, ``views``) to encoded ``enc``
-        (m, D) and float16 ``feats`` (m, F); data first, then the mask."""
+        """Under shard ``s``'s lock: merge its slot log into the shard and set slots (local
+        ``rows``, ``views``) to encoded ``enc`` (m, D) and float16 ``feats`` (m, F); data first,
+        then the mask, then the log is dropped. Returns the number of new slots set."""
         a, b = self.shard_bounds(s)
         w_arr = self._array("written")
+        log = self._slotlog()
+        records = self._log_records(s) if log is not None else None
         mask = np.asarray(w_arr[a:b], dtype=bool)
+        merged = mask.copy()
+        if records is not None:
+            records.mark(merged)
         if not overwrite:
-            keep = ~mask[rows, views]
+            keep = ~merged[rows, views]
             rows, views, enc = rows[keep], views[keep], enc[keep]
             feats = None if feats is None else feats[keep]
-        if len(rows) == 0:
+        logged = records is not None and len(records) > 0
+        if len(rows) == 0 and not logged:
             return 0
-        fresh = not mask.any()  # nothing written: the shard's old bytes are orphans, skip reading
+        fresh = not mask.any()  # nothing in the file: its old bytes are orphans, skip reading
         emb_arr = self._array("embeddings")
         block = (
             np.zeros((b - a, *emb_arr.shape[1:]), emb_arr.dtype)
             if fresh
             else np.asarray(emb_arr[a:b])
         )
-        block[rows, views] = enc
-        emb_arr[a:b] = block
-        if feats is not None:
-            f_arr = self._array("features")
+        f_arr = self._array("features") if self.features_dim is not None else None
+        fblock = None
+        if f_arr is not None and (
+            feats is not None or (records is not None and records.has_features.any())
+        ):
             fblock = (
                 np.zeros((b - a, *f_arr.shape[1:]), np.float16) if fresh else np.asarray(f_arr[a:b])
             )
-            fblock[rows, views] = feats
+        if records is not None:
+            records.apply(block, mask, fblock)
+        block[rows, views] = enc
+        emb_arr[a:b] = block
+        if fblock is not None and f_arr is not None:
+            if feats is not None:
+                fblock[rows, views] = feats
             f_arr[a:b] = fblock
         mask[rows, views] = True
         w_arr[a:b] = mask
+        if log is not None and logged:
+            log.remove(s)  # last: until here a reader applies the log over the old file
+        self._log_cache.pop(s, None)
         return len(np.unique(rows * self.views + views))
 
     def read_shard(self, s: int) -> ShardBlock:
@@ -830,8 +958,7 @@ class EmbeddingStore:
         Reads ``written`` before the embeddings (writers write them in the other order), so every
         slot the returned mask calls written holds its final bytes. Takes no lock."""
         a, b = self.shard_bounds(s)
-        written = np.asarray(self._array("written")[a:b], dtype=bool)
-        raw = np.asarray(self._array("embeddings")[a:b])
+        raw, written = self._read_raw(s)
         scale = self._scale()
         emb = raw.astype(np.float32) if scale is None else raw.astype(np.float32) * scale
         params = (
@@ -841,15 +968,34 @@ class EmbeddingStore:
         )
         return ShardBlock(shard=s, start=a, stop=b, embeddings=emb, written=written, params=params)
 
-    def read_shard_raw(self, s: int) -> np.ndarray:
-        """Embeddings of shard ``s`` as stored: (n, V, D) float16 or int8 (no dequantisation)."""
+    def _read_raw(self, s: int) -> tuple[np.ndarray, np.ndarray]:
+        """Shard ``s`` as stored, its slot log applied: ((n, V, D) float16/int8, (n, V) bool).
+
+        The log is read first: one merged meanwhile has reached the shard file read after it
+        (data, then mask, then the log's removal on the writer's side)."""
         a, b = self.shard_bounds(s)
-        return np.asarray(self._array("embeddings")[a:b])
+        log = self._slotlog()
+        records = None if log is None else log.read(s)
+        written = np.array(self._array("written")[a:b], dtype=bool)
+        raw = np.array(self._array("embeddings")[a:b])
+        if records is not None:
+            records.apply(raw, written)
+        return raw, written
+
+    def read_shard_raw(self, s: int) -> np.ndarray:
+        """Embeddings of shard ``s`` as stored: (n, V, D) float16 or int8 (no dequantisation;
+        slots in the slot log included)."""
+        return self._read_raw(s)[0]
 
     def read_features(self, s: int) -> np.ndarray:
-        """Features of shard ``s``: (n, V, F) float32."""
+        """Features of shard ``s``: (n, V, F) float32 (slots in the slot log included)."""
         a, b = self.shard_bounds(s)
-        return np.asarray(self._array("features")[a:b], dtype=np.float32)
+        log = self._slotlog()
+        records = None if log is None else log.read(s)
+        feats = np.array(self._array("features")[a:b], dtype=np.float16)
+        if records is not None and records.features is not None:
+            records.apply(None, np.zeros((b - a, self.views), bool), feats)
+        return feats.astype(np.float32)
 
     def iter_blocks(self, seed: int, shards: Sequence[int] | None = None) -> Iterator[ShardBlock]:
         """Yield whole shards (default all) in the order ``default_rng(seed).permutation``."""
