@@ -21,8 +21,9 @@ A record is the slot's data and its written mark at once: a reader applies the r
 length and checksum are whole, in order, over the shard file's data and ``written`` mask, so it
 never sees a slot marked written without its bytes, and a record cut short by a crash is ignored
 (the next writer truncates it before appending). ``write`` returns before the call acknowledges,
-so ``kill -9`` of the writer loses nothing acknowledged; with ``FSYNC`` (default on) the record is
-also on disk (``fdatasync``) before the call returns, so a power loss does not lose it either.
+so ``kill -9`` of the writer loses nothing acknowledged; with ``FSYNC`` (``DISCO_STORE_FSYNC=1``)
+the record is also on disk (``fdatasync``) before the call returns, so a power loss does not lose
+it either (zarr's shard writes are not synced either).
 
 Merging (``compact``): read the shard, apply the log, write data, then mask, then remove the log,
 all under the shard lock. A crash between the writes and the removal leaves a log whose records
@@ -44,8 +45,10 @@ __all__ = ["FSYNC", "WAL_DIR", "SlotLog", "SlotRecords", "wal_path"]
 
 WAL_DIR = ".wal"
 """Directory of slot logs inside a local store (zarr ignores it, as ``.locks``)."""
-FSYNC = True
-"""``fdatasync`` each record before ``write_slots`` returns."""
+FSYNC = os.environ.get("DISCO_STORE_FSYNC", "") not in ("", "0")
+"""``fdatasync`` each record before ``write_slots`` returns (``DISCO_STORE_FSYNC=1``). Off by
+default, as zarr's own LocalStore writes: an acknowledged slot survives ``kill -9`` either way;
+only a power loss can lose it without the sync (~5 ms per shard touched, measured here)."""
 _MAGIC = b"DWAL"
 _HEADER = struct.Struct("<4sBBHIIIB3x")
 _VERSION = 1
