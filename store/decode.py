@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from store.errors import DecodeError
 
@@ -102,6 +102,9 @@ def image_size(data: bytes, key: str = "<bytes>", max_pixels: int | None = None)
             with Image.open(io.BytesIO(data)) as img:
                 width, height = img.size
                 orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except UnidentifiedImageError:
+        # Pillow's message names a BytesIO address: the same file must give the same reason.
+        raise DecodeError(key, "UnidentifiedImageError: not an image format Pillow reads") from None
     except Image.DecompressionBombError as exc:
         raise DecodeError(key, f"decompression bomb: {exc}") from exc
     except Exception as exc:  # Pillow raises many types (UnidentifiedImageError, OSError...)

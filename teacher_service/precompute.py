@@ -185,21 +185,30 @@ def _expectations(cfg: PrecomputeConfig) -> dict[str, object]:
 
 
 CREATING = ".creating.json"
-"""Worker 0's progress file inside a local store while it builds the manifest and plan (before the
-store exists): waiting workers read it to show progress and to tell a slow start from a dead one."""
+"""Suffix of worker 0's progress file ``<parent>/.<store name>.creating.json`` beside a local store
+while it builds the manifest, plans the views and creates the store: waiting workers read it to
+show progress and to tell a slow start from a dead one. Beside, not inside: creating a store
+replaces its directory."""
 HEARTBEAT_S = 1.0
 """Seconds between worker 0's progress-file updates."""
 WAIT_REPORT_S = 10.0
 """Seconds between a waiting worker's progress lines."""
 
 
+def heartbeat_path(url: str) -> Path | None:
+    """Where worker 0 keeps its progress file for the store at ``url`` (None: fsspec URL)."""
+    if not is_local(url):
+        return None
+    path = Path(url).expanduser().absolute()
+    return path.parent / f".{path.name}{CREATING}"
+
+
 class _Heartbeat:
     """Worker 0's progress file (local stores): rewritten every ``HEARTBEAT_S`` by a thread with
-    the phase and the manifest's progress, removed before the store is created (creating a store
-    replaces its directory)."""
+    the phase and the manifest's progress until the store with its teacher exists."""
 
     def __init__(self, url: str) -> None:
-        self.path = Path(url) / CREATING if is_local(url) else None
+        self.path = heartbeat_path(url)
         self.state: dict[str, Any] = {"phase": "listing", "done": 0, "total": 0}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -213,13 +222,13 @@ class _Heartbeat:
         return self
 
     def update(self, phase: str, done: int = 0, total: int = 0) -> None:
-        """Record the current phase (listing, manifest, plan) and its progress."""
+        """Record the current phase (listing, manifest, plan, create) and its progress."""
         self.state = {"phase": phase, "done": int(done), "total": int(total)}
 
     def _write(self) -> None:
         assert self.path is not None
         record = {**self.state, "time": time.time(), "pid": os.getpid()}
-        tmp = self.path.with_name(f"{CREATING}.{os.getpid()}.tmp")
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
             tmp.write_text(json.dumps(record))
             os.replace(tmp, self.path)
@@ -239,10 +248,11 @@ class _Heartbeat:
 
 
 def _read_heartbeat(url: str) -> dict[str, Any] | None:
-    if not is_local(url):
+    path = heartbeat_path(url)
+    if path is None:
         return None
     try:
-        record = json.loads((Path(url) / CREATING).read_text())
+        record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
@@ -260,10 +270,10 @@ def open_or_create_store(
     dataset when this call opened it (so it is listed once per process), else ``dataset``.
 
     Worker 0 builds the manifest in ``cfg.manifest_workers`` processes and, on a local store,
-    keeps a progress file (:data:`CREATING`) up to date meanwhile; a waiting worker prints that
-    progress every ``WAIT_REPORT_S`` s and gives up only when worker 0 shows no sign of life for
-    ``cfg.wait_timeout`` s (however long the manifest takes). On an fsspec URL there is no
-    progress file and ``wait_timeout`` bounds the whole wait.
+    keeps a progress file (:func:`heartbeat_path`) up to date until the store has its teacher;
+    a waiting worker prints that progress every ``WAIT_REPORT_S`` s and gives up only when
+    worker 0 shows no sign of life for ``cfg.wait_timeout`` s (however long the manifest takes).
+    On an fsspec URL there is no progress file and ``wait_timeout`` bounds the whole wait.
     """
 
     def attach(store: EmbeddingStore) -> EmbeddingStore:
@@ -301,16 +311,18 @@ def open_or_create_store(
                 params = plan_views(
                     recipe, cfg.seed, manifest.heights, manifest.widths, cfg.views, cfg.progress
                 )
-            store = EmbeddingStore.create(
-                cfg.store,
-                manifest=manifest,
-                recipe=recipe,
-                seed=cfg.seed,
-                views=cfg.views,
-                params=params,
-                shard_size=cfg.shard_size,
-                overwrite=cfg.overwrite,
-            )
+                beat.update("create", 0, len(manifest))
+                store = EmbeddingStore.create(
+                    cfg.store,
+                    manifest=manifest,
+                    recipe=recipe,
+                    seed=cfg.seed,
+                    views=cfg.views,
+                    params=params,
+                    shard_size=cfg.shard_size,
+                    overwrite=cfg.overwrite,
+                )
+                return attach(store), dataset
         return attach(store), dataset
     return _wait_for_store(cfg, worker, attach), dataset
 
