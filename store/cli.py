@@ -1,4 +1,5 @@
-"""``disco store`` commands: create (manifest + view plan), append, info, check. Thin wrappers.
+"""``disco store`` commands: create (manifest + view plan), append, compact, info, check. Thin
+wrappers.
 
 The store's modules (zarr, torch via the renderer) are imported inside the commands, so
 ``disco store --help`` stays instant.
@@ -156,6 +157,24 @@ def append(
         highlight=False,
         soft_wrap=True,
     )
+
+
+@app.command()
+def compact(
+    path: Annotated[str, typer.Argument(help="Store location (a local path).")],
+) -> None:
+    """Merge the slot logs (single-slot writes of the service and lazy fill) into the shard files.
+
+    Readers see the same slots before and after; plain zarr readers (tensorstore) see the logged
+    slots only after it. Safe while writers run (each shard under its lock).
+    """
+    from store.embedding_store import EmbeddingStore
+
+    try:
+        merged = EmbeddingStore.open(path, mode="r+").compact()
+    except DiscoError as exc:
+        raise _fail(exc) from None
+    console.print(f"{path}: merged the slot logs of {merged} shard(s)", highlight=False)
 
 
 def _short(value: Any) -> str:

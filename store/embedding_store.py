@@ -50,7 +50,7 @@ from zarr.core.array_spec import ArrayConfigParams
 from store.errors import ConfigError, StoreError, StoreMismatchError, StoreNotFoundError
 from store.locks import is_local, shard_lock, store_lock
 from store.manifest import Manifest, sha256_from_bytes, sha256_to_bytes
-from store.slotlog import SlotLog, SlotRecords, encode_record, read_slots
+from store.slotlog import SlotLog, encode_record, read_slots
 from store.views import Recipe, plan_views, recipe_from_dict
 from store.views.fingerprint import check_render, library_versions, render_record
 
@@ -174,9 +174,13 @@ class EmbeddingStore:
         self._recipe: Recipe | None = None
         self._arrays: dict[str, zarr.Array] = {}
         self._scale_cache: np.ndarray | None = None
-        # Slot-log records this process knows, per shard: (inode, size, records); valid while
-        # the file's inode and size are unchanged (another writer appends or compacts).
-        self._log_cache: dict[int, tuple[int, int, SlotRecords]] = {}
+        # What this process knows of each shard's slot log: ((inode, size), logged (n, V) bool,
+        # slot count, end offset); valid while the file's inode and size are unchanged (only
+        # another process can append or merge meanwhile: writers hold the shard lock).
+        self._log_cache: dict[int, tuple[tuple[int, int], np.ndarray, int, int]] = {}
+        # The shard file's written mask per shard, keyed by its chunk file's identity (zarr's
+        # LocalStore replaces a chunk file by rename, so any write changes inode or mtime).
+        self._mask_cache: dict[int, tuple[tuple[int, ...], np.ndarray]] = {}
 
     # ----------------------------------------------------------------- create / open
     @classmethod
@@ -613,7 +617,7 @@ class EmbeddingStore:
             [] if log is None else [(s, read_slots(log.path(s))) for s in log.shards()]
         )  # logs first: a log merged meanwhile is in the shard file read next
         mask = np.asarray(self._array("written")[: self.n], dtype=bool)
-        for s, (rows, views) in logged:
+        for s, (rows, views, _) in logged:
             rows = rows + s * self.shard_size
             keep = rows < self.n
             mask[rows[keep], views[keep]] = True
@@ -626,22 +630,47 @@ class EmbeddingStore:
             return None
         return SlotLog(self._url, int(self.dim or 0), self.features_dim, str(self.dtype))
 
-    def _log_records(self, s: int) -> SlotRecords:
-        """Shard ``s``'s whole log records, from this process's cache while the file is the one
-        it read (caller holds the shard lock, so only another process can have changed it)."""
+    def _file_mask(self, s: int) -> np.ndarray:
+        """Shard ``s``'s ``written`` mask as the shard file has it (n, V) bool, a fresh copy;
+        read once per change of its chunk file (a zarr read costs ~2 ms, a stat ~10 us)."""
+        a, b = self.shard_bounds(s)
+        w_arr = self._array("written")
+        path = Path(self._url) / w_arr.path / w_arr.metadata.encode_chunk_key((s, 0))
+        try:
+            st = os.stat(path)
+            ident: tuple[int, ...] = (a, b, st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            ident = (a, b)
+        hit = self._mask_cache.get(s)
+        if hit is not None and hit[0] == ident:
+            return hit[1].copy()
+        mask = np.array(w_arr[a:b], dtype=bool)
+        self._mask_cache[s] = (ident, mask.copy())
+        return mask
+
+    def _log_index(self, s: int) -> tuple[np.ndarray, int, int]:
+        """Shard ``s``'s slot log as its writer needs it: (logged (n, V) bool, slot count, end
+        offset of the whole records); from this process's cache while the file is the one it
+        last saw (caller holds the shard lock)."""
         log = self._slotlog()
         assert log is not None
+        a, b = self.shard_bounds(s)
+        path = log.path(s)
         try:
-            st = os.stat(log.path(s))
+            st = os.stat(path)
         except FileNotFoundError:
             self._log_cache.pop(s, None)
-            return log.read(s)
+            return np.zeros((b - a, self.views), bool), 0, 0
+        ident = (st.st_ino, st.st_size)
         hit = self._log_cache.get(s)
-        if hit is not None and hit[0] == st.st_ino and hit[1] == st.st_size:
-            return hit[2]
-        records = log.read(s)
-        self._log_cache[s] = (st.st_ino, st.st_size, records)
-        return records
+        if hit is not None and hit[0] == ident and hit[1].shape[0] == b - a:
+            return hit[1], hit[2], hit[3]
+        rows, views, end = read_slots(path)
+        logged = np.zeros((b - a, self.views), bool)
+        keep = rows < b - a
+        logged[rows[keep], views[keep]] = True
+        self._log_cache[s] = (ident, logged, len(rows), end)
+        return logged, len(rows), end
 
     def compact(self, shards: Sequence[int] | None = None) -> int:
         """Merge the slot logs of ``shards`` (default: every shard with a log) into their shard
@@ -695,6 +724,8 @@ class EmbeddingStore:
             self._manifest = None
             self._params = None
             self._arrays = {}
+            self._mask_cache = {}
+            self._log_cache = {}
             self._scale_cache = None
         return changed
 
@@ -862,35 +893,21 @@ class EmbeddingStore:
         log = self._slotlog()
         assert log is not None
         a, b = self.shard_bounds(s)
-        records = self._log_records(s)
+        logged, count, end = self._log_index(s)
         if not overwrite:
-            mask = np.array(self._array("written")[a:b], dtype=bool)
-            records.mark(mask)
+            mask = self._file_mask(s) | logged
             keep = ~mask[rows, views]
             rows, views, enc = rows[keep], views[keep], enc[keep]
             feats = None if feats is None else feats[keep]
         if len(rows) == 0:
             return 0
         record = encode_record(rows, views, enc, feats, overwrite)
-        log.append(s, record, records.end)
+        log.append(s, record, end)
         st = os.stat(log.path(s))
-        fdim = self.features_dim
-        grown = SlotRecords(
-            rows=np.concatenate([records.rows, rows]),
-            views=np.concatenate([records.views, views]),
-            data=np.concatenate([records.data, enc.astype(records.data.dtype)]),
-            features=None
-            if fdim is None or records.features is None
-            else np.concatenate(
-                [records.features, feats if feats is not None else np.zeros((len(rows), fdim))]
-            ).astype(np.float16),
-            has_features=np.concatenate(
-                [records.has_features, np.full(len(rows), feats is not None)]
-            ),
-            end=records.end + len(record),
-        )
-        self._log_cache[s] = (st.st_ino, st.st_size, grown)
-        if len(grown) >= max(1, int(COMPACT_FRACTION * (b - a) * self.views)):
+        logged[rows, views] = True
+        count += len(rows)
+        self._log_cache[s] = ((st.st_ino, st.st_size), logged, count, end + len(record))
+        if count >= max(1, int(COMPACT_FRACTION * (b - a) * self.views)):
             empty = np.zeros(0, np.int64)
             self._update_shard(s, empty, empty, enc[:0], None, False)
         return len(np.unique(rows * self.views + views))
@@ -910,8 +927,8 @@ class EmbeddingStore:
         a, b = self.shard_bounds(s)
         w_arr = self._array("written")
         log = self._slotlog()
-        records = self._log_records(s) if log is not None else None
-        mask = np.asarray(w_arr[a:b], dtype=bool)
+        records = log.read(s) if log is not None else None
+        mask = np.array(w_arr[a:b], dtype=bool)
         merged = mask.copy()
         if records is not None:
             records.mark(merged)

@@ -32,6 +32,7 @@ repeat bytes the shard already holds: applying it again changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import zlib
@@ -162,7 +163,10 @@ def parse(buf: bytes, dim: int, fdim: int | None, dtype: np.dtype, start: int = 
             break
         (crc,) = struct.unpack_from("<I", buf, pos + length)
         if zlib.crc32(memoryview(buf)[pos : pos + length]) != crc:
-            break
+            # Whole length, wrong bytes: only a power loss without FSYNC leaves this; skip it so
+            # the records after it (whose writers saw it as whole) still count.
+            pos += length + 4
+            continue
         off = pos + _HEADER.size
         rows.append(np.frombuffer(buf, "<u4", m, off).astype(np.int64))
         off += 4 * m
@@ -202,14 +206,15 @@ class SlotLog:
         self.fdim = fdim
         self.dtype = np.dtype(dtype)
 
-    def path(self, shard: int) -> Path:
+    def path(self, shard: int) -> str:
         """This store's log of shard ``shard``."""
-        return wal_path(self.url, shard)
+        return os.path.join(self.url, WAL_DIR, f"shard-{shard:05d}.log")
 
     def read(self, shard: int) -> SlotRecords:
         """The whole records of shard ``shard``'s log (none when it has no log)."""
         try:
-            buf = self.path(shard).read_bytes()
+            with open(self.path(shard), "rb") as f:
+                buf = f.read()
         except FileNotFoundError:
             return _empty(self.dim, self.fdim, self.dtype)
         return parse(buf, self.dim, self.fdim, self.dtype)
@@ -234,8 +239,11 @@ class SlotLog:
         """Append ``record`` to shard ``shard``'s log whose whole records end at byte ``end``
         (a torn tail beyond it, left by a crash, is cut first). Caller holds the shard lock."""
         path = self.path(shard)
-        path.parent.mkdir(exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # the first log of this store
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
         try:
             if os.fstat(fd).st_size != end:
                 os.ftruncate(fd, end)
@@ -251,22 +259,24 @@ class SlotLog:
 
     def remove(self, shard: int) -> None:
         """Drop shard ``shard``'s log (after its records reached the shard file)."""
-        self.path(shard).unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(shard))
 
 
-def read_slots(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(rows, views)`` (m,) int64 of the records of the log at ``path``, reading only headers
-    and slot lists (the data is skipped, so a store's whole mask costs ~6 bytes per logged slot).
-    Records are checked for magic and length, not checksum (:meth:`SlotLog.read` checks both)."""
+def read_slots(path: str | Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(rows, views, end)``: (m,) int64 slots of the records of the log at ``path`` and the
+    byte offset after the last whole one, reading only headers and slot lists (the data is
+    skipped, so a store's whole mask costs ~6 bytes per logged slot). Records are checked for
+    magic and length, not checksum (:func:`parse` checks both)."""
     rows: list[np.ndarray] = []
     views: list[np.ndarray] = []
+    pos = 0
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below; a missing log is an empty one
     except FileNotFoundError:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
     with f:
         size = os.fstat(f.fileno()).st_size
-        pos = 0
         while pos + _HEADER.size <= size:
             f.seek(pos)
             head = f.read(_HEADER.size)
@@ -284,5 +294,5 @@ def read_slots(path: Path) -> tuple[np.ndarray, np.ndarray]:
             views.append(np.frombuffer(slots, "<u2", m, 4 * m).astype(np.int64))
             pos += length + 4
     if not rows:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(rows), np.concatenate(views)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), pos
+    return np.concatenate(rows), np.concatenate(views), pos
