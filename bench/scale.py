@@ -98,21 +98,17 @@ def write_imagefolder(root: Path, files: int, classes: int, seed: int = 0) -> Pa
     shutil.rmtree(root, ignore_errors=True)
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:375, 0:500].astype(np.float32)
+    bases = []
+    for _ in range(8):  # smooth scenes, varied per file by noise (cheap to make)
+        a, b, c = rng.uniform(0.005, 0.05, 3)
+        chans = [np.sin(a * xx + b * yy), np.cos(b * xx), np.sin(c * yy)]
+        bases.append(np.stack([128 + 90 * ch for ch in chans], axis=-1).astype(np.int16))
     for i in range(files):
         cls = i * classes // files
         folder = root / f"n{cls:08d}"
         folder.mkdir(parents=True, exist_ok=True)
-        a, b, c = rng.uniform(0.005, 0.05, 3)
-        base = np.stack(
-            [
-                128 + 100 * np.sin(a * xx + b * yy),
-                128 + 100 * np.cos(b * xx),
-                128 + 80 * np.sin(c * yy),
-            ],
-            axis=-1,
-        )
-        noise = rng.normal(0, 18, base.shape)
-        rgb = np.clip(base + noise, 0, 255).astype(np.uint8)
+        noise = rng.integers(-24, 25, bases[0].shape, dtype=np.int16)
+        rgb = np.clip(bases[i % 8] + noise, 0, 255).astype(np.uint8)
         shape = i % 5
         if shape == 3:
             rgb = np.ascontiguousarray(rgb.transpose(1, 0, 2))  # portrait 375x500
