@@ -46,6 +46,9 @@ class ImageDataset:
     keys: list[str]
     labels: np.ndarray
     classes: list[str]
+    probe_in_pool: bool = False
+    """True when :meth:`probe` reads files (worth a process pool for a manifest); in-memory
+    datasets probe in the calling process."""
 
     def __len__(self) -> int:
         """Number of samples N."""

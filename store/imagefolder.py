@@ -41,6 +41,8 @@ class ImageFolder(ImageDataset):
     ``DecodeError`` naming its key on ``load`` (a manifest records it and masks the row).
     """
 
+    probe_in_pool = True
+
     def __init__(self, root: str | Path, max_pixels: int | None = None) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():

@@ -225,8 +225,9 @@ def manifest_rows(
 ) -> Manifest:
     """The manifest of the samples ``indices`` (int64 dataset indices, in row order) of
     ``dataset``, built as :func:`build_manifest` does (``disco store append`` builds its new rows
-    with it). ``workers`` processes (None: all cores; 1: this process) each probe ``chunk``
-    samples per task; the result does not depend on either."""
+    with it). ``workers`` processes (None: all cores for datasets of files, else this process;
+    1: this process) each probe ``chunk`` samples per task; the result does not depend on
+    either."""
     indices = np.asarray(indices, dtype=np.int64)
     n = len(indices)
     if workers is not None and workers < 1:
@@ -234,6 +235,8 @@ def manifest_rows(
     if chunk < 1:
         raise ConfigError(f"manifest chunk must be >= 1, got {chunk}")
     procs = min(workers or default_workers(), -(-n // chunk)) if n else 1
+    if not dataset.probe_in_pool and workers is None:
+        procs = 1  # in memory: forking would cost more than it saves
     keys = [dataset.keys[int(i)] for i in indices]
     labels = dataset.labels[indices]
     sha: list[str] = [""] * n
