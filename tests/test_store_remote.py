@@ -1,0 +1,82 @@
+"""Storage options for object-storage URLs: environment, ``--storage-options`` JSON, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from store.errors import ConfigError
+from store.remote import (
+    SINGLE_WRITER_ENV,
+    STORAGE_OPTIONS_ENV,
+    RemoteStorageError,
+    export_storage_options,
+    is_remote,
+    parse_storage_options,
+    single_writer_acknowledged,
+    storage_options_for,
+    storage_options_from_env,
+)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_NO_SIGN_REQUEST",
+                 STORAGE_OPTIONS_ENV, SINGLE_WRITER_ENV):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_standard_aws_variables_map_to_s3fs_options() -> None:
+    env = {
+        "AWS_ENDPOINT_URL": "http://general:1",
+        "AWS_ENDPOINT_URL_S3": "http://s3-only:2",
+        "AWS_PROFILE": "lab",
+        "AWS_NO_SIGN_REQUEST": "YES",
+    }
+    assert storage_options_from_env("s3", env) == {
+        "endpoint_url": "http://s3-only:2",  # the service-specific variable wins, as in botocore
+        "profile": "lab",
+        "anon": True,
+    }
+    assert storage_options_from_env("s3", {"AWS_ENDPOINT_URL": "http://general:1"}) == {
+        "endpoint_url": "http://general:1"
+    }
+    assert storage_options_from_env("gs", env) == {}  # AWS variables are for s3:// only
+
+
+def test_json_overrides_environment_and_local_paths_take_none(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    clean_env.setenv("AWS_ENDPOINT_URL", "http://env:1")
+    clean_env.setenv(STORAGE_OPTIONS_ENV, json.dumps({"key": "k", "secret": "s"}))
+    assert storage_options_for("s3://b/p") == {
+        "endpoint_url": "http://env:1", "key": "k", "secret": "s"
+    }  # fmt: skip
+    explicit = storage_options_for("s3://b/p", {"endpoint_url": "http://flag:2"})
+    assert explicit == {"endpoint_url": "http://flag:2"}  # explicit dict replaces the JSON env
+    assert storage_options_for("/data/x") == {}
+    assert storage_options_for("file:///data/x") == {}
+    assert storage_options_for("s3://b", {"anonymous": True})["anon"] is True
+    assert storage_options_for("gs://b", {"anonymous": True}) == {"token": "anon"}
+    export_storage_options('{"endpoint_url": "http://exported:3"}')
+    assert storage_options_for("s3://b")["endpoint_url"] == "http://exported:3"
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '"s3"'])
+def test_bad_storage_options_are_one_line_errors(text: str) -> None:
+    with pytest.raises(ConfigError, match="--storage-options") as info:
+        parse_storage_options(text)
+    assert "\n" not in str(info.value)
+
+
+def test_remote_writes_need_the_single_writer_promise(clean_env: pytest.MonkeyPatch) -> None:
+    assert is_remote("s3://b/s.zarr") and not is_remote("/tmp/s.zarr")
+    single_writer_acknowledged("/tmp/s.zarr")  # local: flock does the job
+    single_writer_acknowledged("memory://s.zarr")  # one process by construction
+    with pytest.raises(RemoteStorageError, match="--single-writer"):
+        single_writer_acknowledged("s3://b/s.zarr")
+    single_writer_acknowledged("s3://b/s.zarr", single_writer=True)
+    clean_env.setenv(SINGLE_WRITER_ENV, "1")
+    single_writer_acknowledged("s3://b/s.zarr")
