@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from store.cli_options import apply_remote_options, remote_options, with_options
 from store.errors import DiscoError
 
 app = typer.Typer(help="Create and inspect DisCo embedding stores.", no_args_is_help=True)
@@ -37,6 +38,7 @@ def _human(n: float) -> str:
 
 
 @app.command()
+@with_options(remote_options())
 def create(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     dataset: Annotated[
@@ -63,6 +65,7 @@ def create(
         str, typer.Option(help="Embedding codec: none, zstd or blosc-bitshuffle.")
     ] = "none",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+    **config: Any,
 ) -> None:
     """Build the manifest and view plan of a dataset into a new store (no teacher needed)."""
     from store.datasets import open_dataset
@@ -71,6 +74,7 @@ def create(
     from store.views import get_recipe
 
     try:
+        apply_remote_options(config)
         t0 = time.perf_counter()
         rec = get_recipe(
             recipe, size, interpolation
@@ -103,6 +107,7 @@ def create(
 
 
 @app.command()
+@with_options(remote_options())
 def append(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     dataset: Annotated[
@@ -113,6 +118,7 @@ def append(
         float, typer.Option(help="Seconds to wait for running writers before giving up.")
     ] = 60.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    **config: Any,
 ) -> None:
     """Add the dataset's new samples as new rows (planned, unwritten); old rows stay as they are.
 
@@ -122,6 +128,7 @@ def append(
     from store.append import append_rows
 
     try:
+        apply_remote_options(config)
         report = append_rows(path, dataset, progress=not as_json, lock_timeout=lock_timeout)
     except DiscoError as exc:
         raise _fail(exc) from None
@@ -160,14 +167,17 @@ def _recipe_line(r: dict[str, Any]) -> str:
 
 
 @app.command()
+@with_options(remote_options(writes=False))
 def info(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    **config: Any,
 ) -> None:
     """Show a store's shape, layout, size on disk, compression, progress and identity."""
     from store.inspection import store_info
 
     try:
+        apply_remote_options(config)
         data = store_info(path)
     except DiscoError as exc:
         raise _fail(exc) from None
@@ -211,6 +221,7 @@ def info(
 
 
 @app.command()
+@with_options(remote_options(writes=False))
 def check(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     dataset: Annotated[
@@ -219,6 +230,7 @@ def check(
     skip_dataset: Annotated[
         bool, typer.Option(help="Do not compare the manifest with the dataset.")
     ] = False,
+    **config: Any,
 ) -> None:
     """Check written mask vs data, non-finite/zero-norm embeddings, and manifest vs dataset.
 
@@ -227,6 +239,7 @@ def check(
     from store.inspection import check_store
 
     try:
+        apply_remote_options(config)
         report = check_store(path, dataset=dataset, check_dataset=not skip_dataset)
     except DiscoError as exc:
         raise _fail(exc) from None

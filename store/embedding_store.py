@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from zarr.core.array_spec import ArrayConfigParams
 from store.errors import ConfigError, StoreError, StoreMismatchError, StoreNotFoundError
 from store.locks import is_local, shard_lock, store_lock
 from store.manifest import Manifest, sha256_from_bytes, sha256_to_bytes
+from store.remote import single_writer_acknowledged, storage_options_for
 from store.views import Recipe, plan_views, recipe_from_dict
 from store.views.fingerprint import check_render, library_versions, render_record
 
@@ -93,10 +94,15 @@ def _compressors(codec: str) -> Any:
     raise ConfigError(f"unknown codec {codec!r}; valid: {', '.join(CODECS)}")
 
 
-def open_zarr_store(url: str, read_only: bool) -> Store:
-    """A zarr store for a local path or an fsspec URL (``memory://``, ``file://``, ``s3://``...)."""
+def open_zarr_store(
+    url: str, read_only: bool, storage_options: Mapping[str, Any] | None = None
+) -> Store:
+    """A zarr store for a local path or an fsspec URL (``memory://``, ``file://``, ``s3://``...).
+
+    ``storage_options`` (fsspec keyword arguments; None: from the environment, see
+    ``store.remote``) reach the URL's filesystem, e.g. an S3 ``endpoint_url``."""
     if "://" in url:
-        opts: dict[str, Any] = {}
+        opts = storage_options_for(url, storage_options)
         if url.startswith("file://"):
             opts["auto_mkdir"] = True
         try:
@@ -170,6 +176,7 @@ class EmbeddingStore:
         self._recipe: Recipe | None = None
         self._arrays: dict[str, zarr.Array] = {}
         self._scale_cache: np.ndarray | None = None
+        self._storage_options: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- create / open
     @classmethod
@@ -187,14 +194,17 @@ class EmbeddingStore:
         codec: str = DEFAULT_CODEC,
         chunk_size: int | None = None,
         progress: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+        single_writer: bool | None = None,
     ) -> EmbeddingStore:
         """Create a store with the manifest arrays and the (N, V, P) float32 view plan; no teacher.
 
         ``params`` is planned with :func:`plan_views` when None. ``shard_size`` rows per shard file,
         ``chunk_size`` rows per inner chunk (default shard_size; must divide shard_size),
         ``codec`` one of ``CODECS`` for embeddings/features. Raises StoreError if a store exists and
-        ``overwrite`` is False.
+        ``overwrite`` is False. ``storage_options``/``single_writer``: as in :meth:`open`.
         """
+        single_writer_acknowledged(url, single_writer)
         n = len(manifest)
         if views < 1:
             raise ConfigError(f"views must be >= 1, got {views}")
@@ -213,7 +223,7 @@ class EmbeddingStore:
                 f"params shape {params.shape} != (N, V, P) = {(n, views, recipe.num_params)}"
             )
         render = render_record(recipe)  # before the group exists: readers wait for its attrs
-        zstore = open_zarr_store(url, read_only=False)
+        zstore = open_zarr_store(url, read_only=False, storage_options=storage_options)
         try:
             exists = zarr.open_group(zstore, mode="r") is not None
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
@@ -272,6 +282,7 @@ class EmbeddingStore:
         }
         group.attrs.update(attrs)
         store = cls(url, group, "r+")
+        store._storage_options = None if storage_options is None else dict(storage_options)
         store._manifest = manifest
         store._params = params
         store._recipe = recipe
@@ -279,17 +290,27 @@ class EmbeddingStore:
 
     @classmethod
     def open(
-        cls, url: str, mode: str = "r", expect: dict[str, object] | None = None
+        cls,
+        url: str,
+        mode: str = "r",
+        expect: dict[str, object] | None = None,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        single_writer: bool | None = None,
     ) -> EmbeddingStore:
         """Open an existing store (``mode`` "r" or "r+"), checking schema and ``expect``.
 
         ``expect`` maps dotted attr paths (``"teacher.sha256"``, ``"recipe.views"``...) to values;
         the first difference raises ``StoreMismatchError(field, expected, actual)``. A missing store
-        raises ``StoreNotFoundError``.
+        raises ``StoreNotFoundError``. ``storage_options``: fsspec options of a URL (None: from
+        the environment, ``store.remote``). Mode "r+" on object storage needs ``single_writer``
+        (None: ``DISCO_SINGLE_WRITER``), else ``RemoteStorageError``: no lock protects its shards.
         """
         if mode not in ("r", "r+"):
             raise ConfigError(f"mode must be 'r' or 'r+', got {mode!r}")
-        zstore = open_zarr_store(url, read_only=mode == "r")
+        if mode == "r+":
+            single_writer_acknowledged(url, single_writer)
+        zstore = open_zarr_store(url, read_only=mode == "r", storage_options=storage_options)
         try:
             group = zarr.open_group(zstore, mode=mode)  # type: ignore[arg-type]
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as exc:
@@ -303,7 +324,9 @@ class EmbeddingStore:
             actual = _get_path(attrs, field)
             if not _same(expected, actual):
                 raise StoreMismatchError(field, expected, actual)
-        return cls(url, group, mode)
+        store = cls(url, group, mode)
+        store._storage_options = None if storage_options is None else dict(storage_options)
+        return store
 
     # ----------------------------------------------------------------- render fingerprint
     def check_render(self, accept_drift: bool = False) -> str:
@@ -597,7 +620,9 @@ class EmbeddingStore:
         attached the teacher); drop the cached manifest, plan and array handles when N or the
         teacher changed. Returns True when they did."""
         group = zarr.open_group(
-            open_zarr_store(self._url, read_only=self._mode == "r"),
+            open_zarr_store(
+                self._url, read_only=self._mode == "r", storage_options=self._storage_options
+            ),
             mode=self._mode,  # type: ignore[arg-type]
         )
         attrs = dict(group.attrs)

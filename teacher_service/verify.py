@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
 from store.errors import DecodeError, StoreError, StoreMismatchError
+from store.relocate import open_moved_dataset
 from store.views import (
     RENDER_BOUND,
     render_view,
@@ -140,6 +140,8 @@ def verify_store(
     teacher_pooling: str | None = None,
     accept_render_drift: bool = VerifyConfig.accept_render_drift,
     renderer: str = VerifyConfig.renderer,
+    dataset: str | None = None,
+    full_check: bool = False,
 ) -> VerifyResult:
     """Check ``samples`` cached views of the store at ``url`` against the live teacher.
 
@@ -153,7 +155,8 @@ def verify_store(
     ``accept_render_drift``, a passing check records this install's render fingerprint as accepted
     in the store (then trainers here accept it too). ``renderer``: auto (batched on CUDA, reference
     on CPU), reference or batched; a batched render is also checked against the reference within
-    ``RENDER_BOUND`` (see the module docstring).
+    ``RENDER_BOUND`` (see the module docstring). ``dataset``: the store's images at a new
+    place, checked first (``store.relocate``; ``full_check`` hashes every row).
     """
     VerifyConfig(samples, threshold, seed, device, batch_size, accept_render_drift, renderer)
     store = EmbeddingStore.open(url)
@@ -178,7 +181,7 @@ def verify_store(
         raise StoreError(f"store {url} has no written views to verify")
 
     manifest = store.manifest
-    dataset = open_dataset(manifest.dataset)
+    source = open_moved_dataset(manifest, dataset, full=full_check)
     recipe = store.recipe
     cached = np.zeros((len(slots), store.dim or 0), np.float32)
     by_shard: dict[int, list[int]] = {}
@@ -197,7 +200,7 @@ def verify_store(
     sources: list[np.ndarray] = []
     for k, (row, view) in enumerate(slots):
         try:
-            image = dataset.load(int(manifest.indices[row]))
+            image = source.load(int(manifest.indices[row]))
         except DecodeError as exc:
             skipped[str(manifest.keys[row])] = exc.reason
             continue
