@@ -32,8 +32,11 @@ def one_thread() -> Iterator[None]:
 def s3_server() -> Iterator[str]:
     """A real S3-compatible server (moto's standalone server, in a thread) on loopback, for the
     session; yields its endpoint URL (``http://127.0.0.1:PORT``). Buckets: :func:`s3`."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
