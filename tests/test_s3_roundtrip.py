@@ -22,6 +22,8 @@ from store.embedding_store import EmbeddingStore
 from store.manifest import build_manifest
 from store.remote import url_to_fs
 from student_trainer.cli import app
+from student_trainer.config import TrainConfig
+from student_trainer.train import train
 
 runner = CliRunner()
 V, SHARD = 2, 4
@@ -103,6 +105,15 @@ def test_s3_round_trip_create_precompute_verify_append(
     info = json.loads(disco("store", "info", url, "--json"))
     assert info["written_fraction"] == 1.0 and info["bytes_on_disk"] > 0
     before = store.read_shard_raw(0).copy()
+
+    # A student trains one epoch from the store in the bucket, reading images from the bucket.
+    seen: list[np.ndarray] = []
+    cfg = TrainConfig(method="disco", arch="tiny", out=str(tmp_path / "run"), store=url,
+                      batch_size=4, epochs=1, queue_size=8, head_hidden=32, num_workers=0,
+                      progress=False, seed=1)  # fmt: skip
+    train(cfg, step_hook=lambda step, batch, out: seen.append(batch.target1.numpy().copy()))
+    assert len(seen) == 2 and (tmp_path / "run" / "final.pt").is_file()
+    assert np.allclose(np.linalg.norm(np.concatenate(seen), axis=1), 1.0, atol=1e-2)
 
     # The dataset grows in the bucket: append plans the new rows, precompute fills only them.
     more = write_images(tmp_path / "more", ("a", "b"), 2, first=5)
