@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
 from store.manifest import build_manifest
+from store.relocate import open_moved_dataset
 from store.remote import url_to_fs
 from store.views import get_recipe
 from student_trainer.cli import app
@@ -75,6 +76,9 @@ def test_remote_imagefolder_matches_local(s3: str, tmp_path: Path) -> None:
     assert there.keys.tolist() == here.keys.tolist()  # 'cat' < 'cat-2' as on disk
     assert np.array_equal(there.labels, here.labels)
     assert there.sha256.tolist() == here.sha256.tolist() and there.valid.all()
+    # A store made from the folder on disk accepts the bucket copy as its data moved there.
+    moved = open_moved_dataset(here, f"imagefolder:{s3}/imgs", full=True)
+    assert moved.spec == f"imagefolder:{s3}/imgs"
 
 
 def test_s3_round_trip_create_precompute_verify_append(
