@@ -47,7 +47,7 @@ from zarr.abc.store import Store
 from zarr.core.array_spec import ArrayConfigParams
 
 from store.errors import ConfigError, StoreError, StoreMismatchError, StoreNotFoundError
-from store.locks import is_local, shard_lock, store_lock
+from store.locks import is_local, local_path, shard_lock, store_lock
 from store.manifest import Manifest, sha256_from_bytes, sha256_to_bytes
 from store.remote import single_writer_acknowledged, storage_options_for
 from store.views import Recipe, plan_views, recipe_from_dict
@@ -646,7 +646,7 @@ class EmbeddingStore:
         if not is_local(self._url):
             return
         try:
-            meta = json.loads((Path(self._url) / "zarr.json").read_text())
+            meta = json.loads((Path(local_path(self._url)) / "zarr.json").read_text())
             n = int(meta["attributes"]["dataset"]["n"])
         except (OSError, ValueError, KeyError, TypeError):
             return

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
+from store.datasets import open_dataset
+from store.embedding_store import EmbeddingStore
 from store.errors import ConfigError
+from store.manifest import build_manifest
 from store.remote import (
     SINGLE_WRITER_ENV,
     STORAGE_OPTIONS_ENV,
@@ -18,6 +23,7 @@ from store.remote import (
     storage_options_for,
     storage_options_from_env,
 )
+from store.views import get_recipe
 
 
 @pytest.fixture
@@ -80,3 +86,15 @@ def test_remote_writes_need_the_single_writer_promise(clean_env: pytest.MonkeyPa
     single_writer_acknowledged("s3://b/s.zarr", single_writer=True)
     clean_env.setenv(SINGLE_WRITER_ENV, "1")
     single_writer_acknowledged("s3://b/s.zarr")
+
+
+def test_file_urls_lock_like_local_paths(tmp_path: Path) -> None:
+    """``file://`` is local disk: its writers take the cross-process flock (no promise needed)."""
+    manifest = build_manifest(open_dataset("synthetic:6"), "all", progress=False)
+    url = f"file://{tmp_path}/s.zarr"
+    store = EmbeddingStore.create(url, manifest=manifest, recipe=get_recipe("mocov2", 16),
+                                  seed=0, views=1, shard_size=4)  # fmt: skip
+    store.attach_teacher({"arch": "x", "sha256": "0" * 64}, dim=4)
+    store.write_shard(1, np.ones((2, 1, 4), np.float32) / 2)
+    assert (tmp_path / "s.zarr" / ".locks" / "shard-00001.lock").is_file()
+    assert EmbeddingStore.open(url).written_mask()[4:].all()
