@@ -143,37 +143,34 @@ def test_s3_round_trip_create_precompute_verify_append(
 
 
 def test_two_precompute_ranks_write_disjoint_shards_of_one_s3_store(
-    s3: str, tmp_path: Path, teacher: Path
+    s3: str, tmp_path: Path, teacher: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """RANK 0/1 of WORLD_SIZE 2 (as torchrun sets them), two processes, one store in the bucket:
-    each rank owns whole shards (the lock-free protocol object storage allows); the result is
-    byte-identical to one local process's store."""
+    """RANK 0/1 of WORLD_SIZE 2 (as torchrun sets them) in two processes (rank 1 a ``disco
+    precompute`` subprocess, rank 0 this one), one store in the bucket: each rank owns whole
+    shards (the lock-free protocol object storage allows); the store is byte-identical to one
+    local process's."""
     url = f"{s3}/ranks.zarr"
+    common = dict(teacher=str(teacher), dataset="synthetic:24", views=V, recipe="mocov2",
+                  size=16, shard_size=SHARD, batch_size=8, workers=0, device="cpu",
+                  progress=False)  # fmt: skip
     args = [sys.executable, "-m", "student_trainer.cli", "precompute", "--teacher", str(teacher),
             "--dataset", "synthetic:24", "--store", url, "--views", str(V), "--shard-size",
             str(SHARD), "--recipe", "mocov2", "--size", "16", "--device", "cpu", "--workers", "0",
             "--batch-size", "8", "--no-progress", "--single-writer", "--json"]  # fmt: skip
-    procs = [
-        subprocess.Popen(
-            args,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "RANK": str(r), "WORLD_SIZE": "2"},
-        )
-        for r in range(2)
-    ]
-    reports = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err.decode()[-2000:]
-        reports.append(json.loads(out.decode().strip().splitlines()[-1]))
-    done = [r["shards_computed"] for r in reports]
-    assert done == [3, 3]  # 6 shards, split whole between the ranks
+    env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2"}
+    rank1 = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("DISCO_SINGLE_WRITER", "1")
+    report0 = run_precompute(PrecomputeConfig(store=url, **common))
+    out, err = rank1.communicate(timeout=300)
+    assert rank1.returncode == 0, err.decode()[-2000:]
+    report1 = json.loads(out.decode().strip().splitlines()[-1])
+    # 6 shards, split whole between the ranks: 0, 2, 4 and 1, 3, 5
+    assert (report0.shards_computed, report1["shards_computed"]) == (3, 3)
+    monkeypatch.setenv("WORLD_SIZE", "1")
     local = tmp_path / "local.zarr"
-    run_precompute(PrecomputeConfig(
-        teacher=str(teacher), dataset="synthetic:24", store=str(local), views=V, recipe="mocov2",
-        size=16, shard_size=SHARD, batch_size=8, workers=0, device="cpu", progress=False,
-    ))  # fmt: skip
+    run_precompute(PrecomputeConfig(store=str(local), **common))
     remote, ref = EmbeddingStore.open(url), EmbeddingStore.open(str(local))
     assert remote.written_mask().all()
     for s in range(ref.num_shards):
