@@ -49,7 +49,14 @@ from zarr.core.array_spec import ArrayConfigParams
 from store.errors import ConfigError, StoreError, StoreMismatchError, StoreNotFoundError
 from store.locks import is_local, local_path, shard_lock, store_lock
 from store.manifest import Manifest, sha256_from_bytes, sha256_to_bytes
-from store.remote import single_writer_acknowledged, storage_options_for
+from store.remote import (
+    is_remote,
+    protocol,
+    single_writer_acknowledged,
+    storage_errors,
+    storage_options_for,
+    url_to_fs,
+)
 from store.views import Recipe, plan_views, recipe_from_dict
 from store.views.fingerprint import check_render, library_versions, render_record
 
@@ -112,6 +119,18 @@ def open_zarr_store(
         except (ImportError, ValueError, TypeError) as exc:
             raise StoreError(f"cannot open store URL {url!r}: {exc}") from exc
     return zarr.storage.LocalStore(url, read_only=read_only)
+
+
+def _probe_remote(url: str, what: str, storage_options: Mapping[str, Any] | None) -> bool:
+    """Whether a remote store's ``zarr.json`` exists: one plain request before zarr starts its
+    concurrent ones, so no endpoint / no credentials / no bucket is one clean error."""
+    fs, path = url_to_fs(url, storage_options)
+    meta = f"{path.rstrip('/')}/zarr.json"
+    with storage_errors(url, what):
+        if fs.exists(meta):
+            return True
+        fs.invalidate_cache(path)  # a listing cached before another process made the store
+        return bool(fs.exists(meta))
 
 
 def int8_scales(sample: np.ndarray, headroom: float = 1.0) -> np.ndarray:
@@ -223,9 +242,12 @@ class EmbeddingStore:
                 f"params shape {params.shape} != (N, V, P) = {(n, views, recipe.num_params)}"
             )
         render = render_record(recipe)  # before the group exists: readers wait for its attrs
+        if is_remote(url) and protocol(url) != "memory":
+            _probe_remote(url, "cannot create store at", storage_options)
         zstore = open_zarr_store(url, read_only=False, storage_options=storage_options)
         try:
-            exists = zarr.open_group(zstore, mode="r") is not None
+            with storage_errors(url, "cannot create store at"):
+                exists = zarr.open_group(zstore, mode="r") is not None
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
             exists = False
         if exists and not overwrite:
@@ -310,9 +332,13 @@ class EmbeddingStore:
             raise ConfigError(f"mode must be 'r' or 'r+', got {mode!r}")
         if mode == "r+":
             single_writer_acknowledged(url, single_writer)
+        remote = is_remote(url) and protocol(url) != "memory"
+        if remote and not _probe_remote(url, "cannot open store", storage_options):
+            raise StoreNotFoundError(f"no store at {url!r}")
         zstore = open_zarr_store(url, read_only=mode == "r", storage_options=storage_options)
         try:
-            group = zarr.open_group(zstore, mode=mode)  # type: ignore[arg-type]
+            with storage_errors(url, "cannot open store"):
+                group = zarr.open_group(zstore, mode=mode)  # type: ignore[arg-type]
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as exc:
             raise StoreNotFoundError(f"no store at {url!r}") from exc
         except ValueError as exc:

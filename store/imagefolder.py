@@ -17,7 +17,7 @@ import numpy as np
 from store.datasets import ImageDataset
 from store.decode import decode_image
 from store.errors import DatasetError, DecodeError
-from store.remote import is_remote, storage_options_for, url_to_fs
+from store.remote import is_remote, storage_errors, storage_options_for, url_to_fs
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolder"]
 
@@ -51,10 +51,8 @@ def _remote_files(url: str, storage_options: Mapping[str, Any]) -> list[str]:
     """Relative POSIX paths of the image objects under ``url`` (one recursive listing), sorted."""
     fs, root = url_to_fs(url, storage_options)
     root = root.rstrip("/")
-    try:
+    with storage_errors(url, "imagefolder: cannot list"):
         found = fs.find(root, detail=False)
-    except OSError as exc:
-        raise DatasetError(f"imagefolder: cannot list {url!r}: {exc}") from None
     rels = (str(p)[len(root) :].lstrip("/") for p in found)
     return sorted(r for r in rels if _is_image(r))
 
@@ -136,10 +134,12 @@ class ImageFolder(ImageDataset):
     def _read(self, i: int) -> bytes:
         key = self.keys[i]
         if self.url is not None:
-            fs, path = url_to_fs(f"{self.url}/{key}", self.storage_options)
+            url = f"{self.url}/{key}"
+            fs, path = url_to_fs(url, self.storage_options)
             try:
-                return bytes(fs.cat_file(path))
-            except OSError as exc:
+                with storage_errors(url, "cannot read"):  # no endpoint etc.: stop, do not mask
+                    return bytes(fs.cat_file(path))
+            except FileNotFoundError as exc:  # gone since the listing: like a local file
                 raise DecodeError(key, f"cannot read object: {exc}") from exc
         try:
             return (self.root / key).read_bytes()

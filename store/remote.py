@@ -20,9 +20,10 @@ backend when a URL of its protocol is opened (``pip install 'disco-cache[s3]'``)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from store.errors import ConfigError, DiscoError
@@ -37,6 +38,7 @@ __all__ = [
     "parse_storage_options",
     "protocol",
     "single_writer_acknowledged",
+    "storage_errors",
     "storage_options_for",
     "storage_options_from_env",
     "url_to_fs",
@@ -138,6 +140,49 @@ def storage_options_for(
         else dict(storage_options)
     )
     return _portable(proto, {**base, **user})
+
+
+_CLIENT_MODULES = (
+    "botocore",
+    "aiobotocore",
+    "s3fs",
+    "gcsfs",
+    "google",
+    "aiohttp",
+    "adlfs",
+    "azure",
+)
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    """An OSError, or an error raised by an object-storage client library (botocore's
+    ``EndpointConnectionError``, ``NoCredentialsError``... are not OSErrors)."""
+    return isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in _CLIENT_MODULES
+
+
+@contextlib.contextmanager
+def storage_errors(url: str, what: str) -> Iterator[None]:
+    """Turn an object-storage failure inside the block (no endpoint, no credentials, access
+    denied, no bucket) into one :class:`RemoteStorageError` line: ``{what} {url!r}: {reason}``.
+
+    Local paths, project errors and ``FileNotFoundError`` (the caller knows what a missing key
+    means: no store, an image gone) pass through unchanged."""
+    try:
+        yield
+    except (DiscoError, FileNotFoundError):
+        raise
+    except Exception as exc:
+        # A storage option the backend does not know fails only when it first connects.
+        bad_option = isinstance(exc, TypeError) and "unexpected keyword argument" in str(exc)
+        if not is_remote(url) or not (_is_storage_error(exc) or bad_option):
+            raise
+        if bad_option:
+            raise RemoteStorageError(
+                f"{what} {url!r}: a storage option is not accepted by the {protocol(url)}:// "
+                f"filesystem ({exc}); check --storage-options / {STORAGE_OPTIONS_ENV}"
+            ) from exc
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise RemoteStorageError(f"{what} {url!r}: {type(exc).__name__}: {reason}") from exc
 
 
 def url_to_fs(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +99,30 @@ def test_file_urls_lock_like_local_paths(tmp_path: Path) -> None:
     store.write_shard(1, np.ones((2, 1, 4), np.float32) / 2)
     assert (tmp_path / "s.zarr" / ".locks" / "shard-00001.lock").is_file()
     assert EmbeddingStore.open(url).written_mask()[4:].all()
+
+
+def test_unreachable_endpoint_is_one_line(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No server at the endpoint: store commands and imagefolder: stop with one line naming the
+    URL and the client's reason (not a botocore traceback, not rows masked as undecodable)."""
+    from typer.testing import CliRunner
+
+    from student_trainer.cli import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    clean_env.setenv("AWS_ACCESS_KEY_ID", "testing")
+    clean_env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    opts = json.dumps({"endpoint_url": f"http://127.0.0.1:{port}",
+                       "config_kwargs": {"retries": {"max_attempts": 1}}})  # fmt: skip
+    runner = CliRunner()
+    res = runner.invoke(app, ["store", "info", "s3://no-bucket/s.zarr", "--storage-options", opts])
+    assert res.exit_code == 1 and res.output.startswith("error: cannot open store"), res.output
+    assert "EndpointConnectionError" in res.output and "Traceback" not in res.output
+    data = "imagefolder:s3://no-bucket/imgs"
+    create = ["store", "create", str(tmp_path / "s.zarr"), "--dataset", data]
+    res = runner.invoke(app, [*create, "--storage-options", opts])
+    assert res.exit_code == 1 and "imagefolder: cannot list 's3://no-bucket/imgs'" in res.output
+    assert not (tmp_path / "s.zarr").exists()
+    res = runner.invoke(app, ["store", "info", "s3://b/s.zarr", "--storage-options", "{bad"])
+    assert res.exit_code == 1 and "--storage-options is not valid JSON" in res.output
