@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from store.cli_options import apply_remote_options, remote_options, with_options
 from store.errors import DiscoError
 
 app = typer.Typer(help="Create and inspect DisCo embedding stores.", no_args_is_help=True)
@@ -38,6 +39,7 @@ def _human(n: float) -> str:
 
 
 @app.command()
+@with_options(remote_options())
 def create(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     dataset: Annotated[
@@ -70,6 +72,7 @@ def create(
             help="Processes reading image headers and hashing files (default: all cores)."
         ),
     ] = None,
+    **config: Any,
 ) -> None:
     """Build the manifest and view plan of a dataset into a new store (no teacher needed)."""
     # lazy: zarr and numpy load only when a command runs, so --help stays instant
@@ -79,6 +82,7 @@ def create(
     from store.views import get_recipe
 
     try:
+        apply_remote_options(config)
         t0 = time.perf_counter()
         rec = get_recipe(
             recipe, size, interpolation
@@ -111,6 +115,7 @@ def create(
 
 
 @app.command()
+@with_options(remote_options())
 def append(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     dataset: Annotated[
@@ -125,6 +130,7 @@ def append(
         int | None,
         typer.Option(help="Processes hashing and probing the files (default: all cores)."),
     ] = None,
+    **config: Any,
 ) -> None:
     """Add the dataset's new samples as new rows (planned, unwritten); old rows stay as they are.
 
@@ -135,6 +141,7 @@ def append(
     from store.append import append_rows
 
     try:
+        apply_remote_options(config)
         report = append_rows(
             path, dataset, progress=not as_json, lock_timeout=lock_timeout, workers=workers
         )
@@ -193,15 +200,18 @@ def _recipe_line(r: dict[str, Any]) -> str:
 
 
 @app.command()
+@with_options(remote_options(writes=False))
 def info(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    **config: Any,
 ) -> None:
     """Show a store's shape, layout, size on disk, compression, progress and identity."""
     # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.inspection import store_info
 
     try:
+        apply_remote_options(config)
         data = store_info(path)
     except DiscoError as exc:
         raise _fail(exc) from None
@@ -245,6 +255,7 @@ def info(
 
 
 @app.command()
+@with_options(remote_options(writes=False))
 def check(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     dataset: Annotated[
@@ -253,6 +264,7 @@ def check(
     skip_dataset: Annotated[
         bool, typer.Option(help="Do not compare the manifest with the dataset.")
     ] = False,
+    **config: Any,
 ) -> None:
     """Check written mask vs data, non-finite/zero-norm embeddings, and manifest vs dataset.
 
@@ -262,6 +274,7 @@ def check(
     from store.inspection import check_store
 
     try:
+        apply_remote_options(config)
         report = check_store(path, dataset=dataset, check_dataset=not skip_dataset)
     except DiscoError as exc:
         raise _fail(exc) from None

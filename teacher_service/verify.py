@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from store.datasets import open_dataset
+from store.dataset_base import ImageDataset
 from store.embedding_store import EmbeddingStore
 from store.errors import DecodeError, StoreError, StoreMismatchError
+from store.relocate import open_moved_dataset
 from store.views import (
     RENDER_BOUND,
     render_view,
@@ -141,6 +142,8 @@ def verify_store(
     teacher_pooling: str | None = None,
     accept_render_drift: bool = VerifyConfig.accept_render_drift,
     renderer: str = VerifyConfig.renderer,
+    dataset: str | None = None,
+    full_check: bool = False,
 ) -> VerifyResult:
     """Check ``samples`` cached views of the store at ``url`` against the live teacher.
 
@@ -154,7 +157,8 @@ def verify_store(
     ``accept_render_drift``, a passing check records this install's render fingerprint as accepted
     in the store (then trainers here accept it too). ``renderer``: auto (batched on CUDA, reference
     on CPU), reference or batched; a batched render is also checked against the reference within
-    ``RENDER_BOUND`` (see the module docstring).
+    ``RENDER_BOUND`` (see the module docstring). ``dataset``: the store's images at a new
+    place, checked first (``store.relocate``; ``full_check`` hashes every row).
     """
     VerifyConfig(samples, threshold, seed, device, batch_size, accept_render_drift, renderer)
     store = EmbeddingStore.open(url)
@@ -166,7 +170,8 @@ def verify_store(
     slots = sample_slots(written, store.shard_size, samples, seed)
     if len(slots) == 0:
         raise StoreError(f"store {url} has no written views to verify")
-    sample = _render_sample(store, slots)
+    source = open_moved_dataset(store.manifest, dataset, full=full_check)
+    sample = _render_sample(store, slots, source)
     if not len(sample.slots):
         raise StoreError(f"none of the sampled rows of {url} decode any more")
     dtype = str((store.teacher or {}).get("compute_dtype"))
@@ -185,7 +190,7 @@ def verify_store(
     def embed(x: torch.Tensor) -> np.ndarray:
         return _embed(loaded.model, x, dev, dtype, batch_size)
 
-    control = _control(store, sample, live, written, seed, embed)
+    control = _control(store, sample, live, written, seed, embed, source)
     result = _result(url, store.shard_size, sample, cos, control, threshold, render, extra)
     if result.passed and accept_render_drift and render in ("drift-accepted", "unrecorded"):
         EmbeddingStore.open(url, mode="r+").accept_render(
@@ -242,7 +247,7 @@ class _Sample:
     """Sample key -> reason for sampled rows that no longer decode."""
 
 
-def _render_sample(store: EmbeddingStore, slots: np.ndarray) -> _Sample:
+def _render_sample(store: EmbeddingStore, slots: np.ndarray, source: ImageDataset) -> _Sample:
     """Cached vectors of ``slots`` (read a shard at a time) and their views re-rendered from the
     stored parameters; rows that no longer decode are skipped."""
     cached = np.zeros((len(slots), store.dim or 0), np.float32)
@@ -255,14 +260,13 @@ def _render_sample(store: EmbeddingStore, slots: np.ndarray) -> _Sample:
             row, view = slots[k]
             cached[k] = block.embeddings[row - block.start, view]
     manifest, recipe, params = store.manifest, store.recipe, store.params
-    dataset = open_dataset(manifest.dataset)
     skipped: dict[str, str] = {}
     keep: list[int] = []
     images: list[torch.Tensor] = []
     sources: list[np.ndarray] = []
     for k, (row, view) in enumerate(slots):
         try:
-            image = dataset.load(int(manifest.indices[row]))
+            image = source.load(int(manifest.indices[row]))
         except DecodeError as exc:
             skipped[str(manifest.keys[row])] = exc.reason
             continue
@@ -307,6 +311,7 @@ def _control(
     written: np.ndarray,
     seed: int,
     embed: Callable[[torch.Tensor], np.ndarray],
+    source: ImageDataset,
 ) -> np.ndarray:
     """Cosines of each cached vector to the live embedding of a view of *another* row: another
     sampled row's, or, when every sampled slot is of one row, a written view of a different row
@@ -319,11 +324,10 @@ def _control(
     candidates = np.argwhere(written & (np.arange(len(written)) != rows[0])[:, None])
     if not len(candidates):
         return np.empty(0, np.float32)
-    dataset = open_dataset(store.manifest.dataset)
     for k in np.random.default_rng(seed).permutation(len(candidates)):
         row, view = (int(x) for x in candidates[k])
         try:
-            image = dataset.load(int(store.manifest.indices[row]))
+            image = source.load(int(store.manifest.indices[row]))
         except DecodeError:
             continue
         pixels = render_view(image, store.params[row, view], store.recipe)[None]
