@@ -171,6 +171,10 @@ def append(
 @app.command()
 def compact(
     path: Annotated[str, typer.Argument(help="Store location (a local path).")],
+    target: Annotated[
+        str | None,
+        typer.Option(help="Teacher of a store of several (default: every teacher)."),
+    ] = None,
 ) -> None:
     """Merge the slot logs (single-slot writes of the service and lazy fill) into the shard files.
 
@@ -180,10 +184,34 @@ def compact(
     from store.embedding_store import EmbeddingStore
 
     try:
-        merged = EmbeddingStore.open(path, mode="r+").compact()
+        store = EmbeddingStore.open(path, mode="r+")
+        names = [target] if target is not None else store.teachers
+        merged = sum(store.for_target(name).compact() for name in names)
     except DiscoError as exc:
         raise _fail(exc) from None
     console.print(f"{path}: merged the slot logs of {merged} shard(s)", highlight=False)
+
+
+@app.command()
+def convert(
+    path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
+    name: Annotated[
+        str, typer.Option(help="Name of the store's (root) teacher from now on.")
+    ] = "default",
+) -> None:
+    """Convert a single-teacher store in place into a store of named teachers (disco-store/4).
+
+    Records NAME for the existing teacher; no embedding byte moves. Further teachers are then
+    added with `disco precompute --as NAME2` (which converts automatically when needed).
+    """
+    from store.embedding_store import EmbeddingStore
+
+    try:
+        store = EmbeddingStore.open(path, mode="r+")
+        store.convert(name)
+    except DiscoError as exc:
+        raise _fail(exc) from None
+    console.print(f"{path}: teachers {', '.join(store.teachers)}", highlight=False)
 
 
 def _short(value: Any) -> str:
@@ -204,15 +232,19 @@ def _recipe_line(r: dict[str, Any]) -> str:
 def info(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    target: Annotated[
+        str | None,
+        typer.Option(help="Teacher of a store of several (default: the store's only teacher)."),
+    ] = None,
     **config: Any,
 ) -> None:
-    """Show a store's shape, layout, size on disk, compression, progress and identity."""
+    """Show a store's shape, layout, size on disk, compression, progress, identity and teachers."""
     # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.inspection import store_info
 
     try:
         apply_remote_options(config)
-        data = store_info(path)
+        data = store_info(path, target)
     except DiscoError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -241,6 +273,16 @@ def info(
         ("dataset", _short(data["dataset"])),
         ("versions", _short(data["versions"])),
     ]
+    for t in data["teachers"]:
+        done = "complete" if t["complete"] else f"{len(t['missing_shards'])} shards missing"
+        rows.append(
+            (
+                f"teacher {t['name']}",
+                f"{t['teacher_name']} ({t['source']}), D={t['dim']} {t['dtype']}, "
+                f"{t['bytes_per_view']} B/view, {100 * t['written_fraction']:.1f}% written, "
+                f"{done}",
+            )
+        )
     for step in data["history"]:
         rows.append(
             (
@@ -264,6 +306,10 @@ def check(
     skip_dataset: Annotated[
         bool, typer.Option(help="Do not compare the manifest with the dataset.")
     ] = False,
+    target: Annotated[
+        str | None,
+        typer.Option(help="Teacher of a store of several (default: every teacher)."),
+    ] = None,
     **config: Any,
 ) -> None:
     """Check written mask vs data, non-finite/zero-norm embeddings, and manifest vs dataset.
@@ -275,7 +321,7 @@ def check(
 
     try:
         apply_remote_options(config)
-        report = check_store(path, dataset=dataset, check_dataset=not skip_dataset)
+        report = check_store(path, dataset=dataset, check_dataset=not skip_dataset, target=target)
     except DiscoError as exc:
         raise _fail(exc) from None
     console.print(

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from store.errors import ConfigError
+from store.targets import check_target_name
 
 __all__ = [
     "AMP_DTYPES",
@@ -136,9 +137,14 @@ class PrecomputeConfig:
     """Teacher weights: .safetensors, .pth/.bin state dict or snapshot folder (None: download)."""
     teacher_pooling: str | None = None
     """ViT teachers: cls, mean or cls+mean instead of the model's own pooled output."""
+    target: str | None = None
+    """Name of this teacher in the store (``--as``): adds it beside the store's other teachers
+    (their bytes untouched) or resumes it; None = the store's only teacher."""
 
     def __post_init__(self) -> None:
         check_pooling(self.teacher_pooling)
+        if self.target is not None:
+            check_target_name(self.target)
         if self.views < 1:
             raise ConfigError(f"views must be >= 1, got {self.views}")
         if self.batch_size < 1:
