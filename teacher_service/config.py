@@ -201,9 +201,13 @@ class VerifyConfig:
     (None: the spec the store recorded)."""
     full_check: bool = False
     """With dataset: hash every sample, not a sample of 64."""
+    target: str | None = None
+    """The teacher of a store of several to check (None: the store's only teacher)."""
 
     def __post_init__(self) -> None:
         check_pooling(self.teacher_pooling)
+        if self.target is not None:
+            check_target_name(self.target)
         if self.samples < 1 or self.batch_size < 1:
             raise ConfigError(
                 f"samples and batch_size must be >= 1, got {self.samples}, {self.batch_size}"

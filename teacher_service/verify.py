@@ -144,6 +144,7 @@ def verify_store(
     renderer: str = VerifyConfig.renderer,
     dataset: str | None = None,
     full_check: bool = False,
+    target: str | None = None,
 ) -> VerifyResult:
     """Check ``samples`` cached views of the store at ``url`` against the live teacher.
 
@@ -158,10 +159,12 @@ def verify_store(
     in the store (then trainers here accept it too). ``renderer``: auto (batched on CUDA, reference
     on CPU), reference or batched; a batched render is also checked against the reference within
     ``RENDER_BOUND`` (see the module docstring). ``dataset``: the store's images at a new
-    place, checked first (``store.relocate``; ``full_check`` hashes every row).
+    place, checked first (``store.relocate``; ``full_check`` hashes every row). ``target``:
+    the teacher of a store of several whose cached views are checked.
     """
     VerifyConfig(samples, threshold, seed, device, batch_size, accept_render_drift, renderer)
-    store = EmbeddingStore.open(url)
+    store = EmbeddingStore.open(url, target=target)
+    store.require_target()
     render = store.check_render(accept_drift=accept_render_drift)
     dev = resolve_device(device)
     used = resolve_renderer(renderer, dev)
@@ -193,7 +196,7 @@ def verify_store(
     control = _control(store, sample, live, written, seed, embed, source)
     result = _result(url, store.shard_size, sample, cos, control, threshold, render, extra)
     if result.passed and accept_render_drift and render in ("drift-accepted", "unrecorded"):
-        EmbeddingStore.open(url, mode="r+").accept_render(
+        EmbeddingStore.open(url, mode="r+", target=target).accept_render(
             {
                 "verify": {
                     "samples": result.samples,
