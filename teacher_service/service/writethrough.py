@@ -52,6 +52,8 @@ def open_target(
     with registry.lock(name):
         try:
             store = registry.writer(name, target)
+            if target is None:  # "the only teacher": another may have been added meanwhile
+                store.refresh()
             store.require_target()
         except StoreError as exc:
             raise _conflict(str(exc)) from None
