@@ -245,9 +245,9 @@ def simulated_classes_per_batch(
 
 def plan_classes_per_batch(store: EmbeddingStore, batches: int) -> float | None:
     """Distinct classes per batch of ``BATCH`` in the first ``batches`` batches of the trainer's
-    own epoch plan (``student_trainer.data.StorePlan``) over ``store``."""
+    own epoch plan (``student_trainer.train.data.StorePlan``) over ``store``."""
     try:
-        from student_trainer.data import StorePlan
+        from student_trainer.train.data import StorePlan
     except ImportError:  # the trainer package moves (#27); the simulation below still reports
         return None
     plan = StorePlan(store, seed=0, batch=BATCH, buffer_size=8192)

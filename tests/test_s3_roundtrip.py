@@ -18,7 +18,6 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from test_precompute import make_teacher
 from typer.testing import CliRunner
 
 from store.datasets import open_dataset
@@ -28,10 +27,11 @@ from store.relocate import open_moved_dataset
 from store.remote import url_to_fs
 from store.views import get_recipe
 from student_trainer.cli import app
-from student_trainer.config import TrainConfig
 from student_trainer.train import train
+from student_trainer.train.config import TrainConfig
 from teacher_service.precompute import PrecomputeConfig, run_precompute
 from teacher_service.verify import verify_store
+from tests.test_precompute import make_teacher
 from tests.test_service_e2e import start_server, stop_server
 
 runner = CliRunner()
