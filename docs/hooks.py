@@ -201,10 +201,12 @@ def http_reference() -> str:
             if params:
                 out += ["| parameter | in | type | required | meaning |", "|---|---|---|---|---|"]
                 for p in params:
+                    schema = p.get("schema", {})
+                    meaning = _cell(p.get("description") or schema.get("description", ""))
+                    required = "yes" if p.get("required") else "no"
                     out.append(
-                        f"| `{p['name']}` | {p['in']} | {_schema_type(p.get('schema', {}))} "
-                        f"| {'yes' if p.get('required') else 'no'} "
-                        f"| {_cell(p.get('description') or p.get('schema', {}).get('description', ''))} |"
+                        f"| `{p['name']}` | {p['in']} | {_schema_type(schema)} | {required} "
+                        f"| {meaning} |"
                     )
                 out.append("")
             body = op.get("requestBody")
@@ -236,8 +238,9 @@ def http_reference() -> str:
             if props:
                 out += ["| field | type | required | meaning |", "|---|---|---|---|"]
                 for field, sub in props.items():
+                    needed = "yes" if field in required else "no"
                     out.append(
-                        f"| `{field}` | {_schema_type(sub)} | {'yes' if field in required else 'no'} "
+                        f"| `{field}` | {_schema_type(sub)} | {needed} "
                         f"| {_cell(sub.get('description', ''))} |"
                     )
                 out.append("")

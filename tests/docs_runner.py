@@ -103,7 +103,9 @@ def parse_page(path: Path) -> Page:
 def runnable_pages(root: Path = DOCS) -> list[Path]:
     """Every markdown page under ``root`` with at least one ``<!-- docs-test -->`` marker."""
     return sorted(
-        p for p in root.rglob("*.md") if any(ln.strip() == MARK for ln in p.read_text().splitlines())
+        p
+        for p in root.rglob("*.md")
+        if any(ln.strip() == MARK for ln in p.read_text().splitlines())
     )
 
 

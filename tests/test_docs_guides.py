@@ -68,7 +68,8 @@ def test_runner_names_the_failing_block(tmp_path: Path, docs_imagefolder: Path) 
         _write(
             tmp_path,
             "# t\n\n<!-- docs-test -->\n```bash\necho first-ok\n```\n\n"
-            "<!-- docs-test -->\n```bash\necho about-to-fail\nls /no/such/dir\necho unreached\n```\n",
+            "<!-- docs-test -->\n```bash\necho about-to-fail\nls /no/such/dir\n"
+            "echo unreached\n```\n",
         )
     )
     workdir = tmp_path / "cwd"
@@ -92,7 +93,7 @@ def test_runner_substitutes_shares_state_and_sees_the_environment(
             "```bash\necho not-runnable > never.txt\n```\n\n"
             "<!-- docs-test -->\n```bash\nN=$(ls /data/imagenet/train/class_0 | wc -l)\n"
             "echo --epochs 100 > epochs.txt\n```\n"
-            "<!-- docs-test -->\n```bash\ntest \"$N\" -eq 12\ncommand -v disco\n"
+            '<!-- docs-test -->\n```bash\ntest "$N" -eq 12\ncommand -v disco\n'
             'test -f "$DOCS_TEACHER"\n"$DOCS_PY" -c "print(1)"\n```\n',
         )
     )
