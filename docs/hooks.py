@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -125,9 +126,15 @@ def cli_reference() -> str:
 
 
 def _type_name(annotation: Any) -> str:
-    text = getattr(annotation, "__name__", None) or str(annotation)
-    text = str(annotation) if "[" in str(annotation) or "|" in str(annotation) else text
-    return text.replace("typing.", "").replace("pathlib.", "").replace("pydantic.types.", "")
+    """``int``, ``Path or None``, ```a` | `b``` for a Literal: the type as a reader wants it."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return " \\| ".join(f"`{c}`" for c in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        named = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(named) + (" or `None`" if type(None) in args else "")
+    return f"`{getattr(annotation, '__name__', str(annotation))}`"
 
 
 def settings_reference() -> str:
@@ -150,7 +157,7 @@ def settings_reference() -> str:
             default = f"`{field.default}`"
         rows.append(
             f"| `{name}` | `{prefix}{name.upper()}` | `--{name.replace('_', '-')}` "
-            f"| `{_cell(_type_name(field.annotation))}` | {default} "
+            f"| {_type_name(field.annotation)} | {default} "
             f"| {_cell(field.description or '')} |"
         )
     return "\n".join(rows) + "\n"
