@@ -292,6 +292,40 @@ def python_reference(package: str) -> str:
 
 # ---- hooks ----------------------------------------------------------------------------------
 
+# Folders whose new pages join their navigation section by themselves (title: the page's H1),
+# so a helper adding a dated results page or a guide does not have to edit mkdocs.yml.
+AUTO_NAV = {"guides": "Guides", "results": "Results"}
+
+
+def _nav_paths(nav: Any) -> set[str]:
+    """Every page path named anywhere in a nav tree."""
+    if isinstance(nav, str):
+        return {nav}
+    if isinstance(nav, list):
+        return set().union(*(_nav_paths(item) for item in nav)) if nav else set()
+    if isinstance(nav, dict):
+        return set().union(*(_nav_paths(v) for v in nav.values())) if nav else set()
+    return set()
+
+
+def on_config(config: Any) -> Any:
+    """Append pages of ``AUTO_NAV`` folders that the nav does not name to their section."""
+    nav = config["nav"] or []
+    named = _nav_paths(nav)
+    docs = Path(config["docs_dir"])
+    for folder, section in AUTO_NAV.items():
+        entries = next((e[section] for e in nav if isinstance(e, dict) and section in e), None)
+        if entries is None:
+            continue
+        for page in sorted((docs / folder).glob("*.md")):
+            uri = f"{folder}/{page.name}"
+            if uri in named:
+                continue
+            first = page.read_text(encoding="utf-8").lstrip().splitlines()[:1]
+            title = first[0].lstrip("# ").strip() if first and first[0].startswith("# ") else uri
+            entries.append({title: uri})
+    return config
+
 
 def on_files(files: Files, config: Any) -> Files:
     """Stand-in pages for pending guides; ``reference/openapi.json`` for the HTTP reference."""
