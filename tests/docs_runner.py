@@ -42,10 +42,12 @@ class DocsFormatError(ValueError):
 
 @dataclass(frozen=True)
 class Block:
-    """One runnable block: where it starts on the page (1-based line) and its text."""
+    """One runnable block: where it starts on the page (1-based line), its text as run (after
+    the substitutions) and as the page shows it."""
 
     line: int
     text: str
+    shown: str = ""
 
 
 @dataclass
@@ -87,7 +89,7 @@ def parse_page(path: Path) -> Page:
             j += 1
         if j == len(lines):
             raise DocsFormatError(f"{path}:{i + 2}: the runnable block is never closed")
-        raw.append(Block(i + 3, "\n".join(body)))
+        raw.append(Block(i + 3, "\n".join(body), "\n".join(body)))
         i = j + 1
     for src, _ in page.subs:
         if not any(src in b.text for b in raw):
@@ -96,8 +98,34 @@ def parse_page(path: Path) -> Page:
         text = block.text
         for src, dst in page.subs:
             text = text.replace(src, dst)
-        page.blocks.append(Block(block.line, text))
+        page.blocks.append(Block(block.line, text, block.text))
     return page
+
+
+def shell_commands(text: str) -> list[str]:
+    """The commands of a shell snippet: continuation lines joined, comments and blanks dropped,
+    runs of spaces folded (``disco train \\ --epochs 1`` -> ``disco train --epochs 1``)."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    commands = []
+    for line in joined.splitlines():
+        line = line.split(" #", 1)[0] if not line.lstrip().startswith("#") else ""
+        if line.strip():
+            commands.append(" ".join(line.split()))
+    return commands
+
+
+def fenced_blocks(path: Path, lang: str = "bash") -> list[str]:
+    """The text of every ```` ```lang ```` fenced block of a markdown file, runnable or not."""
+    blocks, body, inside = [], [], False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not inside and line.strip() == f"```{lang}":
+            inside, body = True, []
+        elif inside and line.strip().startswith("```"):
+            inside = False
+            blocks.append("\n".join(body))
+        elif inside:
+            body.append(line)
+    return blocks
 
 
 def runnable_pages(root: Path = DOCS) -> list[Path]:

@@ -16,11 +16,13 @@ from tests.docs_runner import (
     DOCS,
     ROOT,
     DocsFormatError,
+    fenced_blocks,
     make_imagefolder,
     page_env,
     parse_page,
     run_page,
     runnable_pages,
+    shell_commands,
 )
 
 PAGES = runnable_pages()
@@ -47,6 +49,26 @@ def test_page_runs(path: Path, docs_imagefolder: Path, tmp_path: Path) -> None:
     result = run_page(page, workdir, page_env(docs_imagefolder, tmp_path))
     if result.returncode != 0 or result.failed_block is not None:
         pytest.fail(result.report(page), pytrace=False)
+
+
+def test_readme_disco_commands_are_run_by_a_guide() -> None:
+    """Every ``disco`` command in the README's shell blocks is run, as written, by some guide's
+    runnable block, so the quickstarts cannot rot either (``make demo``/``docker`` lines aside)."""
+    tested = {
+        command
+        for path in PAGES
+        for block in parse_page(path).blocks
+        for command in shell_commands(block.shown)
+    }
+    readme = [
+        command
+        for block in fenced_blocks(ROOT / "README.md")
+        for command in shell_commands(block)
+        if command.startswith("disco ")
+    ]
+    assert readme, "the README shows no disco command"
+    untested = [c for c in readme if c not in tested]
+    assert not untested, f"README commands no runnable docs block runs: {untested}"
 
 
 def test_readme_is_short() -> None:
