@@ -25,6 +25,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(PKGS) tests bench docs/hooks.py
 	$(BIN)/ruff format --check $(PKGS) tests bench docs/hooks.py
 	$(BIN)/mypy $(PKGS)
+	$(BIN)/lint-imports
+	$(BIN)/python scripts/check_imports.py
 	$(MAKE) --no-print-directory docs
 
 format: $(STAMP)
