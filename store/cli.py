@@ -72,6 +72,7 @@ def create(
     ] = None,
 ) -> None:
     """Build the manifest and view plan of a dataset into a new store (no teacher needed)."""
+    # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.datasets import open_dataset
     from store.embedding_store import EmbeddingStore
     from store.manifest import build_manifest
@@ -130,6 +131,7 @@ def append(
     Refuses (naming the key, nothing written) a sample whose content changed or that is gone.
     Then `disco precompute` fills only the new rows.
     """
+    # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.append import append_rows
 
     try:
@@ -168,7 +170,7 @@ def compact(
     Readers see the same slots before and after; plain zarr readers (tensorstore) see the logged
     slots only after it. Safe while writers run (each shard under its lock).
     """
-    from store.embedding_store import EmbeddingStore
+    from store.embedding_store import EmbeddingStore  # zarr: kept off `disco --help`
 
     try:
         merged = EmbeddingStore.open(path, mode="r+").compact()
@@ -196,6 +198,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show a store's shape, layout, size on disk, compression, progress and identity."""
+    # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.inspection import store_info
 
     try:
@@ -255,6 +258,7 @@ def check(
 
     Exits 1 when a problem is found.
     """
+    # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.inspection import check_store
 
     try:

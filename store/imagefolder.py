@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from store.datasets import ImageDataset
+from store.dataset_base import ImageDataset
 from store.decode import decode_image, image_size
 from store.errors import DatasetError, DecodeError
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from rich.progress import Progress
 
-from store.datasets import ImageDataset, split_indices
+from store.dataset_base import ImageDataset, split_indices
 from store.errors import ConfigError
 
 __all__ = [
