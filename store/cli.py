@@ -15,17 +15,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from store.errors import DiscoError
+from store.cli_options import exits_on_error
 
 app = typer.Typer(help="Create and inspect DisCo embedding stores.", no_args_is_help=True)
 console = Console()
-
-
-def _fail(exc: DiscoError) -> typer.Exit:
-    Console(stderr=True).print(
-        f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True
-    )
-    return typer.Exit(1)
 
 
 def _human(n: float) -> str:
@@ -37,6 +30,7 @@ def _human(n: float) -> str:
 
 
 @app.command()
+@exits_on_error
 def create(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     dataset: Annotated[
@@ -71,27 +65,24 @@ def create(
     from store.manifest import build_manifest
     from store.views import get_recipe
 
-    try:
-        t0 = time.perf_counter()
-        rec = get_recipe(
-            recipe, size, interpolation
-        )  # validate cheap options before decoding the dataset
-        ds = open_dataset(dataset)
-        manifest = build_manifest(ds, split, progress=True)
-        store = EmbeddingStore.create(
-            path,
-            manifest=manifest,
-            recipe=rec,
-            seed=seed,
-            views=views,
-            shard_size=shard_size,
-            chunk_size=chunk_size,
-            codec=codec,
-            overwrite=overwrite,
-            progress=True,
-        )
-    except DiscoError as exc:
-        raise _fail(exc) from None
+    t0 = time.perf_counter()
+    rec = get_recipe(
+        recipe, size, interpolation
+    )  # validate cheap options before decoding the dataset
+    ds = open_dataset(dataset)
+    manifest = build_manifest(ds, split, progress=True)
+    store = EmbeddingStore.create(
+        path,
+        manifest=manifest,
+        recipe=rec,
+        seed=seed,
+        views=views,
+        shard_size=shard_size,
+        chunk_size=chunk_size,
+        codec=codec,
+        overwrite=overwrite,
+        progress=True,
+    )
     console.print(
         f"created {path}: N={store.n} V={store.views} P={store.num_params} "
         f"shards={store.num_shards} manifest={manifest.hash[:12]} "
@@ -104,6 +95,7 @@ def create(
 
 
 @app.command()
+@exits_on_error
 def append(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     dataset: Annotated[
@@ -123,10 +115,7 @@ def append(
     # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.append import append_rows
 
-    try:
-        report = append_rows(path, dataset, progress=not as_json, lock_timeout=lock_timeout)
-    except DiscoError as exc:
-        raise _fail(exc) from None
+    report = append_rows(path, dataset, progress=not as_json, lock_timeout=lock_timeout)
     if as_json:
         console.print_json(json.dumps(report.to_dict()))
         return
@@ -162,6 +151,7 @@ def _recipe_line(r: dict[str, Any]) -> str:
 
 
 @app.command()
+@exits_on_error
 def info(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -170,10 +160,7 @@ def info(
     # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.inspection import store_info
 
-    try:
-        data = store_info(path)
-    except DiscoError as exc:
-        raise _fail(exc) from None
+    data = store_info(path)
     if as_json:
         console.print_json(json.dumps(data))
         return
@@ -214,6 +201,7 @@ def info(
 
 
 @app.command()
+@exits_on_error
 def check(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     dataset: Annotated[
@@ -230,10 +218,7 @@ def check(
     # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.inspection import check_store
 
-    try:
-        report = check_store(path, dataset=dataset, check_dataset=not skip_dataset)
-    except DiscoError as exc:
-        raise _fail(exc) from None
+    report = check_store(path, dataset=dataset, check_dataset=not skip_dataset)
     console.print(
         f"{path}: {report.written_slots}/{report.total_slots} slots written, "
         f"{report.bad_rows} bad, dataset "

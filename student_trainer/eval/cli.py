@@ -10,9 +10,10 @@ from typing import Annotated, Any
 
 import typer
 
-from store.errors import DiscoError
+from store.cli_options import exits_on_error
 
 
+@exits_on_error
 def eval_command(
     checkpoints: Annotated[
         list[Path] | None,
@@ -77,33 +78,29 @@ def eval_command(
     from student_trainer.eval.linear_probe import ProbeConfig
     from student_trainer.eval.report import render_markdown
 
-    try:
-        teacher_model: Any = teacher
-        if teacher is not None and (teacher_weights or teacher_pooling):
-            # lazy: torch loads only when a command runs, so --help stays instant
-            from student_trainer.eval.features import TeacherFeatures
+    teacher_model: Any = teacher
+    if teacher is not None and (teacher_weights or teacher_pooling):
+        # lazy: torch loads only when a command runs, so --help stays instant
+        from student_trainer.eval.features import TeacherFeatures
 
-            teacher_model = TeacherFeatures(
-                teacher, teacher_weights, teacher_pooling, size=size, device=device
-            )
-        records = evaluate(
-            list(checkpoints or []),
-            dataset,
-            teacher=teacher_model,
-            k=k,
-            temperature=temperature,
-            size=size,
-            pixels=pixels,
-            probe=ProbeConfig(epochs=probe_epochs) if probe else None,
-            backend=backend,
-            device=device,
-            cache_dir=cache_dir,
-            batch_size=batch_size,
-            out=out,
-            figures=figures,
+        teacher_model = TeacherFeatures(
+            teacher, teacher_weights, teacher_pooling, size=size, device=device
         )
-    except DiscoError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    records = evaluate(
+        list(checkpoints or []),
+        dataset,
+        teacher=teacher_model,
+        k=k,
+        temperature=temperature,
+        size=size,
+        pixels=pixels,
+        probe=ProbeConfig(epochs=probe_epochs) if probe else None,
+        backend=backend,
+        device=device,
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        out=out,
+        figures=figures,
+    )
     typer.echo(render_markdown(records, title=f"Retrieval evaluation on {dataset}"))
     typer.echo(f"wrote {out / 'results.md'} and {out / 'results.json'}")

@@ -48,6 +48,7 @@ from rich.progress import (
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from store.atomic import atomic_write_text
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
 from store.errors import CheckpointError, ConfigError, DiscoError
@@ -285,7 +286,7 @@ def _log_lines(path: Path, keep_until: int) -> None:
         for line in path.read_text().splitlines()
         if line.strip() and json.loads(line)["step"] <= keep_until
     ]
-    path.write_text("".join(line + "\n" for line in kept))
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _read_log(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
