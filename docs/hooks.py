@@ -38,6 +38,9 @@ PENDING_GUIDES = {
 
 _MARKER = re.compile(r"^<!-- gen:(?P<kind>[a-z-]+)(?: (?P<arg>[\w.]+))? -->$", re.MULTILINE)
 _openapi_cache: dict[str, Any] = {}
+# Docstrings use reST roles (:func:`x`, :class:`~a.b.C`); rendered as Markdown they would show
+# the role name before the code span, so the role (and a leading ~) is dropped from the HTML.
+_ROLE = re.compile(r":(?:func|class|meth|attr|mod|data|exc|obj|const):(<code>)~?")
 
 
 def _cell(text: Any) -> str:
@@ -354,3 +357,10 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
         raise ValueError(f"{page.file.src_uri}: unknown generator marker {match[0]!r}")
 
     return _MARKER.sub(expand, markdown)
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
+    """Drop reST role names from the generated Python API pages (see ``_ROLE``)."""
+    if page.file.src_uri.startswith("reference/python/"):
+        return _ROLE.sub(r"\1", html)
+    return html
