@@ -141,10 +141,19 @@ def _type_name(annotation: Any) -> str:
 
 
 def settings_reference() -> str:
-    """Markdown table of ``ServiceSettings``: setting, variable, flag, type, default, meaning."""
+    """Markdown table of ``ServiceSettings``: setting, variable, flag, type, default, meaning.
+
+    The service's own ``settings_reference()`` (issue #25) renders it when present; the body below
+    is the stand-in until that lands, to be deleted then.
+    """
     from pydantic_core import PydanticUndefined
 
-    from teacher_service.service.settings import ServiceSettings
+    from teacher_service.service import settings as service_settings
+
+    own = getattr(service_settings, "settings_reference", None)
+    if callable(own):
+        return str(own())
+    ServiceSettings = service_settings.ServiceSettings  # noqa: N806
 
     prefix = ServiceSettings.model_config.get("env_prefix", "")
     rows = [
