@@ -153,7 +153,7 @@ def settings_reference() -> str:
     own = getattr(service_settings, "settings_reference", None)
     if callable(own):
         return str(own())
-    ServiceSettings = service_settings.ServiceSettings  # noqa: N806
+    ServiceSettings = service_settings.ServiceSettings
 
     prefix = ServiceSettings.model_config.get("env_prefix", "")
     rows = [
