@@ -222,9 +222,9 @@ def http_reference() -> str:
                 for p in params:
                     schema = p.get("schema", {})
                     meaning = _cell(p.get("description") or schema.get("description", ""))
-                    required = "yes" if p.get("required") else "no"
+                    needed = "yes" if p.get("required") else "no"
                     out.append(
-                        f"| `{p['name']}` | {p['in']} | {_schema_type(schema)} | {required} "
+                        f"| `{p['name']}` | {p['in']} | {_schema_type(schema)} | {needed} "
                         f"| {meaning} |"
                     )
                 out.append("")
