@@ -68,6 +68,7 @@ def create(
     **config: Any,
 ) -> None:
     """Build the manifest and view plan of a dataset into a new store (no teacher needed)."""
+    # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.datasets import open_dataset
     from store.embedding_store import EmbeddingStore
     from store.manifest import build_manifest
@@ -125,6 +126,7 @@ def append(
     Refuses (naming the key, nothing written) a sample whose content changed or that is gone.
     Then `disco precompute` fills only the new rows.
     """
+    # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.append import append_rows
 
     try:
@@ -174,6 +176,7 @@ def info(
     **config: Any,
 ) -> None:
     """Show a store's shape, layout, size on disk, compression, progress and identity."""
+    # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.inspection import store_info
 
     try:
@@ -236,6 +239,7 @@ def check(
 
     Exits 1 when a problem is found.
     """
+    # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.inspection import check_store
 
     try:

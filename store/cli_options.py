@@ -140,6 +140,7 @@ def settings_options(model: Any, *, exclude: Iterable[str] = ()) -> list[inspect
     variable, then its own default); the help shows the field's description, its environment
     variable and its default, so the flag documents exactly what the settings will use.
     """
+    # lazy: pydantic_core only for settings-derived options
     from pydantic_core import PydanticUndefined
 
     skip = set(exclude)
@@ -219,6 +220,7 @@ def apply_remote_options(config: dict[str, Any]) -> None:
     """Pop the :func:`remote_options` values from a command's ``config`` and put them in the
     environment (``DISCO_STORAGE_OPTIONS``, ``DISCO_SINGLE_WRITER``), where this process and its
     children (DataLoader workers, ranks) read them. Raises ConfigError for invalid JSON."""
+    # here, not at the top: this module imports only the standard library, typer and rich
     from store.remote import export_single_writer, export_storage_options
 
     export_storage_options(config.pop("storage_options", None))

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from store.datasets import ImageDataset
+from store.dataset_base import ImageDataset
 from store.decode import decode_image
 from store.errors import DatasetError, DecodeError
 from store.remote import is_remote, storage_errors, storage_options_for, url_to_fs

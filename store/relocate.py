@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from store.datasets import ImageDataset, open_dataset
+from store.dataset_base import ImageDataset
+from store.datasets import open_dataset
 from store.errors import DatasetError, DecodeError
 from store.manifest import Manifest
 

@@ -41,6 +41,7 @@ def precompute_command(
     try:
         apply_remote_options(config)
         cfg = PrecomputeConfig(**config)
+        # lazy: torch loads only when a command runs, so --help stays instant
         from teacher_service.precompute import run_precompute
 
         report = run_precompute(cfg)
@@ -75,6 +76,7 @@ def verify_command(
     try:
         apply_remote_options(config)
         opts = VerifyConfig(**config)
+        # lazy: torch loads only when a command runs, so --help stays instant
         from teacher_service.verify import verify_store
 
         result = verify_store(store, teacher, **dataclasses.asdict(opts))
@@ -102,6 +104,7 @@ def estimate_command(
 ) -> None:
     """Print a store's size (images x V x D x 2 bytes) before anything is computed."""
     try:
+        # lazy: torch loads only when a command runs, so --help stays instant
         from store.datasets import open_dataset
         from teacher_service.estimate import estimate_store
 
@@ -112,6 +115,7 @@ def estimate_command(
                 raise ConfigError(
                     "give --dim D, or --teacher to read D (and F with --features) from the model"
                 )
+            # lazy: torch loads only when a command runs, so --help stays instant
             from teacher_service.sources import load_teacher
 
             loaded = load_teacher(teacher, teacher_weights, teacher_pooling)

@@ -18,6 +18,8 @@ from store.cli_options import (
     settings_options,
     with_options,
 )
+from store.errors import DiscoError
+from store.remote import single_writer_acknowledged
 from teacher_service.service.settings import ServiceSettings
 
 __all__ = ["serve_command"]
@@ -26,10 +28,10 @@ __all__ = ["serve_command"]
 @with_options(settings_options(ServiceSettings), remote_options())
 def serve_command(**given: Any) -> None:
     """Serve teacher embeddings over HTTP (dynamic batching; see /docs when running)."""
+    # lazy: torch and the app load only when the server starts (--help stays instant)
     import uvicorn
 
-    from store.errors import DiscoError
-    from store.remote import single_writer_acknowledged
+    # lazy: torch and the app load only when the server starts (--help stays instant)
     from teacher_service.service.app import create_app
 
     try:

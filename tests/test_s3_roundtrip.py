@@ -28,8 +28,8 @@ from store.relocate import open_moved_dataset
 from store.remote import url_to_fs
 from store.views import get_recipe
 from student_trainer.cli import app
-from student_trainer.config import TrainConfig
-from student_trainer.train import train
+from student_trainer.train.config import TrainConfig
+from student_trainer.train.loop import train
 from teacher_service.precompute import PrecomputeConfig, run_precompute
 from teacher_service.verify import verify_store
 from tests.test_service_e2e import start_server, stop_server

@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from store.remote import is_remote
+from teacher_service.config import parse_teacher
 
 __all__ = ["ServiceSettings", "get_settings"]
 
@@ -108,8 +109,6 @@ class ServiceSettings(BaseSettings):
     @field_validator("teacher")
     @classmethod
     def _teacher_exists(cls, value: str) -> str:
-        from teacher_service.config import parse_teacher
-
         try:
             prefix, name = parse_teacher(value)
         except ValueError as exc:

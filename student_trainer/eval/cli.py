@@ -72,14 +72,16 @@ def eval_command(
     ] = True,
 ) -> None:
     """Evaluate checkpoints by kNN retrieval (train split = bank, test split = queries)."""
-    from student_trainer.evaluate import evaluate
-    from student_trainer.linear_probe import ProbeConfig
-    from student_trainer.report import render_markdown
+    # lazy: torch loads only when a command runs, so --help stays instant
+    from student_trainer.eval.evaluate import evaluate
+    from student_trainer.eval.linear_probe import ProbeConfig
+    from student_trainer.eval.report import render_markdown
 
     try:
         teacher_model: Any = teacher
         if teacher is not None and (teacher_weights or teacher_pooling):
-            from student_trainer.features import TeacherFeatures
+            # lazy: torch loads only when a command runs, so --help stays instant
+            from student_trainer.eval.features import TeacherFeatures
 
             teacher_model = TeacherFeatures(
                 teacher, teacher_weights, teacher_pooling, size=size, device=device
