@@ -82,8 +82,18 @@ def test_store_check_and_verify_take_the_moved_dataset(tmp_path: Path) -> None:
     assert res.exit_code == 0 and res.output.startswith("PASS"), res.output
     res = runner.invoke(app, ["store", "check", store, *moved])
     assert res.exit_code == 0 and "OK" in res.output, res.output
+    base = ["train", "--method", "disco", "--arch", "tiny", "--store", store, "--epochs", "1",
+            "--batch-size", "4", "--queue-size", "8", "--head-hidden", "32", "--workers", "0",
+            "--no-progress", "--out", str(tmp_path / "run")]  # fmt: skip
+    res = runner.invoke(app, base)  # the recorded folder is gone: one line, no traceback
+    assert res.exit_code == 1 and "is not a directory" in res.output, res.output
+    train = [*base, *moved]
+    res = runner.invoke(app, train)
+    assert res.exit_code == 0 and "trained disco tiny: 3 steps" in res.output, res.output
 
     change(there / "a" / "02.png")
+    res = runner.invoke(app, [*train, "--full-check"])
+    assert res.exit_code == 1 and "'a/02.png': content changed" in res.output, res.output
     res = runner.invoke(app, verify)
     assert res.exit_code == 1 and "'a/02.png': content changed" in res.output, res.output
     res = runner.invoke(app, ["store", "check", store, *moved])
