@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from store.cli_options import exits_on_error
+from store.cli_options import apply_remote_options, exits_on_error, remote_options, with_options
 
 app = typer.Typer(help="Create and inspect DisCo embedding stores.", no_args_is_help=True)
 console = Console()
@@ -31,6 +31,7 @@ def _human(n: float) -> str:
 
 
 @app.command()
+@with_options(remote_options())
 @exits_on_error
 def create(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
@@ -64,6 +65,7 @@ def create(
             help="Processes reading image headers and hashing files (default: all cores)."
         ),
     ] = None,
+    **config: Any,
 ) -> None:
     """Build the manifest and view plan of a dataset into a new store (no teacher needed)."""
     # lazy: zarr and numpy load only when a command runs, so --help stays instant
@@ -72,6 +74,7 @@ def create(
     from store.manifest import build_manifest
     from store.views import get_recipe
 
+    apply_remote_options(config)
     t0 = time.perf_counter()
     rec = get_recipe(
         recipe, size, interpolation
@@ -102,6 +105,7 @@ def create(
 
 
 @app.command()
+@with_options(remote_options())
 @exits_on_error
 def append(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
@@ -117,6 +121,7 @@ def append(
         int | None,
         typer.Option(help="Processes hashing and probing the files (default: all cores)."),
     ] = None,
+    **config: Any,
 ) -> None:
     """Add the dataset's new samples as new rows (planned, unwritten); old rows stay as they are.
 
@@ -126,6 +131,7 @@ def append(
     # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.append import append_rows
 
+    apply_remote_options(config)
     report = append_rows(
         path, dataset, progress=not as_json, lock_timeout=lock_timeout, workers=workers
     )
@@ -181,15 +187,18 @@ def _recipe_line(r: dict[str, Any]) -> str:
 
 
 @app.command()
+@with_options(remote_options(writes=False))
 @exits_on_error
 def info(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    **config: Any,
 ) -> None:
     """Show a store's shape, layout, size on disk, compression, progress and identity."""
     # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.inspection import store_info
 
+    apply_remote_options(config)
     data = store_info(path)
     if as_json:
         console.print_json(json.dumps(data))
@@ -231,6 +240,7 @@ def info(
 
 
 @app.command()
+@with_options(remote_options(writes=False))
 @exits_on_error
 def check(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
@@ -240,6 +250,7 @@ def check(
     skip_dataset: Annotated[
         bool, typer.Option(help="Do not compare the manifest with the dataset.")
     ] = False,
+    **config: Any,
 ) -> None:
     """Check written mask vs data, non-finite/zero-norm embeddings, and manifest vs dataset.
 
@@ -248,6 +259,7 @@ def check(
     # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.inspection import check_store
 
+    apply_remote_options(config)
     report = check_store(path, dataset=dataset, check_dataset=not skip_dataset)
     console.print(
         f"{path}: {report.written_slots}/{report.total_slots} slots written, "

@@ -28,9 +28,11 @@ from rich.markup import escape
 from store.errors import DiscoError
 
 __all__ = [
+    "apply_remote_options",
     "dataclass_options",
     "exits_on_error",
     "field_docs",
+    "remote_options",
     "settings_options",
     "with_options",
 ]
@@ -207,3 +209,42 @@ def exits_on_error(func: F) -> F:
             raise typer.Exit(1) from None
 
     return typing.cast(F, command)
+
+
+def remote_options(*, writes: bool = True) -> list[inspect.Parameter]:
+    """``--storage-options JSON`` (and, for commands that write a store, ``--single-writer``):
+    the object-storage flags every command that touches data or stores shares
+    (``store.remote``); pass the values to :func:`apply_remote_options`."""
+    params = [
+        _param(
+            "storage_options",
+            str | None,
+            None,
+            "fsspec options for s3:// (gs://...) datasets and stores, a JSON object, e.g. "
+            '\'{"endpoint_url": "http://127.0.0.1:9000"}\'; over AWS_ENDPOINT_URL(_S3), '
+            "AWS_PROFILE, AWS_NO_SIGN_REQUEST [env DISCO_STORAGE_OPTIONS].",
+            show_default=False,
+        )
+    ]
+    if writes:
+        params.append(
+            _param(
+                "single_writer",
+                bool,
+                False,
+                "Write a store on object storage (no locks there): you confirm no other process "
+                "writes it meanwhile [env DISCO_SINGLE_WRITER].",
+            )
+        )
+    return params
+
+
+def apply_remote_options(config: dict[str, Any]) -> None:
+    """Pop the :func:`remote_options` values from a command's ``config`` and put them in the
+    environment (``DISCO_STORAGE_OPTIONS``, ``DISCO_SINGLE_WRITER``), where this process and its
+    children (DataLoader workers, ranks) read them. Raises ConfigError for invalid JSON."""
+    # here, not at the top: this module imports only the standard library, typer and rich
+    from store.remote import export_single_writer, export_storage_options
+
+    export_storage_options(config.pop("storage_options", None))
+    export_single_writer(bool(config.pop("single_writer", False)))

@@ -1,14 +1,16 @@
 """Image datasets addressed by a spec string: the registry ``DATASETS`` and ``open_dataset``.
 
 Specs (``open_dataset``): ``mnist5k``, ``digits``, ``synthetic`` / ``synthetic:N``,
-``imagefolder:PATH``. Each dataset has a fixed order, string keys, int64 labels (-1 = none) and a
+``imagefolder:PATH`` (PATH local or an fsspec URL such as ``s3://bucket/prefix``). Each dataset
+has a fixed order, string keys, int64 labels (-1 = none) and a
 content hash per sample, so a manifest built from it identifies the data exactly. The base class
 and the split rule live in :mod:`store.dataset_base` (re-exported here).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from store.builtin import Digits, Mnist5k, Synthetic
 from store.dataset_base import SPLITS, ImageDataset, array_sha256, split_indices
@@ -25,19 +27,23 @@ __all__ = [
 ]
 
 
-def _open_mnist5k(arg: str | None) -> ImageDataset:
+StorageOptions = Mapping[str, Any] | None
+"""fsspec options for a dataset at a URL (None: from the environment; see ``store.remote``)."""
+
+
+def _open_mnist5k(arg: str | None, storage_options: StorageOptions = None) -> ImageDataset:
     if arg:
         raise DatasetError("mnist5k takes no argument")
     return Mnist5k()
 
 
-def _open_digits(arg: str | None) -> ImageDataset:
+def _open_digits(arg: str | None, storage_options: StorageOptions = None) -> ImageDataset:
     if arg:
         raise DatasetError("digits takes no argument")
     return Digits()
 
 
-def _open_synthetic(arg: str | None) -> ImageDataset:
+def _open_synthetic(arg: str | None, storage_options: StorageOptions = None) -> ImageDataset:
     if arg is None or arg == "":
         return Synthetic()
     try:
@@ -47,13 +53,13 @@ def _open_synthetic(arg: str | None) -> ImageDataset:
     return Synthetic(n)
 
 
-def _open_imagefolder(arg: str | None) -> ImageDataset:
+def _open_imagefolder(arg: str | None, storage_options: StorageOptions = None) -> ImageDataset:
     if not arg:
         raise DatasetError("imagefolder needs a path: imagefolder:PATH")
-    return ImageFolder(arg)
+    return ImageFolder(arg, storage_options=storage_options)
 
 
-DATASETS: dict[str, Callable[[str | None], ImageDataset]] = {
+DATASETS: dict[str, Callable[[str | None, StorageOptions], ImageDataset]] = {
     "mnist5k": _open_mnist5k,
     "digits": _open_digits,
     "synthetic": _open_synthetic,
@@ -61,11 +67,11 @@ DATASETS: dict[str, Callable[[str | None], ImageDataset]] = {
 }
 
 
-def open_dataset(spec: str) -> ImageDataset:
+def open_dataset(spec: str, storage_options: StorageOptions = None) -> ImageDataset:
     """Open the dataset named by ``spec`` (``name`` or ``name:ARG``); unknown names raise
-    DatasetError."""
+    DatasetError. ``storage_options`` reach a reader whose ARG is an fsspec URL."""
     name, sep, arg = spec.partition(":")
     if name not in DATASETS:
         valid = "mnist5k, digits, synthetic[:N], imagefolder:PATH"
         raise DatasetError(f"unknown dataset {spec!r}; valid: {valid}")
-    return DATASETS[name](arg if sep else None)
+    return DATASETS[name](arg if sep else None, storage_options)

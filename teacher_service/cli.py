@@ -14,7 +14,13 @@ from typing import Annotated, Any
 
 import typer
 
-from store.cli_options import dataclass_options, exits_on_error, with_options
+from store.cli_options import (
+    apply_remote_options,
+    dataclass_options,
+    exits_on_error,
+    remote_options,
+    with_options,
+)
 from store.errors import ConfigError
 from teacher_service.config import PrecomputeConfig, VerifyConfig
 
@@ -27,13 +33,14 @@ WEIGHTS_HELP = "Teacher weights: .safetensors, .pth/.bin state dict or a snapsho
 POOLING_HELP = "ViT teachers: cls, mean or cls+mean instead of the model's own pooling."
 
 
-@with_options(dataclass_options(PrecomputeConfig))
+@with_options(dataclass_options(PrecomputeConfig), remote_options())
 @exits_on_error
 def precompute_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     **config: Any,
 ) -> None:
     """Compute the teacher's final embedding of every planned view into a store (resumable)."""
+    apply_remote_options(config)
     cfg = PrecomputeConfig(**config)
     # lazy: torch loads only when a command runs, so --help stays instant
     from teacher_service.precompute import run_precompute
@@ -54,7 +61,7 @@ def precompute_command(
         typer.echo(f"  skipped {key}: {reason}")
 
 
-@with_options(dataclass_options(VerifyConfig))
+@with_options(dataclass_options(VerifyConfig), remote_options())
 @exits_on_error
 def verify_command(
     store: Annotated[str, typer.Argument(help="Store path or URL.")],
@@ -65,6 +72,7 @@ def verify_command(
     **config: Any,
 ) -> None:
     """Re-render sampled views, run the live teacher, compare with the cache; exit 1 on failure."""
+    apply_remote_options(config)
     opts = VerifyConfig(**config)
     # lazy: torch loads only when a command runs, so --help stays instant
     from teacher_service.verify import verify_store

@@ -190,6 +190,11 @@ class VerifyConfig:
     """Teacher weights: .safetensors, .pth/.bin state dict or snapshot folder (None: download)."""
     teacher_pooling: str | None = None
     """ViT teachers: cls, mean or cls+mean (None: the pooling the store recorded)."""
+    dataset: str | None = None
+    """The store's images at a new place (a dataset spec), checked against the manifest first
+    (None: the spec the store recorded)."""
+    full_check: bool = False
+    """With dataset: hash every sample, not a sample of 64."""
 
     def __post_init__(self) -> None:
         check_pooling(self.teacher_pooling)

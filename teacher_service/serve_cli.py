@@ -12,13 +12,20 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
-from store.cli_options import settings_options, with_options
+from store.cli_options import (
+    apply_remote_options,
+    remote_options,
+    settings_options,
+    with_options,
+)
+from store.errors import DiscoError
+from store.remote import single_writer_acknowledged
 from teacher_service.service.settings import ServiceSettings
 
 __all__ = ["serve_command"]
 
 
-@with_options(settings_options(ServiceSettings))
+@with_options(settings_options(ServiceSettings), remote_options())
 def serve_command(**given: Any) -> None:
     """Serve teacher embeddings over HTTP (dynamic batching; see /docs when running)."""
     # lazy: torch and the app load only when the server starts (--help stays instant)
@@ -28,15 +35,25 @@ def serve_command(**given: Any) -> None:
     from teacher_service.service.app import create_app
 
     try:
+        apply_remote_options(given)
+    except DiscoError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    try:
         settings = ServiceSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "settings"
         typer.echo(f"error: {where}: {first['msg']} (flag or DISCO_{where.upper()})", err=True)
         raise typer.Exit(1) from None
+    if settings.store_root is not None:
+        try:  # the service writes its stores (write-through): on object storage, no locks
+            single_writer_acknowledged(settings.store_root)
+        except DiscoError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
     if settings.teacher is not None:
         # Fail before uvicorn starts: a broken checkpoint is one clear line, not a startup trace.
-        from store.errors import DiscoError
         from teacher_service.checkpoint import recipe_for
         from teacher_service.sources import load_teacher
 

@@ -10,9 +10,10 @@ from typing import Annotated, Any
 
 import typer
 
-from store.cli_options import exits_on_error
+from store.cli_options import apply_remote_options, exits_on_error, remote_options, with_options
 
 
+@with_options(remote_options(writes=False))
 @exits_on_error
 def eval_command(
     checkpoints: Annotated[
@@ -71,6 +72,7 @@ def eval_command(
     figures: Annotated[
         bool, typer.Option("--figures/--no-figures", help="Write neighbour PNGs.")
     ] = True,
+    **config: Any,
 ) -> None:
     """Evaluate checkpoints by kNN retrieval (train split = bank, test split = queries)."""
     # lazy: torch loads only when a command runs, so --help stays instant
@@ -78,6 +80,7 @@ def eval_command(
     from student_trainer.eval.linear_probe import ProbeConfig
     from student_trainer.eval.report import render_markdown
 
+    apply_remote_options(config)
     teacher_model: Any = teacher
     if teacher is not None and (teacher_weights or teacher_pooling):
         # lazy: torch loads only when a command runs, so --help stays instant

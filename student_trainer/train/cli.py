@@ -15,7 +15,13 @@ from typing import Annotated, Any
 
 import typer
 
-from store.cli_options import dataclass_options, exits_on_error, with_options
+from store.cli_options import (
+    apply_remote_options,
+    dataclass_options,
+    exits_on_error,
+    remote_options,
+    with_options,
+)
 from store.errors import ConfigError
 from student_trainer.train.config import TrainConfig
 from student_trainer.train.methods import METHODS
@@ -46,7 +52,7 @@ _OPTIONS = dataclass_options(
 """Every ``TrainConfig`` field as an option: name, type, default and help come from the field."""
 
 
-@with_options(_OPTIONS)
+@with_options(_OPTIONS, remote_options(writes=False))
 @exits_on_error
 def train_command(
     expect_teacher: Annotated[
@@ -68,6 +74,7 @@ def train_command(
     **config: Any,
 ) -> None:
     """Train a student with mocov2, disco or seed (from a store, a dataset or an online teacher)."""
+    apply_remote_options(config)
     expected = parse_expect(expect or [])
     if expect_teacher is not None:
         # lazy: torch loads only when a command runs, so --help stays instant

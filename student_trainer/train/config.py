@@ -77,7 +77,10 @@ class TrainConfig:
     store: str | None = None
     """Teacher-target store (path or fsspec URL); views are replayed from its stored params."""
     dataset: str | None = None
-    """Dataset spec (``store.datasets.open_dataset``) for training without a store."""
+    """Dataset spec (``store.datasets.open_dataset``) for training without a store; with a store,
+    where its images are now (data that moved: checked against the store's manifest first)."""
+    full_check: bool = False
+    """With a store and a dataset: hash every sample of the moved dataset (default: 64 rows)."""
     split: str = "train"
     """Dataset split used with ``dataset`` ("all", "train", "test")."""
     recipe: str | None = None
@@ -204,8 +207,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         spec = get_method(self.method)
-        if (self.store is None) == (self.dataset is None):
-            raise ConfigError("give exactly one of store or dataset")
+        if self.store is None and self.dataset is None:
+            raise ConfigError("give a store or a dataset (or both: the store's data moved)")
+        if self.full_check and (self.store is None or self.dataset is None):
+            raise ConfigError("full_check checks a moved dataset: it needs a store and a dataset")
         if spec.uses_teacher and self.store is None and self.online_teacher is None:
             raise ConfigError(
                 f"method {self.method!r} needs teacher targets: give a store or an online teacher"

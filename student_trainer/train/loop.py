@@ -54,6 +54,7 @@ from store.embedding_store import EmbeddingStore
 from store.errors import CheckpointError, ConfigError, DiscoError
 from store.manifest import build_manifest
 from store.memory import InMemoryStore
+from store.relocate import open_moved_dataset
 from store.views import Recipe, get_recipe, resolve_renderer
 from student_trainer.eval.monitor import KnnMonitor, best_record
 from student_trainer.train.config import RESUME_FREE_FIELDS, TrainConfig
@@ -196,7 +197,7 @@ def _open_data(
         if cfg.store_in_ram and store.teacher is not None:
             store = InMemoryStore.load(store)
         manifest = store.manifest
-        dataset = open_dataset(manifest.dataset)
+        dataset = open_moved_dataset(manifest, cfg.dataset, full=cfg.full_check)
         recipe = store.recipe
         plan: StorePlan | DatasetPlan = StorePlan(
             store,
