@@ -52,18 +52,13 @@ def _url_to_fs(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any
         raise DatasetError(f"cannot open {url!r}: {exc}") from None
 
 
-def _protocol_url(fs: Any, path: str) -> str:
-    """A path of ``fs`` as a URL fsspec opens again (``s3://b/k``; local paths stay paths)."""
-    return fs.unstrip_protocol(path) if not _is_local(fs) else path
-
-
 def _is_local(fs: Any) -> bool:
     from fsspec.implementations.local import LocalFileSystem
 
     return isinstance(fs, LocalFileSystem)
 
 
-def _find(fs: Any, path: str, suffixes: tuple[str, ...]) -> list[str]:
+def _find(fs: Any, path: str, suffixes: tuple[str, ...], spec: str) -> list[str]:
     """Sorted files under ``path`` (a file, folder or glob) whose names end with ``suffixes``."""
     if any(c in path for c in "*?["):
         found = fs.glob(path)
@@ -76,7 +71,7 @@ def _find(fs: Any, path: str, suffixes: tuple[str, ...]) -> list[str]:
     elif fs.isfile(path):
         return [path]
     else:
-        raise DatasetError(f"{path!r}: no such file or folder")
+        raise DatasetError(f"{spec}: {path!r}: no such file or folder")
     return sorted(p for p in found if p.lower().endswith(suffixes))
 
 
@@ -328,7 +323,7 @@ def open_hfds(
         files = [posixpath.join(root, f["filename"]) for f in state.get("_data_files", [])]
         fmt = "arrow"
     else:
-        files = _find(fs, root, (".parquet", ".arrow"))
+        files = _find(fs, root, (".parquet", ".arrow"), spec)
         kinds = {f.rsplit(".", 1)[-1].lower() for f in files}
         if len(kinds) > 1:
             raise DatasetError(f"{path!r} mixes .parquet and .arrow files; point at one kind")
@@ -357,7 +352,7 @@ def open_parquet(
     if not path:
         raise DatasetError("parquet needs a path: parquet:PATH (a file, folder or glob)")
     fs, root = _url_to_fs(path, storage_options)
-    files = _find(fs, root, (".parquet", ".pq"))
+    files = _find(fs, root, (".parquet", ".pq"), spec)
     if not files:
         raise DatasetError(f"parquet: no .parquet files at {path!r}")
     return TableDataset(
