@@ -192,8 +192,9 @@ def run_evaluation(
         raise ConfigError(f"temperature must be > 0, got {temperature}")
     ds = open_dataset(dataset) if isinstance(dataset, str) else dataset
     dev = str(resolve_device(device))  # e.g. "cuda:0"
-    if pixels is None:
-        pixels = ds.spec.partition(":")[0] in PIXEL_BASELINE_DATASETS
+    if pixels is None:  # a bank/queries pair (store.eval_data) gets them if both sides do
+        sources = getattr(ds, "sources", (ds,))
+        pixels = all(s.spec.partition(":")[0] in PIXEL_BASELINE_DATASETS for s in sources)
     # (model, role, is the agreement reference): only --teacher is the reference.
     entries: list[tuple[FeatureModel, str, bool]] = []
     if teacher is not None:
