@@ -2,8 +2,9 @@
 
 Specs (``open_dataset``, registry ``DATASETS``): ``mnist5k``, ``digits``, ``synthetic`` /
 ``synthetic:N``, ``imagefolder:PATH``, ``hfds:PATH``, ``wds:PATTERN``, ``parquet:PATH``,
-``py:MODULE:FUNCTION`` (``store.readers``), each with ``?key=value`` options. Each dataset has a fixed order, string keys, int64 labels (-1 = none) and a
-content hash per sample, so a manifest built from it identifies the data exactly.
+``py:MODULE:FUNCTION`` (``store.readers``), each with ``?key=value`` options. Each dataset has a
+fixed order, string keys, int64 labels (-1 = none) and a content hash per sample, so a manifest
+built from it identifies the data exactly.
 """
 
 from __future__ import annotations

@@ -53,7 +53,9 @@ class BankQueries(ImageDataset):
         query_labels = np.asarray(queries.labels, dtype=np.int64)
         self.classes = names
         self.keys = list(bank.keys) + list(queries.keys)
-        self.labels = np.concatenate([np.asarray(bank.labels, dtype=np.int64), mapping[query_labels]])
+        self.labels = np.concatenate(
+            [np.asarray(bank.labels, dtype=np.int64), mapping[query_labels]]
+        )
         self._offset = len(bank)
         train = bank.split_indices(bank_split)
         test = queries.split_indices(query_split) + self._offset

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from store.datasets import DATASET_HELP
 from store.errors import DiscoError
 
 
@@ -20,8 +21,33 @@ def eval_command(
     ] = None,
     dataset: Annotated[
         str,
-        typer.Option(help="Dataset spec: mnist5k, digits, synthetic[:N], imagefolder:PATH."),
+        typer.Option(
+            help=f"{DATASET_HELP} Its train split is the bank, its test split the queries."
+        ),
     ] = "mnist5k",
+    bank: Annotated[
+        str | None,
+        typer.Option(help="Bank dataset spec (default: --dataset), e.g. imagefolder:/data/train."),
+    ] = None,
+    queries: Annotated[
+        str | None,
+        typer.Option(
+            help="Query dataset spec (default: the bank), e.g. "
+            "imagefolder:/data/val?labels=/data/val_labels.csv. Labels line up by class name."
+        ),
+    ] = None,
+    bank_split: Annotated[
+        str | None,
+        typer.Option(
+            help="Bank split: all, train, test (default: train of a shared dataset, else all)."
+        ),
+    ] = None,
+    queries_split: Annotated[
+        str | None,
+        typer.Option(
+            help="Query split: all, train, test (default: test of a shared dataset, else all)."
+        ),
+    ] = None,
     teacher: Annotated[
         str | None,
         typer.Option(
@@ -71,12 +97,18 @@ def eval_command(
         bool, typer.Option("--figures/--no-figures", help="Write neighbour PNGs.")
     ] = True,
 ) -> None:
-    """Evaluate checkpoints by kNN retrieval (train split = bank, test split = queries)."""
+    """Evaluate checkpoints by kNN retrieval: queries against a bank (by default the train and test
+    splits of --dataset; --bank/--queries name two datasets, e.g. ImageNet train and val)."""
+    from store.eval_data import open_bank_queries
     from student_trainer.evaluate import evaluate
     from student_trainer.linear_probe import ProbeConfig
     from student_trainer.report import render_markdown
 
     try:
+        data: Any = dataset
+        if bank is not None or queries is not None or bank_split or queries_split:
+            bank_spec = bank or dataset
+            data = open_bank_queries(bank_spec, queries or bank_spec, bank_split, queries_split)
         teacher_model: Any = teacher
         if teacher is not None and (teacher_weights or teacher_pooling):
             from student_trainer.features import TeacherFeatures
@@ -86,7 +118,7 @@ def eval_command(
             )
         records = evaluate(
             list(checkpoints or []),
-            dataset,
+            data,
             teacher=teacher_model,
             k=k,
             temperature=temperature,
@@ -103,5 +135,6 @@ def eval_command(
     except DiscoError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(render_markdown(records, title=f"Retrieval evaluation on {dataset}"))
+    title = data if isinstance(data, str) else data.spec
+    typer.echo(render_markdown(records, title=f"Retrieval evaluation on {title}"))
     typer.echo(f"wrote {out / 'results.md'} and {out / 'results.json'}")

@@ -1,4 +1,4 @@
-"""The base of every reader whose samples are encoded image files (JPEG, PNG, ...) in some container.
+"""The base of every reader whose samples are encoded image files (JPEG, PNG, ...) in a container.
 
 A reader only says how to fetch sample ``i``'s encoded bytes (:meth:`EncodedDataset.read_bytes`);
 decoding and hashing are shared, so the content hash of a sample is the sha256 of the very bytes

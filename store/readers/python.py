@@ -78,7 +78,9 @@ class PythonDataset(EncodedDataset):
         try:
             obj = factory(**self.kwargs)
         except TypeError as exc:
-            raise DatasetError(f"py:{self.target}: the factory refused the options: {exc}") from None
+            raise DatasetError(
+                f"py:{self.target}: the factory refused the options: {exc}"
+            ) from None
         missing = [name for name in PROTOCOL if not callable(getattr(obj, name, None))]
         if missing:
             raise DatasetError(
@@ -110,7 +112,9 @@ class PythonDataset(EncodedDataset):
         except Exception as exc:  # the user's code
             raise DecodeError(key, f"decode failed: {exc!r}") from None
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise DecodeError(key, f"decode returned {image.dtype} {image.shape}, not (H, W, 3) uint8")
+            raise DecodeError(
+                key, f"decode returned {image.dtype} {image.shape}, not (H, W, 3) uint8"
+            )
         return np.ascontiguousarray(image)
 
 

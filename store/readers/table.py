@@ -229,7 +229,7 @@ class TableDataset(EncodedDataset):
     def _read_column(self, f: int, column: str) -> list[object]:
         handle = self._open(f)
         table = handle.read(columns=[column]) if self.fmt == "parquet" else handle
-        return table.column(column).to_pylist()  # type: ignore[no-any-return]
+        return table.column(column).to_pylist()
 
     def _group(self, g: int) -> Any:
         """The image column (ChunkedArray) of global row group ``g``, through the LRU cache."""
