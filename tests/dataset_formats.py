@@ -115,7 +115,10 @@ def write_formats(root: Path, n: int = 24, size: int | None = None) -> dict[str,
             for i in part:
                 stem = ref.keys[i].rsplit(".", 1)[0]
                 ext = ref.keys[i].rsplit(".", 1)[1]
-                for name, payload in ((f"{stem}.{ext}", blobs[i]), (f"{stem}.cls", b"%d" % labels[i])):
+                for name, payload in (
+                    (f"{stem}.{ext}", blobs[i]),
+                    (f"{stem}.cls", b"%d" % labels[i]),
+                ):
                     info = tarfile.TarInfo(name)
                     info.size = len(payload)
                     tar.addfile(info, io.BytesIO(payload))
