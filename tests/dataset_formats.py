@@ -56,34 +56,41 @@ def make(path):
 '''
 
 
-def _encoded(i: int, size: int | None) -> tuple[bytes, str, int]:
-    """(encoded bytes, extension, label) of generated image ``i`` (every third one a JPEG)."""
+def _encoded(i: int, size: int | None, jpeg: bool = False) -> tuple[bytes, str, int]:
+    """(encoded bytes, extension, label) of generated image ``i`` (every third one a JPEG, or all
+    with ``jpeg``). Resized images (``size`` px) get a fixed noise texture, so their JPEGs are about
+    as large as photographs of that size."""
     img, label = synthetic_image(i)
     if size is not None:
         img = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR))
+        noise = np.random.default_rng(i).normal(0.0, 10.0, img.shape)
+        img = np.clip(img + noise, 0, 255).astype(np.uint8)
     buf = io.BytesIO()
-    if i % 3 == 2:
+    if jpeg or i % 3 == 2:
         Image.fromarray(img).save(buf, format="JPEG", quality=90)
         return buf.getvalue(), "jpg", label
     Image.fromarray(img).save(buf, format="PNG")
     return buf.getvalue(), "png", label
 
 
-def write_imagefolder(root: Path, n: int, size: int | None = None) -> Path:
+def write_imagefolder(root: Path, n: int, size: int | None = None, jpeg: bool = False) -> Path:
     """An ImageFolder of ``n`` generated images (class subfolders named after the shapes)."""
     for i in range(n):
-        data, ext, label = _encoded(i, size)
+        data, ext, label = _encoded(i, size, jpeg)
         path = root / SHAPES[label] / f"img{i:04d}.{ext}"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return root
 
 
-def write_formats(root: Path, n: int = 24, size: int | None = None) -> dict[str, str]:
+def write_formats(
+    root: Path, n: int = 24, size: int | None = None, jpeg: bool = False, row_group: int = 5
+) -> dict[str, str]:
     """Write every format under ``root``; returns {format: dataset spec}.
 
     Formats: ``imagefolder``, ``hfds`` (save_to_disk, Image + ClassLabel features), ``parquet``
-    (binary column ``jpg``, class names as strings, 5 rows per row group), ``wds`` (two shards,
+    (binary column ``jpg``, class names as strings, ``row_group`` rows per row group; Hugging Face
+    writes 100 per group for image datasets), ``wds`` (two shards,
     ``.png``/``.jpg`` + ``.cls`` members), ``py`` (module ``userdata`` under ``root/py``, which the
     caller puts on ``sys.path``/``PYTHONPATH``).
     """
@@ -91,7 +98,7 @@ def write_formats(root: Path, n: int = 24, size: int | None = None) -> dict[str,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    folder = write_imagefolder(root / "imagefolder", n, size)
+    folder = write_imagefolder(root / "imagefolder", n, size, jpeg)
     ref = ImageFolder(folder)
     blobs = [(folder / key).read_bytes() for key in ref.keys]
     names = [ref.classes[int(c)] for c in ref.labels]
@@ -106,7 +113,7 @@ def write_formats(root: Path, n: int = 24, size: int | None = None) -> dict[str,
     hf.save_to_disk(str(root / "hf"))
 
     table = pa.table({"name": ref.keys, "jpg": pa.array(blobs, pa.binary()), "class": names})
-    pq.write_table(table, root / "table.parquet", row_group_size=5)
+    pq.write_table(table, root / "table.parquet", row_group_size=row_group)
 
     (root / "shards").mkdir()
     half = (len(blobs) + 1) // 2
