@@ -60,7 +60,8 @@ class TrainConfig:
     store: str | None = None
     """Teacher-target store (path or fsspec URL); views are replayed from its stored params."""
     dataset: str | None = None
-    """Dataset spec (``store.datasets.open_dataset``) for training without a store."""
+    """Dataset spec (``store.datasets.open_dataset``: imagefolder:, hfds:, wds:, parquet:, py:, ...)
+    for training without a store."""
     split: str = "train"
     """Dataset split used with ``dataset`` ("all", "train", "test")."""
     recipe: str | None = None

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from store.cli_options import dataclass_options, with_options
+from store.datasets import DATASET_HELP
 from store.errors import ConfigError, DiscoError
 from teacher_service.config import PrecomputeConfig, VerifyConfig
 
@@ -80,7 +81,7 @@ def verify_command(
 
 
 def estimate_command(
-    dataset: Annotated[str, typer.Option(help="Dataset spec: mnist5k, digits, imagefolder:P.")],
+    dataset: Annotated[str, typer.Option(help=DATASET_HELP)],
     views: Annotated[int, typer.Option(help="Planned views V per sample.")] = 8,
     split: Annotated[str, typer.Option(help="Dataset split: all, train or test.")] = "all",
     dim: Annotated[
