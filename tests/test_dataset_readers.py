@@ -222,3 +222,28 @@ def test_flat_folder_with_labels_file_lines_up_by_class_name(
     assert pixels["name"] == "raw pixels" and pixels["n_queries"] == N + 1
     # Every query is a bank image: its own copy is the nearest neighbour, except the zebra.
     assert pixels["nn1"] == pytest.approx(N / (N + 1))
+
+
+def test_readers_at_fsspec_urls(formats: dict[str, str]) -> None:
+    """The same files copied to an fsspec URL (``memory://``, in this process) read the same bytes
+    through the non-local code paths: fsspec files for Parquet, whole-file reads for Arrow, ranged
+    reads for tar members."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    local = {name: Path(formats[name].partition(":")[2].split("?")[0]) for name in READERS[:3]}
+    fs.pipe("/h24r/table.parquet", local["parquet"].read_bytes())
+    for folder in (local["hfds"], local["wds"].parent):
+        for file in sorted(folder.iterdir()):
+            fs.pipe(f"/h24r/{folder.name}/{file.name}", file.read_bytes())
+    specs = {
+        "hfds": "hfds:memory://h24r/hf",
+        "parquet": "parquet:memory://h24r/table.parquet?image=jpg&label=class&key=name",
+        "wds": "wds:memory://h24r/shards/part-{000..001}.tar",
+    }
+    ref = open_dataset(formats["imagefolder"])
+    for name, spec in specs.items():
+        ds = open_dataset(spec)
+        assert len(ds) == N and np.array_equal(ds.labels, ref.labels), name
+        assert [ds.sha256(i) for i in range(N)] == [ref.sha256(i) for i in range(N)], name
+        assert np.array_equal(pickle.loads(pickle.dumps(ds)).load(5), ref.load(5)), name
