@@ -109,6 +109,13 @@ def eval_command(
         if bank is not None or queries is not None or bank_split or queries_split:
             bank_spec = bank or dataset
             data = open_bank_queries(bank_spec, queries or bank_spec, bank_split, queries_split)
+            if data.unmatched_classes:
+                missing = ", ".join(data.unmatched_classes[:5])
+                typer.echo(
+                    f"note: {len(data.unmatched_classes)} query classes are not in the bank "
+                    f"({missing}...); their queries count as wrong",
+                    err=True,
+                )
         teacher_model: Any = teacher
         if teacher is not None and (teacher_weights or teacher_pooling):
             from student_trainer.features import TeacherFeatures
