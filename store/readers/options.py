@@ -22,6 +22,7 @@ from store.errors import DatasetError
 __all__ = [
     "LABELS_OPTION",
     "check_options",
+    "first_duplicate",
     "label_values",
     "read_label_file",
     "relabel",
@@ -61,6 +62,16 @@ def check_options(spec: str, options: Mapping[str, str], allowed: Iterable[str])
         if key not in valid:
             names = ", ".join(valid) if valid else "none"
             raise DatasetError(f"{spec}: unknown option {key!r}; valid: {names}")
+
+
+def first_duplicate(keys: Sequence[str]) -> str | None:
+    """The first key of ``keys`` that appeared before, or None when all are unique."""
+    seen: set[str] = set()
+    for key in keys:
+        if key in seen:
+            return key
+        seen.add(key)
+    return None
 
 
 def _as_int(value: object) -> int | None:

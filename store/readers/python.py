@@ -27,7 +27,7 @@ import numpy as np
 
 from store.errors import DatasetError, DecodeError
 from store.readers.encoded import EncodedDataset
-from store.readers.options import label_values
+from store.readers.options import first_duplicate, label_values
 
 __all__ = ["PROTOCOL", "PythonDataset", "open_python"]
 
@@ -56,8 +56,9 @@ class PythonDataset(EncodedDataset):
             raw = [obj.label(i) for i in range(n)]
         except Exception as exc:  # the user's code: report any failure as one line
             raise DatasetError(f"py:{target}: key()/label() failed: {exc!r}") from None
-        if len(set(keys)) != n:
-            raise DatasetError(f"py:{target}: key(i) must be unique; {n - len(set(keys))} repeat")
+        dup = first_duplicate(keys)
+        if dup is not None:
+            raise DatasetError(f"py:{target}: key(i) must be unique; {dup!r} repeats")
         names = getattr(obj, "classes", None)
         self.keys = keys
         self.labels, self.classes = label_values(raw, list(names) if names else None)

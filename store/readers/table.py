@@ -34,7 +34,7 @@ import numpy as np
 
 from store.errors import DatasetError, DecodeError
 from store.readers.encoded import EncodedDataset
-from store.readers.options import check_options, label_values
+from store.readers.options import check_options, first_duplicate, label_values
 
 __all__ = ["GROUP_CACHE", "TableDataset", "open_hfds", "open_parquet"]
 
@@ -156,9 +156,8 @@ class TableDataset(EncodedDataset):
         if n == 0:
             raise DatasetError(f"{spec}: the table has no rows")
         self.keys = [str(k) for k in key_raw] if key else [str(i) for i in range(n)]
-        if len(set(self.keys)) != n:
-            seen: set[str] = set()
-            dup = next(k for k in self.keys if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        dup = first_duplicate(self.keys)
+        if dup is not None:
             raise DatasetError(f"{spec}: key column {key!r} repeats {dup!r}; keys must be unique")
         if label:
             names_hf = features.get(label, {}).get("names") if features else None
@@ -259,8 +258,6 @@ class TableDataset(EncodedDataset):
     def read_bytes(self, i: int) -> bytes:
         """Encoded bytes of row ``i`` (from the table, or the file its path names)."""
         key = self.keys[i]
-        if not 0 <= i < len(self.keys):
-            raise IndexError(i)
         g = int(np.searchsorted(self._group_start, i, side="right")) - 1
         try:
             value = self._group(g)[i - int(self._group_start[g])]

@@ -32,7 +32,7 @@ import numpy as np
 from store.atomic import atomic_write
 from store.errors import DatasetError, DecodeError
 from store.readers.encoded import EncodedDataset
-from store.readers.options import check_options, label_values
+from store.readers.options import check_options, first_duplicate, label_values
 
 __all__ = ["IMAGE_EXTENSIONS", "INDEX_VERSION", "WebDatasetShards", "index_cache_dir", "open_wds"]
 
@@ -141,9 +141,8 @@ class WebDatasetShards(EncodedDataset):
         if not keys:
             exts = ", ".join(image_exts)
             raise DatasetError(f"{spec}: no sample with an image member ({exts}) in the shards")
-        if len(set(keys)) != len(keys):
-            seen: set[str] = set()
-            dup = next(k for k in keys if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        dup = first_duplicate(keys)
+        if dup is not None:
             raise DatasetError(f"{spec}: the __key__ {dup!r} appears twice; keys must be unique")
         self._shard, self._offset, self._size = shard, offset, size
         self.keys = [str(k) for k in keys]
