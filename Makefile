@@ -25,6 +25,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(PKGS) tests bench
 	$(BIN)/ruff format --check $(PKGS) tests bench
 	$(BIN)/mypy $(PKGS)
+	$(BIN)/lint-imports
+	$(BIN)/python scripts/check_imports.py
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix $(PKGS) tests bench

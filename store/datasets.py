@@ -1,22 +1,23 @@
-"""Image datasets addressed by a spec string, and the one split rule every dataset shares.
+"""Image datasets addressed by a spec string: the registry ``DATASETS`` and ``open_dataset``.
 
 Specs (``open_dataset``, registry ``DATASETS``): ``mnist5k``, ``digits``, ``synthetic`` /
 ``synthetic:N``, ``imagefolder:PATH``, ``hfds:PATH``, ``wds:PATTERN``, ``parquet:PATH``,
 ``py:MODULE:FUNCTION`` (``store.readers``), each with ``?key=value`` options. Each dataset has a
 fixed order, string keys, int64 labels (-1 = none) and a content hash per sample, so a manifest
-built from it identifies the data exactly.
+built from it identifies the data exactly. The base class and the split rule live in
+:mod:`store.dataset_base` (re-exported here).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
+from store.builtin import Digits, Mnist5k, Synthetic
+from store.dataset_base import SPLITS, ImageDataset, array_sha256, split_indices
 from store.errors import DatasetError
+from store.imagefolder import ImageFolder
 from store.readers.options import (
     LABELS_OPTION,
     check_options,
@@ -24,6 +25,9 @@ from store.readers.options import (
     relabel,
     split_options,
 )
+from store.readers.python import open_python
+from store.readers.table import open_hfds, open_parquet
+from store.readers.wds import open_wds
 
 __all__ = [
     "DATASETS",
@@ -31,76 +35,11 @@ __all__ = [
     "SPLITS",
     "DatasetSource",
     "ImageDataset",
+    "array_sha256",
     "open_dataset",
     "split_indices",
     "valid_datasets",
 ]
-
-SPLITS = ("all", "train", "test")
-
-
-def split_indices(n: int, split: str) -> np.ndarray:
-    """Indices (int64) of ``split`` in a dataset of ``n`` samples, in permutation order.
-
-    The rule (contract, DESIGN §12): ``perm = RandomState(0).permutation(n)``; train =
-    ``perm[:int(0.8n)]``,
-    test = ``perm[int(0.8n):]``; ``all`` = ``arange(n)`` in dataset order.
-    """
-    if split not in SPLITS:
-        raise DatasetError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-    if split == "all":
-        return np.arange(n, dtype=np.int64)
-    perm = np.random.RandomState(0).permutation(n).astype(np.int64)
-    cut = int(0.8 * n)
-    return perm[:cut] if split == "train" else perm[cut:]
-
-
-class ImageDataset:
-    """Base class: an indexed collection of RGB images with keys, labels and content hashes.
-
-    Subclasses set ``spec``, ``keys`` (N), ``labels`` (N,) int64, ``classes`` and implement
-    ``load_with_hash``.
-    """
-
-    spec: str
-    keys: list[str]
-    labels: np.ndarray
-    classes: list[str]
-
-    def __len__(self) -> int:
-        """Number of samples N."""
-        return len(self.keys)
-
-    def load_with_hash(self, i: int) -> tuple[np.ndarray, str]:
-        """Decode sample ``i`` once and hash its source: ((H, W, 3) uint8, sha256 hex).
-
-        Raises ``DecodeError`` when the sample cannot be decoded (the hash is then unavailable;
-        use :meth:`sha256`).
-        """
-        raise NotImplementedError
-
-    def load(self, i: int) -> np.ndarray:
-        """Sample ``i`` as an (H, W, 3) uint8 RGB array; raises ``DecodeError`` if undecodable."""
-        return self.load_with_hash(i)[0]
-
-    def sha256(self, i: int) -> str:
-        """Hex sha256 of sample ``i``'s source bytes (built-ins: of its (H, W, 3) uint8 pixel
-        bytes)."""
-        return self.load_with_hash(i)[1]
-
-    def split_indices(self, split: str) -> np.ndarray:
-        """Dataset indices (int64) of ``split`` in {"all", "train", "test"}; see
-        :func:`split_indices`."""
-        return split_indices(len(self), split)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(spec={self.spec!r}, n={len(self)})"
-
-
-def array_sha256(arr: np.ndarray) -> str:
-    """Hex sha256 of a C-contiguous array's raw bytes."""
-    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
-
 
 Opener = Callable[[str, "str | None", dict[str, str], "Mapping[str, Any] | None"], ImageDataset]
 """``opener(spec, arg, options, storage_options)``: the dataset of one spec prefix."""
@@ -117,16 +56,10 @@ class DatasetSource:
     options); raises DatasetError for bad input."""
 
 
-def _no_options(spec: str, options: Mapping[str, str]) -> None:
-    check_options(spec, options, ())
-
-
 def _open_mnist5k(
     spec: str, arg: str | None, options: dict[str, str], so: Mapping[str, Any] | None
 ) -> ImageDataset:
-    from store.builtin import Mnist5k
-
-    _no_options(spec, options)
+    check_options(spec, options, ())
     if arg:
         raise DatasetError("mnist5k takes no argument")
     return Mnist5k()
@@ -135,9 +68,7 @@ def _open_mnist5k(
 def _open_digits(
     spec: str, arg: str | None, options: dict[str, str], so: Mapping[str, Any] | None
 ) -> ImageDataset:
-    from store.builtin import Digits
-
-    _no_options(spec, options)
+    check_options(spec, options, ())
     if arg:
         raise DatasetError("digits takes no argument")
     return Digits()
@@ -146,9 +77,7 @@ def _open_digits(
 def _open_synthetic(
     spec: str, arg: str | None, options: dict[str, str], so: Mapping[str, Any] | None
 ) -> ImageDataset:
-    from store.builtin import Synthetic
-
-    _no_options(spec, options)
+    check_options(spec, options, ())
     if arg is None or arg == "":
         return Synthetic()
     try:
@@ -161,26 +90,10 @@ def _open_synthetic(
 def _open_imagefolder(
     spec: str, arg: str | None, options: dict[str, str], so: Mapping[str, Any] | None
 ) -> ImageDataset:
-    from store.imagefolder import ImageFolder
-
-    _no_options(spec, options)
+    check_options(spec, options, ())
     if not arg:
         raise DatasetError("imagefolder needs a path: imagefolder:PATH")
     return ImageFolder(arg)
-
-
-def _open_reader(name: str) -> Opener:
-    """The opener of ``store.readers``' ``open_<name>`` (imported on use: pyarrow, fsspec)."""
-
-    def opener(
-        spec: str, arg: str | None, options: dict[str, str], so: Mapping[str, Any] | None
-    ) -> ImageDataset:
-        import store.readers
-
-        result: ImageDataset = getattr(store.readers, f"open_{name}")(spec, arg, options, so)
-        return result
-
-    return opener
 
 
 DATASETS: dict[str, DatasetSource] = {
@@ -188,10 +101,10 @@ DATASETS: dict[str, DatasetSource] = {
     "digits": DatasetSource("digits", _open_digits),
     "synthetic": DatasetSource("synthetic[:N]", _open_synthetic),
     "imagefolder": DatasetSource("imagefolder:PATH", _open_imagefolder),
-    "hfds": DatasetSource("hfds:PATH", _open_reader("hfds")),
-    "wds": DatasetSource("wds:PATTERN", _open_reader("wds")),
-    "parquet": DatasetSource("parquet:PATH", _open_reader("parquet")),
-    "py": DatasetSource("py:MODULE:FUNCTION", _open_reader("python")),
+    "hfds": DatasetSource("hfds:PATH", open_hfds),
+    "wds": DatasetSource("wds:PATTERN", open_wds),
+    "parquet": DatasetSource("parquet:PATH", open_parquet),
+    "py": DatasetSource("py:MODULE:FUNCTION", open_python),
 }
 
 

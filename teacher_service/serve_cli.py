@@ -21,8 +21,10 @@ __all__ = ["serve_command"]
 @with_options(settings_options(ServiceSettings))
 def serve_command(**given: Any) -> None:
     """Serve teacher embeddings over HTTP (dynamic batching; see /docs when running)."""
+    # lazy: torch and the app load only when the server starts (--help stays instant)
     import uvicorn
 
+    # lazy: torch and the app load only when the server starts (--help stays instant)
     from teacher_service.service.app import create_app
 
     try:

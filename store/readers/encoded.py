@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from store.datasets import ImageDataset
+from store.dataset_base import ImageDataset
 from store.decode import decode_image
 
 __all__ = ["EncodedDataset"]

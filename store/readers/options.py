@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import parse_qsl
 
+import fsspec
 import numpy as np
 
 from store.errors import DatasetError
@@ -125,8 +126,6 @@ def read_label_file(
     whitespace-separated word counts, so ImageNet's ``LOC_val_solution.csv`` (``ImageId,
     n01751748 x y x y``) reads as is. A header row simply matches no image.
     """
-    import fsspec
-
     try:
         with fsspec.open(url, "rb", **dict(storage_options or {})) as fh:
             text = fh.read().decode("utf-8-sig")

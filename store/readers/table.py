@@ -26,14 +26,19 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import fsspec
 import numpy as np
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
 from store.errors import DatasetError, DecodeError
 from store.readers.encoded import EncodedDataset
+from store.readers.extras import require
 from store.readers.options import check_options, first_duplicate, label_values
 
 __all__ = ["GROUP_CACHE", "TableDataset", "open_hfds", "open_parquet"]
@@ -46,8 +51,6 @@ GROUP_CACHE = 2
 
 
 def _url_to_fs(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
-    from fsspec.core import url_to_fs
-
     try:
         return url_to_fs(url, **dict(storage_options or {}))
     except (ImportError, ValueError) as exc:
@@ -55,8 +58,6 @@ def _url_to_fs(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any
 
 
 def _is_local(fs: Any) -> bool:
-    from fsspec.implementations.local import LocalFileSystem
-
     return isinstance(fs, LocalFileSystem)
 
 
@@ -178,8 +179,7 @@ class TableDataset(EncodedDataset):
         return next((c for c in IMAGE_COLUMNS if c in names), IMAGE_COLUMNS[0])
 
     def _kind(self, dtype: Any) -> str:
-        import pyarrow as pa
-
+        pa = require("pyarrow", self.spec)
         if pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype):
             return "bytes"
         if pa.types.is_struct(dtype) and dtype.get_field_index("bytes") >= 0:
@@ -197,9 +197,8 @@ class TableDataset(EncodedDataset):
         """The open ParquetFile, or the (memory-mapped) Arrow table, of file ``f``."""
         handle = self._handles.get(f)
         if handle is None:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
+            pa = require("pyarrow", self.spec)
+            pq = require("pyarrow.parquet", self.spec)
             path = self.files[f]
             try:
                 if self.fmt == "parquet" and _is_local(self.fs):
@@ -279,8 +278,6 @@ class TableDataset(EncodedDataset):
         return bytes(data)
 
     def _read_path(self, path: str, key: str) -> bytes:
-        import fsspec
-
         try:
             if "://" in path:
                 with fsspec.open(path, "rb", **getattr(self.fs, "storage_options", {})) as fh:
@@ -294,8 +291,6 @@ class TableDataset(EncodedDataset):
 
 def _split_names(files: Sequence[str]) -> list[str]:
     """Hub-layout split names (``train-00000-of-00004.parquet`` -> ``train``) of ``files``."""
-    import re
-
     names = set()
     for f in files:
         m = re.match(r"(.+?)-\d{5}-of-\d{5}\.", posixpath.basename(f))

@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fsspec.core import url_to_fs
 
 from store.atomic import atomic_write
 from store.errors import DatasetError, DecodeError
 from store.readers.encoded import EncodedDataset
+from store.readers.extras import require
 from store.readers.options import check_options, first_duplicate, label_values
 
 __all__ = ["IMAGE_EXTENSIONS", "INDEX_VERSION", "WebDatasetShards", "index_cache_dir", "open_wds"]
@@ -176,11 +178,9 @@ class WebDatasetShards(EncodedDataset):
         return bytes(data)
 
 
-def expand_pattern(pattern: str) -> list[str]:
+def expand_pattern(pattern: str, spec: str = "wds") -> list[str]:
     """Brace-expanded shard URLs of ``pattern`` (``a-{0..2}.tar`` -> ``a-0.tar, a-1.tar, ...``)."""
-    from braceexpand import braceexpand
-
-    return list(braceexpand(pattern))
+    return list(require("braceexpand", spec).braceexpand(pattern))
 
 
 def open_wds(
@@ -190,12 +190,10 @@ def open_wds(
     storage_options: Mapping[str, Any] | None = None,
 ) -> WebDatasetShards:
     """The ``wds:PATTERN`` dataset (see module docstring)."""
-    from fsspec.core import url_to_fs
-
     check_options(spec, options, OPTIONS)
     if not pattern:
         raise DatasetError("wds needs a shard pattern: wds:PATH/train-{000..099}.tar")
-    urls = expand_pattern(pattern)
+    urls = expand_pattern(pattern, spec)
     try:
         fs, _ = url_to_fs(urls[0], **dict(storage_options or {}))
     except (ImportError, ValueError) as exc:

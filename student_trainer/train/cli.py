@@ -17,8 +17,8 @@ import typer
 
 from store.cli_options import dataclass_options, with_options
 from store.errors import ConfigError, DiscoError
-from student_trainer.config import TrainConfig
-from student_trainer.methods import METHODS
+from student_trainer.train.config import TrainConfig
+from student_trainer.train.methods import METHODS
 
 __all__ = ["parse_expect", "train_command"]
 
@@ -41,7 +41,7 @@ _OPTIONS = dataclass_options(
     TrainConfig,
     exclude=("expect",),  # given as --expect FIELD=VALUE and the --expect-* shortcuts below
     decls={"num_workers": ("--workers",), "distill_weight": ("--lambda", "--distill-weight")},
-    helps={"method": f"Training method: {', '.join(METHODS)} (student_trainer.methods)."},
+    helps={"method": f"Training method: {', '.join(METHODS)} (student_trainer.train.methods)."},
 )
 """Every ``TrainConfig`` field as an option: name, type, default and help come from the field."""
 
@@ -70,6 +70,7 @@ def train_command(
     try:
         expected = parse_expect(expect or [])
         if expect_teacher is not None:
+            # lazy: torch loads only when a command runs, so --help stays instant
             from teacher_service.checkpoint import file_sha256
 
             expected["teacher.sha256"] = file_sha256(expect_teacher)
@@ -80,7 +81,7 @@ def train_command(
         if expect_dataset is not None:
             expected["dataset.spec"] = expect_dataset
         cfg = TrainConfig(**config, expect=expected)
-        from student_trainer.train import train  # torch: only once a run starts
+        from student_trainer.train.loop import train  # torch: only once a run starts
 
         result = train(cfg)
     except DiscoError as exc:

@@ -1,11 +1,11 @@
 """The MoCo-v2 module every method runs through: query encoder, momentum key encoder, queues.
 
 ``MoCo.forward`` computes one step's loss terms for the method's registry entry
-(:mod:`student_trainer.methods`): InfoNCE when it uses contrast, plus its teacher loss (``disco``:
-λ·DisCo MSE on both views; ``seed``: SEED's soft cross-entropy on both views). The momentum
-update and the enqueue are separate calls so the training loop reads top to bottom. Nothing here
-requires ``torch.distributed``; when a process group is initialised, keys are batch-shuffled across
-ranks (MoCo's shuffle-BN) and queues receive the keys of every rank.
+(:mod:`student_trainer.train.methods`): InfoNCE when it uses contrast, plus its teacher loss
+(``disco``: λ·DisCo MSE on both views; ``seed``: SEED's soft cross-entropy on both views). The
+momentum update and the enqueue are separate calls so the training loop reads top to bottom. Nothing
+here requires ``torch.distributed``; when a process group is initialised, keys are batch-shuffled
+across ranks (MoCo's shuffle-BN) and queues receive the keys of every rank.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from student_trainer.losses import infonce_loss, symmetric_infonce_loss
-from student_trainer.methods import DistillInputs, MethodSpec, get_method
+from student_trainer.train.losses import infonce_loss, symmetric_infonce_loss
+from student_trainer.train.methods import DistillInputs, MethodSpec, get_method
 from teacher_service.encoders import Encoder
 
 __all__ = ["MoCo", "StepOutput", "concat_all_gather", "effective_queue_size", "world_size"]
@@ -72,14 +72,14 @@ class StepOutput:
 class MoCo(nn.Module):
     """Query encoder + momentum key encoder + negative-key queue (+ SEED's teacher queue).
 
-    ``method``: a name of ``student_trainer.methods.METHODS`` (its spec is ``self.spec``).
+    ``method``: a name of ``student_trainer.train.methods.METHODS`` (its spec is ``self.spec``).
     ``queue_size``: K keys ``(K, D)``; ``teacher_queue_size``: the teacher-embedding queue length
     (methods with ``uses_teacher_queue`` only, i.e. SEED).
     ``temperature``: InfoNCE τ and SEED's student τ_s; ``distill_weight``: DisCo's λ;
     ``teacher_temperature``: SEED's τ_t; ``shuffle_keys``: shuffle the key batch (across ranks
     under DDP) before the key encoder so its BN statistics mix different images than the query's.
     ``symmetric``: each view is the query once and the key once (InfoNCE = the mean of both
-    directions, :func:`~student_trainer.losses.symmetric_infonce_loss`) and the keys of *both*
+    directions, :func:`~student_trainer.train.losses.symmetric_infonce_loss`) and the keys of *both*
     views are enqueued (as MoCo's symmetric CIFAR demo does: the queue holds keys of the same
     encoder states the loss used; it turns over twice as fast); SEED's loss already uses both views,
     so for it ``symmetric`` enqueues both views' teacher embeddings.

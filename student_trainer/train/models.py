@@ -7,6 +7,7 @@ import copy
 from collections.abc import Sequence
 
 from teacher_service.encoders import TIMM_PREFIX, Encoder, EncoderConfig, build_encoder
+from teacher_service.timm_models import timm_data_config
 
 __all__ = [
     "build_student",
@@ -57,8 +58,6 @@ def student_normalisation(
     ``timm.data.resolve_model_data_config`` (what timm users feed the exported model), others
     the given recipe ``mean``/``std``."""
     if encoder.config.arch.startswith(TIMM_PREFIX):
-        from teacher_service.sources.timm_source import timm_data_config
-
         data = timm_data_config(encoder.backbone)
         mean, std = data["mean"], data["std"]
     m = tuple(float(v) for v in mean)

@@ -1,10 +1,11 @@
 """The training methods, one registry entry each: what a method uses and which loss it adds.
 
-Every method runs through :class:`student_trainer.moco.MoCo`; a :class:`MethodSpec` says whether it
-trains MoCo's InfoNCE (momentum key encoder + key queue), whether it needs teacher targets (from a
-store or an online teacher), whether it keeps SEED's queue of teacher embeddings, and its teacher
-loss. Adding a method is one entry in :data:`METHODS` plus its loss function (in
-``student_trainer.losses``). Importing this module imports no torch (the CLI's help lists methods).
+Every method runs through :class:`student_trainer.train.moco.MoCo`; a :class:`MethodSpec` says
+whether it trains MoCo's InfoNCE (momentum key encoder + key queue), whether it needs teacher
+targets (from a store or an online teacher), whether it keeps SEED's queue of teacher embeddings,
+and its teacher loss. Adding a method is one entry in :data:`METHODS` plus its loss function (in
+``student_trainer.train.losses``). Importing this module imports no torch (the CLI's help lists
+methods).
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class MethodSpec:
 
 def _disco_loss(x: DistillInputs) -> dict[str, torch.Tensor]:
     """DisCo: λ · (mean_b ‖q1 − t1‖² + mean_b ‖q2 − t2‖²), logged unweighted as "mse"."""
-    from student_trainer.losses import disco_mse
+    # lazy: torch; the CLI imports this registry for --help
+    from student_trainer.train.losses import disco_mse
 
     mse = disco_mse(x.q1, x.t1) + disco_mse(x.q2, x.t2)
     return {"mse": mse, "distill": x.distill_weight * mse}
@@ -84,7 +86,8 @@ def _disco_loss(x: DistillInputs) -> dict[str, torch.Tensor]:
 
 def _seed_loss(x: DistillInputs) -> dict[str, torch.Tensor]:
     """SEED: mean of both views' soft cross-entropy over [t | teacher queue]."""
-    from student_trainer.losses import seed_loss
+    # lazy: torch; the CLI imports this registry for --help
+    from student_trainer.train.losses import seed_loss
 
     tau_s, tau_t = x.temperature, x.teacher_temperature
     s1 = seed_loss(x.q1, x.t1, x.teacher_queue, tau_s, tau_t)

@@ -20,7 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from store.datasets import open_dataset
+from store.embedding_store import EmbeddingStore
 from store.errors import DiscoError, StoreError
+from teacher_service.client import TeacherClient
+from teacher_service.verify import sample_slots
 
 __all__ = ["ServiceCheck", "check_service"]
 
@@ -90,11 +94,6 @@ def check_service(
     ``DISCO_SIZE``). Raises ``StoreError`` when the store has no teacher or written views, and
     ``DiscoError`` when the server does not become ready (with the end of its log).
     """
-    from store.datasets import open_dataset
-    from store.embedding_store import EmbeddingStore
-    from teacher_service.client import TeacherClient
-    from teacher_service.verify import sample_slots
-
     path = Path(store_url).resolve()
     store = EmbeddingStore.open(str(path))
     if store.teacher is None:

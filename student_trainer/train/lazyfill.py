@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from store.errors import ConfigError, DiscoError
-from student_trainer.data import TAG_TRAIN, PairItem
+from student_trainer.train.data import TAG_TRAIN, PairItem
 from teacher_service.client import (
     ServiceBusyError,
     ServiceError,

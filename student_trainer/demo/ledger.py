@@ -1,5 +1,8 @@
 """``RunLedger``: the record of finished training runs and cache builds that makes the demo and
-the study resumable (``runs.json`` in a demo folder)."""
+the study resumable (``runs.json`` in a demo folder).
+
+The ledger records and answers; it runs nothing (``student_trainer.demo.pipeline`` trains and
+builds through it)."""
 
 from __future__ import annotations
 
@@ -7,13 +10,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-
 from store.atomic import atomic_write_text
-from student_trainer.config import TrainConfig
+from student_trainer.train.config import TrainConfig
 
 if TYPE_CHECKING:
-    from student_trainer.demo import DemoConfig
+    from student_trainer.train.loop import TrainResult
 
 __all__ = ["RunLedger"]
 
@@ -41,59 +42,40 @@ class RunLedger:
         self.entries[key] = entry
         atomic_write_text(self.path, json.dumps(self.entries, indent=2, default=str))
 
-    def build_store(self, cfg: DemoConfig, name: str, teacher: str, views: int) -> str:
-        """Precompute ``teacher`` over ``views`` views of every train image into ``cfg.out/name``
-        (resumes a partial store); record the build as ``precompute:<name>``; return the URL."""
-        from teacher_service.precompute import PrecomputeConfig, run_precompute
-
-        url = str(Path(cfg.out) / name)
-        report = run_precompute(
-            PrecomputeConfig(
-                teacher=teacher,
-                dataset=cfg.dataset,
-                store=url,
-                views=views,
-                split="train",
-                recipe=cfg.resolved_recipe(),
-                size=cfg.size,
-                seed=cfg.seed,
-                workers=cfg.workers,
-                device=cfg.device,
-                shard_size=1024,
-                progress=cfg.progress,
-                teacher_weights=cfg.teacher_weights,
-            )
-        )
+    def record_build(self, name: str, seconds: float, views: int) -> None:
+        """Record the first build of store ``name`` as ``precompute:<name>`` (a resumed or
+        already complete build keeps the time of the build that computed its views)."""
         key = f"precompute:{name}"
-        if key not in self.entries and report.views_computed:
-            self.record(key, {"seconds": report.seconds, "views": report.views_computed})
-        return url
+        if key not in self.entries and views:
+            self.record(key, {"seconds": seconds, "views": views})
 
     @classmethod
     def _settings(cls, cfg: TrainConfig) -> dict[str, Any]:
         return {k: v for k, v in cfg.to_dict().items() if k not in cls.IGNORED}
 
-    def train(self, key: str, cfg: TrainConfig, console: Console | None = None) -> dict[str, Any]:
-        """Train ``cfg`` unless ``key`` is already done with these settings; return its entry
-        (deployed and final checkpoint paths, training seconds, steps)."""
-        from student_trainer.train import train
-
+    def finished(self, key: str, cfg: TrainConfig) -> dict[str, Any] | None:
+        """The entry of run ``key`` if it finished with ``cfg``'s settings and its deployed
+        checkpoint still exists, else None."""
         done = self.entries.get(key)
         if (
             done is not None
             and done.get("settings") == json.loads(json.dumps(self._settings(cfg), default=str))
             and Path(done["deployed"]).is_file()
         ):
-            if console is not None:
-                console.print(f"{key}: already trained ({done['seconds']:.0f} s), reusing it")
             return done
-        # An interrupted run with these settings continues from its last checkpoint; a folder
-        # left by other settings is trained afresh (train overwrites it).
+        return None
+
+    def resumable(self, cfg: TrainConfig) -> bool:
+        """Whether ``cfg.out`` holds an interrupted run with ``cfg``'s settings (it continues from
+        its last checkpoint; a folder left by other settings is trained afresh)."""
         started = Path(cfg.out) / "config.json"
-        cfg.resume = started.is_file() and self._settings(
+        return started.is_file() and self._settings(
             TrainConfig.from_dict(json.loads(started.read_text()))
         ) == self._settings(cfg)
-        result = train(cfg)
+
+    def record_run(self, key: str, cfg: TrainConfig, result: TrainResult) -> dict[str, Any]:
+        """Record a finished run under ``key``; return its entry (deployed and final checkpoint
+        paths, training seconds, steps)."""
         entry = {
             "settings": self._settings(cfg),
             "deployed": result.deployed_path,

@@ -13,8 +13,8 @@ import numpy as np
 
 from store.atomic import atomic_write_text
 from store.datasets import ImageDataset
-from student_trainer.features import FeatureSet
-from student_trainer.knn import Neighbours
+from student_trainer.eval.features import FeatureSet
+from student_trainer.eval.knn import Neighbours
 
 # (record key, column header); metrics are shown as percentages.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -131,6 +131,7 @@ _COLOURS = {"query": (0, 0, 0), "match": (44, 160, 44), "miss": (214, 39, 40)}
 
 def _tile(image: np.ndarray, side: int, border: int, colour: tuple[int, int, int]) -> np.ndarray:
     """(H, W, 3) uint8 -> (side, side, 3) uint8: fitted into the square, framed in ``colour``."""
+    # lazy: only when drawing figures
     from PIL import Image
 
     inner = side - 2 * border
@@ -162,9 +163,11 @@ def neighbour_figure(
     black border. Each tile is ``tile`` px; labels are printed above the tiles. Drawn with
     matplotlib's Agg backend (no display needed). Returns the written path.
     """
+    # lazy: only when drawing figures
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: only when drawing figures
     import matplotlib.pyplot as plt
 
     top = min(top, neighbours.k)

@@ -35,7 +35,11 @@ from rich.progress import Progress
 from store.atomic import atomic_write
 from store.datasets import ImageDataset
 from store.errors import DatasetError, DecodeError
+from store.views import get_recipe, render_center
+from teacher_service.checkpoint import FORMAT, load_encoder, read_checkpoint
+from teacher_service.encoders import count_parameters
 from teacher_service.runtime import prepare_model, resolve_device, to_device
+from teacher_service.sources import load_teacher, to_pixels
 
 CACHE_VERSION = "disco-features/1"
 
@@ -71,8 +75,6 @@ def _eval_recipe(preprocessing: dict[str, Any], size: int) -> Any:
     /
     torchvision files: the "mocov2" recipe with the recorded ImageNet mean/std).
     """
-    from store.views import get_recipe
-
     named = preprocessing.get("recipe")
     if isinstance(named, dict):
         named = named.get("name")
@@ -100,9 +102,6 @@ class EncoderFeatures:
         device: str | None = None,
         name: str | None = None,
     ) -> None:
-        from teacher_service.checkpoint import FORMAT, load_encoder, read_checkpoint
-        from teacher_service.encoders import count_parameters
-
         self.path = Path(path)
         self.device = str(resolve_device(device))
         loaded = load_encoder(self.path, device=self.device)
@@ -139,8 +138,6 @@ class EncoderFeatures:
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (3, S, S) float32 via ``store.views.render_center``."""
-        from store.views import render_center
-
         return render_center(image, self.recipe)
 
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
@@ -174,10 +171,6 @@ class TeacherFeatures:
         device: str | None = None,
         name: str | None = None,
     ) -> None:
-        from store.views import get_recipe
-        from teacher_service.runtime import prepare_model
-        from teacher_service.sources import load_teacher
-
         self.device = resolve_device(device)
         loaded = load_teacher(spec, weights, pooling, device=self.device)
         self.model = loaded.model
@@ -199,9 +192,6 @@ class TeacherFeatures:
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (3, S, S) uint8 centre view (the teacher normalises it)."""
-        from store.views import render_center
-        from teacher_service.sources import to_pixels
-
         view = render_center(image, self.recipe)[None]
         return to_pixels(view, self.recipe.mean, self.recipe.std)[0]
 

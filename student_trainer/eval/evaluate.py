@@ -1,9 +1,9 @@
 """Evaluate checkpoints side by side: kNN / retrieval metrics, linear probe, raw-pixel baselines.
 
 Protocol (DESIGN §8): bank = train split, queries = test split, backbone features of un-augmented
-images, cosine similarity on L2-normalised features (``student_trainer.knn``), metrics from
-``student_trainer.metrics``. With a teacher, each other row also gets the teacher-student neighbour
-agreement (recall@10 of the teacher's 10 nearest bank images among the student's 10).
+images, cosine similarity on L2-normalised features (``student_trainer.eval.knn``), metrics from
+``student_trainer.eval.metrics``. With a teacher, each other row also gets the teacher-student
+neighbour agreement (recall@10 of the teacher's 10 nearest bank images among the student's 10).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 from store.datasets import ImageDataset, open_dataset
 from store.errors import ConfigError, DatasetError
-from student_trainer import metrics
-from student_trainer.features import (
+from student_trainer.eval import metrics, report
+from student_trainer.eval.features import (
     EncoderFeatures,
     FeatureModel,
     FeatureSet,
@@ -25,9 +25,10 @@ from student_trainer.features import (
     TeacherFeatures,
     extract_features,
 )
-from student_trainer.knn import Neighbours, search
-from student_trainer.linear_probe import ProbeConfig, linear_probe
+from student_trainer.eval.knn import Neighbours, search
+from student_trainer.eval.linear_probe import ProbeConfig, linear_probe
 from teacher_service.runtime import resolve_device
+from teacher_service.sources import parse_teacher
 
 PIXEL_BASELINE_DATASETS = ("mnist5k", "digits", "synthetic")
 """Dataset names that get the raw-pixel baseline rows by default."""
@@ -103,6 +104,7 @@ def score(
 
 def sklearn_l2_knn(fs: FeatureSet, k: int = 20) -> float:
     """Euclidean k-NN majority accuracy by scikit-learn ``KNeighborsClassifier(k)`` (DESIGN §12)."""
+    # lazy: scikit-learn only for this reference path
     from sklearn.neighbors import KNeighborsClassifier
 
     clf = KNeighborsClassifier(n_neighbors=k).fit(fs.train.features, fs.train.labels)
@@ -134,8 +136,6 @@ def _as_model(spec: Any, size: int | None, device: str, role: str | None) -> Fea
     """A checkpoint path becomes an :class:`EncoderFeatures` named by :func:`checkpoint_row`
     (``role`` None: the checkpoint's own); feature models pass through with their names."""
     if isinstance(spec, (str, os.PathLike)):
-        from teacher_service.sources import parse_teacher
-
         if isinstance(spec, str) and parse_teacher(spec)[0] != "checkpoint":
             return TeacherFeatures(spec, size=size, device=device)
         model = EncoderFeatures(spec, size=size, device=device)
@@ -281,8 +281,6 @@ def evaluate(
     )
     records = [r.record for r in results]
     if out is not None:
-        from student_trainer import report
-
         out_dir = Path(out)
         report.write_tables(records, out_dir, title=f"Retrieval evaluation on {ds.spec}")
         if figures:

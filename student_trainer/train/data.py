@@ -13,7 +13,7 @@ params are sampled from), so no augmentation state lives in a worker.
   (``StorePlan(fill_dim=D)``) every valid view counts as usable, written or not, so the (i, v1, v2)
   sequence is the full store's; each shard is read when the plan reaches it (seeing what a
   concurrent precompute job or service wrote until then) and items whose views are not written
-  yet carry ``written`` False: :class:`student_trainer.lazyfill.TargetFiller` fetches them.
+  yet carry ``written`` False: :class:`student_trainer.train.lazyfill.TargetFiller` fetches them.
 - Dataset mode (:class:`DatasetPlan`): a seeded permutation of the split per epoch; view params are
   sampled in the worker with ``recipe.sample(seed, index, view_id, h, w)`` where view ids
   ``2·epoch`` and ``2·epoch + 1`` make every epoch's views fresh and reproducible.

@@ -95,6 +95,7 @@ def l2_normalise(x: np.ndarray | torch.Tensor) -> np.ndarray:
 
 def faiss_has_gpu() -> bool:
     """True when the installed faiss was built with GPU support and sees at least one GPU."""
+    # lazy: faiss loads its native library only when a search runs
     import faiss
 
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
@@ -109,6 +110,7 @@ def faiss_candidates(
     ``device="cuda"`` uses ``GpuIndexFlatIP`` when faiss has GPU support, else the CPU
     ``IndexFlatIP``.
     """
+    # lazy: faiss loads its native library only when a search runs
     import faiss
 
     index: Any = faiss.IndexFlatIP(bank.shape[1])
@@ -188,6 +190,7 @@ def ivf_search(
     ties to the lower row); rows with fewer than ``k`` hits are searched again over every list.
     Returns (Q, k) neighbours whose recall@k against :func:`search` is < 1 in general.
     """
+    # lazy: faiss loads its native library only when a search runs
     import faiss
 
     bank_n, queries_n = l2_normalise(bank), l2_normalise(queries)

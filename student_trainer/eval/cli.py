@@ -12,6 +12,7 @@ import typer
 
 from store.datasets import DATASET_HELP
 from store.errors import DiscoError
+from store.eval_data import open_bank_queries
 
 
 def eval_command(
@@ -99,10 +100,10 @@ def eval_command(
 ) -> None:
     """Evaluate checkpoints by kNN retrieval: queries against a bank (by default the train and test
     splits of --dataset; --bank/--queries name two datasets, e.g. ImageNet train and val)."""
-    from store.eval_data import open_bank_queries
-    from student_trainer.evaluate import evaluate
-    from student_trainer.linear_probe import ProbeConfig
-    from student_trainer.report import render_markdown
+    # lazy: torch loads only when a command runs, so --help stays instant
+    from student_trainer.eval.evaluate import evaluate
+    from student_trainer.eval.linear_probe import ProbeConfig
+    from student_trainer.eval.report import render_markdown
 
     try:
         data: Any = dataset
@@ -118,7 +119,8 @@ def eval_command(
                 )
         teacher_model: Any = teacher
         if teacher is not None and (teacher_weights or teacher_pooling):
-            from student_trainer.features import TeacherFeatures
+            # lazy: torch loads only when a command runs, so --help stays instant
+            from student_trainer.eval.features import TeacherFeatures
 
             teacher_model = TeacherFeatures(
                 teacher, teacher_weights, teacher_pooling, size=size, device=device

@@ -9,7 +9,7 @@ from typing import Any
 
 from store.atomic import atomic_write_text
 from store.errors import ConfigError
-from student_trainer.methods import MethodSpec, get_method
+from student_trainer.train.methods import MethodSpec, get_method
 
 __all__ = ["MISSING_CHOICES", "MONITOR_SPLITS", "TrainConfig"]
 
@@ -52,7 +52,8 @@ class TrainConfig:
     """One training run. ``to_dict()`` is saved beside every artefact (``config.json``)."""
 
     method: str
-    """Training method, a name of ``student_trainer.methods.METHODS`` (mocov2, disco, seed)."""
+    """Training method, a name of ``student_trainer.train.methods.METHODS`` (mocov2, disco,
+    seed)."""
     arch: str
     """Student backbone, a key of ``teacher_service.encoders.ARCHS``, or ``timm:NAME``."""
     out: str

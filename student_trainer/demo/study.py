@@ -34,10 +34,19 @@ from rich.console import Console
 
 from store.atomic import atomic_write_text
 from store.errors import ConfigError
-from student_trainer.config import TrainConfig
-from student_trainer.demo import STUDENT_DEFAULTS, DemoConfig, run_demo
-from student_trainer.ledger import RunLedger
-from student_trainer.report import format_pct
+from student_trainer.demo.ledger import RunLedger
+from student_trainer.demo.pipeline import (
+    STUDENT_DEFAULTS,
+    DemoConfig,
+    build_store,
+    run_demo,
+    train_run,
+)
+from student_trainer.eval.evaluate import evaluate
+from student_trainer.eval.features import EncoderFeatures
+from student_trainer.eval.report import format_pct
+from student_trainer.train.config import TrainConfig
+from teacher_service.checkpoint import file_sha256
 
 __all__ = ["Arm", "StudyConfig", "StudyResult", "plan_arms", "render_study", "run_study"]
 
@@ -176,10 +185,6 @@ def run_study(demo: DemoConfig, study: StudyConfig, console: Console | None = No
 
     Resumable: finished runs and stores are reused (see :class:`RunLedger`).
     """
-    from student_trainer.evaluate import evaluate
-    from student_trainer.features import EncoderFeatures
-    from teacher_service.checkpoint import file_sha256
-
     console = console or Console()
     out = Path(demo.out)
     if demo.quick:
@@ -213,15 +218,15 @@ def run_study(demo: DemoConfig, study: StudyConfig, console: Console | None = No
         if arm.group == "weak":
             weak_ckpt = runs.entries[f"mocov2-s{demo.seed}"]["final"]
             console.rule(f"[bold]cache of the weak teacher ({weak_ckpt})")
-            runs.build_store(demo, arm.store, weak_ckpt, demo.views)
+            build_store(runs, demo, arm.store, weak_ckpt, demo.views)
             store_teacher = weak_ckpt
         elif arm.store and arm.store != "store.zarr":
             v = dict(arm.overrides).get("views") or int(arm.store.split("-v")[1].split(".")[0])
             console.rule(f"[bold]cache with V={v} views per train image")
-            runs.build_store(demo, arm.store, teacher, v)
+            build_store(runs, demo, arm.store, teacher, v)
         for seed in arm.seeds:
             console.rule(f"[bold]study arm {arm.name}, seed {seed}")
-            runs.train(f"{arm.name}-s{seed}", student_cfg(arm, seed, store_teacher), console)
+            train_run(runs, f"{arm.name}-s{seed}", student_cfg(arm, seed, store_teacher), console)
 
     console.rule("[bold]evaluate every study student (FAISS weighted kNN)")
     keys = [f"{a.name}-s{s}" for a in arms for s in a.seeds]

@@ -81,7 +81,8 @@ def demo_command(
 
     With --study, also measure the DisCo claim and the cache's claim over seeds (study.md).
     """
-    from student_trainer.demo import DemoConfig, run_demo, train_demo_teacher
+    # lazy: torch loads only when a command runs, so --help stays instant
+    from student_trainer.demo.pipeline import DemoConfig, run_demo, train_demo_teacher
 
     try:
         if train_teacher:
@@ -105,7 +106,8 @@ def demo_command(
             progress=progress,
         )
         if study:
-            from student_trainer.study import StudyConfig, run_study
+            # lazy: torch loads only when a command runs, so --help stays instant
+            from student_trainer.demo.study import StudyConfig, run_study
 
             arms: dict[str, Any] = {"seeds": seeds, "ablation_seeds": ablation_seeds}
             if study_views:

@@ -32,6 +32,7 @@ import torch
 
 from teacher_service.checkpoint import DEPLOYED_FORMAT, atomic_torch_save
 from teacher_service.encoders import ARCHS, TIMM_PREFIX, Encoder
+from teacher_service.weights import read_state_dict
 
 __all__ = ["DEPLOYED_FORMAT", "export_deployed", "plain_constructor"]
 
@@ -75,7 +76,8 @@ def export_deployed(
 ) -> dict[str, str]:
     """Write ``deployed.pt``, ``deployed.safetensors`` (if ``safetensors`` is installed) and
     ``deployed.json`` into ``out`` (each atomically); returns ``{"pt", "json"[, "safetensors"]}``
-    paths. ``deployed`` is a head-less student (:func:`student_trainer.models.deployed_backbone`).
+    paths. ``deployed`` is a head-less student
+    (:func:`student_trainer.train.models.deployed_backbone`).
     """
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -113,6 +115,4 @@ def export_deployed(
 
 def load_deployed_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The exported state dict (``.pt``: ``torch.load(weights_only=True)``; ``.safetensors``)."""
-    from teacher_service.sources.base import read_state_dict
-
     return read_state_dict(path)

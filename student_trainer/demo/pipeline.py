@@ -17,13 +17,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 
 from store.atomic import atomic_write_text
 from store.errors import ConfigError, DiscoError
-from student_trainer.config import TrainConfig
-from student_trainer.ledger import RunLedger
-from student_trainer.methods import METHODS
+from student_trainer.demo.ledger import RunLedger
+from student_trainer.demo.service_check import check_service
+from student_trainer.eval.evaluate import evaluate
+from student_trainer.eval.features import EncoderFeatures, TeacherFeatures
+from student_trainer.eval.linear_probe import ProbeConfig
+from student_trainer.train.config import TrainConfig
+from student_trainer.train.loop import train
+from student_trainer.train.methods import METHODS
+from teacher_service.checkpoint import load_encoder, save_checkpoint
+from teacher_service.precompute import PrecomputeConfig, run_precompute
+from teacher_service.sources import parse_teacher, weights_sha256
+from teacher_service.verify import verify_store
 
 __all__ = [
     "DEMO_TEACHER",
@@ -36,7 +46,7 @@ __all__ = [
     "train_demo_teacher",
 ]
 
-DEMO_TEACHER_PATH = Path(__file__).with_name("assets") / "demo_teacher.pt"
+DEMO_TEACHER_PATH = Path(__file__).parents[1] / "assets" / "demo_teacher.pt"
 """The shipped demo teacher (fp16, project format), trained by ``disco demo --train-teacher``."""
 
 DEMO_TEACHER: dict[str, Any] = {
@@ -167,8 +177,6 @@ class DemoConfig:
     def resolved_teacher(self) -> str:
         """The teacher spec or checkpoint path; the shipped one only fits mnist5k."""
         if self.teacher is not None:
-            from teacher_service.sources import parse_teacher
-
             if parse_teacher(self.teacher)[0] != "checkpoint":
                 return self.teacher
             if not Path(self.teacher).is_file():
@@ -215,8 +223,6 @@ def train_demo_teacher(
     With ``install`` the final encoder (with its head) is re-saved in fp16 as the shipped
     ``student_trainer/assets/demo_teacher.pt``; its sha256 goes into the README.
     """
-    from student_trainer.train import train
-
     result = train(demo_teacher_config(out, epochs=epochs, progress=progress))
     if not install:
         return result.final_path
@@ -226,8 +232,6 @@ def train_demo_teacher(
 def install_demo_teacher(final_path: str) -> str:
     """Re-save a trained teacher (``final.pt`` with its head) in fp16 as the shipped
     ``student_trainer/assets/demo_teacher.pt``; return that path."""
-    from teacher_service.checkpoint import load_encoder, save_checkpoint
-
     loaded = load_encoder(final_path)
     raw = _load_raw(final_path)
     DEMO_TEACHER_PATH.parent.mkdir(parents=True, exist_ok=True)
@@ -243,8 +247,6 @@ def install_demo_teacher(final_path: str) -> str:
 
 
 def _load_raw(path: str) -> dict[str, Any]:
-    import torch
-
     data = torch.load(path, map_location="cpu", weights_only=True)
     return dict(data) if isinstance(data, dict) else {}
 
@@ -271,12 +273,6 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
     Writes ``results.md``, ``results.json`` and ``neighbours_*.png`` into ``cfg.out``. Raises a
     ``DiscoError`` subclass when a stage fails (e.g. the cache does not verify).
     """
-    from student_trainer.demo_service import check_service
-    from student_trainer.evaluate import evaluate
-    from student_trainer.features import EncoderFeatures
-    from student_trainer.linear_probe import ProbeConfig
-    from teacher_service.verify import verify_store
-
     console = console or Console()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -287,7 +283,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
 
     runs = RunLedger(out / "runs.json")
     with stages.stage(f"precompute: {cfg.views} views per train image"):
-        store = runs.build_store(cfg, "store.zarr", teacher, cfg.views)
+        store = build_store(runs, cfg, "store.zarr", teacher, cfg.views)
     with stages.stage("verify cached targets against the live teacher"):
         check = verify_store(
             store,
@@ -310,7 +306,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
         with stages.stage(f"train {method} student ({cfg.student_arch}, {cfg.epochs} epochs)"):
             key = f"{method}-s{cfg.seed}"
             source = {"store": store, "expect": _expect_teacher(cfg, teacher)}
-            entry = runs.train(key, cfg.student(method, cfg.seed, key, source), console)
+            entry = train_run(runs, key, cfg.student(method, cfg.seed, key, source), console)
             students[method] = entry["deployed"]
     with stages.stage("evaluate: raw pixels, teacher, students (FAISS kNN + linear probe)"):
         records = evaluate(
@@ -339,17 +335,53 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
     return DemoResult(str(out), records, stages.seconds, table)
 
 
+def build_store(runs: RunLedger, cfg: DemoConfig, name: str, teacher: str, views: int) -> str:
+    """Precompute ``teacher`` over ``views`` views of every train image into ``cfg.out/name``
+    (resumes a partial store); record the build in ``runs`` as ``precompute:<name>``; return the
+    URL."""
+    url = str(Path(cfg.out) / name)
+    report = run_precompute(
+        PrecomputeConfig(
+            teacher=teacher,
+            dataset=cfg.dataset,
+            store=url,
+            views=views,
+            split="train",
+            recipe=cfg.resolved_recipe(),
+            size=cfg.size,
+            seed=cfg.seed,
+            workers=cfg.workers,
+            device=cfg.device,
+            shard_size=1024,
+            progress=cfg.progress,
+            teacher_weights=cfg.teacher_weights,
+        )
+    )
+    runs.record_build(name, report.seconds, report.views_computed)
+    return url
+
+
+def train_run(
+    runs: RunLedger, key: str, cfg: TrainConfig, console: Console | None = None
+) -> dict[str, Any]:
+    """Train ``cfg`` unless ``runs`` holds ``key`` done with these settings; return its entry
+    (deployed and final checkpoint paths, training seconds, steps)."""
+    done = runs.finished(key, cfg)
+    if done is not None:
+        if console is not None:
+            console.print(f"{key}: already trained ({done['seconds']:.0f} s), reusing it")
+        return done
+    cfg.resume = runs.resumable(cfg)
+    return runs.record_run(key, cfg, train(cfg))
+
+
 def _sha(path: str) -> str:
     """sha256 of a checkpoint or weights file (for a snapshot folder: of its weight files)."""
-    from teacher_service.sources import weights_sha256
-
     return weights_sha256(path)
 
 
 def _expect_teacher(cfg: DemoConfig, teacher: str) -> dict[str, Any]:
     """Store attrs a demo student insists on: the teacher's weights sha256 when it is a file."""
-    from teacher_service.sources import parse_teacher
-
     if cfg.teacher_weights:
         return {"teacher.sha256": _sha(cfg.teacher_weights)}
     if parse_teacher(teacher)[0] == "checkpoint":
@@ -359,9 +391,6 @@ def _expect_teacher(cfg: DemoConfig, teacher: str) -> dict[str, Any]:
 
 def _eval_teacher(cfg: DemoConfig, teacher: str, device: str | None) -> Any:
     """The teacher row of the evaluation: a checkpoint path, or a teacher source's features."""
-    from student_trainer.features import TeacherFeatures
-    from teacher_service.sources import parse_teacher
-
     if parse_teacher(teacher)[0] == "checkpoint":
         return teacher
     return TeacherFeatures(teacher, cfg.teacher_weights, device=device, name="teacher")

@@ -1,6 +1,6 @@
 """Retrieval and kNN-classification metrics computed from ranked neighbours.
 
-Every function takes neighbours already ranked best-first (``student_trainer.knn.search``) and
+Every function takes neighbours already ranked best-first (``student_trainer.eval.knn.search``) and
 labels as int64 arrays; all return fractions in [0, 1].
 
 Vote tie-breaking (weighted and majority kNN): when two or more classes have exactly the same vote,

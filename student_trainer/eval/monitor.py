@@ -1,8 +1,9 @@
 """The kNN monitor of ``disco train --knn-every N``: ``disco eval``'s weighted 20-NN in training.
 
 Every N epochs (and before the first step and after the last one) the query encoder's backbone
-features of un-augmented images are extracted with :func:`student_trainer.features.extract_features`
-and scored with :func:`student_trainer.evaluate.score`, exactly as ``disco eval`` scores a
+features of un-augmented images are extracted with
+:func:`student_trainer.eval.features.extract_features`
+and scored with :func:`student_trainer.eval.evaluate.score`, exactly as ``disco eval`` scores a
 checkpoint (same rendering ``render_center`` with the checkpoint's recipe, same FAISS cosine search,
 same weighted vote k 20, T 0.07). Only the feature model differs: :class:`LiveFeatures` wraps the
 module being trained instead of a file, and nothing is cached.
@@ -24,9 +25,9 @@ import torch
 
 from store.datasets import ImageDataset, open_dataset
 from store.errors import ConfigError
-from store.views import Recipe
-from student_trainer.evaluate import check_labelled, score
-from student_trainer.features import _eval_recipe, extract_features
+from store.views import Recipe, render_center
+from student_trainer.eval.evaluate import check_labelled, score
+from student_trainer.eval.features import _eval_recipe, extract_features
 from teacher_service.encoders import Encoder
 from teacher_service.runtime import to_device
 
@@ -47,7 +48,7 @@ MONITOR_TEMPERATURE = 0.07
 VAL_FRACTION = 0.2
 """Share of the train split held out as monitor queries with ``monitor_split="val"``."""
 LOGGED = ("knn_weighted", "nn1", "knn_majority")
-"""Metrics of :func:`student_trainer.evaluate.score` the monitor logs (fractions in [0, 1])."""
+"""Metrics of :func:`student_trainer.eval.evaluate.score` the monitor logs (fractions in [0, 1])."""
 
 
 class MonitorData(ImageDataset):
@@ -130,9 +131,9 @@ def _subsample(indices: np.ndarray, count: int | None) -> np.ndarray:
 
 
 class LiveFeatures:
-    """Feature model (``student_trainer.features.FeatureModel``) of an encoder being trained.
+    """Feature model (``student_trainer.eval.features.FeatureModel``) of an encoder being trained.
 
-    ``prepare`` renders like :class:`student_trainer.features.EncoderFeatures` does for the
+    ``prepare`` renders like :class:`student_trainer.eval.features.EncoderFeatures` does for the
     checkpoint this encoder would be exported as (``recipe``: ``_eval_recipe`` of that checkpoint's
     preprocessing); ``embed`` runs ``encoder(x, output="feature")`` -> (B, F) float32 on the CPU.
     The caller puts the encoder in eval mode (BatchNorm running statistics).
@@ -152,8 +153,6 @@ class LiveFeatures:
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (3, S, S) float32 via ``store.views.render_center``."""
-        from store.views import render_center
-
         return render_center(image, self.recipe)
 
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
