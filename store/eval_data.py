@@ -42,6 +42,8 @@ class BankQueries(ImageDataset):
         self.bank, self.queries = bank, queries
         self.sources = (bank, queries)
         self.spec = f"{bank.spec} [{bank_split}] | {queries.spec} [{query_split}]"
+        # What the bank and the queries are, for a report's protocol line.
+        self.roles = (f"{bank.spec} ({bank_split})", f"{queries.spec} ({query_split})")
         names = class_names(bank)
         index = {name: i for i, name in enumerate(names)}
         query_names = class_names(queries)

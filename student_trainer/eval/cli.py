@@ -103,7 +103,7 @@ def eval_command(
     # lazy: torch loads only when a command runs, so --help stays instant
     from student_trainer.eval.evaluate import evaluate
     from student_trainer.eval.linear_probe import ProbeConfig
-    from student_trainer.eval.report import render_markdown
+    from student_trainer.eval.report import DEFAULT_ROLES, render_markdown
 
     try:
         data: Any = dataset
@@ -144,6 +144,7 @@ def eval_command(
     except DiscoError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    title = data if isinstance(data, str) else data.spec
-    typer.echo(render_markdown(records, title=f"Retrieval evaluation on {title}"))
+    title = f"Retrieval evaluation on {data if isinstance(data, str) else data.spec}"
+    roles = getattr(data, "roles", DEFAULT_ROLES)
+    typer.echo(render_markdown(records, title=title, roles=roles))
     typer.echo(f"wrote {out / 'results.md'} and {out / 'results.json'}")

@@ -282,7 +282,9 @@ def evaluate(
     records = [r.record for r in results]
     if out is not None:
         out_dir = Path(out)
-        report.write_tables(records, out_dir, title=f"Retrieval evaluation on {ds.spec}")
+        title = f"Retrieval evaluation on {ds.spec}"
+        roles = getattr(ds, "roles", report.DEFAULT_ROLES)  # a bank/queries pair names its sides
+        report.write_tables(records, out_dir, title, roles)
         if figures:
             for i, r in enumerate(results):
                 if r.neighbours is None:
@@ -290,7 +292,7 @@ def evaluate(
                 path = out_dir / f"neighbours_{i:02d}_{slug(r.record['name'])}.png"
                 report.neighbour_figure(ds, r.features, r.neighbours, path, title=r.record["name"])
                 r.record["figure"] = path.name
-            report.write_tables(records, out_dir, title=f"Retrieval evaluation on {ds.spec}")
+            report.write_tables(records, out_dir, title, roles)
     return records
 
 
