@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from store.cli_options import apply_remote_options, exits_on_error, remote_options, with_options
+from store.datasets import DATASET_HELP
 
 app = typer.Typer(help="Create and inspect DisCo embedding stores.", no_args_is_help=True)
 console = Console()
@@ -35,9 +36,7 @@ def _human(n: float) -> str:
 @exits_on_error
 def create(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
-    dataset: Annotated[
-        str, typer.Option(help="Dataset spec: mnist5k, digits, synthetic[:N], imagefolder:PATH.")
-    ] = "mnist5k",
+    dataset: Annotated[str, typer.Option(help=DATASET_HELP)] = "mnist5k",
     split: Annotated[str, typer.Option(help="Split: all, train or test.")] = "train",
     recipe: Annotated[
         str, typer.Option(help="View recipe (mocov2, digits, ...; store.views.RECIPES).")

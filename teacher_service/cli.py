@@ -21,6 +21,7 @@ from store.cli_options import (
     remote_options,
     with_options,
 )
+from store.datasets import DATASET_HELP
 from store.errors import ConfigError
 from teacher_service.config import PrecomputeConfig, VerifyConfig
 
@@ -85,7 +86,7 @@ def verify_command(
 
 @exits_on_error
 def estimate_command(
-    dataset: Annotated[str, typer.Option(help="Dataset spec: mnist5k, digits, imagefolder:P.")],
+    dataset: Annotated[str, typer.Option(help=DATASET_HELP)],
     views: Annotated[int, typer.Option(help="Planned views V per sample.")] = 8,
     split: Annotated[str, typer.Option(help="Dataset split: all, train or test.")] = "all",
     dim: Annotated[

@@ -85,7 +85,8 @@ class PrecomputeConfig:
     teacher: str
     """Teacher: timm:NAME, hf:PATH_OR_ID, open_clip:ARCH, py:MODULE:FUNCTION or a checkpoint."""
     dataset: str
-    """Dataset spec, e.g. ``mnist5k``, ``synthetic:256``, ``imagefolder:/data/train``."""
+    """Dataset spec, e.g. ``mnist5k``, ``imagefolder:/data/train``, ``hfds:PATH``, ``wds:PATTERN``,
+    ``parquet:PATH``, ``py:MODULE:FUNCTION`` (``store.datasets.DATASETS``; options after ``?``)."""
     store: str
     """Store URL (local path or fsspec URL)."""
     views: int = 8

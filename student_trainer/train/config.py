@@ -77,8 +77,9 @@ class TrainConfig:
     store: str | None = None
     """Teacher-target store (path or fsspec URL); views are replayed from its stored params."""
     dataset: str | None = None
-    """Dataset spec (``store.datasets.open_dataset``) for training without a store; with a store,
-    where its images are now (data that moved: checked against the store's manifest first)."""
+    """Dataset spec (``store.datasets.open_dataset``: imagefolder:, hfds:, wds:, parquet:, py:, ...)
+    for training without a store; with a store, where its images are now (data that moved:
+    checked against the store's manifest first)."""
     full_check: bool = False
     """With a store and a dataset: hash every sample of the moved dataset (default: 64 rows)."""
     split: str = "train"
