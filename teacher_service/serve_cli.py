@@ -24,6 +24,7 @@ def serve_command(**given: Any) -> None:
     import uvicorn
 
     from teacher_service.service.app import create_app
+    from teacher_service.service.logs import log_config
 
     try:
         settings = ServiceSettings(**{k: v for k, v in given.items() if v is not None})
@@ -36,9 +37,12 @@ def serve_command(**given: Any) -> None:
         # Fail before uvicorn starts: a broken checkpoint is one clear line, not a startup trace.
         from store.errors import DiscoError
         from teacher_service.checkpoint import recipe_for
+        from teacher_service.precision import compute_dtype
+        from teacher_service.runtime import resolve_device
         from teacher_service.sources import load_teacher
 
         try:
+            compute_dtype(settings.precision, resolve_device(settings.device).type)
             loaded = load_teacher(
                 settings.teacher, settings.teacher_weights, settings.teacher_pooling, device="cpu"
             )
@@ -53,6 +57,7 @@ def serve_command(**given: Any) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=log_config(settings.log_format, settings.log_level),
         timeout_graceful_shutdown=10,
     )
 

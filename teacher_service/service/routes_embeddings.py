@@ -194,10 +194,22 @@ async def create_embeddings(
         await run_in_threadpool(write_slots, stores, name, runtime, prepared.slots, vectors)
         metrics.store_writes.inc(len(prepared.slots))
     out = vectors.reshape(*prepared.shape, vectors.shape[-1])
+    queue_ms = 1000 * max(r.queue_s for r in results)
+    inference_ms = 1000 * max(r.inference_s for r in results)
+    batch = max(r.batch_size for r in results)
+    # What the access log line carries (the app's guard middleware writes it).
+    request.state.access = {
+        "images": prepared.shape[0],
+        "rows": len(results),
+        "queue_ms": round(queue_ms, 3),
+        "inference_ms": round(inference_ms, 3),
+        "batch_size": batch,
+        "store": name,
+    }
     headers = {
-        "x-queue-time": f"{1000 * max(r.queue_s for r in results):.3f}",
-        "x-inference-time": f"{1000 * max(r.inference_s for r in results):.3f}",
-        "x-batch-size": str(max(r.batch_size for r in results)),
+        "x-queue-time": f"{queue_ms:.3f}",
+        "x-inference-time": f"{inference_ms:.3f}",
+        "x-batch-size": str(batch),
         "x-model-sha256": runtime.sha256,
     }
     if wants_binary(request):

@@ -8,14 +8,15 @@ instance when the caller (the CLI, a test) builds one itself.
 from __future__ import annotations
 
 import os
+import typing
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["ServiceSettings", "get_settings"]
+__all__ = ["ServiceSettings", "get_settings", "settings_reference"]
 
 
 class ServiceSettings(BaseSettings):
@@ -44,8 +45,13 @@ class ServiceSettings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="address uvicorn binds")
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port uvicorn binds")
     device: str = Field(default="auto", description="torch device: auto, cpu, cuda, cuda:N")
-    dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        default="float32", description="compute dtype (autocast on CUDA only; CPU stays float32)"
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32",
+        description="compute precision: fp32, or CUDA autocast in bf16/fp16 (an error on CPU)",
+    )
+    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        default=None,
+        description="deprecated spelling of precision (float32, bfloat16, float16)",
     )
     renderer: Literal["auto", "reference", "batched"] = Field(
         default="auto",
@@ -84,7 +90,24 @@ class ServiceSettings(BaseSettings):
     )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with 429")
     token: SecretStr | None = Field(
-        default=None, description="bearer token required on every route but /healthz"
+        default=None,
+        description="bearer token required on /v1/* (health, and metrics/docs per their "
+        "switches, stay open)",
+    )
+    metrics: Literal["open", "token", "off"] = Field(
+        default="open",
+        description="GET /metrics: open (no token: counts and timings only), token (needs the "
+        "bearer token when one is set) or off (404)",
+    )
+    docs: bool = Field(
+        default=True,
+        description="serve the OpenAPI schema (/openapi.json) and its pages (/docs, /redoc) "
+        "without a token (the schema holds no secrets); false: none",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="log lines: text (uvicorn's) or json (one object per line: request id, "
+        "route, status, images, queue and inference ms)",
     )
     prep_threads: int = Field(
         default=2, ge=1, le=64, description="threads decoding and rendering request images"
@@ -93,8 +116,22 @@ class ServiceSettings(BaseSettings):
         default=None, ge=1, description="torch intra-op threads for the model (None: torch's)"
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
-        default="info", description="uvicorn log level"
+        default="info", description="log level of the service and uvicorn"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dtype_is_precision(cls, data: Any) -> Any:
+        # DISCO_DTYPE / --dtype (the old spelling) still work, with one deprecation line.
+        if isinstance(data, dict) and data.get("dtype") not in (None, ""):
+            from teacher_service.precision import parse_precision
+
+            old = parse_precision(data["dtype"], old_flag="DISCO_DTYPE/--dtype")
+            given = data.get("precision")
+            if given not in (None, "") and parse_precision(given) != old:
+                raise ValueError(f"precision {given!r} and dtype {data['dtype']!r} disagree")
+            data = {**data, "precision": old}
+        return data
 
     @field_validator("teacher", mode="before")
     @classmethod
@@ -140,3 +177,45 @@ class ServiceSettings(BaseSettings):
 def get_settings() -> ServiceSettings:
     """Read :class:`ServiceSettings` from the environment once (cached for the process)."""
     return ServiceSettings()  # type: ignore[call-arg]
+
+
+def _default_text(info: Any) -> str:
+    from pydantic_core import PydanticUndefined
+
+    if info.default is PydanticUndefined and info.default_factory is None:
+        return "required"
+    value = info.get_default()
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"`{value}`"
+
+
+def _type_text(annotation: Any) -> str:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is Literal:
+        return " \\| ".join(f"`{a}`" for a in typing.get_args(annotation))
+    if args:
+        return " \\| ".join(_type_text(a) for a in args)
+    name = getattr(annotation, "__name__", str(annotation))
+    return {"SecretStr": "secret", "Path": "path", "str": "text"}.get(name, name)
+
+
+def settings_reference(model: type[BaseSettings] = ServiceSettings) -> str:
+    """The settings reference as a Markdown table, rendered from ``model``'s fields: one row per
+    field with its ``DISCO_*`` variable, the ``disco serve`` flag, type, default and description
+    (the docs build writes it into the reference page; nothing is copied by hand)."""
+    prefix = str(model.model_config.get("env_prefix") or "")
+    rows = [
+        "| Variable | Flag | Type | Default | Meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for name, info in model.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        meaning = (info.description or "").replace("|", "\\|")
+        rows.append(
+            f"| `{prefix}{name.upper()}` | `{flag}` | {_type_text(info.annotation)} | "
+            f"{_default_text(info)} | {meaning} |"
+        )
+    return "\n".join(rows) + "\n"
