@@ -7,6 +7,7 @@ variable, then to the field's default. Torch loads only when the service starts.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import typer
@@ -21,6 +22,9 @@ __all__ = ["serve_command"]
 @with_options(settings_options(ServiceSettings))
 def serve_command(**given: Any) -> None:
     """Serve teacher embeddings over HTTP (dynamic batching; see /docs when running)."""
+    import logging
+    import logging.config
+
     import uvicorn
 
     from teacher_service.service.app import create_app
@@ -33,6 +37,13 @@ def serve_command(**given: Any) -> None:
         where = ".".join(str(p) for p in first["loc"]) or "settings"
         typer.echo(f"error: {where}: {first['msg']} (flag or DISCO_{where.upper()})", err=True)
         raise typer.Exit(1) from None
+    # From here on every line is in the chosen format (JSON: one object per line), library
+    # warnings included (as log records).
+    logging.config.dictConfig(log_config(settings.log_format, settings.log_level))
+    logging.captureWarnings(True)
+    if settings.log_format == "json":
+        # Hub download/loading progress bars are not log lines (set before transformers loads).
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if settings.teacher is not None:
         # Fail before uvicorn starts: a broken checkpoint is one clear line, not a startup trace.
         from store.errors import DiscoError

@@ -30,6 +30,8 @@ from store.views import (
     resolve_renderer,
 )
 from teacher_service.config import VerifyConfig
+from teacher_service.precision import COMPUTE_DTYPES, parse_precision
+from teacher_service.precision import compute_dtype as precision_dtype
 from teacher_service.runtime import autocast, resolve_device
 from teacher_service.sources import load_teacher, to_pixels
 
@@ -128,6 +130,12 @@ def sample_slots(written: np.ndarray, shard_size: int, samples: int, seed: int) 
     return np.stack([rows[sel], views[sel]], axis=1).astype(np.int64)
 
 
+def _precision_of(recorded: object) -> str:
+    """The precision of a store's recorded ``compute_dtype`` (older stores: none = fp32)."""
+    names = {v: k for k, v in COMPUTE_DTYPES.items()}
+    return names.get(str(recorded), parse_precision(None if recorded is None else str(recorded)))
+
+
 def verify_store(
     url: str,
     teacher_path: str,
@@ -140,6 +148,7 @@ def verify_store(
     teacher_pooling: str | None = None,
     accept_render_drift: bool = VerifyConfig.accept_render_drift,
     renderer: str = VerifyConfig.renderer,
+    precision: str | None = VerifyConfig.precision,
 ) -> VerifyResult:
     """Check ``samples`` cached views of the store at ``url`` against the live teacher.
 
@@ -153,15 +162,23 @@ def verify_store(
     ``accept_render_drift``, a passing check records this install's render fingerprint as accepted
     in the store (then trainers here accept it too). ``renderer``: auto (batched on CUDA, reference
     on CPU), reference or batched; a batched render is also checked against the reference within
-    ``RENDER_BOUND`` (see the module docstring).
+    ``RENDER_BOUND`` (see the module docstring). ``precision`` (fp32|bf16|fp16) runs the live
+    teacher in that precision; None: the store's recorded ``compute_dtype``. bf16/fp16 need
+    CUDA (a ``ConfigError`` on CPU, as in precompute and serve: pass ``precision="fp32"`` to
+    check a bf16 store on a CPU host).
     """
-    VerifyConfig(samples, threshold, seed, device, batch_size, accept_render_drift, renderer)
+    VerifyConfig(
+        samples, threshold, seed, device, batch_size, accept_render_drift, renderer,
+        precision=precision,
+    )  # fmt: skip
     store = EmbeddingStore.open(url)
     render = store.check_render(accept_drift=accept_render_drift)
     recorded = store.teacher
     if recorded is None:
         raise StoreError(f"store {url} has no teacher attached; run `disco precompute` first")
     dev = resolve_device(device)
+    wanted = precision if precision is not None else _precision_of(recorded.get("compute_dtype"))
+    dtype = precision_dtype(wanted, dev.type)
     used = resolve_renderer(renderer, dev)
     if teacher_pooling is None:
         teacher_pooling = recorded.get("pooling")
@@ -207,7 +224,6 @@ def verify_store(
     if not keep:
         raise StoreError(f"none of the sampled rows of {url} decode any more")
     slots, cached = slots[keep], cached[keep]
-    dtype = str(recorded.get("compute_dtype"))
     pixels = to_pixels(torch.stack(images), recipe.mean, recipe.std)
     live = _embed(encoder, pixels, dev, dtype, batch_size)
     extra: dict[str, Any] = {"renderer": used, "render_device": str(dev) if used != "reference"

@@ -67,14 +67,14 @@ def test_precompute_bf16_on_cuda_matches_cpu(teacher: Path, tmp_path: Path) -> N
     def run(device: str, amp: str) -> EmbeddingStore:
         cfg = PrecomputeConfig(
             teacher=str(teacher), dataset="synthetic:64", store=str(tmp_path / f"{device}.zarr"),
-            views=2, size=SIZE, shard_size=32, batch_size=32, workers=2, device=device, amp=amp,
-            progress=False,
+            views=2, size=SIZE, shard_size=32, batch_size=32, workers=2, device=device,
+            precision=amp, progress=False,
         )  # fmt: skip
         report = run_precompute(cfg)
         assert report.shards_computed == 2 and report.device.startswith(device)
         return EmbeddingStore.open(cfg.store)
 
-    cpu, gpu = run("cpu", "none"), run("cuda", "bf16")
+    cpu, gpu = run("cpu", "fp32"), run("cuda", "bf16")
     assert gpu.teacher is not None and gpu.teacher["compute_dtype"] == "bfloat16"
     assert cpu.teacher is not None and cpu.teacher["compute_dtype"] == "float32"
     a = np.concatenate([cpu.read_shard(s).embeddings for s in range(cpu.num_shards)])

@@ -111,5 +111,8 @@ def log_config(log_format: str, level: str) -> dict[str, Any]:
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
             "teacher_service": {"handlers": ["default"], "level": level, "propagate": False},
             ACCESS_LOGGER: {"handlers": ["access"], "level": level, "propagate": False},
+            # Library warnings (logging.captureWarnings) and other loggers: the same format.
+            "py.warnings": {"handlers": ["default"], "level": "WARNING", "propagate": False},
         },
+        "root": {"handlers": ["default"], "level": "WARNING"},
     }
