@@ -166,7 +166,9 @@ def test_dockerfile_and_context() -> None:
 
 def _engine() -> bool:
     docker = shutil.which("docker")
-    return bool(docker) and subprocess.run([docker, "info"], capture_output=True).returncode == 0
+    if docker is None:
+        return False
+    return subprocess.run([docker, "info"], capture_output=True).returncode == 0
 
 
 @pytest.mark.skipif(

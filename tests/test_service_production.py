@@ -121,9 +121,8 @@ def test_request_id_is_echoed_generated_or_replaced(client: TestClient) -> None:
     generated = client.get("/healthz").headers["x-request-id"]
     assert re.fullmatch(r"[0-9a-f]{32}", generated)
     for bad in ("has space", "x" * 129, "new\u00e9line"):
-        got = client.get("/healthz", headers={"X-Request-ID": bad.encode("utf-8")}).headers[
-            "x-request-id"
-        ]
+        sent = {b"X-Request-ID": bad.encode("utf-8")}
+        got = client.get("/healthz", headers=sent).headers["x-request-id"]
         assert got != bad and re.fullmatch(r"[0-9a-f]{32}", got)
     # Errors carry it too.
     assert client.get("/v1/model", headers={"X-Request-ID": "e1"}).headers["x-request-id"] == "e1"
@@ -206,7 +205,10 @@ def test_no_route_module_raises_http_errors_for_store_errors() -> None:
 def test_precision_names_and_old_spellings(capsys: pytest.CaptureFixture[str]) -> None:
     assert PRECISIONS == ("fp32", "bf16", "fp16")
     assert parse_precision(None) == "fp32"
-    for old, new in [("none", "fp32"), ("bfloat16", "bf16"), ("float16", "fp16"), (True, "bf16")]:
+    pairs: list[tuple[str | bool, str]] = [
+        ("none", "fp32"), ("bfloat16", "bf16"), ("float16", "fp16"), (True, "bf16"),
+    ]  # fmt: skip
+    for old, new in pairs:
         assert parse_precision(old, old_flag="--amp") == new
         assert "deprecated" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="valid: fp32, bf16, fp16"):
