@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -148,7 +149,9 @@ async def create_embeddings(
     ``x-batch-size`` (largest model batch its rows ran in). With ``store`` set, every image's
     embedding is also written into its (index, view) slot of that store.
     """
+    started = time.perf_counter()
     parsed = await _parse(request, settings)
+    parsed_at = time.perf_counter()
     rows = check_request(parsed, settings)
     try:
         batcher.reserve(rows)  # refuse overload before decoding anything
@@ -171,6 +174,7 @@ async def create_embeddings(
             )
         finally:
             batcher.release(rows)
+        prepared_at = time.perf_counter()
         futures = batcher.submit(prepared.rows)
     except QueueFullError as exc:
         raise HTTPException(
@@ -186,6 +190,7 @@ async def create_embeddings(
         return Response(status_code=499)
     except BatcherClosedError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from None
+    done_at = time.perf_counter()
     vectors = np.stack([r.vector for r in results]).astype(np.float32, copy=False)
     if name is not None and prepared.slots is not None:
         # Recorded before the targets land, as precompute does: the store's `renderers` attr
@@ -197,15 +202,21 @@ async def create_embeddings(
     queue_ms = 1000 * max(r.queue_s for r in results)
     inference_ms = 1000 * max(r.inference_s for r in results)
     batch = max(r.batch_size for r in results)
-    # What the access log line carries (the app's guard middleware writes it).
-    request.state.access = {
+    access = {
         "images": prepared.shape[0],
         "rows": len(results),
         "queue_ms": round(queue_ms, 3),
         "inference_ms": round(inference_ms, 3),
         "batch_size": batch,
         "store": name,
+        # Where the rest of the request's time went (ms): read + parse the body, decode +
+        # render (incl. the wait for a prep thread), submit -> all rows back (queue + model +
+        # hand-off), the store write and the response encoding.
+        "parse_ms": round(1000 * (parsed_at - started), 3),
+        "prep_ms": round(1000 * (prepared_at - parsed_at), 3),
+        "wait_ms": round(1000 * (done_at - prepared_at), 3),
     }
+    request.state.access = access  # the app's guard middleware writes the access line
     headers = {
         "x-queue-time": f"{queue_ms:.3f}",
         "x-inference-time": f"{inference_ms:.3f}",
@@ -213,10 +224,12 @@ async def create_embeddings(
         "x-model-sha256": runtime.sha256,
     }
     if wants_binary(request):
-        return binary_response(out, dtype, headers)
-    return json_embeddings(
-        out, runtime.sha256, [list(s) for s in prepared.slots] if prepared.slots else None, headers
-    )
+        response = binary_response(out, dtype, headers)
+    else:
+        written = [list(s) for s in prepared.slots] if prepared.slots else None
+        response = json_embeddings(out, runtime.sha256, written, headers)
+    access["respond_ms"] = round(1000 * (time.perf_counter() - done_at), 3)
+    return response
 
 
 def json_embeddings(
