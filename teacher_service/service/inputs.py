@@ -127,7 +127,10 @@ def _b64(data: str, key: str) -> bytes:
     if data.startswith("data:") and "," in data[:256]:
         data = data.split(",", 1)[1]
     try:
-        return base64.b64decode("".join(data.split()), validate=True)
+        try:
+            return base64.b64decode(data, validate=True)  # no whitespace: no copy of the text
+        except (binascii.Error, ValueError):
+            return base64.b64decode("".join(data.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise _unprocessable(f"{key}.data is not valid base64: {exc}") from None
 

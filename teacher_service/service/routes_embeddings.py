@@ -46,6 +46,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 OCTET = "application/octet-stream"
+INLINE_PARSE_BYTES = 256 * 1024
+"""JSON bodies up to this size are parsed on the event loop (about 0.4 ms for a 60 KB
+one-image body here, less than the thread pool hand-off costs under load); larger ones in a
+thread, so a 32 MB body never stalls the loop."""
 
 
 class ClientGoneError(Exception):
@@ -102,6 +106,8 @@ async def _parse(request: Request, settings: SettingsDep) -> ParsedRequest:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "application/json":
         body = await request.body()
+        if len(body) <= INLINE_PARSE_BYTES:
+            return parse_json(body)
         return await run_in_threadpool(parse_json, body)  # big bodies: keep the loop free
     if media == "multipart/form-data":
         return await parse_multipart(request, settings)
