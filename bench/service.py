@@ -7,7 +7,14 @@ decode + render + batched forward at the same max batch size. Prints a table, on
 and as its last line one JSON object (the largest C, with the whole curve)::
 
     {"bench": "service", "clients": 32, "service_img_s": ..., "inprocess_img_s": ...,
-     "service_ratio": ..., "p50_ms": ..., "p99_ms": ..., "mean_batch": ..., "errors": 0, ...}
+     "service_ratio": ..., "p50_ms": ..., "p99_ms": ..., "mean_batch": ..., "model_busy": ...,
+     "server_cpu_ms_img": ..., "client_cpu_ms_img": ..., "inprocess_cpu_ms_img": ...,
+     "errors": 0, "load_avg_1m": ..., ...}
+
+``service_ratio`` is wall-clock and swings with other load on a shared machine; the CPU ms per
+image of the server process (all its threads), of the bench's HTTP clients and of the in-process
+loop say whether the service itself spends more than the reference (``model_busy``: the fraction
+of wall time the model thread computed).
 
 Usage: ``python bench/service.py [--clients 1,8,32] [--requests 96] [--arch resnet18 --width 32]``
 ``--http h11 --loop asyncio`` measures uvicorn's pure-Python stack (``auto``: httptools + uvloop
@@ -119,6 +126,15 @@ def batch_stats(url: str) -> tuple[float, float, float]:
     )
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of process ``pid`` (this process when None), all threads."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 STAGES = ("parse_ms", "prep_ms", "queue_ms", "inference_ms", "wait_ms", "respond_ms", "duration_ms")
 
 
@@ -179,17 +195,18 @@ def inprocess(
     size: int,
     device: str = "cpu",
     precision: str = "fp32",
-) -> float:
+) -> tuple[float, float]:
     """Images/s of decode + render + batched forward in this process (same batch size), through
-    the service's own forward (``TeacherRuntime.embed``: same device settings and precision)."""
+    the service's own forward (``TeacherRuntime.embed``: same device settings and precision),
+    and the CPU seconds that loop used."""
     runtime = load_runtime(teacher, device=device, precision=precision)
     recipe = get_recipe("mocov2", size)
     runtime.embed(torch.stack([render_center(decode_image(images[0]), recipe)]))  # warm-up
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     for k in range(0, len(images), batch):
         x = torch.stack([render_center(decode_image(b), recipe) for b in images[k : k + batch]])
         runtime.embed(x)
-    return len(images) / (time.perf_counter() - start)
+    return len(images) / (time.perf_counter() - start), cpu_seconds() - cpu
 
 
 def main() -> None:
@@ -252,27 +269,31 @@ def main() -> None:
                 # each figure is the median over rounds taken at nearly the same time.
                 svc_rates, ref_rates, lat, errors = [], [], [], 0
                 before = batch_stats(url)
-                served_s = 0.0
+                served_s = server_cpu = client_cpu = ref_cpu = 0.0
                 for _ in range(args.rounds):
+                    cpu0, own0 = cpu_seconds(proc.pid), cpu_seconds()
                     elapsed, round_lat, round_err = asyncio.run(drive(url, bodies, clients))
+                    server_cpu += cpu_seconds(proc.pid) - cpu0
+                    client_cpu += cpu_seconds() - own0
                     served_s += elapsed
                     svc_rates.append(len(bodies) / elapsed)
                     lat += round_lat
                     errors += round_err
-                    ref_rates.append(
-                        inprocess(
-                            teacher,
-                            images,
-                            args.max_batch_size,
-                            args.size,
-                            args.device,
-                            args.precision,
-                        )
+                    rate, used = inprocess(
+                        teacher,
+                        images,
+                        args.max_batch_size,
+                        args.size,
+                        args.device,
+                        args.precision,
                     )
+                    ref_rates.append(rate)
+                    ref_cpu += used
                 after = batch_stats(url)
                 count = after[1] - before[1]
                 mean_batch = (after[0] - before[0]) / count if count else 0.0
                 model_busy = (after[2] - before[2]) / served_s
+                n_served = len(bodies) * args.rounds
                 stages, seen = stage_profile(log, seen) if args.profile else ({}, seen)
                 svc = statistics.median(svc_rates)
                 ref = statistics.median(ref_rates)
@@ -287,6 +308,11 @@ def main() -> None:
                         "p99_ms": round(float(np.percentile(lat, 99)), 2),
                         "mean_batch": round(mean_batch, 2),
                         "model_busy": round(model_busy, 3),
+                        # CPU ms per image, robust to a busy machine: the server process (all
+                        # threads), the bench's own HTTP clients, the in-process reference.
+                        "server_cpu_ms_img": round(1000 * server_cpu / n_served, 2),
+                        "client_cpu_ms_img": round(1000 * client_cpu / n_served, 2),
+                        "inprocess_cpu_ms_img": round(1000 * ref_cpu / n_served, 2),
                         "errors": errors,
                         "requests": len(bodies) * args.rounds,
                         "rounds": args.rounds,
