@@ -1,4 +1,5 @@
-"""Benchmark: every kNN backend of ``student_trainer.knn.search`` (+ scikit-learn) on random data.
+"""Benchmark: every kNN backend of ``student_trainer.eval.knn.search`` (+ scikit-learn) on random
+data.
 
 All exact backends (FAISS ``IndexFlatIP``, blocked torch matmul + top-k, the brute-force torch
 reference) run through ``knn.search`` (candidates + the shared exact re-ranking), so their results
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from sklearn.neighbors import NearestNeighbors
 
-from student_trainer.knn import (
+from student_trainer.eval.knn import (
     EXACT_BACKENDS,
     Neighbours,
     default_backend,

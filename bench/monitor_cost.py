@@ -19,9 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from student_trainer.config import TrainConfig
-from student_trainer.demo import STUDENT_DEFAULTS
-from student_trainer.train import train
+from student_trainer.demo.pipeline import STUDENT_DEFAULTS
+from student_trainer.train.config import TrainConfig
+from student_trainer.train.loop import train
 
 
 def _run(out: Path, steps: int, threads: int | None, **monitor: Any) -> dict[str, Any]:

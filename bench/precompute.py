@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from store.builtin import ArrayDataset
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
 from store.views import render_view
@@ -56,8 +57,6 @@ class _Subset:
     """The first n samples of a dataset, pre-decoded in memory (same images for a, b and c)."""
 
     def __init__(self, spec: str, n: int) -> None:
-        from store.builtin import ArrayDataset
-
         base = open_dataset(spec)
         n = min(n, len(base))
         images = [base.load(i) for i in range(n)]

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from student_trainer.config import TrainConfig
-from student_trainer.demo import DemoConfig, run_demo
-from student_trainer.evaluate import evaluate
-from student_trainer.features import EncoderFeatures
-from student_trainer.train import train
+from student_trainer.demo.pipeline import DemoConfig, run_demo
+from student_trainer.eval.evaluate import evaluate
+from student_trainer.eval.features import EncoderFeatures
+from student_trainer.train.config import TrainConfig
+from student_trainer.train.loop import train
 
 
 def _args() -> argparse.Namespace:

@@ -182,9 +182,9 @@ def _precompute_224(
 def _training(
     a: argparse.Namespace, tmp: str, dev: torch.device, sync: Callable[[], None]
 ) -> dict[str, float]:
-    from student_trainer.config import TrainConfig
-    from student_trainer.moco import MoCo
-    from student_trainer.models import build_student, resolve_bn_groups, student_config
+    from student_trainer.train.config import TrainConfig
+    from student_trainer.train.moco import MoCo
+    from student_trainer.train.models import build_student, resolve_bn_groups, student_config
     from teacher_service.runtime import to_device
 
     b = a.train_batch

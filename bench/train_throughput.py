@@ -1,7 +1,7 @@
 """Benchmark: what the cache costs a student run, against the baselines that isolate each cost.
 
 One run, one student, one batch size, the same images (``--dataset``, ``mocov2`` recipe), the
-same training loop (``student_trainer.train``) and sampling; figures are medians of
+same training loop (``student_trainer.train.loop``) and sampling; figures are medians of
 ``--repeats`` interleaved repeats (set-up and queue pre-fill excluded):
 
 - ``disco_cached``: ``disco`` streaming its teacher targets from a zarr store built here by
@@ -71,10 +71,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from store.embedding_store import EmbeddingStore
 from store.memory import InMemoryStore
 from store.views import get_recipe
-from student_trainer.config import TrainConfig
-from student_trainer.data import StorePlan
-from student_trainer.models import build_student, student_config
-from student_trainer.train import TrainResult, train
+from student_trainer.train.config import TrainConfig
+from student_trainer.train.data import StorePlan
+from student_trainer.train.loop import TrainResult, train
+from student_trainer.train.models import build_student, student_config
 from teacher_service.checkpoint import save_checkpoint
 from teacher_service.encoders import EncoderConfig, build_encoder
 from teacher_service.precompute import PrecomputeConfig, run_precompute

@@ -14,9 +14,9 @@ import argparse
 import torch
 
 from store.datasets import open_dataset
-from student_trainer.evaluate import score
-from student_trainer.features import PixelFeatures, extract_features
-from student_trainer.monitor import MONITOR_K, MONITOR_TEMPERATURE, KnnMonitor, MonitorData
+from student_trainer.eval.evaluate import score
+from student_trainer.eval.features import PixelFeatures, extract_features
+from student_trainer.eval.monitor import MONITOR_K, MONITOR_TEMPERATURE, KnnMonitor, MonitorData
 from teacher_service.checkpoint import load_encoder, read_checkpoint
 
 

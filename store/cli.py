@@ -65,6 +65,7 @@ def create(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
 ) -> None:
     """Build the manifest and view plan of a dataset into a new store (no teacher needed)."""
+    # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.datasets import open_dataset
     from store.embedding_store import EmbeddingStore
     from store.manifest import build_manifest
@@ -119,6 +120,7 @@ def append(
     Refuses (naming the key, nothing written) a sample whose content changed or that is gone.
     Then `disco precompute` fills only the new rows.
     """
+    # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.append import append_rows
 
     try:
@@ -165,6 +167,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show a store's shape, layout, size on disk, compression, progress and identity."""
+    # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.inspection import store_info
 
     try:
@@ -224,6 +227,7 @@ def check(
 
     Exits 1 when a problem is found.
     """
+    # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.inspection import check_store
 
     try:

@@ -133,6 +133,7 @@ def settings_options(model: Any, *, exclude: Iterable[str] = ()) -> list[inspect
     variable, then its own default); the help shows the field's description, its environment
     variable and its default, so the flag documents exactly what the settings will use.
     """
+    # lazy: pydantic_core only for settings-derived options
     from pydantic_core import PydanticUndefined
 
     skip = set(exclude)

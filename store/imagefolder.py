@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from store.datasets import ImageDataset
+from store.dataset_base import ImageDataset
 from store.decode import decode_image
 from store.errors import DatasetError, DecodeError
 

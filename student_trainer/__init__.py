@@ -1,9 +1,14 @@
 """student_trainer: students (MoCo-v2, DisCo, SEED) trained from cached teacher targets, and eval.
 
+Three sub-packages, one direction (checked by ``lint-imports``): ``demo`` (the demo, its service
+check, the study and the runs ledger) uses ``train`` and ``eval``; ``train`` (config, loop, data,
+lazy fill, methods, losses, MoCo, schedule, models, export) uses only ``eval.monitor``; ``eval``
+(features, kNN, metrics, linear probe, report, monitor) never imports ``train``. ``cli`` joins
+every package's commands into the root ``disco`` app.
+
 The training types are re-exported lazily (``store.lazy``: importing the package stays cheap, no
 torch): ``TrainConfig``, ``TrainResult``, ``METHODS``, ``MethodSpec``, ``get_method``. Train with
-``from student_trainer.train import train`` (the submodule ``student_trainer.train`` shadows a
-package-level function of that name).
+``from student_trainer.train import train``.
 """
 
 from __future__ import annotations
@@ -13,19 +18,19 @@ from typing import TYPE_CHECKING
 from store.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from student_trainer.config import TrainConfig
-    from student_trainer.methods import METHODS, MethodSpec, get_method
-    from student_trainer.train import TrainResult
+    from student_trainer.train.config import TrainConfig
+    from student_trainer.train.loop import TrainResult
+    from student_trainer.train.methods import METHODS, MethodSpec, get_method
 
 __all__ = ["METHODS", "MethodSpec", "TrainConfig", "TrainResult", "get_method"]
 
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "METHODS": "student_trainer.methods",
-        "MethodSpec": "student_trainer.methods",
-        "TrainConfig": "student_trainer.config",
-        "TrainResult": "student_trainer.train",
-        "get_method": "student_trainer.methods",
+        "METHODS": "student_trainer.train.methods",
+        "MethodSpec": "student_trainer.train.methods",
+        "TrainConfig": "student_trainer.train.config",
+        "TrainResult": "student_trainer.train.loop",
+        "get_method": "student_trainer.train.methods",
     },
 )

@@ -8,9 +8,9 @@ from __future__ import annotations
 import typer
 
 from store.cli import app as store_app
-from student_trainer.demo_cli import demo_command
-from student_trainer.eval_cli import eval_command
-from student_trainer.train_cli import train_command
+from student_trainer.demo.cli import demo_command
+from student_trainer.eval.cli import eval_command
+from student_trainer.train.cli import train_command
 from teacher_service.cli import estimate_command, precompute_command, verify_command
 from teacher_service.serve_cli import serve_command
 

@@ -16,10 +16,8 @@ Project format ``disco-checkpoint/1`` (a plain dict; tensors, str, numbers, list
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +25,15 @@ from typing import Any
 
 import torch
 
-from store.atomic import atomic_write
 from store.errors import CheckpointError, ConfigError
 from store.views import Recipe, get_recipe
 from teacher_service.encoders import ARCHS, Encoder, EncoderConfig, build_encoder
+from teacher_service.weights import (
+    atomic_torch_save,
+    file_sha256,
+    read_checkpoint,
+    read_state_dict,
+)
 
 __all__ = [
     "DEPLOYED_FORMAT",
@@ -80,15 +83,6 @@ class LoadedEncoder:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_checkpoint(
     path: str | os.PathLike[str],
     encoder: Encoder,
@@ -121,37 +115,6 @@ def save_checkpoint(
     }
     atomic_torch_save(payload, path)
     return file_sha256(path)
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save(obj)`` through :func:`store.atomic.atomic_write`: a crash never leaves a
-    truncated file (temporary file beside ``path``, fsync, rename, directory fsync)."""
-    with atomic_write(path) as fh:
-        torch.save(obj, fh)
-
-
-def read_checkpoint(path: str | os.PathLike[str]) -> Any:
-    """``torch.load(path, weights_only=True, map_location="cpu")`` with clear errors.
-
-    Raises ``CheckpointError`` if the file is missing, or needs arbitrary unpickling (refused).
-    """
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {os.fspath(path)}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), "")
-        why = f": {detail.strip()}" if detail else ""
-        raise CheckpointError(
-            f"refusing checkpoint {os.fspath(path)}: it needs arbitrary unpickling, which could "
-            f"run code (torch.load weights_only=True failed{why}). Re-save it as a plain dict of "
-            "tensors and basic values."
-        ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(
-            f"cannot read checkpoint {os.fspath(path)}: {str(exc).splitlines()[0]}"
-        ) from None
 
 
 def infer_resnet_config(backbone_state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -337,8 +300,6 @@ def load_encoder(
     recorded in ``info`` (ImageNet defaults otherwise). Raises ``CheckpointError``.
     """
     if os.fspath(path).endswith(".safetensors"):
-        from teacher_service.sources.base import read_state_dict
-
         obj: Any = read_state_dict(path)
     else:
         obj = read_checkpoint(path)

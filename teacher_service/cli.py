@@ -35,6 +35,7 @@ def precompute_command(
     """Compute the teacher's final embedding of every planned view into a store (resumable)."""
     try:
         cfg = PrecomputeConfig(**config)
+        # lazy: torch loads only when a command runs, so --help stays instant
         from teacher_service.precompute import run_precompute
 
         report = run_precompute(cfg)
@@ -68,6 +69,7 @@ def verify_command(
     """Re-render sampled views, run the live teacher, compare with the cache; exit 1 on failure."""
     try:
         opts = VerifyConfig(**config)
+        # lazy: torch loads only when a command runs, so --help stays instant
         from teacher_service.verify import verify_store
 
         result = verify_store(store, teacher, **dataclasses.asdict(opts))
@@ -95,6 +97,7 @@ def estimate_command(
 ) -> None:
     """Print a store's size (images x V x D x 2 bytes) before anything is computed."""
     try:
+        # lazy: torch loads only when a command runs, so --help stays instant
         from store.datasets import open_dataset
         from teacher_service.estimate import estimate_store
 
@@ -105,6 +108,7 @@ def estimate_command(
                 raise ConfigError(
                     "give --dim D, or --teacher to read D (and F with --features) from the model"
                 )
+            # lazy: torch loads only when a command runs, so --help stays instant
             from teacher_service.sources import load_teacher
 
             loaded = load_teacher(teacher, teacher_weights, teacher_pooling)

@@ -87,6 +87,7 @@ def encode_image(image: ImageLike) -> bytes:
         return bytes(image)
     if isinstance(image, str | os.PathLike):
         return Path(image).read_bytes()
+    # lazy: Pillow only when encoding an image array (the client needs httpx + numpy)
     from PIL import Image
 
     if isinstance(image, np.ndarray):

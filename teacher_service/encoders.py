@@ -22,6 +22,7 @@ from torchvision.models import efficientnet_b0, mobilenet_v3_large, mobilenet_v3
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
 from store.errors import ConfigError
+from teacher_service.timm_models import create_timm
 
 __all__ = [
     "ARCHS",
@@ -291,8 +292,6 @@ class Encoder(nn.Module):
         spec = arch_spec(config.arch)
         self.backbone: nn.Module
         if spec.family == "timm":
-            from teacher_service.sources.timm_source import create_timm
-
             name = config.arch[len(TIMM_PREFIX) :]
             self.backbone, _ = create_timm(name, None, f"student {config.arch}", pretrained=False)
             # Pooled pre-logits width: head_hidden_size where a conv head follows the pooling.

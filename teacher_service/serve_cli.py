@@ -22,6 +22,7 @@ __all__ = ["serve_command"]
 @with_options(settings_options(ServiceSettings))
 def serve_command(**given: Any) -> None:
     """Serve teacher embeddings over HTTP (dynamic batching; see /docs when running)."""
+    # lazy: torch and the app load only when the server starts (--help stays instant)
     import logging
     import logging.config
 

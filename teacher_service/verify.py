@@ -14,6 +14,7 @@ the device, and verify also checks it against the per-view reference on CPU: uin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,7 +34,7 @@ from teacher_service.config import VerifyConfig
 from teacher_service.precision import COMPUTE_DTYPES, parse_precision
 from teacher_service.precision import compute_dtype as precision_dtype
 from teacher_service.runtime import autocast, resolve_device
-from teacher_service.sources import load_teacher, to_pixels
+from teacher_service.sources import LoadedTeacher, load_teacher, to_pixels
 
 __all__ = ["VerifyResult", "sample_slots", "verify_store"]
 
@@ -131,7 +132,7 @@ def sample_slots(written: np.ndarray, shard_size: int, samples: int, seed: int) 
 
 
 def _precision_of(recorded: object) -> str:
-    """The precision of a store's recorded ``compute_dtype`` (older stores: none = fp32)."""
+    """The precision of a store's recorded ``compute_dtype`` (none recorded: fp32)."""
     names = {v: k for k, v in COMPUTE_DTYPES.items()}
     return names.get(str(recorded), parse_precision(None if recorded is None else str(recorded)))
 
@@ -173,30 +174,93 @@ def verify_store(
     )  # fmt: skip
     store = EmbeddingStore.open(url)
     render = store.check_render(accept_drift=accept_render_drift)
+    dev = resolve_device(device)
+    recorded = (store.teacher or {}).get("compute_dtype")
+    dtype = precision_dtype(precision or _precision_of(recorded), dev.type)
+    used = resolve_renderer(renderer, dev)
+    loaded = _store_teacher(store, url, teacher_path, teacher_weights, teacher_pooling, dev)
+    written = store.written_mask()
+    slots = sample_slots(written, store.shard_size, samples, seed)
+    if len(slots) == 0:
+        raise StoreError(f"store {url} has no written views to verify")
+    sample = _render_sample(store, slots)
+    if not len(sample.slots):
+        raise StoreError(f"none of the sampled rows of {url} decode any more")
+    live = _embed(loaded.model, sample.pixels, dev, dtype, batch_size)
+    extra: dict[str, Any] = {
+        "renderer": used,
+        "render_device": str(dev) if used != "reference" else "cpu",
+    }
+    if used == "batched":
+        live, render_check = _check_batched(
+            store, sample, live, loaded.model, dev, dtype, batch_size
+        )
+        extra |= render_check
+    cos = np.sum(sample.cached * live, axis=1)
+
+    def embed(x: torch.Tensor) -> np.ndarray:
+        return _embed(loaded.model, x, dev, dtype, batch_size)
+
+    control = _control(store, sample, live, written, seed, embed)
+    result = _result(url, store.shard_size, sample, cos, control, threshold, render, extra)
+    if result.passed and accept_render_drift and render in ("drift-accepted", "unrecorded"):
+        EmbeddingStore.open(url, mode="r+").accept_render(
+            {
+                "verify": {
+                    "samples": result.samples,
+                    "cos_min": result.cos_min,
+                    "teacher": loaded.info["sha256"],
+                }
+            }
+        )
+        result.render_recorded = True
+    return result
+
+
+def _store_teacher(
+    store: EmbeddingStore,
+    url: str,
+    teacher_path: str,
+    teacher_weights: str | None,
+    teacher_pooling: str | None,
+    device: torch.device,
+) -> LoadedTeacher:
+    """The live teacher, refused unless it is the store's (source, sha256, name, pooling) and
+    fits the store's view size."""
     recorded = store.teacher
     if recorded is None:
         raise StoreError(f"store {url} has no teacher attached; run `disco precompute` first")
-    dev = resolve_device(device)
-    wanted = precision if precision is not None else _precision_of(recorded.get("compute_dtype"))
-    dtype = precision_dtype(wanted, dev.type)
-    used = resolve_renderer(renderer, dev)
     if teacher_pooling is None:
         teacher_pooling = recorded.get("pooling")
-    loaded = load_teacher(teacher_path, teacher_weights, teacher_pooling, device=dev)
+    loaded = load_teacher(teacher_path, teacher_weights, teacher_pooling, device=device)
     for key in ("source", "sha256", "name", "pooling"):
         if key in recorded and recorded.get(key) != loaded.info.get(key):
             raise StoreMismatchError(f"teacher.{key}", loaded.info.get(key), recorded.get(key))
     if "sha256" not in recorded:
         raise StoreMismatchError("teacher.sha256", loaded.info.get("sha256"), None)
-    encoder = loaded.model
-    encoder.check_size(store.recipe.size)
-    slots = sample_slots(store.written_mask(), store.shard_size, samples, seed)
-    if len(slots) == 0:
-        raise StoreError(f"store {url} has no written views to verify")
+    loaded.model.check_size(store.recipe.size)
+    return loaded
 
-    manifest = store.manifest
-    dataset = open_dataset(manifest.dataset)
-    recipe = store.recipe
+
+@dataclass
+class _Sample:
+    """The sampled slots that still decode, with their cached vectors and reference renders."""
+
+    slots: np.ndarray
+    """``(k, 2) int64`` (row, view)."""
+    cached: np.ndarray
+    """``(k, D) float32`` cached embeddings."""
+    pixels: torch.Tensor
+    """``(k, 3, S, S) uint8`` views rendered per view on CPU (the reference renderer)."""
+    sources: list[np.ndarray]
+    """The decoded source images ``(H, W, 3) uint8``."""
+    skipped: dict[str, str]
+    """Sample key -> reason for sampled rows that no longer decode."""
+
+
+def _render_sample(store: EmbeddingStore, slots: np.ndarray) -> _Sample:
+    """Cached vectors of ``slots`` (read a shard at a time) and their views re-rendered from the
+    stored parameters; rows that no longer decode are skipped."""
     cached = np.zeros((len(slots), store.dim or 0), np.float32)
     by_shard: dict[int, list[int]] = {}
     for k, (row, _) in enumerate(slots):
@@ -206,8 +270,8 @@ def verify_store(
         for k in ks:
             row, view = slots[k]
             cached[k] = block.embeddings[row - block.start, view]
-
-    params = store.params
+    manifest, recipe, params = store.manifest, store.recipe, store.params
+    dataset = open_dataset(manifest.dataset)
     skipped: dict[str, str] = {}
     keep: list[int] = []
     images: list[torch.Tensor] = []
@@ -221,67 +285,106 @@ def verify_store(
         images.append(render_view(image, params[row, view], recipe))
         sources.append(image)
         keep.append(k)
-    if not keep:
-        raise StoreError(f"none of the sampled rows of {url} decode any more")
-    slots, cached = slots[keep], cached[keep]
-    pixels = to_pixels(torch.stack(images), recipe.mean, recipe.std)
-    live = _embed(encoder, pixels, dev, dtype, batch_size)
-    extra: dict[str, Any] = {"renderer": used, "render_device": str(dev) if used != "reference"
-                             else "cpu"}  # fmt: skip
-    if used == "batched":
-        views = render_views(sources, params[slots[:, 0], slots[:, 1]], recipe, dev)
-        diff = int((views.cpu().int() - pixels.int()).abs().max())
-        live_ref = live
-        live = _embed(encoder, views, dev, dtype, batch_size)
-        render_cos = float(np.sum(live * live_ref, axis=1).min())
-        render_ok = (
-            diff <= RENDER_BOUND["max_abs_diff"] and render_cos >= RENDER_BOUND["min_cosine"]
-        )
-        extra |= {"render_max_abs_diff": diff, "render_cos_min": render_cos,
+    pixels = (
+        to_pixels(torch.stack(images), recipe.mean, recipe.std)
+        if images
+        else torch.empty((0, 3, recipe.size, recipe.size), dtype=torch.uint8)
+    )
+    return _Sample(slots[keep], cached[keep], pixels, sources, skipped)
+
+
+def _check_batched(
+    store: EmbeddingStore,
+    sample: _Sample,
+    live_ref: np.ndarray,
+    encoder: torch.nn.Module,
+    device: torch.device,
+    dtype: str,
+    batch_size: int,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Re-render the sample with the batched renderer on ``device``; return its live embeddings
+    and its distance to the reference render (uint8 values, embedding cosine) and verdict."""
+    params = store.params
+    views = render_views(
+        sample.sources, params[sample.slots[:, 0], sample.slots[:, 1]], store.recipe, device
+    )
+    diff = int((views.cpu().int() - sample.pixels.int()).abs().max())
+    live = _embed(encoder, views, device, dtype, batch_size)
+    render_cos = float(np.sum(live * live_ref, axis=1).min())
+    render_ok = diff <= RENDER_BOUND["max_abs_diff"] and render_cos >= RENDER_BOUND["min_cosine"]
+    return live, {"render_max_abs_diff": diff, "render_cos_min": render_cos,
                   "render_ok": render_ok}  # fmt: skip
 
-    cos = np.sum(cached * live, axis=1)
-    # Control: each cached vector against the live embedding of another sampled row's view.
-    other = _other_row(slots[:, 0])
-    control = np.sum(cached * live[other], axis=1) if other is not None else np.array([-1.0])
-    control_ok = bool(np.median(control) < threshold)
+
+def _control(
+    store: EmbeddingStore,
+    sample: _Sample,
+    live: np.ndarray,
+    written: np.ndarray,
+    seed: int,
+    embed: Callable[[torch.Tensor], np.ndarray],
+) -> np.ndarray:
+    """Cosines of each cached vector to the live embedding of a view of *another* row: another
+    sampled row's, or, when every sampled slot is of one row, a written view of a different row
+    drawn with ``seed``. Empty when the store has no written view of another row (the check then
+    cannot tell a wrong view, and fails)."""
+    rows = sample.slots[:, 0]
+    other = _other_row(rows)
+    if other is not None:
+        return np.asarray(np.sum(sample.cached * live[other], axis=1))
+    candidates = np.argwhere(written & (np.arange(len(written)) != rows[0])[:, None])
+    if not len(candidates):
+        return np.empty(0, np.float32)
+    dataset = open_dataset(store.manifest.dataset)
+    for k in np.random.default_rng(seed).permutation(len(candidates)):
+        row, view = (int(x) for x in candidates[k])
+        try:
+            image = dataset.load(int(store.manifest.indices[row]))
+        except DecodeError:
+            continue
+        pixels = render_view(image, store.params[row, view], store.recipe)[None]
+        wrong = embed(to_pixels(pixels, store.recipe.mean, store.recipe.std))
+        return np.asarray(sample.cached @ wrong[0])
+    return np.empty(0, np.float32)
+
+
+def _result(
+    url: str,
+    shard_size: int,
+    sample: _Sample,
+    cos: np.ndarray,
+    control: np.ndarray,
+    threshold: float,
+    render: str,
+    extra: dict[str, Any],
+) -> VerifyResult:
+    """The verdict: every cosine at least ``threshold``, the control below it, and (batched) the
+    render within its bound; up to 20 failures named by row, view and shard."""
+    control_ok = bool(len(control) and np.median(control) < threshold)
     bad = np.flatnonzero(cos < threshold)
     failures = [
         {
-            "row": int(slots[k, 0]),
-            "view": int(slots[k, 1]),
-            "shard": int(slots[k, 0]) // store.shard_size,
+            "row": int(sample.slots[k, 0]),
+            "view": int(sample.slots[k, 1]),
+            "shard": int(sample.slots[k, 0]) // shard_size,
             "cos": float(cos[k]),
         }
         for k in bad[:20]
     ]
-    passed = bool(len(bad) == 0 and control_ok and extra.get("render_ok", True))
-    accepted_now = passed and accept_render_drift and render in ("drift-accepted", "unrecorded")
-    if accepted_now:
-        EmbeddingStore.open(url, mode="r+").accept_render(
-            {
-                "verify": {
-                    "samples": len(slots),
-                    "cos_min": float(cos.min()),
-                    "teacher": loaded.info["sha256"],
-                }
-            }
-        )
     return VerifyResult(
         store=url,
-        samples=len(slots),
+        samples=len(sample.slots),
         threshold=threshold,
         cos_min=float(cos.min()),
         cos_mean=float(cos.mean()),
         cos_median=float(np.median(cos)),
-        control_median=float(np.median(control)),
-        control_max=float(control.max()),
-        passed=passed,
+        control_median=float(np.median(control)) if len(control) else float("nan"),
+        control_max=float(control.max()) if len(control) else float("nan"),
+        passed=bool(len(bad) == 0 and control_ok and extra.get("render_ok", True)),
         control_ok=control_ok,
         failures=failures,
-        skipped=skipped,
+        skipped=sample.skipped,
         render=render,
-        render_recorded=accepted_now,
         **extra,
     )
 

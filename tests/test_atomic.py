@@ -65,8 +65,8 @@ def test_a_killed_writer_leaves_the_old_file_whole(tmp_path: Path) -> None:
 
 def test_project_writers_use_the_helper(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Checkpoints/training state and TrainConfig.save write through ``atomic_write``."""
-    from student_trainer.config import TrainConfig
-    from teacher_service.checkpoint import atomic_torch_save
+    from student_trainer.train.config import TrainConfig
+    from teacher_service.weights import atomic_torch_save
 
     calls: list[str] = []
     real = atomic.atomic_write
@@ -76,9 +76,9 @@ def test_project_writers_use_the_helper(monkeypatch: pytest.MonkeyPatch, tmp_pat
         return real(path)
 
     monkeypatch.setattr(atomic, "atomic_write", spy)
-    import teacher_service.checkpoint as checkpoint
+    import teacher_service.weights as weights
 
-    monkeypatch.setattr(checkpoint, "atomic_write", spy)
+    monkeypatch.setattr(weights, "atomic_write", spy)
     atomic_torch_save({"w": torch.ones(2)}, tmp_path / "last.pt")
     assert torch.equal(torch.load(tmp_path / "last.pt", weights_only=True)["w"], torch.ones(2))
     TrainConfig(method="mocov2", arch="tiny", out="x", dataset="digits").save(tmp_path / "c.json")

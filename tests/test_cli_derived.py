@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from store.cli_options import field_docs
 from student_trainer.cli import app
-from student_trainer.config import TrainConfig
+from student_trainer.train.config import TrainConfig
 from teacher_service.config import PrecomputeConfig, VerifyConfig
 from teacher_service.service.settings import ServiceSettings
 
@@ -140,7 +140,7 @@ def test_train_with_only_the_required_options_builds_the_default_config(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
     """The options pass through to ``TrainConfig`` untouched: no option restates a default."""
-    import student_trainer.train as train_module
+    import student_trainer.train.loop as train_module
 
     seen: list[TrainConfig] = []
 

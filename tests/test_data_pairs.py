@@ -13,7 +13,7 @@ from store.datasets import ImageDataset, open_dataset
 from store.errors import ConfigError
 from store.manifest import Manifest, build_manifest
 from store.views import get_recipe, render_view
-from student_trainer.data import (
+from student_trainer.train.data import (
     TAG_PREFILL,
     DatasetPlan,
     EpochBatchSampler,

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from store.datasets import open_dataset
-from student_trainer import metrics
-from student_trainer.evaluate import sklearn_l2_knn
-from student_trainer.features import FeatureSet, PixelFeatures, extract_features
-from student_trainer.knn import search
+from student_trainer.eval import metrics
+from student_trainer.eval.evaluate import sklearn_l2_knn
+from student_trainer.eval.features import FeatureSet, PixelFeatures, extract_features
+from student_trainer.eval.knn import search
 
 
 @pytest.fixture(scope="module")

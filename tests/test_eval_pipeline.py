@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from store.datasets import open_dataset
 from store.errors import DatasetError
 from student_trainer.cli import app
-from student_trainer.evaluate import METRIC_KEYS, evaluate
-from student_trainer.features import EncoderFeatures, extract_features
-from student_trainer.linear_probe import ProbeConfig, linear_probe
+from student_trainer.eval.evaluate import METRIC_KEYS, evaluate
+from student_trainer.eval.features import EncoderFeatures, extract_features
+from student_trainer.eval.linear_probe import ProbeConfig, linear_probe
 from teacher_service.checkpoint import save_checkpoint
 from teacher_service.encoders import EncoderConfig, build_encoder, count_parameters
 
@@ -31,8 +31,9 @@ PRE = {
 
 
 def _full_ranking(bank: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Brute force, independent of ``student_trainer.knn``: every bank row of every query sorted
-    by float64 cosine (desc), ties to the lower row. Returns (Q, N) rows and (Q, N) cosines."""
+    """Brute force, independent of ``student_trainer.eval.knn``: every bank row of every query
+    sorted by float64 cosine (desc), ties to the lower row. Returns (Q, N) rows and (Q, N)
+    cosines."""
     b = bank.astype(np.float64)
     q = queries.astype(np.float64)
     b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-30)

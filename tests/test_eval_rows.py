@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from student_trainer.cli import app
-from student_trainer.evaluate import evaluate
+from student_trainer.eval.evaluate import evaluate
 from teacher_service.checkpoint import save_checkpoint
 from teacher_service.encoders import EncoderConfig, build_encoder
 

@@ -28,8 +28,8 @@ from PIL import Image
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
 from store.views import get_recipe, render_center, render_view
-from student_trainer.features import EncoderFeatures
-from student_trainer.knn import faiss_candidates, faiss_has_gpu, l2_normalise, search
+from student_trainer.eval.features import EncoderFeatures
+from student_trainer.eval.knn import faiss_candidates, faiss_has_gpu, l2_normalise, search
 from teacher_service.checkpoint import load_encoder, read_checkpoint, save_checkpoint
 from teacher_service.encoders import EncoderConfig, build_encoder
 from teacher_service.precompute import PrecomputeConfig, run_precompute
@@ -223,8 +223,8 @@ def test_service_batched_renderer_and_nvjpeg_on_cuda(teacher: Path, tmp_path: Pa
 
 
 def test_training_steps_run_on_cuda(teacher: Path, tmp_path: Path) -> None:
-    from student_trainer.config import TrainConfig
-    from student_trainer.train import train
+    from student_trainer.train.config import TrainConfig
+    from student_trainer.train.loop import train
 
     tiny: dict[str, Any] = dict(
         arch="tiny", dataset="synthetic:64", size=SIZE, batch_size=16, epochs=1, queue_size=32,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from store.errors import ConfigError
-from student_trainer import knn, metrics
+from student_trainer.eval import knn, metrics
 
 
 def _reference(bank: np.ndarray, queries: np.ndarray, k: int) -> knn.Neighbours:

@@ -28,9 +28,9 @@ from typer.testing import CliRunner
 from store.embedding_store import EmbeddingStore
 from store.errors import ConfigError
 from student_trainer.cli import app as cli_app
-from student_trainer.config import TrainConfig
-from student_trainer.lazyfill import FetchCancelled, LazyFillError, TeacherLink
-from student_trainer.train import train
+from student_trainer.train.config import TrainConfig
+from student_trainer.train.lazyfill import FetchCancelled, LazyFillError, TeacherLink
+from student_trainer.train.loop import train
 from teacher_service.client import ServiceBusyError, ServiceUnavailableError
 from teacher_service.precompute import PrecomputeConfig, run_precompute
 from tests.test_precompute import make_teacher
@@ -278,7 +278,7 @@ class FlakyClient:
 
 
 def test_link_policies(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("student_trainer.lazyfill.WAIT_POLL_S", 0.01)
+    monkeypatch.setattr("student_trainer.train.lazyfill.WAIT_POLL_S", 0.01)
     attrs = {"dataset": {"n": 1}, "recipe": {"name": "r"}, "teacher": None}
     said: list[str] = []
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from student_trainer.losses import (
+from student_trainer.train.losses import (
     disco_mse,
     disco_sum_reference,
     infonce_logits,

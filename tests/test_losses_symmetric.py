@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from student_trainer.losses import disco_mse, infonce_loss, seed_loss, symmetric_infonce_loss
-from student_trainer.moco import MoCo
-from student_trainer.models import build_student, student_config
+from student_trainer.train.losses import disco_mse, infonce_loss, seed_loss, symmetric_infonce_loss
+from student_trainer.train.moco import MoCo
+from student_trainer.train.models import build_student, student_config
 
 
 def test_symmetric_infonce_hand_computed() -> None:

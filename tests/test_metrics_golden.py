@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from store.errors import ConfigError
-from student_trainer import metrics
-from student_trainer.knn import search
+from student_trainer.eval import metrics
+from student_trainer.eval.knn import search
 
 A, B, C = 0, 1, 2
 

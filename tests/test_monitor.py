@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 from store.datasets import open_dataset
 from store.errors import ConfigError
 from student_trainer.cli import app
-from student_trainer.config import TrainConfig
-from student_trainer.evaluate import evaluate
-from student_trainer.monitor import MonitorData, best_record
-from student_trainer.train import train
+from student_trainer.eval.evaluate import evaluate
+from student_trainer.eval.monitor import MonitorData, best_record
+from student_trainer.train.config import TrainConfig
+from student_trainer.train.loop import train
 from teacher_service.checkpoint import read_checkpoint
 
 TINY: dict[str, Any] = dict(
@@ -150,8 +150,8 @@ def test_val_monitor_split_in_training(tmp_path: Path) -> None:
 DDP_SCRIPT = """
 import json, sys, torch
 torch.set_num_threads(1)
-from student_trainer.config import TrainConfig
-from student_trainer.train import train
+from student_trainer.train.config import TrainConfig
+from student_trainer.train.loop import train
 import os
 cfg = TrainConfig(method="mocov2", arch="tiny", out=sys.argv[1], dataset="synthetic:64", size=16,
                   batch_size=8, epochs=2, queue_size=16, head_hidden=32, num_workers=0,

@@ -332,8 +332,8 @@ def test_training_with_the_batched_renderer_repeats_the_reference_run(tmp_path: 
     and a short DisCo run ends with the very same loss terms as with the reference renderer."""
     from store.embedding_store import EmbeddingStore
     from store.manifest import build_manifest
-    from student_trainer.config import RENDERER_CHOICES, TrainConfig
-    from student_trainer.train import train
+    from student_trainer.train.config import RENDERER_CHOICES, TrainConfig
+    from student_trainer.train.loop import train
 
     assert RENDERER_CHOICES == RENDERER_CHOICES_VIEWS
     url = str(tmp_path / "s.zarr")

@@ -71,8 +71,8 @@ def test_training_resolves_its_device_through_the_runtime(
     LOCAL_RANK); without a GPU the fake probe says so and training refuses with one line."""
     FakeCuda(monkeypatch, count=0)
     monkeypatch.setenv("LOCAL_RANK", "1")
-    from student_trainer.config import TrainConfig
-    from student_trainer.train import train
+    from student_trainer.train.config import TrainConfig
+    from student_trainer.train.loop import train
 
     cfg = TrainConfig(method="mocov2", arch="tiny", out=str(tmp_path), dataset="synthetic:16",
                       device="cuda", progress=False)  # fmt: skip
@@ -192,7 +192,7 @@ def test_precompute_workers_none_asks_the_runtime(
 
 
 def test_training_batch_is_pinned_by_the_dataloader(monkeypatch: pytest.MonkeyPatch) -> None:
-    from student_trainer.data import PairBatch
+    from student_trainer.train.data import PairBatch
 
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self.clone() + 0)
     views = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
@@ -214,8 +214,8 @@ def test_cuda_layout_path_runs_and_agrees_on_cpu(
     precompute job, an online-DisCo training step and the service forward run with it and give
     the plain path's numbers (pinning, which needs a driver, stays off: it keys on the device)."""
     from store.embedding_store import EmbeddingStore
-    from student_trainer.config import TrainConfig
-    from student_trainer.train import train
+    from student_trainer.train.config import TrainConfig
+    from student_trainer.train.loop import train
     from teacher_service.checkpoint import save_checkpoint
     from teacher_service.precompute import run_precompute
     from teacher_service.service.model import load_runtime

@@ -25,8 +25,8 @@ from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
 from store.views import render_view
 from student_trainer.cli import app as cli_app
-from student_trainer.config import TrainConfig
-from student_trainer.train import train
+from student_trainer.train.config import TrainConfig
+from student_trainer.train.loop import train
 from teacher_service.checkpoint import load_encoder, read_checkpoint, recipe_for
 
 DEMO_TEACHER = Path(__file__).resolve().parents[1] / "student_trainer/assets/demo_teacher.pt"

@@ -27,10 +27,10 @@ from store.errors import StoreMismatchError
 from store.inspection import store_info
 from store.views import get_recipe, render_center
 from student_trainer.cli import app
-from student_trainer.config import TrainConfig
-from student_trainer.export import export_deployed
-from student_trainer.models import build_student, deployed_backbone, student_config
-from student_trainer.train import train
+from student_trainer.train.config import TrainConfig
+from student_trainer.train.export import export_deployed
+from student_trainer.train.loop import train
+from student_trainer.train.models import build_student, deployed_backbone, student_config
 from teacher_service.config import PrecomputeConfig
 from teacher_service.precompute import run_precompute
 from teacher_service.sources import load_teacher, to_pixels

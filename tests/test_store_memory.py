@@ -15,8 +15,8 @@ from store.errors import ConfigError, StoreError
 from store.manifest import build_manifest
 from store.memory import InMemoryStore
 from store.views import get_recipe
-from student_trainer.config import TrainConfig
-from student_trainer.train import train
+from student_trainer.train.config import TrainConfig
+from student_trainer.train.loop import train
 
 DIM = 8
 

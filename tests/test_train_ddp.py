@@ -22,8 +22,8 @@ from teacher_service.checkpoint import load_encoder
 SCRIPT = """
 import json, os, sys, torch
 torch.set_num_threads(1)
-import student_trainer.train as train_mod
-from student_trainer.config import TrainConfig
+import student_trainer.train.loop as train_mod
+from student_trainer.train.config import TrainConfig
 
 models = []
 

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from store.views import get_recipe
 from student_trainer.cli import app
-from student_trainer.config import TrainConfig
-from student_trainer.train import NonFiniteLossError, train
+from student_trainer.train.config import TrainConfig
+from student_trainer.train.loop import NonFiniteLossError, train
 from teacher_service.checkpoint import load_encoder, read_checkpoint, save_checkpoint
 from teacher_service.encoders import EncoderConfig, build_encoder, count_parameters
 
@@ -89,8 +89,8 @@ def test_online_teacher_targets_are_the_teachers_embeddings_of_the_rendered_view
     """With ``online_teacher`` the targets the model receives at every step are the frozen
     teacher's embeddings of exactly the two rendered views of that step (checked against a
     separately loaded copy of the teacher); SEED queues view 1's targets."""
-    import student_trainer.train as train_module
-    from student_trainer.moco import MoCo
+    import student_trainer.train.loop as train_module
+    from student_trainer.train.moco import MoCo
 
     torch.manual_seed(1)
     teacher = build_encoder(EncoderConfig("tiny", head_hidden=32, head_out=24, small_stem=True))

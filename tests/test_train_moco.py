@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from store.errors import ConfigError
-from student_trainer.config import TrainConfig
-from student_trainer.methods import METHODS, MethodSpec, get_method
-from student_trainer.moco import MoCo, effective_queue_size
-from student_trainer.models import build_student, deployed_backbone, student_config
-from student_trainer.schedule import cosine_lr, scaled_lr
+from student_trainer.train.config import TrainConfig
+from student_trainer.train.methods import METHODS, MethodSpec, get_method
+from student_trainer.train.moco import MoCo, effective_queue_size
+from student_trainer.train.models import build_student, deployed_backbone, student_config
+from student_trainer.train.schedule import cosine_lr, scaled_lr
 from teacher_service.encoders import count_parameters
 
 
@@ -145,7 +145,7 @@ def test_method_registry_drives_the_module() -> None:
 def test_loss_is_the_sum_of_the_specs_terms() -> None:
     """The total loss is exactly the spec's loss terms summed in order (golden: DisCo = InfoNCE +
     λ·MSE with MSE from disco_mse; SEED = mean of both views' seed_loss)."""
-    from student_trainer.losses import disco_mse, seed_loss
+    from student_trainer.train.losses import disco_mse, seed_loss
 
     t = [torch.nn.functional.normalize(torch.randn(8, 16), dim=1) for _ in range(2)]
     v = [torch.randn(8, 3, 16, 16) for _ in range(2)]

@@ -14,9 +14,9 @@ from store.embedding_store import EmbeddingStore
 from store.errors import ConfigError, StoreMismatchError
 from store.manifest import build_manifest
 from store.views import get_recipe, render_view
-from student_trainer.config import TrainConfig
-from student_trainer.data import StorePlan
-from student_trainer.train import train
+from student_trainer.train.config import TrainConfig
+from student_trainer.train.data import StorePlan
+from student_trainer.train.loop import train
 
 TEACHER = {"arch": "tiny", "sha256": "ab" * 32}
 DIM = 8

@@ -62,6 +62,38 @@ def test_verify_passes_on_correct_store(built: tuple[Path, Path]) -> None:
     assert "PASS" in out.output
 
 
+def test_control_of_a_one_row_sample_is_another_rows_view(built: tuple[Path, Path]) -> None:
+    """One sampled slot (so one row): the control still embeds a view of a different row (it
+    used to fall back to a constant -1 that always passed)."""
+    teacher, store = built
+    result = verify_store(str(store), str(teacher), samples=1, device="cpu")
+    assert result.samples == 1 and result.cos_min >= 0.999
+    assert -1.0 < result.control_median < 0.99 and result.control_ok and result.passed
+
+
+def test_verify_fails_when_no_other_row_can_be_the_control(
+    built: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A store whose only written views are of one row cannot tell a wrong view: verify fails
+    (control not ok) even though the cached vectors are right."""
+    teacher, full = built
+    store = tmp_path / "one.zarr"
+    cfg = PrecomputeConfig(
+        teacher=str(teacher), dataset="synthetic:32", store=str(store), views=2, size=16,
+        shard_size=8, batch_size=16, workers=0, device="cpu", progress=False, max_shards=0,
+    )  # fmt: skip
+    run_precompute(cfg)
+    source = EmbeddingStore.open(str(full)).read_shard(0)
+    one = EmbeddingStore.open(str(store), mode="r+")
+    computed = np.zeros_like(source.written)
+    computed[0] = True
+    one.merge_shard(0, source.embeddings, computed)
+    result = verify_store(str(store), str(teacher), samples=8, device="cpu")
+    assert result.samples == 2 and result.cos_min >= 0.999 and not result.failures
+    assert not result.control_ok and not result.passed
+    assert "NOT below threshold" in result.summary()
+
+
 def test_verify_fails_when_one_shard_is_tampered(built: tuple[Path, Path], tmp_path: Path) -> None:
     teacher, original = built
     store = tmp_path / "tampered.zarr"

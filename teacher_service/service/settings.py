@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from teacher_service.config import parse_teacher
+
 __all__ = ["ServiceSettings", "get_settings", "settings_reference"]
 
 
@@ -141,8 +143,6 @@ class ServiceSettings(BaseSettings):
     @field_validator("teacher")
     @classmethod
     def _teacher_exists(cls, value: str) -> str:
-        from teacher_service.config import parse_teacher
-
         try:
             prefix, name = parse_teacher(value)
         except ValueError as exc:

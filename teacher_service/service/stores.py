@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from store.embedding_store import EmbeddingStore
+from teacher_service.precompute import record_renderer
 
 __all__ = ["InvalidStoreNameError", "StoreRegistry", "UnknownStoreError", "check_store_name"]
 
@@ -98,8 +99,6 @@ class StoreRegistry:
         """Record in store ``name``'s ``renderers`` attr that ``renderer`` on ``device``'s type
         produces targets there (precompute's convention:
         :func:`teacher_service.precompute.record_renderer`); once per store and process."""
-        from teacher_service.precompute import record_renderer
-
         key = (name, renderer, torch.device(device).type)
         with self._guard:
             if key in self._recorded:

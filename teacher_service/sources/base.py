@@ -9,21 +9,22 @@ hands it **pixels**: ``(B, 3, S, S)`` uint8, the view exactly as rendered.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from store.errors import CheckpointError, ConfigError, DiscoError
+from store.errors import ConfigError
 from teacher_service.config import POOLINGS
+from teacher_service.extras import MissingExtraError, require
+from teacher_service.weights import (
+    read_state_dict,
+    weights_sha256,
+)
 
 __all__ = [
     "OUTPUTS",
@@ -38,24 +39,6 @@ __all__ = [
 ]
 
 OUTPUTS = ("embedding", "feature", "both")
-
-EXTRA_HINT = "pip install 'disco-cache[models]'"
-
-
-class MissingExtraError(DiscoError, ImportError):
-    """An optional library (the ``models`` extra) is not installed."""
-
-
-def require(module: str, source: str) -> ModuleType:
-    """Import ``module`` for teacher/student ``source``; a missing package raises
-    :class:`MissingExtraError` with the pip command in one line."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingExtraError(
-            f"{source} needs the {module.split('.')[0]!r} package ({exc.name or module} is not "
-            f"installed): {EXTRA_HINT}"
-        ) from None
 
 
 def to_pixels(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -150,93 +133,6 @@ class LoadedTeacher:
 
     model: TeacherModel
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def _hash_file(path: Path, h: Any) -> None:
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-
-
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
-
-
-def weights_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a weights file; for a snapshot folder, of its weight files' names and bytes
-    (``*.safetensors``, ``*.bin``, ``*.pth``, ``*.pt`` in sorted order)."""
-    p = Path(path)
-    h = hashlib.sha256()
-    if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
-        if not files:
-            raise CheckpointError(f"no weight files (*.safetensors, *.bin, *.pth) in {p}")
-        for f in files:
-            h.update(str(f.relative_to(p)).encode())
-            _hash_file(f, h)
-    else:
-        _hash_file(p, h)
-    return h.hexdigest()
-
-
-def state_sha256(module: nn.Module) -> str:
-    """Hex sha256 over a module's state dict (names, dtypes, shapes, bytes): the identity of
-    weights that did not come from a local file (a library's own download)."""
-    h = hashlib.sha256()
-    for name, t in module.state_dict().items():
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """A flat ``{name: tensor}`` from ``.safetensors`` or a ``torch.save``'d file (loaded with
-    ``weights_only=True``; ``{"state_dict": ...}``/``{"model": ...}`` wrappers and a ``module.``
-    prefix are unwrapped). Raises ``CheckpointError``."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"teacher weights not found: {p}")
-    if p.suffix == ".safetensors":
-        st = require("safetensors.torch", "reading .safetensors weights")
-        try:
-            state: Any = st.load_file(str(p), device="cpu")
-        except Exception as exc:  # safetensors raises its own error types
-            raise CheckpointError(f"cannot read {p}: {str(exc).splitlines()[0]}") from None
-    else:
-        from teacher_service.checkpoint import read_checkpoint
-
-        state = read_checkpoint(p)
-        for key in ("state_dict", "model"):
-            if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-                state = state[key]
-                break
-    if not isinstance(state, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in state.values()
-    ):
-        raise CheckpointError(f"{p} is not a state dict (a flat mapping of names to tensors)")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    return dict(state)
-
-
-def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
-    """``module.load_state_dict(state, strict=True)`` with a one-line ``CheckpointError`` naming
-    the first missing, unexpected and mis-shaped keys."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
-        for k in state
-        if k in own and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    problems = [
-        f"{label}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
-        if keys
-    ]
-    if problems:
-        raise CheckpointError(f"{what}: weights do not fit the model ({'; '.join(problems)})")
-    module.load_state_dict(dict(state), strict=True)
 
 
 def preprocessing_dict(

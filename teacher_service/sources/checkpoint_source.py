@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from store.errors import ConfigError
+from teacher_service.checkpoint import load_encoder, recipe_for
 from teacher_service.encoders import Encoder
 from teacher_service.sources.base import LoadedTeacher, TeacherModel
 
@@ -35,8 +36,6 @@ class EncoderNet(nn.Module):
 
 def load_checkpoint_teacher(path: str, weights: str | None, pooling: str | None) -> LoadedTeacher:
     """A checkpoint file as a teacher; ``info`` = the loader's info + source/name/mean/std."""
-    from teacher_service.checkpoint import load_encoder, recipe_for
-
     if weights is not None:
         raise ConfigError(
             f"--teacher-weights does not apply to a checkpoint file ({path} holds the weights)"

@@ -30,15 +30,9 @@ import torch
 from torch import nn
 
 from store.errors import CheckpointError, ConfigError
-from teacher_service.sources.base import (
-    LoadedTeacher,
-    build_teacher,
-    load_strict,
-    read_state_dict,
-    require,
-    state_sha256,
-    weights_sha256,
-)
+from teacher_service.extras import require
+from teacher_service.sources.base import LoadedTeacher, build_teacher
+from teacher_service.weights import load_strict, read_state_dict, state_sha256, weights_sha256
 
 __all__ = ["HFNet", "load_hf"]
 

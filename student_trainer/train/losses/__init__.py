@@ -1,0 +1,18 @@
+"""Training losses: MoCo's InfoNCE, DisCo's embedding MSE and SEED's soft cross-entropy."""
+
+from student_trainer.train.losses.disco import disco_mse, disco_sum_reference
+from student_trainer.train.losses.infonce import (
+    infonce_logits,
+    infonce_loss,
+    symmetric_infonce_loss,
+)
+from student_trainer.train.losses.seed import seed_loss
+
+__all__ = [
+    "disco_mse",
+    "disco_sum_reference",
+    "infonce_logits",
+    "infonce_loss",
+    "seed_loss",
+    "symmetric_infonce_loss",
+]
