@@ -8,6 +8,7 @@ instance when the caller (the CLI, a test) builds one itself.
 from __future__ import annotations
 
 import os
+import types
 import typing
 from functools import lru_cache
 from pathlib import Path
@@ -179,43 +180,43 @@ def get_settings() -> ServiceSettings:
     return ServiceSettings()  # type: ignore[call-arg]
 
 
-def _default_text(info: Any) -> str:
-    from pydantic_core import PydanticUndefined
-
-    if info.default is PydanticUndefined and info.default_factory is None:
-        return "required"
-    value = info.get_default()
-    if value is None:
-        return "unset"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return f"`{value}`"
-
-
 def _type_text(annotation: Any) -> str:
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) is Literal:
-        return " \\| ".join(f"`{a}`" for a in typing.get_args(annotation))
-    if args:
-        return " \\| ".join(_type_text(a) for a in args)
-    name = getattr(annotation, "__name__", str(annotation))
-    return {"SecretStr": "secret", "Path": "path", "str": "text"}.get(name, name)
+    """``int``, ``Path or None``, ```a` \\| `b``` for a Literal: the type as a reader wants it."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return " \\| ".join(f"`{c}`" for c in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        named = [_type_text(a) for a in args if a is not type(None)]
+        return " or ".join(named) + (" or `None`" if type(None) in args else "")
+    return f"`{getattr(annotation, '__name__', str(annotation))}`"
+
+
+def _cell(text: object) -> str:
+    """One Markdown table cell: a single line, pipes escaped."""
+    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 def settings_reference(model: type[BaseSettings] = ServiceSettings) -> str:
-    """The settings reference as a Markdown table, rendered from ``model``'s fields: one row per
-    field with its ``DISCO_*`` variable, the ``disco serve`` flag, type, default and description
-    (the docs build writes it into the reference page; nothing is copied by hand)."""
+    """The settings reference: a Markdown table rendered from ``model``'s fields, one row per
+    setting with its ``DISCO_*`` variable, ``disco serve`` flag, type, default and meaning (the
+    docs build writes it into the reference page; nothing is copied by hand)."""
+    from pydantic_core import PydanticUndefined
+
     prefix = str(model.model_config.get("env_prefix") or "")
     rows = [
-        "| Variable | Flag | Type | Default | Meaning |",
-        "|---|---|---|---|---|",
+        "| setting | environment | flag | type | default | meaning |",
+        "|---|---|---|---|---|---|",
     ]
     for name, info in model.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        meaning = (info.description or "").replace("|", "\\|")
+        if info.default is PydanticUndefined and info.default_factory is None:
+            default = "required"
+        elif info.default_factory is not None:
+            default = "(computed)"
+        else:
+            default = f"`{info.default}`"
         rows.append(
-            f"| `{prefix}{name.upper()}` | `{flag}` | {_type_text(info.annotation)} | "
-            f"{_default_text(info)} | {meaning} |"
+            f"| `{name}` | `{prefix}{name.upper()}` | `--{name.replace('_', '-')}` "
+            f"| {_type_text(info.annotation)} | {default} | {_cell(info.description or '')} |"
         )
     return "\n".join(rows) + "\n"
