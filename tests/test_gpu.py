@@ -228,7 +228,8 @@ def test_training_steps_run_on_cuda(teacher: Path, tmp_path: Path) -> None:
 
     tiny: dict[str, Any] = dict(
         arch="tiny", dataset="synthetic:64", size=SIZE, batch_size=16, epochs=1, queue_size=32,
-        head_hidden=32, num_workers=2, progress=False, device="cuda", amp=True, stop_at_step=2,
+        head_hidden=32, num_workers=2, progress=False, device="cuda", precision="bf16",
+        stop_at_step=2,
     )  # fmt: skip
     runs: list[tuple[str, dict[str, Any]]] = [
         ("mocov2", {}),
@@ -240,7 +241,7 @@ def test_training_steps_run_on_cuda(teacher: Path, tmp_path: Path) -> None:
         assert result.steps == 2, method
         assert all(np.isfinite(v) for v in result.last_terms.values()), result.last_terms
         train_cfg = read_checkpoint(Path(result.final_path))["train"]
-        assert train_cfg["amp"] is True and train_cfg["device"] == "cuda", method
+        assert train_cfg["precision"] == "bf16" and train_cfg["device"] == "cuda", method
         # Weights trained in channels_last on the GPU load into a plain CPU encoder.
         deployed = load_encoder(result.deployed_path).encoder
         with torch.inference_mode():
