@@ -71,7 +71,8 @@ from store.views import (
     resolve_renderer,
 )
 from teacher_service.checkpoint import LoadedEncoder, recipe_for
-from teacher_service.config import AMP_DTYPES, AMP_MODES, STORE_DTYPES, PrecomputeConfig
+from teacher_service.config import STORE_DTYPES, PrecomputeConfig
+from teacher_service.precision import compute_dtype as precision_dtype
 from teacher_service.runtime import (
     autocast,
     default_workers,
@@ -82,7 +83,6 @@ from teacher_service.runtime import (
 from teacher_service.sources import LoadedTeacher, TeacherModel, load_teacher, to_pixels
 
 __all__ = [
-    "AMP_MODES",
     "STORE_DTYPES",
     "PrecomputeConfig",
     "PrecomputeReport",
@@ -150,14 +150,6 @@ def worker_identity(num_shards: int = 1, shard_index: int = 0) -> tuple[int, int
     if not 0 <= rank < world:
         raise ConfigError(f"RANK={rank} is outside WORLD_SIZE={world}")
     return shard_index * world + rank, num_shards * world
-
-
-def _compute_dtype(amp: str, device: torch.device) -> str:
-    if amp == "none":
-        return "float32"
-    if device.type != "cuda":
-        raise ConfigError(f"--amp {amp} needs a CUDA device (got {device})")
-    return AMP_DTYPES[amp]
 
 
 def teacher_attrs(loaded: LoadedTeacher | LoadedEncoder, compute_dtype: str) -> dict[str, Any]:
@@ -652,7 +644,7 @@ def _start_job(cfg: PrecomputeConfig, dataset: ImageDataset | None) -> _Job:
     """Resolve the device and worker id, load the frozen teacher, open (or create) the store and
     record the renderer in it (worker 0)."""
     device = resolve_device(cfg.device)
-    compute_dtype = _compute_dtype(cfg.amp, device)
+    compute_dtype = precision_dtype(cfg.precision, device.type)
     worker, workers = worker_identity(cfg.num_shards, cfg.shard_index)
     if cfg.overwrite and workers > 1:
         # Another worker could open the old store before worker 0 replaced it.

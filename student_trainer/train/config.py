@@ -11,6 +11,7 @@ from store.atomic import atomic_write_text
 from store.errors import ConfigError
 from student_trainer.train.methods import MethodSpec, get_method
 from student_trainer.train.schedule import scaled_lr
+from teacher_service.precision import parse_precision
 
 __all__ = [
     "MISSING_CHOICES",
@@ -198,8 +199,10 @@ class TrainConfig:
     threads: int | None = None
     """torch CPU threads of the training process (None: torch's default; 1 is often faster on
     small, shared CPUs)."""
+    precision: str = "fp32"
+    """Compute precision: fp32, or CUDA autocast bf16/fp16 (an error on CPU)."""
     amp: bool = False
-    """bfloat16 autocast on CUDA (recorded; ignored on CPU)."""
+    """Deprecated: --precision bf16."""
     progress: bool = True
     """Show a rich progress bar."""
     renderer: str = "auto"
@@ -207,6 +210,9 @@ class TrainConfig:
     batched (workers only decode; views rendered at once on the device)."""
 
     def __post_init__(self) -> None:
+        self.precision = parse_precision(self.precision)
+        if self.amp:  # the old flag: one deprecation line, then the one vocabulary
+            self.precision, self.amp = parse_precision(True, old_flag="--amp"), False
         spec = get_method(self.method)
         if self.store is None and self.dataset is None:
             raise ConfigError("give a store or a dataset (or both: the store's data moved)")
