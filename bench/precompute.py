@@ -26,11 +26,11 @@ import torch
 from store.builtin import ArrayDataset
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
+from store.runtime import autocast, prepare_model, resolve_device, to_device
 from store.views import render_view
 from teacher_service.checkpoint import save_checkpoint
 from teacher_service.encoders import EncoderConfig, build_encoder
 from teacher_service.precompute import AMP_DTYPES, PrecomputeConfig, run_precompute
-from teacher_service.runtime import autocast, prepare_model, resolve_device, to_device
 
 
 def _args() -> argparse.Namespace:

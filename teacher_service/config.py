@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from store.devices import parse_device_name
 from store.errors import ConfigError
 
 __all__ = [
@@ -28,7 +29,6 @@ AMP_DTYPES = {"none": "float32", "bf16": "bfloat16", "fp16": "float16"}
 """``--amp`` mode -> the compute dtype recorded as ``teacher.compute_dtype``."""
 AMP_MODES = tuple(AMP_DTYPES)
 STORE_DTYPES = ("float16", "int8")
-DEVICES = ("auto", "cpu", "cuda")
 RENDERERS = ("auto", "reference", "batched")
 """Renderer choices (as ``store.views.RENDERER_CHOICES``; restated so help needs no torch)."""
 POOLINGS = ("cls", "mean", "cls+mean")
@@ -145,8 +145,7 @@ class PrecomputeConfig:
             raise ConfigError(f"unknown amp {self.amp!r}; valid: {', '.join(AMP_MODES)}")
         if self.dtype not in STORE_DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}; valid: {', '.join(STORE_DTYPES)}")
-        if not (self.device in DEVICES or self.device.startswith("cuda:")):
-            raise ConfigError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
+        parse_device_name(self.device)
         if self.shard_size < 1:
             raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
         if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
@@ -195,3 +194,4 @@ class VerifyConfig:
             raise ConfigError(f"threshold is a cosine in [-1, 1], got {self.threshold}")
         if self.renderer not in RENDERERS:
             raise ConfigError(f"unknown renderer {self.renderer!r}; valid: {', '.join(RENDERERS)}")
+        parse_device_name(self.device)

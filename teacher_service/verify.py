@@ -24,6 +24,7 @@ import torch
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
 from store.errors import DecodeError, StoreError, StoreMismatchError
+from store.runtime import autocast, resolve_device
 from store.views import (
     RENDER_BOUND,
     render_view,
@@ -31,7 +32,6 @@ from store.views import (
     resolve_renderer,
 )
 from teacher_service.config import VerifyConfig
-from teacher_service.runtime import autocast, resolve_device
 from teacher_service.sources import LoadedTeacher, load_teacher, to_pixels
 
 __all__ = ["VerifyResult", "sample_slots", "verify_store"]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from store.atomic import atomic_write_text
+from store.devices import parse_device_name
 from store.errors import ConfigError
 from student_trainer.train.methods import MethodSpec, get_method
 from student_trainer.train.schedule import scaled_lr
@@ -204,6 +205,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         spec = get_method(self.method)
+        parse_device_name(self.device)
         if (self.store is None) == (self.dataset is None):
             raise ConfigError("give exactly one of store or dataset")
         if spec.uses_teacher and self.store is None and self.online_teacher is None:
