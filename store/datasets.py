@@ -93,7 +93,7 @@ def _open_imagefolder(
     check_options(spec, options, ())
     if not arg:
         raise DatasetError("imagefolder needs a path: imagefolder:PATH")
-    return ImageFolder(arg)
+    return ImageFolder(arg, storage_options=so)
 
 
 DATASETS: dict[str, DatasetSource] = {

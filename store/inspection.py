@@ -6,12 +6,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 import numpy as np
 
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
 from store.errors import DatasetError, DecodeError
+from store.remote import url_to_fs
 
 __all__ = ["CheckReport", "check_store", "file_sizes", "store_info"]
 
@@ -25,7 +25,7 @@ def file_sizes(url: str) -> dict[str, int]:
                 full = os.path.join(dirpath, name)
                 out[os.path.relpath(full, url).replace(os.sep, "/")] = os.path.getsize(full)
         return out
-    fs, root = fsspec.core.url_to_fs(url)
+    fs, root = url_to_fs(url)
     root = root.rstrip("/")
     for path, info in fs.find(root, detail=True).items():
         rel = str(path)[len(root) :].lstrip("/")
