@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from store.errors import ConfigError
+from teacher_service.precision import parse_precision
 
 __all__ = [
     "AMP_DTYPES",
@@ -25,7 +26,7 @@ __all__ = [
 ]
 
 AMP_DTYPES = {"none": "float32", "bf16": "bfloat16", "fp16": "float16"}
-"""``--amp`` mode -> the compute dtype recorded as ``teacher.compute_dtype``."""
+"""Deprecated ``--amp`` mode -> compute dtype (``--precision``: ``teacher_service.precision``)."""
 AMP_MODES = tuple(AMP_DTYPES)
 STORE_DTYPES = ("float16", "int8")
 DEVICES = ("auto", "cpu", "cuda")
@@ -85,7 +86,8 @@ class PrecomputeConfig:
     teacher: str
     """Teacher: timm:NAME, hf:PATH_OR_ID, open_clip:ARCH, py:MODULE:FUNCTION or a checkpoint."""
     dataset: str
-    """Dataset spec, e.g. ``mnist5k``, ``synthetic:256``, ``imagefolder:/data/train``."""
+    """Dataset spec, e.g. ``mnist5k``, ``imagefolder:/data/train``, ``hfds:PATH``, ``wds:PATTERN``,
+    ``parquet:PATH``, ``py:MODULE:FUNCTION`` (``store.datasets.DATASETS``; options after ``?``)."""
     store: str
     """Store URL (local path or fsspec URL)."""
     views: int = 8
@@ -106,8 +108,9 @@ class PrecomputeConfig:
     CPU, the host's cores per GPU process minus one (at most 16) on CUDA)."""
     device: str = "auto"
     """auto (CUDA if present), cpu or cuda[:N]."""
-    amp: str = "none"
-    """Autocast dtype on CUDA: none, bf16 or fp16 (recorded as teacher.compute_dtype)."""
+    precision: str = "fp32"
+    """Compute precision: fp32, or CUDA autocast bf16/fp16 (an error on CPU; recorded as
+    teacher.compute_dtype)."""
     dtype: str = "float16"
     """Stored embedding dtype: float16 or int8 (per-dimension scales)."""
     shard_size: int = 4096
@@ -127,22 +130,32 @@ class PrecomputeConfig:
     renderer: str = "auto"
     """View renderer: auto (batched on CUDA, per-view reference on CPU), reference or batched."""
     wait_timeout: float = 600.0
-    """Seconds a non-zero worker waits for worker 0 to create the store."""
+    """Seconds a non-zero worker waits without a sign of progress from worker 0 (its manifest
+    progress file, local stores) before giving up; on an fsspec URL, the whole wait."""
+    manifest_workers: int | None = None
+    """Processes reading image headers and hashing files for a new store's manifest (None: all
+    cores)."""
     teacher_weights: str | None = None
     """Teacher weights: .safetensors, .pth/.bin state dict or snapshot folder (None: download)."""
     teacher_pooling: str | None = None
     """ViT teachers: cls, mean or cls+mean instead of the model's own pooled output."""
+    amp: str | None = None
+    """Deprecated: --precision (none = fp32, bf16, fp16)."""
 
     def __post_init__(self) -> None:
         check_pooling(self.teacher_pooling)
+        self.precision = parse_precision(self.precision)
+        if self.amp is not None:
+            self.precision = parse_precision(self.amp, old_flag="--amp")
+            self.amp = None
         if self.views < 1:
             raise ConfigError(f"views must be >= 1, got {self.views}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
-        if self.amp not in AMP_MODES:
-            raise ConfigError(f"unknown amp {self.amp!r}; valid: {', '.join(AMP_MODES)}")
+        if self.manifest_workers is not None and self.manifest_workers < 1:
+            raise ConfigError(f"manifest_workers must be >= 1, got {self.manifest_workers}")
         if self.dtype not in STORE_DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}; valid: {', '.join(STORE_DTYPES)}")
         if not (self.device in DEVICES or self.device.startswith("cuda:")):
@@ -189,9 +202,14 @@ class VerifyConfig:
     (None: the spec the store recorded)."""
     full_check: bool = False
     """With dataset: hash every sample, not a sample of 64."""
+    precision: str | None = None
+    """Live forward precision: fp32, bf16 or fp16 (bf16/fp16 need CUDA; None: the store's
+    recorded teacher.compute_dtype)."""
 
     def __post_init__(self) -> None:
         check_pooling(self.teacher_pooling)
+        if self.precision is not None:
+            self.precision = parse_precision(self.precision)
         if self.samples < 1 or self.batch_size < 1:
             raise ConfigError(
                 f"samples and batch_size must be >= 1, got {self.samples}, {self.batch_size}"

@@ -32,6 +32,8 @@ from store.views import (
     resolve_renderer,
 )
 from teacher_service.config import VerifyConfig
+from teacher_service.precision import COMPUTE_DTYPES, parse_precision
+from teacher_service.precision import compute_dtype as precision_dtype
 from teacher_service.runtime import autocast, resolve_device
 from teacher_service.sources import LoadedTeacher, load_teacher, to_pixels
 
@@ -130,6 +132,12 @@ def sample_slots(written: np.ndarray, shard_size: int, samples: int, seed: int) 
     return np.stack([rows[sel], views[sel]], axis=1).astype(np.int64)
 
 
+def _precision_of(recorded: object) -> str:
+    """The precision of a store's recorded ``compute_dtype`` (none recorded: fp32)."""
+    names = {v: k for k, v in COMPUTE_DTYPES.items()}
+    return names.get(str(recorded), parse_precision(None if recorded is None else str(recorded)))
+
+
 def verify_store(
     url: str,
     teacher_path: str,
@@ -144,6 +152,7 @@ def verify_store(
     renderer: str = VerifyConfig.renderer,
     dataset: str | None = None,
     full_check: bool = False,
+    precision: str | None = VerifyConfig.precision,
 ) -> VerifyResult:
     """Check ``samples`` cached views of the store at ``url`` against the live teacher.
 
@@ -159,12 +168,21 @@ def verify_store(
     on CPU), reference or batched; a batched render is also checked against the reference within
     ``RENDER_BOUND`` (see the module docstring). ``dataset``: the store's images at a new place,
     checked against the manifest before use (``store.relocate``; ``full_check`` hashes every
-    row), else ``DatasetMismatchError`` naming the first differing key.
+    row), else ``DatasetMismatchError`` naming the first differing key. ``precision``
+    (fp32|bf16|fp16) runs the live
+    teacher in that precision; None: the store's recorded ``compute_dtype``. bf16/fp16 need
+    CUDA (a ``ConfigError`` on CPU, as in precompute and serve: pass ``precision="fp32"`` to
+    check a bf16 store on a CPU host).
     """
-    VerifyConfig(samples, threshold, seed, device, batch_size, accept_render_drift, renderer)
+    VerifyConfig(
+        samples, threshold, seed, device, batch_size, accept_render_drift, renderer,
+        dataset=dataset, full_check=full_check, precision=precision,
+    )  # fmt: skip
     store = EmbeddingStore.open(url)
     render = store.check_render(accept_drift=accept_render_drift)
     dev = resolve_device(device)
+    recorded = (store.teacher or {}).get("compute_dtype")
+    dtype = precision_dtype(precision or _precision_of(recorded), dev.type)
     used = resolve_renderer(renderer, dev)
     loaded = _store_teacher(store, url, teacher_path, teacher_weights, teacher_pooling, dev)
     written = store.written_mask()
@@ -175,7 +193,6 @@ def verify_store(
     sample = _render_sample(store, slots, source)
     if not len(sample.slots):
         raise StoreError(f"none of the sampled rows of {url} decode any more")
-    dtype = str((store.teacher or {}).get("compute_dtype"))
     live = _embed(loaded.model, sample.pixels, dev, dtype, batch_size)
     extra: dict[str, Any] = {
         "renderer": used,
