@@ -243,13 +243,12 @@ def simulated_classes_per_batch(
     return float(np.mean([len(np.unique(b)) for b in per]))
 
 
-def plan_classes_per_batch(store: EmbeddingStore, batches: int) -> float | None:
+def plan_classes_per_batch(store: EmbeddingStore, batches: int) -> float:
     """Distinct classes per batch of ``BATCH`` in the first ``batches`` batches of the trainer's
-    own epoch plan (``student_trainer.data.StorePlan``) over ``store``."""
-    try:
-        from student_trainer.data import StorePlan
-    except ImportError:  # the trainer package moves (#27); the simulation below still reports
-        return None
+    own epoch plan (``student_trainer.train.data.StorePlan``) over ``store``."""
+    # The trainer's own plan (torch comes with it): imported only for this figure.
+    from student_trainer.train.data import StorePlan
+
     plan = StorePlan(store, seed=0, batch=BATCH, buffer_size=8192)
     labels = store.manifest.labels
     counts = []
@@ -274,7 +273,7 @@ def bench_mix(store: EmbeddingStore, sizes: Sizes) -> dict[str, Any]:
     dataset_order = simulated_classes_per_batch(
         np.sort(labels), store.shard_size, 8192, BATCH, sizes.mix_batches
     )
-    measured = planned if planned is not None else simulated
+    measured = planned
     return {
         "row_order": store.row_order,
         "classes_per_batch": measured,
