@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from store.datasets import ImageDataset, open_dataset
 from store.embedding_store import EmbeddingStore
-from store.errors import DatasetError
+from store.errors import DatasetError, DecodeError
 from store.eval_data import open_bank_queries
 from store.manifest import build_manifest
 from store.views import get_recipe, render_view
@@ -247,3 +247,24 @@ def test_readers_at_fsspec_urls(formats: dict[str, str]) -> None:
         assert len(ds) == N and np.array_equal(ds.labels, ref.labels), name
         assert [ds.sha256(i) for i in range(N)] == [ref.sha256(i) for i in range(N)], name
         assert np.array_equal(pickle.loads(pickle.dumps(ds)).load(5), ref.load(5)), name
+
+
+def test_parquet_table_of_relative_paths(formats: dict[str, str], tmp_path: Path) -> None:
+    """``parquet:`` with a column of paths (relative to the table file) instead of bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ref = open_dataset(formats["imagefolder"])
+    root = Path(formats["imagefolder"].partition(":")[2])
+    paths = [f"../{root.name}/{key}" for key in ref.keys]
+    table = pa.table({"file": paths, "label": ref.labels.tolist()})
+    (root.parent / "tables").mkdir(exist_ok=True)
+    pq.write_table(table, root.parent / "tables" / "paths.parquet", row_group_size=7)
+    ds = open_dataset(f"parquet:{root.parent / 'tables' / 'paths.parquet'}?image=file&key=file")
+    assert ds.keys == paths and np.array_equal(ds.labels, ref.labels)
+    assert [ds.sha256(i) for i in range(N)] == [ref.sha256(i) for i in range(N)]
+    (root.parent / "tables" / "broken.parquet").unlink(missing_ok=True)
+    pq.write_table(pa.table({"file": ["nowhere.png"]}), root.parent / "tables" / "broken.parquet")
+    broken = open_dataset(f"parquet:{root.parent / 'tables' / 'broken.parquet'}?image=file")
+    with pytest.raises(DecodeError, match=r"nowhere\.png"):
+        broken.load(0)

@@ -17,9 +17,10 @@ a stable row id of the table in file order). Content hash: sha256 of the encoded
 
 Random access reads one row group of the image column (Parquet; Hugging Face writes 100 images per
 group) or slices the memory-mapped Arrow file; the last :data:`GROUP_CACHE` groups stay in memory
-per process, so rows read in table order cost one group read per group. A random read of a Parquet
-row costs about one row group's read (``bench/datasets.py``): keep groups small (16 images) for
-training from Parquet.
+per process, so rows read in table order cost one group read per group. A random read of a
+Parquet row costs about one row group's read (``bench/datasets.py``): keep groups small (16
+images) for training from Parquet. An Arrow file at a URL is read whole into memory once per
+process (for large remote data use Parquet or WebDataset).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -98,7 +100,7 @@ class TableDataset(EncodedDataset):
     /``key``: column names (``label`` "" = unlabelled, None = the default choice).
     """
 
-    _transient = ("_handles", "_cache")
+    _transient = ("_handles", "_cache", "_lock")
 
     def __init__(
         self,
@@ -169,6 +171,7 @@ class TableDataset(EncodedDataset):
     def _init_transient(self) -> None:
         self._handles: dict[int, Any] = {}
         self._cache: OrderedDict[int, Any] = OrderedDict()
+        self._lock = threading.Lock()
 
     @staticmethod
     def _default_image(names: list[str], features: dict[str, Any]) -> str:
@@ -236,23 +239,24 @@ class TableDataset(EncodedDataset):
 
     def _group(self, g: int) -> Any:
         """The image column (ChunkedArray) of global row group ``g``, through the LRU cache."""
-        col = self._cache.get(g)
-        if col is not None:
-            self._cache.move_to_end(g)
+        with self._lock:  # one reader of a file at a time (the service reads from threads)
+            col = self._cache.get(g)
+            if col is not None:
+                self._cache.move_to_end(g)
+                return col
+            handle = self._open(int(self._group_file[g]))
+            if self.fmt == "parquet":
+                # One group is one small read: a thread pool costs more CPU than it saves here.
+                table = handle.read_row_group(
+                    int(self._group_index[g]), columns=[self.image_column], use_threads=False
+                )
+                col = table.column(0)
+            else:
+                col = handle.column(self.image_column)
+            self._cache[g] = col
+            while len(self._cache) > GROUP_CACHE:
+                self._cache.popitem(last=False)
             return col
-        handle = self._open(int(self._group_file[g]))
-        if self.fmt == "parquet":
-            # One group is one small read: a thread pool costs more CPU than it saves here.
-            col = handle.read_row_group(
-                int(self._group_index[g]), columns=[self.image_column], use_threads=False
-            )
-            col = col.column(0)
-        else:
-            col = handle.column(self.image_column)
-        self._cache[g] = col
-        while len(self._cache) > GROUP_CACHE:
-            self._cache.popitem(last=False)
-        return col
 
     def read_bytes(self, i: int) -> bytes:
         """Encoded bytes of row ``i`` (from the table, or the file its path names)."""
@@ -263,6 +267,7 @@ class TableDataset(EncodedDataset):
         except (OSError, ValueError) as exc:
             raise DecodeError(key, f"cannot read row {i}: {exc}") from None
         path: str | None = None
+        data: bytes | None = None
         if self.image_kind == "bytes":
             data = value.as_py()
         elif self.image_kind == "struct":
@@ -272,17 +277,21 @@ class TableDataset(EncodedDataset):
         else:
             path = value.as_py()
         if path:
-            return self._read_path(path, key)
+            return self._read_path(path, int(self._group_file[g]), key)
         if data is None:
             raise DecodeError(key, f"row {i} has no image (null {self.image_column!r})")
         return bytes(data)
 
-    def _read_path(self, path: str, key: str) -> bytes:
+    def _read_path(self, path: str, f: int, key: str) -> bytes:
+        """The file a row names: a URL, or a path relative to its table file ``f``'s folder."""
         try:
             if "://" in path:
-                with fsspec.open(path, "rb", **getattr(self.fs, "storage_options", {})) as fh:
+                protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else ()
+                same = path.split("://", 1)[0] in (protocols or (self.fs.protocol,))
+                options = self.fs.storage_options if same else {}  # never send keys elsewhere
+                with fsspec.open(path, "rb", **options) as fh:
                     return bytes(fh.read())
-            folder = posixpath.dirname(self.files[0])
+            folder = posixpath.dirname(self.files[f])
             full = path if path.startswith("/") else posixpath.join(folder, path)
             return bytes(self.fs.cat_file(full))
         except (OSError, ValueError) as exc:

@@ -112,7 +112,7 @@ class WebDatasetShards(EncodedDataset):
         self.fs = fs
         self.shards = list(shards)
         self.max_pixels = max_pixels
-        ident = self._identity(image_exts, label_ext)
+        ident = self._identity(image_exts, label_ext, workers)
         cache = index_cache_dir() / f"{hashlib.sha256(ident.encode()).hexdigest()[:32]}.npz"
         if cache.is_file():
             with np.load(cache, allow_pickle=False) as z:
@@ -153,16 +153,20 @@ class WebDatasetShards(EncodedDataset):
         else:
             self.labels, self.classes = np.full(len(keys), -1, dtype=np.int64), []
 
-    def _identity(self, image_exts: Sequence[str], label_ext: str) -> str:
-        """What the index depends on: version, options, each shard's URL, size and stamp."""
-        stamps = []
-        for path in self.shards:
+    def _identity(self, image_exts: Sequence[str], label_ext: str, workers: int) -> str:
+        """What the index depends on: version, options, each shard's URL, size and stamp (one
+        metadata request per shard, in a thread pool: on object storage each is a round trip)."""
+
+        def stamp(path: str) -> list[Any]:
             try:
                 info = self.fs.info(path)
             except OSError as exc:
                 raise DatasetError(f"{self.spec}: cannot read shard {path!r}: {exc}") from None
-            stamp = {k: info.get(k) for k in ("size", "mtime", "ETag", "LastModified", "etag")}
-            stamps.append([self.fs.unstrip_protocol(path), stamp])
+            keys = ("size", "mtime", "ETag", "LastModified", "etag", "created")
+            return [self.fs.unstrip_protocol(path), {k: info.get(k) for k in keys}]
+
+        with ThreadPoolExecutor(max(1, min(workers, len(self.shards)))) as pool:
+            stamps = list(pool.map(stamp, self.shards))
         return json.dumps(
             [INDEX_VERSION, list(image_exts), label_ext, stamps], sort_keys=True, default=str
         )
