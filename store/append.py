@@ -204,13 +204,16 @@ def _resize(store: EmbeddingStore, grown: Manifest, n_old: int, params: np.ndarr
     pa: Any = group["views/params"]
     pa.resize((n_new, *pa.shape[1:]))
     pa[n_old:] = params
-    if store.teacher is None:
-        return
-    for name in ("embeddings", "features", "written"):
-        if name not in group:
-            continue
-        arr = group[name]
-        arr.resize((n_new, *arr.shape[1:]))  # type: ignore[union-attr]
-    # Explicitly unwritten (the old last chunk's padding beyond N is not trusted).
-    wa: Any = group["written"]
-    wa[n_old:] = np.zeros((n_new - n_old, store.views), dtype=bool)
+    # Every teacher's arrays: the root one's and each targets/NAME's (disco-store/4).
+    raw = store.raw_attrs
+    prefixes = [""] if raw.get("teacher") is not None else []
+    prefixes += [f"targets/{name}/" for name in sorted(raw.get("targets") or {})]
+    for prefix in prefixes:
+        for name in ("embeddings", "features", "written"):
+            if prefix + name not in group:
+                continue
+            arr = group[prefix + name]
+            arr.resize((n_new, *arr.shape[1:]))  # type: ignore[union-attr]
+        # Explicitly unwritten (the old last chunk's padding beyond N is not trusted).
+        wa: Any = group[prefix + "written"]
+        wa[n_old:] = np.zeros((n_new - n_old, store.views), dtype=bool)

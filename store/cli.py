@@ -159,6 +159,10 @@ def append(
 @exits_on_error
 def compact(
     path: Annotated[str, typer.Argument(help="Store location (a local path).")],
+    target: Annotated[
+        str | None,
+        typer.Option(help="Teacher of a store of several (default: every teacher)."),
+    ] = None,
 ) -> None:
     """Merge the slot logs (single-slot writes of the service and lazy fill) into the shard files.
 
@@ -168,8 +172,30 @@ def compact(
     # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.embedding_store import EmbeddingStore
 
-    merged = EmbeddingStore.open(path, mode="r+").compact()
+    store = EmbeddingStore.open(path, mode="r+")
+    names = [target] if target is not None else store.teachers
+    merged = sum(store.for_target(name).compact() for name in names)
     console.print(f"{path}: merged the slot logs of {merged} shard(s)", highlight=False)
+
+
+@app.command()
+@exits_on_error
+def convert(
+    path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
+    name: Annotated[
+        str, typer.Option(help="Name of the store's (root) teacher from now on.")
+    ] = "default",
+) -> None:
+    """Convert a single-teacher store in place into a store of named teachers (disco-store/4).
+
+    Records NAME for the existing teacher; no embedding byte moves. Further teachers are then
+    added with `disco precompute --as NAME2` (which converts automatically when needed).
+    """
+    from store.embedding_store import EmbeddingStore
+
+    store = EmbeddingStore.open(path, mode="r+")
+    store.convert(name)
+    console.print(f"{path}: teachers {', '.join(store.teachers)}", highlight=False)
 
 
 def _short(value: Any) -> str:
@@ -191,14 +217,18 @@ def _recipe_line(r: dict[str, Any]) -> str:
 def info(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    target: Annotated[
+        str | None,
+        typer.Option(help="Teacher of a store of several (default: the store's only teacher)."),
+    ] = None,
     **config: Any,
 ) -> None:
-    """Show a store's shape, layout, size on disk, compression, progress and identity."""
+    """Show a store's shape, layout, size on disk, compression, progress, identity and teachers."""
     # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.inspection import store_info
 
     apply_remote_options(config)
-    data = store_info(path)
+    data = store_info(path, target)
     if as_json:
         console.print_json(json.dumps(data))
         return
@@ -225,6 +255,16 @@ def info(
         ("dataset", _short(data["dataset"])),
         ("versions", _short(data["versions"])),
     ]
+    for t in data["teachers"]:
+        done = "complete" if t["complete"] else f"{len(t['missing_shards'])} shards missing"
+        rows.append(
+            (
+                f"teacher {t['name']}",
+                f"{t['teacher_name']} ({t['source']}), D={t['dim']} {t['dtype']}, "
+                f"{t['bytes_per_view']} B/view, {100 * t['written_fraction']:.1f}% written, "
+                f"{done}",
+            )
+        )
     for step in data["history"]:
         rows.append(
             (
@@ -249,6 +289,10 @@ def check(
     skip_dataset: Annotated[
         bool, typer.Option(help="Do not compare the manifest with the dataset.")
     ] = False,
+    target: Annotated[
+        str | None,
+        typer.Option(help="Teacher of a store of several (default: every teacher)."),
+    ] = None,
     **config: Any,
 ) -> None:
     """Check written mask vs data, non-finite/zero-norm embeddings, and manifest vs dataset.
@@ -259,7 +303,7 @@ def check(
     from store.inspection import check_store
 
     apply_remote_options(config)
-    report = check_store(path, dataset=dataset, check_dataset=not skip_dataset)
+    report = check_store(path, dataset=dataset, check_dataset=not skip_dataset, target=target)
     console.print(
         f"{path}: {report.written_slots}/{report.total_slots} slots written, "
         f"{report.bad_rows} bad, dataset "

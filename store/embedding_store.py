@@ -13,6 +13,19 @@ Layout (group attrs carry ``schema: disco-store/2``)::
     embeddings_scale      (D,) float32, int8 only: value = int8 * scale
     features              (N, V, F) float16, optional, same row sharding
     written               (N, V) bool, one chunk per shard, set only after the data write returned
+    targets/<NAME>/{embeddings,embeddings_scale,features,written}
+                          the same arrays for each further teacher (``disco-store/4``)
+
+Several teachers (``disco-store/4``): the first teacher's arrays stay at the root (so a
+single-teacher store of an earlier version *is* a one-teacher store: it opens unchanged, and adding
+a teacher never moves its bytes); each further teacher NAME has the same arrays under
+``targets/NAME/`` and its identity record in the group attrs ``targets[NAME]`` (``teacher``,
+``dtype``); ``root_target`` names the root teacher (default ``"default"``). A handle is opened for
+one teacher (``EmbeddingStore.open(url, target=NAME)``) and then behaves exactly as a
+single-teacher store: its ``attrs["teacher"]``/``dim``/``written_mask``/``read_shard``/
+``write_slots`` are that teacher's, its slot log is ``.wal/targets/NAME/``. A store with several
+teachers opened without a name answers metadata (``teachers``) and refuses target reads with the
+list of names. Shard locks are shared by the teachers (one lock per row range).
 
 Every numeric array uses core data types and core codecs (bytes, sharding, blosc when chosen;
 ``zstd`` is the one extension codec, used only when a store is created with ``codec="zstd"``), so
@@ -59,27 +72,36 @@ from store.remote import (
     url_to_fs,
 )
 from store.slotlog import WAL_DIR, SlotLog, encode_record, read_slots
+from store.targets import ROOT_TARGET, check_target_name, root_target_name, target_names
 from store.views import Recipe, plan_views, recipe_from_dict
 from store.views.fingerprint import check_render, library_versions, render_record
 
 __all__ = [
     "CODECS",
     "READABLE_SCHEMAS",
+    "ROOT_TARGET",
     "SCHEMA",
+    "TARGETS_SCHEMA",
     "EmbeddingStore",
     "ShardBlock",
+    "check_target_name",
     "int8_scales",
     "open_zarr_store",
+    "target_names",
 ]
 
 SCHEMA = "disco-store/3"
-READABLE_SCHEMAS = ("disco-store/1", "disco-store/2", SCHEMA)
+TARGETS_SCHEMA = "disco-store/4"
+"""Written once a store holds a teacher under ``targets/NAME`` (older code must not append to
+it: it would grow only the root teacher's arrays)."""
+READABLE_SCHEMAS = ("disco-store/1", "disco-store/2", SCHEMA, TARGETS_SCHEMA)
 """Layouts this code opens; it creates only ``SCHEMA``."""
 CODECS = ("none", "zstd", "blosc-bitshuffle")
 COMPACT_FRACTION = 0.25
 """A shard's slot log is merged into its file once it holds this fraction of the shard's slots."""
 DEFAULT_CODEC = "none"
 _MANIFEST_FIELDS = ("indices", "keys", "labels", "sha256", "heights", "widths", "valid")
+_TARGET_ARRAYS = ("embeddings", "embeddings_scale", "features", "written")
 # Every write is real data: skip zarr's scan for all-fill chunks (2-3x faster shard writes).
 _WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
 
@@ -189,11 +211,15 @@ class ShardBlock:
 class EmbeddingStore:
     """A DisCo store on local disk or any fsspec URL; see the module docstring for the layout."""
 
-    def __init__(self, url: str, group: zarr.Group, mode: str) -> None:
+    def __init__(self, url: str, group: zarr.Group, mode: str, target: str | None = None) -> None:
         self._url = url
         self._group = group
         self._mode = mode
-        self._attrs: dict[str, Any] = dict(group.attrs)
+        self._target = None if target is None else check_target_name(target)
+        self._name: str | None = None
+        self._prefix: str | None = ""
+        self._raw: dict[str, Any] = {}
+        self._attrs: dict[str, Any] = self._view(dict(group.attrs))
         self._manifest: Manifest | None = None
         self._params: np.ndarray | None = None
         self._recipe: Recipe | None = None
@@ -226,13 +252,15 @@ class EmbeddingStore:
         progress: bool = False,
         storage_options: Mapping[str, Any] | None = None,
         single_writer: bool | None = None,
+        target: str | None = None,
     ) -> EmbeddingStore:
         """Create a store with the manifest arrays and the (N, V, P) float32 view plan; no teacher.
 
         ``params`` is planned with :func:`plan_views` when None. ``shard_size`` rows per shard file,
         ``chunk_size`` rows per inner chunk (default shard_size; must divide shard_size),
         ``codec`` one of ``CODECS`` for embeddings/features. Raises StoreError if a store exists and
-        ``overwrite`` is False. ``storage_options``/``single_writer``: as in :meth:`open`.
+        ``overwrite`` is False. ``storage_options``/``single_writer``/``target``: as in
+        :meth:`open`.
         """
         single_writer_acknowledged(url, single_writer)
         n = len(manifest)
@@ -320,7 +348,7 @@ class EmbeddingStore:
             "render": render,
         }
         group.attrs.update(attrs)
-        store = cls(url, group, "r+")
+        store = cls(url, group, "r+", target)
         store._storage_options = None if storage_options is None else dict(storage_options)
         store._manifest = manifest
         store._params = params
@@ -336,8 +364,14 @@ class EmbeddingStore:
         *,
         storage_options: Mapping[str, Any] | None = None,
         single_writer: bool | None = None,
+        target: str | None = None,
     ) -> EmbeddingStore:
         """Open an existing store (``mode`` "r" or "r+"), checking schema and ``expect``.
+
+        ``target``: the teacher this handle reads and writes (see the module docstring; None:
+        the store's only teacher). A name the store does not hold is refused in mode "r" (naming
+        the teachers it does hold); in mode "r+" the handle has no teacher until
+        :meth:`attach_teacher` adds it. ``expect``'s ``teacher.*`` fields are that teacher's.
 
         ``expect`` maps dotted attr paths (``"teacher.sha256"``, ``"recipe.views"``...) to values;
         the first difference raises ``StoreMismatchError(field, expected, actual)``. A missing store
@@ -360,14 +394,18 @@ class EmbeddingStore:
             raise StoreNotFoundError(f"no store at {url!r}") from exc
         except ValueError as exc:
             raise StoreNotFoundError(f"no store at {url!r}: {exc}") from exc
-        attrs = dict(group.attrs)
-        if attrs.get("schema") not in READABLE_SCHEMAS:
-            raise StoreMismatchError("schema", " or ".join(READABLE_SCHEMAS), attrs.get("schema"))
+        raw = dict(group.attrs)
+        if raw.get("schema") not in READABLE_SCHEMAS:
+            raise StoreMismatchError("schema", " or ".join(READABLE_SCHEMAS), raw.get("schema"))
+        store = cls(url, group, mode, target)
+        if mode == "r" and target is not None and target not in store.teachers:
+            held = ", ".join(store.teachers) or "none"
+            raise StoreError(f"store {url!r} has no teacher {target!r} (teachers: {held})")
+        attrs = store.attrs
         for field, expected in (expect or {}).items():
             actual = _get_path(attrs, field)
             if not _same(expected, actual):
                 raise StoreMismatchError(field, expected, actual)
-        store = cls(url, group, mode)
         store._storage_options = None if storage_options is None else dict(storage_options)
         return store
 
@@ -406,7 +444,7 @@ class EmbeddingStore:
                 )
             record = {**record, "accepted": accepted}
         self._group.attrs.update({"render": record})
-        self._attrs = dict(self._group.attrs)
+        self._attrs = self._view(dict(self._group.attrs))
 
     # ----------------------------------------------------------------- teacher
     def attach_teacher(
@@ -428,6 +466,7 @@ class EmbeddingStore:
         self._require_writable()
         if dtype not in ("float16", "int8"):
             raise ConfigError(f"embedding dtype must be 'float16' or 'int8', got {dtype!r}")
+        self._require_target()
         if self._attrs.get("teacher") is not None:
             self._attach(teacher, dim, dtype, features_dim, int8_scale)
             return
@@ -454,12 +493,16 @@ class EmbeddingStore:
             if self._attrs["storage"]["dtype"] != dtype:
                 raise StoreMismatchError("storage.dtype", dtype, self._attrs["storage"]["dtype"])
             return
+        self._require_target()  # refreshed attrs: another teacher may have been added meanwhile
         storage = dict(self._attrs["storage"])
         s, c, v = storage["shard_size"], storage["chunk_size"], self.views
         n = self.n
         compressors = _compressors(storage["codec"])
+        prefix = self._prefix or ""
+        if prefix:
+            self._group.require_group(prefix.rstrip("/"))
         self._group.create_array(
-            "embeddings",
+            prefix + "embeddings",
             shape=(n, v, dim),
             chunks=(c, v, dim),
             shards=(s, v, dim),
@@ -474,12 +517,12 @@ class EmbeddingStore:
             if scale.shape != (dim,) or not np.all(scale > 0):
                 raise ConfigError(f"int8_scale must be ({dim},) positive, got {scale.shape}")
             sa = self._group.create_array(
-                "embeddings_scale", shape=(dim,), dtype="float32", compressors=None
+                prefix + "embeddings_scale", shape=(dim,), dtype="float32", compressors=None
             )
             sa[:] = scale
         if features_dim is not None:
             self._group.create_array(
-                "features",
+                prefix + "features",
                 shape=(n, v, features_dim),
                 chunks=(c, v, features_dim),
                 shards=(s, v, features_dim),
@@ -489,11 +532,25 @@ class EmbeddingStore:
                 config=_WRITE_CONFIG,
             )
         self._group.create_array(
-            "written", shape=(n, v), chunks=(s, v), dtype=bool, fill_value=False, compressors=None
+            prefix + "written",
+            shape=(n, v),
+            chunks=(s, v),
+            dtype=bool,
+            fill_value=False,
+            compressors=None,
         )
-        storage["dtype"] = dtype
-        self._group.attrs.update({"teacher": _jsonable(record), "storage": storage})
-        self._attrs = dict(self._group.attrs)
+        if prefix:  # a further teacher: its record beside the others', the root's untouched
+            targets = dict(self._raw.get("targets") or {})
+            targets[str(self._name)] = {"teacher": _jsonable(record), "dtype": dtype}
+            self._group.attrs.update({"targets": targets, "schema": TARGETS_SCHEMA})
+        else:
+            storage["dtype"] = dtype
+            update: dict[str, Any] = {"teacher": _jsonable(record), "storage": storage}
+            if self._target is not None:
+                update["root_target"] = self._target
+            self._group.attrs.update(update)
+        self._attrs = self._view(dict(self._group.attrs))
+        self._arrays = {}
 
     def mark_invalid(self, rows: np.ndarray, reasons: dict[str, str]) -> None:
         """Record rows (``rows`` (m,) int64) whose samples failed to decode after the manifest
@@ -520,6 +577,83 @@ class EmbeddingStore:
     def url(self) -> str:
         """Where the store lives (path or fsspec URL)."""
         return self._url
+
+    @property
+    def target(self) -> str | None:
+        """The teacher this handle reads and writes (None: several teachers and none named)."""
+        return self._name
+
+    @property
+    def teachers(self) -> list[str]:
+        """Every teacher the store holds (root first, then ``targets/NAME`` sorted)."""
+        return target_names(self._raw)
+
+    @property
+    def raw_attrs(self) -> dict[str, Any]:
+        """The group attributes as stored (``attrs`` shows this handle's teacher as the
+        ``teacher`` record)."""
+        return self._raw
+
+    def for_target(self, target: str) -> EmbeddingStore:
+        """A handle of the same store (same mode and group) for teacher ``target``."""
+        other = type(self)(self._url, self._group, self._mode, target)
+        other._storage_options = self._storage_options
+        other._manifest, other._params, other._recipe = self._manifest, self._params, self._recipe
+        if self._mode == "r" and target not in other.teachers:
+            held = ", ".join(other.teachers) or "none"
+            raise StoreError(f"store {self._url!r} has no teacher {target!r} (teachers: {held})")
+        return other
+
+    def convert(self, name: str | None = None) -> None:
+        """Convert a single-teacher store in place: record its root teacher's name (``name``,
+        default ``"default"``) and mark the layout ``disco-store/4``. No array is moved or
+        rewritten (the bytes stay those of the root arrays). Under the store-wide lock."""
+        self._require_writable()
+        with store_lock(self._url, timeout=None):
+            self.refresh()
+            if self._raw.get("teacher") is None:
+                raise StoreError(f"store {self._url!r} has no teacher to convert")
+            new = check_target_name(name or root_target_name(self._raw))
+            if new in (self._raw.get("targets") or {}):
+                raise StoreError(f"store {self._url!r} already has a teacher {new!r}")
+            self._group.attrs.update({"root_target": new, "schema": TARGETS_SCHEMA})
+            if self._name == root_target_name(self._raw):
+                self._target = new
+            self._attrs = self._view(dict(self._group.attrs))
+
+    def _view(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """This handle's attrs from the group's ``raw`` attrs: the chosen teacher's record as
+        ``teacher`` and its dtype as ``storage.dtype``; sets ``_name`` and ``_prefix`` (None:
+        several teachers, none named)."""
+        self._raw = raw
+        targets = raw.get("targets") or {}
+        names = target_names(raw)
+        root = root_target_name(raw)
+        want = self._target
+        if want is None:
+            if len(names) > 1:
+                self._name, self._prefix = None, None
+                return {**raw, "teacher": None, "target": None}
+            want = names[0] if names else root
+        if want in targets:
+            rec = targets[want]
+            self._name, self._prefix = want, f"targets/{want}/"
+            storage = {**raw["storage"], "dtype": rec.get("dtype")}
+            return {**raw, "teacher": rec.get("teacher"), "storage": storage, "target": want}
+        if want == root or raw.get("teacher") is None:
+            # the root teacher, or the first teacher of a store without one (it goes to the root)
+            self._name, self._prefix = want, ""
+            return {**raw, "target": want}
+        self._name, self._prefix = want, f"targets/{want}/"  # not attached yet
+        storage = {**raw["storage"], "dtype": None}
+        return {**raw, "teacher": None, "storage": storage, "target": want}
+
+    def _require_target(self) -> None:
+        if self._prefix is None:
+            raise StoreError(
+                f"store {self._url!r} holds several teachers ({', '.join(self.teachers)}); "
+                "name one (--target NAME)"
+            )
 
     @property
     def group(self) -> zarr.Group:
@@ -649,9 +783,14 @@ class EmbeddingStore:
         # Cached: each group lookup re-reads the array metadata from storage.
         arr = self._arrays.get(name)
         if arr is None:
+            self._require_target()
             if self._attrs.get("teacher") is None:
-                raise StoreError(f"store {self._url!r} has no teacher attached (no {name!r} array)")
-            found = self._group[name]
+                what = "" if self._name is None or not self._prefix else f" {self._name!r}"
+                raise StoreError(
+                    f"store {self._url!r} has no teacher{what} attached (no {name!r} array)"
+                )
+            path = (self._prefix or "") + name if name in _TARGET_ARRAYS else name
+            found = self._group[path]
             if not isinstance(found, zarr.Array):
                 raise StoreError(f"store {self._url!r}: {name!r} is not an array")
             arr = self._arrays[name] = found
@@ -682,7 +821,8 @@ class EmbeddingStore:
         """The slot log of a local store with a teacher (None: fsspec URL or no teacher)."""
         if not is_local(self._url) or self._attrs.get("teacher") is None:
             return None
-        return SlotLog(self._url, int(self.dim or 0), self.features_dim, str(self.dtype))
+        folder = WAL_DIR + ("/" + self._prefix.rstrip("/") if self._prefix else "")
+        return SlotLog(self._url, int(self.dim or 0), self.features_dim, str(self.dtype), folder)
 
     def _file_mask(self, s: int) -> np.ndarray:
         """Shard ``s``'s ``written`` mask as the shard file has it (n, V) bool, a fresh copy;
@@ -770,12 +910,10 @@ class EmbeddingStore:
             ),
             mode=self._mode,  # type: ignore[arg-type]
         )
-        attrs = dict(group.attrs)
-        changed = _get_path(attrs, "dataset.n") != self.n or attrs.get(
-            "teacher"
-        ) != self._attrs.get("teacher")
+        old_n, old_teacher = self.n, self._attrs.get("teacher")
         self._group = group
-        self._attrs = attrs
+        attrs = self._attrs = self._view(dict(group.attrs))
+        changed = _get_path(attrs, "dataset.n") != old_n or attrs.get("teacher") != old_teacher
         if changed:
             self._manifest = None
             self._params = None

@@ -42,15 +42,18 @@ def _array_bytes(sizes: dict[str, int], name: str) -> tuple[int, list[str]]:
     return sum(sizes[k] for k in keys), keys
 
 
-def store_info(url: str) -> dict[str, Any]:
+def store_info(url: str, target: str | None = None) -> dict[str, Any]:
     """Summary of a store: shape, layout, bytes on disk, compression ratio, % written, identity,
     growth ``history`` (one dict per ``disco store append``: time, n_before, n_after, added,
-    dataset, manifest_hash).
+    dataset, manifest_hash), and ``teachers``: one dict per teacher (name, dim, dtype,
+    written_fraction, missing_shards, bytes_per_view, bytes_on_disk, teacher identity).
 
+    The top-level ``dim``/``dtype``/``written_fraction``/``teacher`` are those of ``target``
+    (default: the store's only teacher; None for a store of several teachers and no name).
     ``compression_ratio`` = uncompressed bytes of the embedding shard files present / their size
     on disk (None when no shard is stored yet).
     """
-    store = EmbeddingStore.open(url)
+    store = EmbeddingStore.open(url, target=target)
     sizes = file_sizes(url)
     attrs = store.attrs
     info: dict[str, Any] = {
@@ -74,21 +77,53 @@ def store_info(url: str) -> dict[str, Any]:
         "dataset": attrs["dataset"],
         "versions": attrs.get("versions", {}),
         "history": list(attrs.get("history") or []),
+        "target": store.target,
+        "teachers": [_teacher_info(store.for_target(name), sizes) for name in store.teachers],
     }
     if store.dim is not None:
-        stored, keys = _array_bytes(sizes, "embeddings")
-        item = np.dtype(store.dtype).itemsize
-        raw = 0
-        for key in keys:
-            s = int(key.split("/")[2])
-            if s < store.num_shards:
-                a, b = store.shard_bounds(s)
-                raw += (b - a) * store.views * store.dim * item
-        info["compression_ratio"] = raw / stored if stored else None
-        mask = store.written_mask()
-        info["written_fraction"] = float(mask.mean()) if mask.size else 1.0
-        info["missing_shards"] = store.missing_shards()
+        mine = _teacher_info(store, sizes)
+        info["compression_ratio"] = mine["compression_ratio"]
+        info["written_fraction"] = mine["written_fraction"]
+        info["missing_shards"] = mine["missing_shards"]
     return info
+
+
+def _teacher_info(store: EmbeddingStore, sizes: dict[str, int]) -> dict[str, Any]:
+    """One teacher's part of :func:`store_info`: identity, width, completeness, bytes."""
+    prefix = (
+        ""
+        if store.target is None or store.target not in store.raw_attrs.get("targets", {})
+        else f"targets/{store.target}/"
+    )
+    item = np.dtype(store.dtype).itemsize if store.dtype else 0
+    dim = int(store.dim or 0)
+    stored, keys = _array_bytes(sizes, prefix + "embeddings")
+    raw = 0
+    for key in keys:
+        s = int(key[len(prefix) :].split("/")[2])
+        if s < store.num_shards:
+            a, b = store.shard_bounds(s)
+            raw += (b - a) * store.views * dim * item
+    mask = store.written_mask()
+    valid = np.asarray(store.manifest.valid, dtype=bool)
+    teacher = store.teacher or {}
+    return {
+        "name": store.target,
+        "root": not prefix,
+        "dim": store.dim,
+        "dtype": store.dtype,
+        "source": teacher.get("source"),
+        "teacher_name": teacher.get("name") or teacher.get("arch"),
+        "sha256": teacher.get("sha256"),
+        "bytes_per_view": dim * item,
+        "bytes_on_disk": sum(v for k, v in sizes.items() if k.startswith(prefix + "embeddings/"))
+        + sum(v for k, v in sizes.items() if k.startswith(prefix + "written/")),
+        "compression_ratio": raw / stored if stored else None,
+        "written_fraction": float(mask.mean()) if mask.size else 1.0,
+        "written_views": int(mask.sum()),
+        "complete": bool(mask[valid].all()),
+        "missing_shards": store.missing_shards(),
+    }
 
 
 @dataclass
@@ -156,12 +191,26 @@ def check_store(
     dataset: str | None = None,
     check_dataset: bool = True,
     max_listed: int = 10,
+    target: str | None = None,
 ) -> CheckReport:
     """Check a store: written mask vs data, non-finite or zero-norm embeddings among written slots,
     and (``check_dataset``) each manifest sha256 against the dataset on disk (spec from the store
     attrs, or ``dataset`` for a moved copy). Never raises for data problems; they are listed.
+    ``target``: the teacher whose embeddings are checked (default: the only one; a store of
+    several teachers and no name has each checked, problems prefixed with its name).
     """
-    store = EmbeddingStore.open(url)
+    store = EmbeddingStore.open(url, target=target)
+    if store.target is None:  # several teachers, none named: check every one
+        report = CheckReport(url=url, total_slots=0)
+        for k, name in enumerate(store.teachers):
+            part = check_store(url, dataset, check_dataset and k == 0, max_listed, name)
+            report.problems += [f"{name}: {p}" for p in part.problems]
+            report.notes += [f"{name}: {n}" for n in part.notes]
+            report.written_slots += part.written_slots
+            report.total_slots += part.total_slots
+            report.bad_rows += part.bad_rows
+            report.dataset_checked |= part.dataset_checked
+        return report
     report = CheckReport(url=url, total_slots=store.n * store.views)
     manifest = store.manifest
     if manifest.num_invalid:

@@ -31,11 +31,13 @@ __all__ = ["InMemoryStore"]
 class InMemoryStore(EmbeddingStore):
     """An :class:`EmbeddingStore` whose shards were read once into RAM (see the module doc)."""
 
-    def __init__(self, url: str, group: zarr.Group, mode: str = "r") -> None:
-        """Read every shard of the store ``group`` at ``url`` into RAM (the constructor
-        ``EmbeddingStore.open`` calls, so ``InMemoryStore.open(url)`` works too; ``mode`` is
-        ignored: the copy is read-only)."""
-        super().__init__(url, group, "r")
+    def __init__(
+        self, url: str, group: zarr.Group, mode: str = "r", target: str | None = None
+    ) -> None:
+        """Read every shard of teacher ``target`` of the store ``group`` at ``url`` into RAM
+        (the constructor ``EmbeddingStore.open`` calls, so ``InMemoryStore.open(url)`` works
+        too; ``mode`` is ignored: the copy is read-only)."""
+        super().__init__(url, group, "r", target)
         if self.teacher is None:
             raise StoreError(f"store {url!r} has no teacher embeddings to hold in RAM")
         blocks = [super(InMemoryStore, self).read_shard(s) for s in range(self.num_shards)]
@@ -53,7 +55,7 @@ class InMemoryStore(EmbeddingStore):
     @classmethod
     def load(cls, store: EmbeddingStore) -> InMemoryStore:
         """Every shard of the open ``store`` read into RAM (one ``read_shard`` per shard)."""
-        return cls(store.url, store.group)
+        return cls(store.url, store.group, target=store.target)
 
     @property
     def nbytes(self) -> int:

@@ -200,15 +200,20 @@ class SlotLog:
     """The slot logs of one local store: read (any process, no lock) and append (under the
     shard's lock; see :class:`store.embedding_store.EmbeddingStore`)."""
 
-    def __init__(self, url: str, dim: int, fdim: int | None, dtype: str) -> None:
+    def __init__(
+        self, url: str, dim: int, fdim: int | None, dtype: str, folder: str = WAL_DIR
+    ) -> None:
         self.url = url
         self.dim = dim
         self.fdim = fdim
         self.dtype = np.dtype(dtype)
+        self.folder = folder
+        """Folder of the logs inside the store: ``.wal`` for the root teacher,
+        ``.wal/targets/NAME`` for a named one (each teacher's shards are their own files)."""
 
     def path(self, shard: int) -> str:
         """This store's log of shard ``shard``."""
-        return os.path.join(self.url, WAL_DIR, f"shard-{shard:05d}.log")
+        return os.path.join(self.url, self.folder, f"shard-{shard:05d}.log")
 
     def read(self, shard: int) -> SlotRecords:
         """The whole records of shard ``shard``'s log (none when it has no log)."""
@@ -221,7 +226,7 @@ class SlotLog:
 
     def shards(self) -> list[int]:
         """Shards that have a log now, sorted."""
-        folder = Path(self.url) / WAL_DIR
+        folder = Path(self.url) / self.folder
         try:
             names = os.listdir(folder)
         except FileNotFoundError:

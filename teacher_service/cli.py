@@ -34,7 +34,7 @@ WEIGHTS_HELP = "Teacher weights: .safetensors, .pth/.bin state dict or a snapsho
 POOLING_HELP = "ViT teachers: cls, mean or cls+mean instead of the model's own pooling."
 
 
-@with_options(dataclass_options(PrecomputeConfig), remote_options())
+@with_options(dataclass_options(PrecomputeConfig, decls={"target": ["--as"]}), remote_options())
 @exits_on_error
 def precompute_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from store.devices import parse_device_name
 from store.errors import ConfigError
+from store.targets import check_target_name
 from teacher_service.precision import parse_precision
 
 __all__ = [
@@ -141,6 +142,9 @@ class PrecomputeConfig:
     """ViT teachers: cls, mean or cls+mean instead of the model's own pooled output."""
     amp: str | None = None
     """Deprecated: --precision (none = fp32, bf16, fp16)."""
+    target: str | None = None
+    """Name of this teacher in the store (``--as``): adds it beside the store's other teachers
+    (their bytes untouched) or resumes it; None = the store's only teacher."""
 
     def __post_init__(self) -> None:
         check_pooling(self.teacher_pooling)
@@ -148,6 +152,8 @@ class PrecomputeConfig:
         if self.amp is not None:
             self.precision = parse_precision(self.amp, old_flag="--amp")
             self.amp = None
+        if self.target is not None:
+            check_target_name(self.target)
         if self.views < 1:
             raise ConfigError(f"views must be >= 1, got {self.views}")
         if self.batch_size < 1:

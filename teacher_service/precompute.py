@@ -283,7 +283,9 @@ def open_or_create_store(
         store: EmbeddingStore | None = None
         if not cfg.overwrite:
             try:
-                store = EmbeddingStore.open(cfg.store, mode="r+", expect=_expectations(cfg))
+                store = EmbeddingStore.open(
+                    cfg.store, mode="r+", expect=_expectations(cfg), target=cfg.target
+                )
             except StoreNotFoundError:
                 store = None
         if store is None:
@@ -313,6 +315,7 @@ def open_or_create_store(
                     params=params,
                     shard_size=cfg.shard_size,
                     overwrite=cfg.overwrite,
+                    target=cfg.target,
                 )
                 return attach(store), dataset
         return attach(store), dataset
@@ -328,7 +331,9 @@ def _wait_for_store(
     last_report = time.monotonic()
     while True:
         try:
-            store = EmbeddingStore.open(cfg.store, mode="r+", expect=_expectations(cfg))
+            store = EmbeddingStore.open(
+                cfg.store, mode="r+", expect=_expectations(cfg), target=cfg.target
+            )
             if store.teacher is not None:
                 return attach(store)
             last_sign = time.monotonic()  # the store exists: worker 0 is attaching its teacher
