@@ -10,6 +10,7 @@ from typing import Any
 from store.atomic import atomic_write_text
 from store.devices import parse_device_name
 from store.errors import ConfigError
+from store.targets import parse_targets
 from student_trainer.train.methods import MethodSpec, get_method
 from student_trainer.train.schedule import scaled_lr
 from teacher_service.precision import parse_precision
@@ -60,6 +61,11 @@ MISSING_CHOICES = ("error", "wait", "skip")
 
 MONITOR_SPLITS = ("test", "val")
 """Held-out splits of the kNN monitor: the dataset's test split, or a validation part of train."""
+
+TARGET_LAYOUTS = ("heads", "concat")
+"""= ``store.multi.LAYOUTS`` (restated so importing the config imports no zarr)."""
+TARGET_LOSSES = ("mse", "cosine")
+"""Per-teacher terms of a student with several teachers (``losses.multi_teacher``)."""
 
 RENDERER_CHOICES = ("auto", "reference", "batched")
 """= ``store.views.RENDERER_CHOICES`` (restated so importing the config imports no torch)."""
@@ -154,6 +160,19 @@ class TrainConfig:
     """ResNet base width; None = the architecture's default."""
     distill_weight: float = 8.0
     """λ of the DisCo term (per view, batch-mean); DisCo-pytorch's sum over 32/GPU equals λ = 32."""
+    targets: str | None = None
+    """Teachers of a store of several to distil from, NAME[:WEIGHT],NAME[:WEIGHT]: one MLP head
+    per teacher on the backbone, loss = weighted mean of the teachers' terms; None = the store's
+    only teacher through the student's own head (as before)."""
+    target_layout: str = "heads"
+    """With targets: "heads" (one head per teacher) or "concat" (one head on the concatenated
+    targets, scaled to unit norm: a baseline)."""
+    target_loss: str = "mse"
+    """Per-teacher term with targets (heads): "mse" (DisCo's ||ŝ - t||² on the L2-normalised head
+    output) or "cosine" (UNIC: 0.5 (1 - cos) + 0.5 smooth-L1 on the raw head output)."""
+    teacher_drop: float = 0.0
+    """Teacher dropping as in UNIC, with targets (heads): per image and view, every teacher but
+    the one with the largest loss is dropped with this probability (seeded by the step)."""
     seed_teacher_temperature: float = 1e-4
     """SEED's teacher temperature τ_t (SEED's default 1e-4); τ_s is ``temperature``."""
     teacher_queue_size: int | None = None
@@ -294,6 +313,36 @@ class TrainConfig:
             raise ConfigError(f"monitor_max_bank must be >= 20 (k), got {self.monitor_max_bank}")
         if self.teacher_queue_size is not None and self.teacher_queue_size < 1:
             raise ConfigError(f"teacher_queue_size must be >= 1, got {self.teacher_queue_size}")
+        self._check_targets(spec)
+
+    def _check_targets(self, spec: MethodSpec) -> None:
+        if self.target_layout not in TARGET_LAYOUTS:
+            raise ConfigError(
+                f"target_layout must be one of {', '.join(TARGET_LAYOUTS)}, got "
+                f"{self.target_layout!r}"
+            )
+        if self.target_loss not in TARGET_LOSSES:
+            raise ConfigError(
+                f"target_loss must be one of {', '.join(TARGET_LOSSES)}, got {self.target_loss!r}"
+            )
+        if not 0.0 <= self.teacher_drop < 1.0:
+            raise ConfigError(f"teacher_drop must be in [0, 1), got {self.teacher_drop}")
+        if self.targets is None:
+            if self.teacher_drop or self.target_loss != "mse" or self.target_layout != "heads":
+                raise ConfigError("target_layout, target_loss and teacher_drop need targets")
+            return
+        parse_targets(self.targets)
+        if self.store is None or self.method != "disco":
+            raise ConfigError("targets needs a store and the disco method")
+        if self.online_teacher is not None or self.teacher_url is not None:
+            raise ConfigError("targets reads cached targets: no online_teacher or teacher_url")
+        if self.target_layout == "concat" and (self.teacher_drop or self.target_loss != "mse"):
+            raise ConfigError("target_layout concat is plain DisCo: no teacher_drop/target_loss")
+
+    @property
+    def target_list(self) -> list[tuple[str, float]]:
+        """``targets`` parsed: [(name, weight)], empty without targets."""
+        return [] if self.targets is None else parse_targets(self.targets)
 
     @property
     def peak_lr(self) -> float:

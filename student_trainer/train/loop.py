@@ -54,6 +54,7 @@ from store.embedding_store import EmbeddingStore
 from store.errors import CheckpointError, ConfigError, DiscoError
 from store.manifest import build_manifest
 from store.memory import InMemoryStore
+from store.multi import MultiTargetStore
 from store.relocate import open_moved_dataset
 from store.runtime import (
     autocast,
@@ -154,6 +155,8 @@ class _Data:
     complete: bool = True
     """Every target the plan can use is written (a lazy and a plain run plan alike then);
     checked only when resuming."""
+    target_dims: tuple[int, ...] = ()
+    """Several teachers: each one's embedding width, in ``targets`` order."""
 
 
 def _connect_service(cfg: TrainConfig, store: Any, world: int) -> tuple[TeacherLink, int]:
@@ -183,7 +186,15 @@ def _open_data(
     """Data plan + renderer for ``cfg`` (store or dataset); refuses a mismatched store first."""
     show = cfg.progress and rank == 0
     if cfg.store is not None:
-        store = EmbeddingStore.open(cfg.store, expect=dict(cfg.expect) or None)
+        store: Any = EmbeddingStore.open(cfg.store, expect=dict(cfg.expect) or None)
+        if cfg.targets is not None:  # several teachers, side by side in each block
+            names = [name for name, _ in cfg.target_list]
+            store = MultiTargetStore.open(cfg.store, names, cfg.target_layout)
+        elif store.teacher is None and len(store.teachers) > 1:
+            raise ConfigError(
+                f"store {cfg.store} holds several teachers ({', '.join(store.teachers)}); "
+                "choose with --targets NAME[:WEIGHT],..."
+            )
         cached = cfg.spec.uses_teacher and cfg.online_teacher is None
         if cached and store.teacher is None and cfg.teacher_url is None:
             raise ConfigError(
@@ -196,7 +207,12 @@ def _open_data(
         if cached and cfg.teacher_url is not None:
             link, fill_dim = _connect_service(cfg, store, world)
         if cfg.store_in_ram and store.teacher is not None:
-            store = InMemoryStore.load(store)
+            if isinstance(store, MultiTargetStore):
+                store = MultiTargetStore(
+                    [InMemoryStore.load(s) for s in store.stores], store.layout
+                )
+            else:
+                store = InMemoryStore.load(store)
         manifest = store.manifest
         dataset = open_moved_dataset(manifest, cfg.dataset, full=cfg.full_check)
         recipe = store.recipe
@@ -225,17 +241,22 @@ def _open_data(
     bank = ImageBank(dataset, manifest, ImageBank.should_cache(manifest, cfg.cache_images), show)
     pairs = PairRenderer(bank, recipe, cfg.seed, render=renderer == "reference")
     filler = None if link is None else TargetFiller(link, bank.image, cfg.fill_depth)
-    return _Data(plan, pairs, recipe, teacher_dim, cached, dataset.spec, filler, complete)
+    dims = tuple(store.dims) if cfg.store is not None and cfg.targets is not None else ()
+    return _Data(plan, pairs, recipe, teacher_dim, cached, dataset.spec, filler, complete, dims)
 
 
 def _store_complete(store: Any, views: int | None) -> bool:
     """True when ``store`` holds a target for every view (the first ``views``) of every valid
     row, fetched fresh (a store without a teacher is empty)."""
-    fresh = EmbeddingStore.open(store.url)  # from storage, also for a store held in RAM
-    if fresh.teacher is None:
-        return False
-    mask = fresh.written_mask()[np.asarray(fresh.manifest.valid, dtype=bool)]
-    return bool(mask[:, :views].all())
+    names = store.names if isinstance(store, MultiTargetStore) else [None]
+    for name in names:
+        fresh = EmbeddingStore.open(store.url, target=name)  # from storage, not from RAM
+        if fresh.teacher is None:
+            return False
+        mask = fresh.written_mask()[np.asarray(fresh.manifest.valid, dtype=bool)]
+        if not mask[:, :views].all():
+            return False
+    return True
 
 
 def _step_seed(seed: int, step: int, tag: int = 2) -> int:
@@ -537,13 +558,17 @@ def _build(cfg: TrainConfig, device: torch.device, rank: int, world: int, out: P
     # on CPU as the workers' per-view render; within store.views.RENDER_BOUND on CUDA).
     data = _open_data(cfg, rank, world, batch, resolve_renderer(cfg.renderer, device))
     teacher = _online_teacher(cfg, data, device)
-    embed_dim = cfg.head_out or data.teacher_dim or 128
-    if data.teacher_dim is not None and embed_dim != data.teacher_dim:
+    heads = cfg.targets is not None and cfg.target_layout == "heads"
+    embed_dim = cfg.head_out or (None if heads else data.teacher_dim) or 128
+    if data.teacher_dim is not None and embed_dim != data.teacher_dim and not heads:
         raise ConfigError(f"head_out {embed_dim} != the teacher's embedding dim {data.teacher_dim}")
     torch.manual_seed(cfg.seed)
     student = _student(cfg, data, embed_dim, batch)
     queue_size = effective_queue_size(cfg.queue_size, data.plan.num_samples, cfg.batch_size)
-    model = _moco(cfg, student, queue_size, data.plan.num_samples)
+    dims: tuple[int, ...] = ()
+    if heads:
+        dims = tuple(data.target_dims)
+    model = _moco(cfg, student, queue_size, data.plan.num_samples, dims)
     prepare_model(model, device)  # see runtime.prepare_model
     model.train()
     preprocessing = _preprocessing(data.recipe)
@@ -558,7 +583,7 @@ def _build(cfg: TrainConfig, device: torch.device, rank: int, world: int, out: P
             cfg.monitor_max_bank,
         )
     optimizer = torch.optim.SGD(
-        student.parameters(),
+        [*student.parameters(), *model.target_heads.parameters()],
         lr=cfg.peak_lr,
         momentum=cfg.sgd_momentum,
         weight_decay=cfg.weight_decay,
@@ -607,8 +632,15 @@ def _student(cfg: TrainConfig, data: _Data, embed_dim: int, batch: int) -> Encod
     return student
 
 
-def _moco(cfg: TrainConfig, student: Encoder, queue_size: int, num_samples: int) -> MoCo:
-    """The MoCo module around ``student`` (the teacher queue sized for ``num_samples`` rows)."""
+def _moco(
+    cfg: TrainConfig,
+    student: Encoder,
+    queue_size: int,
+    num_samples: int,
+    target_dims: tuple[int, ...] = (),
+) -> MoCo:
+    """The MoCo module around ``student`` (the teacher queue sized for ``num_samples`` rows;
+    one head per teacher of ``target_dims`` with several teachers)."""
     teacher_queue = effective_queue_size(
         cfg.teacher_queue_size or queue_size, num_samples, cfg.batch_size
     )
@@ -622,6 +654,10 @@ def _moco(cfg: TrainConfig, student: Encoder, queue_size: int, num_samples: int)
         teacher_temperature=cfg.seed_teacher_temperature,
         shuffle_keys=cfg.shuffle_keys,
         symmetric=cfg.symmetric,
+        target_dims=target_dims,
+        target_weights=tuple(w for _, w in cfg.target_list) if target_dims else (),
+        target_loss=cfg.target_loss,
+        teacher_drop=cfg.teacher_drop,
     )
 
 

@@ -42,6 +42,21 @@ class DistillInputs:
     """SEED's teacher temperature τ_t."""
     distill_weight: float
     """DisCo's λ."""
+    heads1: tuple[torch.Tensor, ...] = ()
+    """Several teachers: each teacher head's raw output ``(b, D_k)`` on view 1 (then ``t1`` is
+    the teachers' targets side by side, ``(b, ΣD_k)``, zeros where a teacher wrote nothing)."""
+    heads2: tuple[torch.Tensor, ...] = ()
+    """The same on view 2."""
+    segments: tuple[tuple[int, int], ...] = ()
+    """Each teacher's ``[start, stop)`` in ``t1``/``t2``."""
+    target_weights: tuple[float, ...] = ()
+    """Each teacher's loss weight."""
+    target_loss: str = "mse"
+    """Per-teacher term: mse or cosine (``losses.multi_teacher``)."""
+    teacher_drop: float = 0.0
+    """UNIC teacher-dropping probability."""
+    drop_uniform: torch.Tensor | None = None
+    """``(2, b, K)`` uniform draws for teacher dropping (seeded by the step)."""
 
 
 DistillLoss = Callable[[DistillInputs], "dict[str, torch.Tensor]"]
@@ -76,10 +91,21 @@ class MethodSpec:
 
 
 def _disco_loss(x: DistillInputs) -> dict[str, torch.Tensor]:
-    """DisCo: λ · (mean_b ‖q1 − t1‖² + mean_b ‖q2 − t2‖²), logged unweighted as "mse"."""
-    # lazy: torch; the CLI imports this registry for --help
-    from student_trainer.train.losses import disco_mse
+    """DisCo: λ · (mean_b ‖q1 − t1‖² + mean_b ‖q2 − t2‖²), logged unweighted as "mse".
 
+    With several teachers (``x.heads1``): λ · the weighted mean of the teachers' terms
+    (:func:`~student_trainer.train.losses.multi_teacher_loss`), logged as "mse" and per teacher
+    as "mse_<k>"."""
+    # lazy: torch; the CLI imports this registry for --help
+    from student_trainer.train.losses import disco_mse, multi_teacher_loss
+
+    if x.heads1:
+        mse, per = multi_teacher_loss(
+            x.heads1, x.heads2, x.t1, x.t2, x.segments, x.target_weights,
+            x.target_loss, x.teacher_drop, x.drop_uniform,
+        )  # fmt: skip
+        terms = {f"mse_{k}": per[k] for k in range(len(x.segments))}
+        return {**terms, "mse": mse, "distill": x.distill_weight * mse}
     mse = disco_mse(x.q1, x.t1) + disco_mse(x.q2, x.t2)
     return {"mse": mse, "distill": x.distill_weight * mse}
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from student_trainer.train.losses import infonce_loss, symmetric_infonce_loss
 from student_trainer.train.methods import DistillInputs, MethodSpec, get_method
-from teacher_service.encoders import Encoder
+from teacher_service.encoders import Encoder, ProjectionHead
 
 __all__ = ["MoCo", "StepOutput", "concat_all_gather", "effective_queue_size", "world_size"]
 
@@ -104,6 +104,10 @@ class MoCo(nn.Module):
         teacher_temperature: float = 1e-4,
         shuffle_keys: bool = True,
         symmetric: bool = False,
+        target_dims: tuple[int, ...] = (),
+        target_weights: tuple[float, ...] = (),
+        target_loss: str = "mse",
+        teacher_drop: float = 0.0,
     ) -> None:
         super().__init__()
         self.spec: MethodSpec = get_method(method)
@@ -125,6 +129,27 @@ class MoCo(nn.Module):
         self.register_buffer("teacher_queue", torch.zeros(tq, dim))
         self.register_buffer("teacher_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("teacher_count", torch.zeros((), dtype=torch.long))
+        # Several teachers: one MLP head per teacher on the query backbone's feature (the key
+        # encoder, the queue and the export never see them).
+        self.target_heads = nn.ModuleList(
+            ProjectionHead(
+                encoder.feature_dim,
+                encoder.config.head_hidden,
+                d,
+                bn=encoder.config.head_bn,
+                bn_groups=encoder.config.bn_groups,
+            )
+            for d in target_dims
+        )
+        edges = [0]
+        for d in target_dims:
+            edges.append(edges[-1] + int(d))
+        self.segments = tuple((edges[i], edges[i + 1]) for i in range(len(target_dims)))
+        self.target_weights = tuple(float(w) for w in target_weights) or (1.0,) * len(target_dims)
+        if len(self.target_weights) != len(target_dims):
+            raise ValueError("one weight per teacher head")
+        self.target_loss = target_loss
+        self.teacher_drop = teacher_drop
 
     @torch.no_grad()
     def momentum_update(self, momentum: float) -> None:
@@ -217,12 +242,20 @@ class MoCo(nn.Module):
         spec = self.spec
         terms: dict[str, torch.Tensor] = {}
         keys = None
-        q1 = self.query(view1)
+        heads1: tuple[torch.Tensor, ...] = ()
+        heads2: tuple[torch.Tensor, ...] = ()
+        if len(self.target_heads):  # several teachers: their heads read the backbone feature
+            f1, q1 = self.query(view1, output="both")
+            f2, q2 = self.query(view2, output="both")
+            heads1 = tuple(head(f1) for head in self.target_heads)
+            heads2 = tuple(head(f2) for head in self.target_heads)
+        else:
+            q1 = self.query(view1)
+            q2 = None
+            if spec.distill is not None or (self.symmetric and spec.uses_contrast):
+                q2 = self.query(view2)
         assert isinstance(q1, torch.Tensor)
-        q2: torch.Tensor | None = None
-        if spec.distill is not None or (self.symmetric and spec.uses_contrast):
-            q2 = self.query(view2)
-            assert isinstance(q2, torch.Tensor)
+        assert q2 is None or isinstance(q2, torch.Tensor)
         if spec.uses_contrast:
             keys = self.encode_keys(view2, shuffle_seed)
             if self.symmetric:
@@ -238,11 +271,18 @@ class MoCo(nn.Module):
             if target1 is None or target2 is None:
                 raise ValueError(f"method {spec.name!r} needs teacher targets for both views")
             assert q2 is not None
+            uniform = None
+            if heads1 and self.teacher_drop > 0:
+                gen = torch.Generator().manual_seed(shuffle_seed ^ 0x5EED)
+                uniform = torch.rand((2, view1.shape[0], len(heads1)), generator=gen)
             inputs = DistillInputs(
                 q1, q2, target1, target2, self.teacher_queue,
                 temperature=self.temperature,
                 teacher_temperature=self.teacher_temperature,
                 distill_weight=self.distill_weight,
+                heads1=heads1, heads2=heads2, segments=self.segments,
+                target_weights=self.target_weights, target_loss=self.target_loss,
+                teacher_drop=self.teacher_drop, drop_uniform=uniform,
             )  # fmt: skip
             terms.update(spec.distill(inputs))
         total = view1.new_zeros(())
