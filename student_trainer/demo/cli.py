@@ -37,6 +37,15 @@ def demo_command(
             "resumable)."
         ),
     ] = False,
+    teachers_study: Annotated[
+        bool,
+        typer.Option(
+            help="Instead of the demo: one student, two complementary teachers in one store "
+            "(mocov2 teachers on digits 0-4 / 5-9; single-teacher, concatenated and multi-head "
+            "students over --seeds) into OUT/teachers-study.md (about 30 min on 2 CPU cores; "
+            "resumable)."
+        ),
+    ] = False,
     seeds: Annotated[int, typer.Option(help="With --study: seeds of mocov2 and disco.")] = 3,
     ablation_seeds: Annotated[
         int, typer.Option(help="With --study: seeds of every other study arm.")
@@ -85,6 +94,16 @@ def demo_command(
     # lazy: torch loads only when a command runs, so --help stays instant
     from student_trainer.demo.pipeline import DemoConfig, run_demo, train_demo_teacher
 
+    if teachers_study:
+        # lazy: torch loads only when a command runs, so --help stays instant
+        from student_trainer.demo.teachers_study import TeachersStudyConfig, run_teachers_study
+
+        run_teachers_study(
+            TeachersStudyConfig(
+                out=out, seeds=seeds, workers=workers, device=device, progress=progress
+            )
+        )
+        return
     if train_teacher:
         path = train_demo_teacher(epochs=teacher_epochs, progress=progress)
         typer.echo(f"demo teacher written to {path}")
