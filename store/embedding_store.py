@@ -466,7 +466,7 @@ class EmbeddingStore:
         self._require_writable()
         if dtype not in ("float16", "int8"):
             raise ConfigError(f"embedding dtype must be 'float16' or 'int8', got {dtype!r}")
-        self._require_target()
+        self.require_target()
         if self._attrs.get("teacher") is not None:
             self._attach(teacher, dim, dtype, features_dim, int8_scale)
             return
@@ -493,7 +493,7 @@ class EmbeddingStore:
             if self._attrs["storage"]["dtype"] != dtype:
                 raise StoreMismatchError("storage.dtype", dtype, self._attrs["storage"]["dtype"])
             return
-        self._require_target()  # refreshed attrs: another teacher may have been added meanwhile
+        self.require_target()  # refreshed attrs: another teacher may have been added meanwhile
         storage = dict(self._attrs["storage"])
         s, c, v = storage["shard_size"], storage["chunk_size"], self.views
         n = self.n
@@ -648,7 +648,8 @@ class EmbeddingStore:
         storage = {**raw["storage"], "dtype": None}
         return {**raw, "teacher": None, "storage": storage, "target": want}
 
-    def _require_target(self) -> None:
+    def require_target(self) -> None:
+        """Raise ``StoreError`` listing the teachers when this handle names none of several."""
         if self._prefix is None:
             raise StoreError(
                 f"store {self._url!r} holds several teachers ({', '.join(self.teachers)}); "
@@ -783,7 +784,7 @@ class EmbeddingStore:
         # Cached: each group lookup re-reads the array metadata from storage.
         arr = self._arrays.get(name)
         if arr is None:
-            self._require_target()
+            self.require_target()
             if self._attrs.get("teacher") is None:
                 what = "" if self._name is None or not self._prefix else f" {self._name!r}"
                 raise StoreError(

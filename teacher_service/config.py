@@ -210,11 +210,15 @@ class VerifyConfig:
     precision: str | None = None
     """Live forward precision: fp32, bf16 or fp16 (bf16/fp16 need CUDA; None: the store's
     recorded teacher.compute_dtype)."""
+    target: str | None = None
+    """The teacher of a store of several to check (None: the store's only teacher)."""
 
     def __post_init__(self) -> None:
         check_pooling(self.teacher_pooling)
         if self.precision is not None:
             self.precision = parse_precision(self.precision)
+        if self.target is not None:
+            check_target_name(self.target)
         if self.samples < 1 or self.batch_size < 1:
             raise ConfigError(
                 f"samples and batch_size must be >= 1, got {self.samples}, {self.batch_size}"

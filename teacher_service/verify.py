@@ -153,6 +153,7 @@ def verify_store(
     dataset: str | None = None,
     full_check: bool = False,
     precision: str | None = VerifyConfig.precision,
+    target: str | None = None,
 ) -> VerifyResult:
     """Check ``samples`` cached views of the store at ``url`` against the live teacher.
 
@@ -172,13 +173,15 @@ def verify_store(
     (fp32|bf16|fp16) runs the live
     teacher in that precision; None: the store's recorded ``compute_dtype``. bf16/fp16 need
     CUDA (a ``ConfigError`` on CPU, as in precompute and serve: pass ``precision="fp32"`` to
-    check a bf16 store on a CPU host).
+    check a bf16 store on a CPU host). ``target``: the teacher of a store of several whose
+    cached views are checked.
     """
     VerifyConfig(
         samples, threshold, seed, device, batch_size, accept_render_drift, renderer,
-        dataset=dataset, full_check=full_check, precision=precision,
+        dataset=dataset, full_check=full_check, precision=precision, target=target,
     )  # fmt: skip
-    store = EmbeddingStore.open(url)
+    store = EmbeddingStore.open(url, target=target)
+    store.require_target()
     render = store.check_render(accept_drift=accept_render_drift)
     dev = resolve_device(device)
     recorded = (store.teacher or {}).get("compute_dtype")
@@ -211,7 +214,7 @@ def verify_store(
     control = _control(store, source, sample, live, written, seed, embed)
     result = _result(url, store.shard_size, sample, cos, control, threshold, render, extra)
     if result.passed and accept_render_drift and render in ("drift-accepted", "unrecorded"):
-        EmbeddingStore.open(url, mode="r+").accept_render(
+        EmbeddingStore.open(url, mode="r+", target=target).accept_render(
             {
                 "verify": {
                     "samples": result.samples,

@@ -143,7 +143,8 @@ def parse_json(body: bytes) -> ParsedRequest:
         ImageJob(f"images[{i}]", _b64(img.data, f"images[{i}]"), img.params, img.index, img.view)
         for i, img in enumerate(req.images)
     ]
-    return ParsedRequest(EmbedOptions(views=req.views, seed=req.seed, store=req.store), jobs)
+    options = EmbedOptions(views=req.views, seed=req.seed, store=req.store, target=req.target)
+    return ParsedRequest(options, jobs)
 
 
 def _allowed_part_type(content_type: str | None) -> bool:
@@ -209,7 +210,10 @@ async def parse_multipart(request: Request, settings: ServiceSettings) -> Parsed
                 )
             data = await upload.read()
             jobs.append(ImageJob(f"images[{i}]", data, img.params, img.index, img.view))
-        return ParsedRequest(EmbedOptions(views=opts.views, seed=opts.seed, store=opts.store), jobs)
+        return ParsedRequest(
+            EmbedOptions(views=opts.views, seed=opts.seed, store=opts.store, target=opts.target),
+            jobs,
+        )
     finally:
         await form.close()
 

@@ -162,10 +162,10 @@ async def create_embeddings(
     try:
         batcher.reserve(rows)  # refuse overload before decoding anything
         try:
-            name = parsed.options.store
+            name, teacher_name = parsed.options.store, parsed.options.target
             target = None
             if name is not None:
-                target = await run_in_threadpool(open_target, stores, name, runtime)
+                target = await run_in_threadpool(open_target, stores, name, runtime, teacher_name)
             loop = asyncio.get_running_loop()
             renderer = resolve_renderer(settings.renderer, runtime.device)
             prepared = await loop.run_in_executor(
@@ -202,7 +202,9 @@ async def create_embeddings(
         # Recorded before the targets land, as precompute does: the store's `renderers` attr
         # lists every (renderer, device type) that produced any of its targets.
         await run_in_threadpool(stores.record_renderer, name, renderer, runtime.device)
-        await run_in_threadpool(write_slots, stores, name, runtime, prepared.slots, vectors)
+        await run_in_threadpool(
+            write_slots, stores, name, runtime, prepared.slots, vectors, teacher_name
+        )
         metrics.store_writes.inc(len(prepared.slots))
     out = vectors.reshape(*prepared.shape, vectors.shape[-1])
     queue_ms = 1000 * max(r.queue_s for r in results)

@@ -51,6 +51,11 @@ class EmbedOptions(BaseModel):
     store: str | None = Field(
         default=None, min_length=1, max_length=255, description="write-through store name"
     )
+    target: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="write-through: the teacher of a store of several (default: its only one)",
+    )
 
 
 class EmbedRequest(EmbedOptions):

@@ -60,7 +60,7 @@ class StoreRegistry:
             self.url = str(root).rstrip("/")
         elif root is not None:
             self.root = Path(root).resolve()
-        self._writers: dict[str, EmbeddingStore] = {}
+        self._writers: dict[tuple[str, str | None], EmbeddingStore] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._recorded: set[tuple[str, str, str]] = set()
@@ -112,15 +112,16 @@ class StoreRegistry:
         with self._guard:
             return self._locks.setdefault(name, threading.Lock())
 
-    def writer(self, name: str) -> EmbeddingStore:
-        """The shared writable handle of store ``name`` (call with :meth:`lock` held)."""
+    def writer(self, name: str, target: str | None = None) -> EmbeddingStore:
+        """The shared writable handle of teacher ``target`` (None: the only one) of store
+        ``name`` (call with :meth:`lock` held)."""
         path = self.path(name)
         with self._guard:
-            handle = self._writers.get(name)
+            handle = self._writers.get((name, target))
         if handle is None:
-            handle = EmbeddingStore.open(path, mode="r+")
+            handle = EmbeddingStore.open(path, mode="r+", target=target)
             with self._guard:
-                self._writers[name] = handle
+                self._writers[(name, target)] = handle
         return handle
 
     def record_renderer(self, name: str, renderer: str, device: torch.device | str) -> None:
@@ -139,4 +140,5 @@ class StoreRegistry:
     def forget(self, name: str) -> None:
         """Drop the cached writer of ``name`` (after attrs changed on disk)."""
         with self._guard:
-            self._writers.pop(name, None)
+            for key in [k for k in self._writers if k[0] == name]:
+                del self._writers[key]

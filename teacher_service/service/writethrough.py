@@ -45,15 +45,22 @@ def _check_teacher(stored: dict[str, Any] | None, runtime: TeacherRuntime, name:
         )
 
 
-def open_target(registry: StoreRegistry, name: str, runtime: TeacherRuntime) -> SlotTarget:
-    """Open store ``name`` for write-through and check its teacher (blocking; run in a thread).
+def open_target(
+    registry: StoreRegistry, name: str, runtime: TeacherRuntime, target: str | None = None
+) -> SlotTarget:
+    """Open teacher ``target`` (None: the only one) of store ``name`` for write-through and check
+    it is this service's teacher (blocking; run in a thread).
 
-    Raises the registry's name errors, and ``StoreMismatchError`` when another teacher's
-    embeddings are attached or this install renders the store's views differently
-    (``render.fingerprint``).
+    Raises the registry's name errors, 409 when the store holds several teachers and target
+    names none of them, and ``StoreMismatchError`` when another teacher's embeddings are
+    attached or this install renders the store's views differently (``render.fingerprint``).
     """
     with registry.lock(name):
-        store = registry.writer(name)
+        try:
+            store = registry.writer(name, target)
+            store.require_target()
+        except StoreError as exc:  # several teachers and none named, or no such teacher
+            raise StoreMismatchError("target", "a teacher of the store", target, str(exc)) from None
         store.sync()  # rows appended by `disco store append` since the writer was opened
         _check_teacher(store.teacher, runtime, name)
         store.check_render()
@@ -73,18 +80,19 @@ def write_slots(
     runtime: TeacherRuntime,
     slots: list[tuple[int, int]],
     vectors: np.ndarray,
+    target: str | None = None,
 ) -> None:
     """Write ``vectors (n, D) float32`` into ``slots`` [(index, view)] of store ``name``.
 
     One ``store.write_slots`` call: one read-modify-write per touched shard under the shard's
     lock (cross-process for local stores), inside the registry's per-store lock. A slot already
     written (by the batch job, another request or a lazy-fill trainer) keeps its stored bytes.
-    Attaches this teacher first if the store has none; ``StoreMismatchError`` if it has
-    another, :class:`StoreWriteError` when the write itself fails (the cached writer is dropped,
-    so the next request reopens the store).
+    Attaches this teacher first if the store (teacher ``target``) has none;
+    ``StoreMismatchError`` if it has another, :class:`StoreWriteError` when the write itself
+    fails (the cached writer is dropped, so the next request reopens the store).
     """
     with registry.lock(name):
-        store = registry.writer(name)
+        store = registry.writer(name, target)
         try:
             if store.teacher is None:
                 store.attach_teacher(teacher_attrs(runtime), dim=runtime.embed_dim)
