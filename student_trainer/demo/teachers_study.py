@@ -66,11 +66,11 @@ class TeachersStudyConfig:
     """Output folder: halves stores, teachers, the two-teacher store, students, results."""
     seeds: int = 3
     """Student seeds per arm (0 .. seeds - 1)."""
-    teacher_epochs: int = 20
+    teacher_epochs: int = 8
     """mocov2 epochs of each teacher (a short schedule: these teachers are weak on purpose)."""
     teacher_width: int = 8
     """ResNet-10 base width of the teachers."""
-    student_epochs: int = 4
+    student_epochs: int = 3
     """Student epochs (every arm the same budget)."""
     student_width: int = 8
     """ResNet-10 base width of the students."""
@@ -110,6 +110,8 @@ def _train_cfg(cfg: TeachersStudyConfig, out: Path, **kw: Any) -> TrainConfig:
         "device": cfg.device,
         "progress": cfg.progress,
         "out": str(out),
+        "queue_size": 1024,  # fewer prefill batches; still > 8 batches of negatives
+        "threads": 1,  # one torch thread per process: faster on a small shared CPU
     }
     return TrainConfig(**(base | kw))
 

@@ -58,6 +58,8 @@ def open_target(
     with registry.lock(name):
         try:
             store = registry.writer(name, target)
+            if target is None:  # "the only teacher": another may have been added meanwhile
+                store.refresh()
             store.require_target()
         except StoreError as exc:  # several teachers and none named, or no such teacher
             raise StoreMismatchError("target", "a teacher of the store", target, str(exc)) from None
