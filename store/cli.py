@@ -191,6 +191,7 @@ def convert(
     Records NAME for the existing teacher; no embedding byte moves. Further teachers are then
     added with `disco precompute --as NAME2` (which converts automatically when needed).
     """
+    # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.embedding_store import EmbeddingStore
 
     store = EmbeddingStore.open(path, mode="r+")
