@@ -11,12 +11,14 @@ and caches are dropped by ``__getstate__`` and re-made on first use in the new p
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 import numpy as np
 
 from store.dataset_base import ImageDataset
 from store.decode import decode_image
+from store.remote import url_to_fs
 
 __all__ = ["EncodedDataset"]
 
@@ -26,8 +28,24 @@ class EncodedDataset(ImageDataset):
 
     max_pixels: int | None = None
     """Refuse images with more pixels than this (decompression bombs); None = no limit."""
+    url: str = ""
+    """A path or URL naming the filesystem the samples live on ("" for none)."""
+    storage_options: dict[str, Any] = {}  # noqa: RUF012 - replaced per instance, never mutated
+    """fsspec options for ``url``, resolved when the dataset was opened (``store.remote``), so
+    every process that gets a copy reads with the same ones."""
     _transient: tuple[str, ...] = ()
     """Attributes (open files, caches) dropped when pickled and re-made lazily."""
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem of :attr:`url` in this process. Made again after a fork or an
+        unpickle: an object-storage client does not survive either (fsspec refuses to reuse an
+        async filesystem in a forked DataLoader worker)."""
+        held = self.__dict__.get("_fs")
+        if held is None or held[0] != os.getpid():
+            held = (os.getpid(), url_to_fs(self.url, self.storage_options)[0])
+            self.__dict__["_fs"] = held
+        return held[1]
 
     def read_bytes(self, i: int) -> bytes:
         """Encoded bytes of sample ``i``; raises ``DecodeError`` naming its key if unreadable."""
@@ -48,7 +66,7 @@ class EncodedDataset(ImageDataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in self._transient:
+        for name in (*self._transient, "_fs"):
             state.pop(name, None)
         return state
 

@@ -15,10 +15,10 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import parse_qsl
 
-import fsspec
 import numpy as np
 
 from store.errors import DatasetError
+from store.remote import storage_errors, url_to_fs
 
 __all__ = [
     "LABELS_OPTION",
@@ -127,8 +127,9 @@ def read_label_file(
     n01751748 x y x y``) reads as is. A header row simply matches no image.
     """
     try:
-        with fsspec.open(url, "rb", **dict(storage_options or {})) as fh:
-            text = fh.read().decode("utf-8-sig")
+        with storage_errors(url, "cannot read labels file"):
+            fs, path = url_to_fs(url, storage_options)
+            text = bytes(fs.cat_file(path)).decode("utf-8-sig")
     except (OSError, ValueError) as exc:
         raise DatasetError(f"cannot read labels file {url!r}: {exc}") from None
     first = text.split("\n", 1)[0]
