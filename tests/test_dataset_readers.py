@@ -268,3 +268,47 @@ def test_parquet_table_of_relative_paths(formats: dict[str, str], tmp_path: Path
     broken = open_dataset(f"parquet:{root.parent / 'tables' / 'broken.parquet'}?image=file")
     with pytest.raises(DecodeError, match=r"nowhere\.png"):
         broken.load(0)
+
+
+def _fork_hashes(args: tuple[bytes, list[int]]) -> list[str]:
+    return _hashes(args)
+
+
+def test_readers_on_s3(formats: dict[str, str], s3: str, tmp_path: Path) -> None:
+    """hfds/parquet/wds and a labels file in a bucket of the loopback S3 server (endpoint from the
+    environment): same bytes as the ImageFolder; a copy in a forked process (a DataLoader worker)
+    reads from the bucket too; one epoch trains from shards in the bucket with a worker."""
+    from store.remote import url_to_fs
+
+    fs, bucket = url_to_fs(s3)
+    root = Path(formats["imagefolder"].partition(":")[2]).parent
+    for name in ("hf", "shards"):
+        fs.put(f"{root / name}/", f"{bucket}/{name}", recursive=True)
+    fs.put(str(root / "table.parquet"), f"{bucket}/table.parquet")
+    ref = open_dataset(formats["imagefolder"])
+    rows = zip(ref.keys, ref.labels.tolist(), strict=True)
+    names = "\n".join(f"{key},{ref.classes[label]}" for key, label in rows)
+    fs.pipe(f"{bucket}/labels.csv", names.encode())
+    fs.invalidate_cache()
+    specs = {
+        "hfds": f"hfds:{s3}/hf",
+        "parquet": f"parquet:{s3}/table.parquet?image=jpg&label=class&key=name",
+        "wds": f"wds:{s3}/shards/part-{{000..001}}.tar",
+    }
+    rows = [0, 11, N - 1]
+    for name, spec in specs.items():
+        ds = open_dataset(spec)
+        assert [ds.sha256(i) for i in range(N)] == [ref.sha256(i) for i in range(N)], name
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            got = pool.map(_fork_hashes, [(pickle.dumps(ds), rows)])[0]
+        assert got == [ref.sha256(i) for i in rows], name
+    relabelled = open_dataset(f"{specs['wds']}?labels={s3}/labels.csv")
+    assert relabelled.classes == ref.classes and np.array_equal(relabelled.labels, ref.labels)
+    store = str(tmp_path / "store.zarr")
+    _ok(["precompute", "--teacher", str(TEACHER), "--dataset", specs["wds"], "--store", store,
+         "--views", "2", "--size", "16", "--workers", "1", "--device", "cpu",
+         "--no-progress"])  # fmt: skip
+    _ok(["train", "--method", "disco", "--store", store, "--arch", "tiny", "--epochs", "1",
+         "--batch-size", "8", "--queue-size", "16", "--head-hidden", "32", "--workers", "1",
+         "--threads", "1", "--no-progress", "--out", str(tmp_path / "run")])  # fmt: skip
+    assert (tmp_path / "run" / "deployed.pt").is_file()
