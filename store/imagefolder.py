@@ -52,6 +52,7 @@ def _remote_files(url: str, storage_options: Mapping[str, Any]) -> list[str]:
     fs, root = url_to_fs(url, storage_options)
     root = root.rstrip("/")
     with storage_errors(url, "imagefolder: cannot list"):
+        fs.invalidate_cache(root)  # fsspec caches listings per process: see what is there now
         found = fs.find(root, detail=False)
     rels = (str(p)[len(root) :].lstrip("/") for p in found)
     return sorted(r for r in rels if _is_image(r))

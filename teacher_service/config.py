@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from store.devices import parse_device_name
 from store.errors import ConfigError
 from teacher_service.precision import parse_precision
 
@@ -29,7 +30,6 @@ AMP_DTYPES = {"none": "float32", "bf16": "bfloat16", "fp16": "float16"}
 """Deprecated ``--amp`` mode -> compute dtype (``--precision``: ``teacher_service.precision``)."""
 AMP_MODES = tuple(AMP_DTYPES)
 STORE_DTYPES = ("float16", "int8")
-DEVICES = ("auto", "cpu", "cuda")
 RENDERERS = ("auto", "reference", "batched")
 """Renderer choices (as ``store.views.RENDERER_CHOICES``; restated so help needs no torch)."""
 POOLINGS = ("cls", "mean", "cls+mean")
@@ -158,8 +158,7 @@ class PrecomputeConfig:
             raise ConfigError(f"manifest_workers must be >= 1, got {self.manifest_workers}")
         if self.dtype not in STORE_DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}; valid: {', '.join(STORE_DTYPES)}")
-        if not (self.device in DEVICES or self.device.startswith("cuda:")):
-            raise ConfigError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
+        parse_device_name(self.device)
         if self.shard_size < 1:
             raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
         if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
@@ -218,3 +217,4 @@ class VerifyConfig:
             raise ConfigError(f"threshold is a cosine in [-1, 1], got {self.threshold}")
         if self.renderer not in RENDERERS:
             raise ConfigError(f"unknown renderer {self.renderer!r}; valid: {', '.join(RENDERERS)}")
+        parse_device_name(self.device)

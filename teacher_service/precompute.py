@@ -62,6 +62,13 @@ from store.errors import (
 )
 from store.locks import is_local
 from store.manifest import build_manifest
+from store.runtime import (
+    autocast,
+    default_workers,
+    prepare_model,
+    resolve_device,
+    to_device,
+)
 from store.views import (
     RENDER_BOUND,
     Recipe,
@@ -73,13 +80,6 @@ from store.views import (
 from teacher_service.checkpoint import LoadedEncoder, recipe_for
 from teacher_service.config import STORE_DTYPES, PrecomputeConfig
 from teacher_service.precision import compute_dtype as precision_dtype
-from teacher_service.runtime import (
-    autocast,
-    default_workers,
-    prepare_model,
-    resolve_device,
-    to_device,
-)
 from teacher_service.sources import LoadedTeacher, TeacherModel, load_teacher, to_pixels
 
 __all__ = [

@@ -7,6 +7,8 @@ variable, then to the field's default. Torch loads only when the service starts.
 
 from __future__ import annotations
 
+import logging
+import logging.config
 import os
 from typing import Any
 
@@ -29,14 +31,11 @@ __all__ = ["serve_command"]
 @with_options(settings_options(ServiceSettings), remote_options())
 def serve_command(**given: Any) -> None:
     """Serve teacher embeddings over HTTP (dynamic batching; see /docs when running)."""
-    # lazy: torch and the app load only when the server starts (--help stays instant)
-    import logging
-    import logging.config
-
+    # lazy: uvicorn, torch and the app load only when the server starts (--help stays instant)
     import uvicorn
 
-    from teacher_service.service.app import create_app
-    from teacher_service.service.logs import log_config
+    from teacher_service.service.app import create_app  # lazy: torch, as above
+    from teacher_service.service.logs import log_config  # lazy: as above
 
     try:
         apply_remote_options(given)
@@ -65,9 +64,9 @@ def serve_command(**given: Any) -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if settings.teacher is not None:
         # Fail before uvicorn starts: a broken checkpoint is one clear line, not a startup trace.
+        from store.runtime import resolve_device
         from teacher_service.checkpoint import recipe_for
         from teacher_service.precision import compute_dtype
-        from teacher_service.runtime import resolve_device
         from teacher_service.sources import load_teacher
 
         try:

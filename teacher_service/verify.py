@@ -25,6 +25,7 @@ from store.dataset_base import ImageDataset
 from store.embedding_store import EmbeddingStore
 from store.errors import DecodeError, StoreError, StoreMismatchError
 from store.relocate import open_moved_dataset
+from store.runtime import autocast, resolve_device
 from store.views import (
     RENDER_BOUND,
     render_view,
@@ -34,7 +35,6 @@ from store.views import (
 from teacher_service.config import VerifyConfig
 from teacher_service.precision import COMPUTE_DTYPES, parse_precision
 from teacher_service.precision import compute_dtype as precision_dtype
-from teacher_service.runtime import autocast, resolve_device
 from teacher_service.sources import LoadedTeacher, load_teacher, to_pixels
 
 __all__ = ["VerifyResult", "sample_slots", "verify_store"]

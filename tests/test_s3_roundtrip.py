@@ -57,7 +57,6 @@ def write_images(root: Path, classes: tuple[str, ...], per_class: int, first: in
 def upload(local: Path, url: str) -> None:
     fs, path = url_to_fs(url)
     fs.put(f"{local}/", path, recursive=True)
-    fs.invalidate_cache()
 
 
 def disco(*args: str) -> str:
@@ -130,7 +129,6 @@ def test_s3_round_trip_create_precompute_verify_append(
     # The dataset grows in the bucket: append plans the new rows, precompute fills only them.
     more = write_images(tmp_path / "more", ("a", "b"), 2, first=5)
     fs.put(f"{more}/", path, recursive=True)
-    fs.invalidate_cache()
     grown = json.loads(disco("store", "append", url, "--json"))
     assert (grown["n_before"], grown["n_after"]) == (10, 14)
     report = json.loads(disco(*pre).strip().splitlines()[-1])

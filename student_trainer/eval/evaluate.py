@@ -16,6 +16,7 @@ from typing import Any
 
 from store.datasets import ImageDataset, open_dataset
 from store.errors import ConfigError, DatasetError
+from store.runtime import resolve_device
 from student_trainer.eval import metrics, report
 from student_trainer.eval.features import (
     EncoderFeatures,
@@ -27,7 +28,6 @@ from student_trainer.eval.features import (
 )
 from student_trainer.eval.knn import Neighbours, search
 from student_trainer.eval.linear_probe import ProbeConfig, linear_probe
-from teacher_service.runtime import resolve_device
 from teacher_service.sources import parse_teacher
 
 PIXEL_BASELINE_DATASETS = ("mnist5k", "digits", "synthetic")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from store.atomic import atomic_write_text
+from store.devices import parse_device_name
 from store.errors import ConfigError
 from student_trainer.train.methods import MethodSpec, get_method
 from student_trainer.train.schedule import scaled_lr
@@ -214,6 +215,7 @@ class TrainConfig:
         if self.amp:  # the old flag: one deprecation line, then the one vocabulary
             self.precision, self.amp = parse_precision(True, old_flag="--amp"), False
         spec = get_method(self.method)
+        parse_device_name(self.device)
         if self.store is None and self.dataset is None:
             raise ConfigError("give a store or a dataset (or both: the store's data moved)")
         if self.full_check and (self.store is None or self.dataset is None):

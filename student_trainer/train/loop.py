@@ -55,6 +55,13 @@ from store.errors import CheckpointError, ConfigError, DiscoError
 from store.manifest import build_manifest
 from store.memory import InMemoryStore
 from store.relocate import open_moved_dataset
+from store.runtime import (
+    autocast,
+    default_workers,
+    prepare_model,
+    resolve_device,
+    to_device,
+)
 from store.views import Recipe, get_recipe, resolve_renderer
 from student_trainer.eval.monitor import KnnMonitor, best_record
 from student_trainer.train.config import RESUME_FREE_FIELDS, TrainConfig
@@ -89,13 +96,6 @@ from student_trainer.train.schedule import cosine_lr
 from teacher_service.checkpoint import atomic_torch_save, save_checkpoint
 from teacher_service.encoders import TIMM_PREFIX, Encoder, count_parameters
 from teacher_service.precision import compute_dtype
-from teacher_service.runtime import (
-    autocast,
-    default_workers,
-    prepare_model,
-    resolve_device,
-    to_device,
-)
 from teacher_service.sources import TeacherModel, load_teacher, to_pixels
 
 __all__ = ["STATE_FORMAT", "NonFiniteLossError", "TrainResult", "train"]
