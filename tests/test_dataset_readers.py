@@ -88,7 +88,8 @@ def test_views_replay_exactly_as_from_the_imagefolder(
             ),
         )
     (ref, ref_store), (ds, store) = stores["imagefolder"], stores[name]
-    assert np.array_equal(ref_store.manifest.sha256, store.manifest.sha256)
+    for field in ("sha256", "heights", "widths", "valid", "indices", "labels"):
+        assert np.array_equal(getattr(ref_store.manifest, field), getattr(store.manifest, field))
     params, ref_params = store.params, ref_store.params
     assert np.array_equal(params, ref_params)
     for row in range(N):
@@ -312,3 +313,18 @@ def test_readers_on_s3(formats: dict[str, str], s3: str, tmp_path: Path) -> None
          "--batch-size", "8", "--queue-size", "16", "--head-hidden", "32", "--workers", "1",
          "--threads", "1", "--no-progress", "--out", str(tmp_path / "run")])  # fmt: skip
     assert (tmp_path / "run" / "deployed.pt").is_file()
+
+
+@pytest.mark.parametrize("name", READERS)
+def test_manifest_in_a_process_pool(formats: dict[str, str], name: str) -> None:
+    """The manifest's worker pool (forked processes) probes each reader like the main process:
+    header sizes equal decoded sizes, hashes of the encoded bytes; the reader is read before the
+    fork too, so open files and clients of the parent must not be reused by the children."""
+    ds = open_dataset(formats[name])
+    ds.load(0)  # the parent holds open files / a user object now
+    pooled = build_manifest(ds, "all", progress=False, workers=2)
+    here = build_manifest(open_dataset(formats["imagefolder"]), "all", progress=False, workers=1)
+    for field in ("sha256", "heights", "widths", "valid", "labels"):
+        assert np.array_equal(getattr(pooled, field), getattr(here, field)), field
+    shapes = [ds.load(int(i)).shape[:2] for i in pooled.indices]
+    assert [tuple(hw) for hw in zip(pooled.heights, pooled.widths, strict=True)] == shapes

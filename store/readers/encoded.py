@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from store.dataset_base import ImageDataset
-from store.decode import decode_image
+from store.decode import decode_image, image_size
+from store.errors import DecodeError
 from store.remote import url_to_fs
 
 __all__ = ["EncodedDataset"]
@@ -26,6 +27,7 @@ __all__ = ["EncodedDataset"]
 class EncodedDataset(ImageDataset):
     """An :class:`ImageDataset` of encoded images; subclasses implement :meth:`read_bytes`."""
 
+    probe_in_pool = True
     max_pixels: int | None = None
     """Refuse images with more pixels than this (decompression bombs); None = no limit."""
     url: str = ""
@@ -47,6 +49,14 @@ class EncodedDataset(ImageDataset):
             self.__dict__["_fs"] = held
         return held[1]
 
+    def _this_process(self) -> None:
+        """Reset the ``_transient`` state when this object has crossed a fork (a manifest pool,
+        DataLoader workers): open files, object-storage clients and locks of the parent are not
+        safe to share."""
+        if self.__dict__.get("_pid") != os.getpid():
+            self._init_transient()
+            self.__dict__["_pid"] = os.getpid()
+
     def read_bytes(self, i: int) -> bytes:
         """Encoded bytes of sample ``i``; raises ``DecodeError`` naming its key if unreadable."""
         raise NotImplementedError
@@ -64,9 +74,25 @@ class EncodedDataset(ImageDataset):
         """Hex sha256 of sample ``i``'s encoded bytes (no decode; also for undecodable ones)."""
         return hashlib.sha256(self.read_bytes(i)).hexdigest()
 
+    def probe(self, i: int) -> tuple[int, int, str, str | None]:
+        """``(height, width, sha256 hex, error)`` of sample ``i`` from one read of its bytes: the
+        hash of all bytes and the size from the image header (``store.decode.image_size``), as
+        ImageFolder probes a file; pixel data damaged behind a good header is caught later, when
+        precompute decodes it."""
+        try:
+            data = self.read_bytes(i)
+        except DecodeError as exc:
+            return 0, 0, "", exc.reason
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            height, width = image_size(data, self.keys[i], self.max_pixels)
+        except DecodeError as exc:
+            return 0, 0, digest, exc.reason
+        return height, width, digest, None
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in (*self._transient, "_fs"):
+        for name in (*self._transient, "_fs", "_pid"):
             state.pop(name, None)
         return state
 

@@ -193,6 +193,7 @@ class TableDataset(EncodedDataset):
 
     def _open(self, f: int) -> Any:
         """The open ParquetFile, or the (memory-mapped) Arrow table, of file ``f``."""
+        self._this_process()
         handle = self._handles.get(f)
         if handle is None:
             pa = require("pyarrow", self.spec)
@@ -234,6 +235,7 @@ class TableDataset(EncodedDataset):
 
     def _group(self, g: int) -> Any:
         """The image column (ChunkedArray) of global row group ``g``, through the LRU cache."""
+        self._this_process()
         with self._lock:  # one reader of a file at a time (the service reads from threads)
             col = self._cache.get(g)
             if col is not None:
