@@ -120,6 +120,7 @@ def test_request_id_is_echoed_generated_or_replaced(client: TestClient) -> None:
     ] == ("abc-1.2:3")
     generated = client.get("/healthz").headers["x-request-id"]
     assert re.fullmatch(r"[0-9a-f]{32}", generated)
+    assert client.get("/healthz").headers["x-request-id"] != generated  # a new one each time
     for bad in ("has space", "x" * 129, "new\u00e9line"):
         sent = {b"X-Request-ID": bad.encode("utf-8")}
         got = client.get("/healthz", headers=sent).headers["x-request-id"]
