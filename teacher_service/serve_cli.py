@@ -7,6 +7,8 @@ variable, then to the field's default. Torch loads only when the service starts.
 
 from __future__ import annotations
 
+import logging
+import logging.config
 import os
 from typing import Any
 
@@ -22,12 +24,10 @@ __all__ = ["serve_command"]
 @with_options(settings_options(ServiceSettings))
 def serve_command(**given: Any) -> None:
     """Serve teacher embeddings over HTTP (dynamic batching; see /docs when running)."""
-    # lazy: torch and the app load only when the server starts (--help stays instant)
-    import logging
-    import logging.config
-
+    # lazy: uvicorn, torch and the app load only when the server starts (--help stays instant)
     import uvicorn
 
+    # lazy, as above: the app imports torch
     from teacher_service.service.app import create_app
     from teacher_service.service.logs import log_config
 

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from teacher_service.config import parse_teacher
+from teacher_service.precision import parse_precision
 
 __all__ = ["ServiceSettings", "get_settings", "settings_reference"]
 
@@ -127,8 +129,6 @@ class ServiceSettings(BaseSettings):
     def _dtype_is_precision(cls, data: Any) -> Any:
         # DISCO_DTYPE / --dtype (the old spelling) still work, with one deprecation line.
         if isinstance(data, dict) and data.get("dtype") not in (None, ""):
-            from teacher_service.precision import parse_precision
-
             old = parse_precision(data["dtype"], old_flag="DISCO_DTYPE/--dtype")
             given = data.get("precision")
             if given not in (None, "") and parse_precision(given) != old:
@@ -201,8 +201,6 @@ def settings_reference(model: type[BaseSettings] = ServiceSettings) -> str:
     """The settings reference: a Markdown table rendered from ``model``'s fields, one row per
     setting with its ``DISCO_*`` variable, ``disco serve`` flag, type, default and meaning (the
     docs build writes it into the reference page; nothing is copied by hand)."""
-    from pydantic_core import PydanticUndefined
-
     prefix = str(model.model_config.get("env_prefix") or "")
     rows = [
         "| setting | environment | flag | type | default | meaning |",
