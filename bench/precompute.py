@@ -26,12 +26,12 @@ import torch
 from store.builtin import ArrayDataset
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
+from store.runtime import autocast, prepare_model, resolve_device, to_device
 from store.views import render_view
 from teacher_service.checkpoint import save_checkpoint
 from teacher_service.encoders import EncoderConfig, build_encoder
 from teacher_service.precision import COMPUTE_DTYPES
 from teacher_service.precompute import PrecomputeConfig, run_precompute
-from teacher_service.runtime import autocast, prepare_model, resolve_device, to_device
 
 
 def _args() -> argparse.Namespace:
@@ -107,9 +107,10 @@ def main() -> None:
         # (a) bare forward on pre-rendered views of the same images and plan.
         plan_store = EmbeddingStore.open(fresh_store("plan.zarr"))
         params = plan_store.params
+        rows = plan_store.manifest.indices  # store row -> sample (rows are permuted)
         views = torch.stack(
             [
-                render_view(subset.load(i), params[i, v], plan_store.recipe)
+                render_view(subset.load(int(rows[i])), params[i, v], plan_store.recipe)
                 for i in range(len(subset))
                 for v in range(args.views)
             ]

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,17 @@ from zarr.abc.store import Store
 from zarr.core.array_spec import ArrayConfigParams
 
 from store.errors import ConfigError, StoreError, StoreMismatchError, StoreNotFoundError
-from store.locks import is_local, shard_lock, store_lock
+from store.locks import is_local, local_path, shard_lock, store_lock
 from store.manifest import Manifest, sha256_from_bytes, sha256_to_bytes
+from store.remote import (
+    is_remote,
+    protocol,
+    single_writer_acknowledged,
+    storage_errors,
+    storage_options_for,
+    url_to_fs,
+)
+from store.slotlog import WAL_DIR, SlotLog, encode_record, read_slots
 from store.views import Recipe, plan_views, recipe_from_dict
 from store.views.fingerprint import check_render, library_versions, render_record
 
@@ -62,10 +72,12 @@ __all__ = [
     "open_zarr_store",
 ]
 
-SCHEMA = "disco-store/2"
-READABLE_SCHEMAS = ("disco-store/1", SCHEMA)
+SCHEMA = "disco-store/3"
+READABLE_SCHEMAS = ("disco-store/1", "disco-store/2", SCHEMA)
 """Layouts this code opens; it creates only ``SCHEMA``."""
 CODECS = ("none", "zstd", "blosc-bitshuffle")
+COMPACT_FRACTION = 0.25
+"""A shard's slot log is merged into its file once it holds this fraction of the shard's slots."""
 DEFAULT_CODEC = "none"
 _MANIFEST_FIELDS = ("indices", "keys", "labels", "sha256", "heights", "widths", "valid")
 # Every write is real data: skip zarr's scan for all-fill chunks (2-3x faster shard writes).
@@ -93,10 +105,15 @@ def _compressors(codec: str) -> Any:
     raise ConfigError(f"unknown codec {codec!r}; valid: {', '.join(CODECS)}")
 
 
-def open_zarr_store(url: str, read_only: bool) -> Store:
-    """A zarr store for a local path or an fsspec URL (``memory://``, ``file://``, ``s3://``...)."""
+def open_zarr_store(
+    url: str, read_only: bool, storage_options: Mapping[str, Any] | None = None
+) -> Store:
+    """A zarr store for a local path or an fsspec URL (``memory://``, ``file://``, ``s3://``...).
+
+    ``storage_options`` (fsspec keyword arguments; None: from the environment, see
+    ``store.remote``) reach the URL's filesystem, e.g. an S3 ``endpoint_url``."""
     if "://" in url:
-        opts: dict[str, Any] = {}
+        opts = storage_options_for(url, storage_options)
         if url.startswith("file://"):
             opts["auto_mkdir"] = True
         try:
@@ -106,6 +123,18 @@ def open_zarr_store(url: str, read_only: bool) -> Store:
         except (ImportError, ValueError, TypeError) as exc:
             raise StoreError(f"cannot open store URL {url!r}: {exc}") from exc
     return zarr.storage.LocalStore(url, read_only=read_only)
+
+
+def _probe_remote(url: str, what: str, storage_options: Mapping[str, Any] | None) -> bool:
+    """Whether a remote store's ``zarr.json`` exists: one plain request before zarr starts its
+    concurrent ones, so no endpoint / no credentials / no bucket is one clean error."""
+    fs, path = url_to_fs(url, storage_options)
+    meta = f"{path.rstrip('/')}/zarr.json"
+    with storage_errors(url, what):
+        if fs.exists(meta):
+            return True
+        fs.invalidate_cache(path)  # a listing cached before another process made the store
+        return bool(fs.exists(meta))
 
 
 def int8_scales(sample: np.ndarray, headroom: float = 1.0) -> np.ndarray:
@@ -170,6 +199,14 @@ class EmbeddingStore:
         self._recipe: Recipe | None = None
         self._arrays: dict[str, zarr.Array] = {}
         self._scale_cache: np.ndarray | None = None
+        # What this process knows of each shard's slot log: ((inode, size), logged (n, V) bool,
+        # slot count, end offset); valid while the file's inode and size are unchanged (only
+        # another process can append or merge meanwhile: writers hold the shard lock).
+        self._log_cache: dict[int, tuple[tuple[int, int], np.ndarray, int, int]] = {}
+        # The shard file's written mask per shard, keyed by its chunk file's identity (zarr's
+        # LocalStore replaces a chunk file by rename, so any write changes inode or mtime).
+        self._mask_cache: dict[int, tuple[tuple[int, ...], np.ndarray]] = {}
+        self._storage_options: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- create / open
     @classmethod
@@ -187,14 +224,17 @@ class EmbeddingStore:
         codec: str = DEFAULT_CODEC,
         chunk_size: int | None = None,
         progress: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+        single_writer: bool | None = None,
     ) -> EmbeddingStore:
         """Create a store with the manifest arrays and the (N, V, P) float32 view plan; no teacher.
 
         ``params`` is planned with :func:`plan_views` when None. ``shard_size`` rows per shard file,
         ``chunk_size`` rows per inner chunk (default shard_size; must divide shard_size),
         ``codec`` one of ``CODECS`` for embeddings/features. Raises StoreError if a store exists and
-        ``overwrite`` is False.
+        ``overwrite`` is False. ``storage_options``/``single_writer``: as in :meth:`open`.
         """
+        single_writer_acknowledged(url, single_writer)
         n = len(manifest)
         if views < 1:
             raise ConfigError(f"views must be >= 1, got {views}")
@@ -213,9 +253,12 @@ class EmbeddingStore:
                 f"params shape {params.shape} != (N, V, P) = {(n, views, recipe.num_params)}"
             )
         render = render_record(recipe)  # before the group exists: readers wait for its attrs
-        zstore = open_zarr_store(url, read_only=False)
+        if is_remote(url) and protocol(url) != "memory":
+            _probe_remote(url, "cannot create store at", storage_options)
+        zstore = open_zarr_store(url, read_only=False, storage_options=storage_options)
         try:
-            exists = zarr.open_group(zstore, mode="r") is not None
+            with storage_errors(url, "cannot create store at"):
+                exists = zarr.open_group(zstore, mode="r") is not None
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
             exists = False
         if exists and not overwrite:
@@ -258,6 +301,8 @@ class EmbeddingStore:
                 "split": manifest.split,
                 "n": n,
                 "manifest_hash": manifest.hash,
+                "row_order": manifest.row_order,
+                "validity": manifest.validity,
             },
             "recipe": {**recipe.to_dict(), "seed": int(seed), "views": int(views)},
             "teacher": None,
@@ -266,12 +311,17 @@ class EmbeddingStore:
                 "shard_size": int(shard_size),
                 "chunk_size": int(chunk),
                 "codec": codec,
+                # Single-slot writes of a local store: store.slotlog records under this folder,
+                # applied over the shard files by every reader of this code (disco store compact
+                # merges them for plain zarr readers).
+                "slot_log": WAL_DIR,
             },
             "versions": _versions(),
             "render": render,
         }
         group.attrs.update(attrs)
         store = cls(url, group, "r+")
+        store._storage_options = None if storage_options is None else dict(storage_options)
         store._manifest = manifest
         store._params = params
         store._recipe = recipe
@@ -279,19 +329,33 @@ class EmbeddingStore:
 
     @classmethod
     def open(
-        cls, url: str, mode: str = "r", expect: dict[str, object] | None = None
+        cls,
+        url: str,
+        mode: str = "r",
+        expect: dict[str, object] | None = None,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        single_writer: bool | None = None,
     ) -> EmbeddingStore:
         """Open an existing store (``mode`` "r" or "r+"), checking schema and ``expect``.
 
         ``expect`` maps dotted attr paths (``"teacher.sha256"``, ``"recipe.views"``...) to values;
         the first difference raises ``StoreMismatchError(field, expected, actual)``. A missing store
-        raises ``StoreNotFoundError``.
+        raises ``StoreNotFoundError``. ``storage_options``: fsspec options of a URL (None: from
+        the environment, ``store.remote``). Mode "r+" on object storage needs ``single_writer``
+        (None: ``DISCO_SINGLE_WRITER``), else ``RemoteStorageError``: no lock protects its shards.
         """
         if mode not in ("r", "r+"):
             raise ConfigError(f"mode must be 'r' or 'r+', got {mode!r}")
-        zstore = open_zarr_store(url, read_only=mode == "r")
+        if mode == "r+":
+            single_writer_acknowledged(url, single_writer)
+        remote = is_remote(url) and protocol(url) != "memory"
+        if remote and not _probe_remote(url, "cannot open store", storage_options):
+            raise StoreNotFoundError(f"no store at {url!r}")
+        zstore = open_zarr_store(url, read_only=mode == "r", storage_options=storage_options)
         try:
-            group = zarr.open_group(zstore, mode=mode)  # type: ignore[arg-type]
+            with storage_errors(url, "cannot open store"):
+                group = zarr.open_group(zstore, mode=mode)  # type: ignore[arg-type]
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as exc:
             raise StoreNotFoundError(f"no store at {url!r}") from exc
         except ValueError as exc:
@@ -303,7 +367,9 @@ class EmbeddingStore:
             actual = _get_path(attrs, field)
             if not _same(expected, actual):
                 raise StoreMismatchError(field, expected, actual)
-        return cls(url, group, mode)
+        store = cls(url, group, mode)
+        store._storage_options = None if storage_options is None else dict(storage_options)
+        return store
 
     # ----------------------------------------------------------------- render fingerprint
     def check_render(self, accept_drift: bool = False) -> str:
@@ -429,6 +495,26 @@ class EmbeddingStore:
         self._group.attrs.update({"teacher": _jsonable(record), "storage": storage})
         self._attrs = dict(self._group.attrs)
 
+    def mark_invalid(self, rows: np.ndarray, reasons: dict[str, str]) -> None:
+        """Record rows (``rows`` (m,) int64) whose samples failed to decode after the manifest
+        was built (their header was fine): ``manifest/valid`` False and ``reasons`` (key ->
+        reason) merged into the manifest's ``errors`` attr. Their slots stay unwritten; readers
+        skip them as they skip rows the manifest found unusable. Under the store-wide lock."""
+        self._require_writable()
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if len(rows) == 0:
+            return
+        with store_lock(self._url, timeout=None):
+            self.refresh()
+            mgroup: Any = self._group["manifest"]
+            valid = np.asarray(mgroup["valid"][: self.n], dtype=bool)
+            valid[rows] = False
+            lo, hi = int(rows.min()), int(rows.max()) + 1
+            mgroup["valid"][lo:hi] = valid[lo:hi]
+            errors = {**dict(mgroup.attrs.get("errors", {})), **reasons}
+            mgroup.attrs.update({"errors": errors})
+            self._manifest = None
+
     # ----------------------------------------------------------------- properties
     @property
     def url(self) -> str:
@@ -459,6 +545,13 @@ class EmbeddingStore:
     def schema(self) -> str:
         """Layout version of this store (one of ``READABLE_SCHEMAS``)."""
         return str(self._attrs["schema"])
+
+    @property
+    def row_order(self) -> str:
+        """The rule that ordered this store's rows (``store.manifest.ROW_ORDERS``): ``permuted``
+        for ``disco-store/3`` stores, ``dataset`` for older ones (recorded as
+        ``dataset.row_order``)."""
+        return str(self._attrs["dataset"].get("row_order", "dataset"))
 
     @property
     def dim(self) -> int | None:
@@ -531,6 +624,7 @@ class EmbeddingStore:
             self._manifest = Manifest(
                 dataset=self._attrs["dataset"]["spec"],
                 split=self._attrs["dataset"]["split"],
+                row_order=self.row_order,
                 errors=dict(m.attrs.get("errors", {})),  # type: ignore[arg-type]
                 **arrays,
             )
@@ -571,8 +665,82 @@ class EmbeddingStore:
         return self._scale_cache
 
     def written_mask(self) -> np.ndarray:
-        """(N, V) bool: slots whose embedding is stored."""
-        return np.asarray(self._array("written")[: self.n], dtype=bool)
+        """(N, V) bool: slots whose embedding is stored (in the shard files or a slot log)."""
+        log = self._slotlog()
+        logged = (
+            [] if log is None else [(s, read_slots(log.path(s))) for s in log.shards()]
+        )  # logs first: a log merged meanwhile is in the shard file read next
+        mask = np.asarray(self._array("written")[: self.n], dtype=bool)
+        for s, (rows, views, _) in logged:
+            rows = rows + s * self.shard_size
+            keep = rows < self.n
+            mask[rows[keep], views[keep]] = True
+        return mask
+
+    # ----------------------------------------------------------------- slot log
+    def _slotlog(self) -> SlotLog | None:
+        """The slot log of a local store with a teacher (None: fsspec URL or no teacher)."""
+        if not is_local(self._url) or self._attrs.get("teacher") is None:
+            return None
+        return SlotLog(self._url, int(self.dim or 0), self.features_dim, str(self.dtype))
+
+    def _file_mask(self, s: int) -> np.ndarray:
+        """Shard ``s``'s ``written`` mask as the shard file has it (n, V) bool, a fresh copy;
+        read once per change of its chunk file (a zarr read costs ~2 ms, a stat ~10 us)."""
+        a, b = self.shard_bounds(s)
+        w_arr = self._array("written")
+        path = Path(self._url) / w_arr.path / w_arr.metadata.encode_chunk_key((s, 0))
+        try:
+            st = os.stat(path)
+            ident: tuple[int, ...] = (a, b, st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            ident = (a, b)
+        hit = self._mask_cache.get(s)
+        if hit is not None and hit[0] == ident:
+            return hit[1].copy()
+        mask = np.array(w_arr[a:b], dtype=bool)
+        self._mask_cache[s] = (ident, mask.copy())
+        return mask
+
+    def _log_index(self, s: int) -> tuple[np.ndarray, int, int]:
+        """Shard ``s``'s slot log as its writer needs it: (logged (n, V) bool, slot count, end
+        offset of the whole records); from this process's cache while the file is the one it
+        last saw (caller holds the shard lock)."""
+        log = self._slotlog()
+        assert log is not None
+        a, b = self.shard_bounds(s)
+        path = log.path(s)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._log_cache.pop(s, None)
+            return np.zeros((b - a, self.views), bool), 0, 0
+        ident = (st.st_ino, st.st_size)
+        hit = self._log_cache.get(s)
+        if hit is not None and hit[0] == ident and hit[1].shape[0] == b - a:
+            return hit[1], hit[2], hit[3]
+        rows, views, end = read_slots(path)
+        logged = np.zeros((b - a, self.views), bool)
+        keep = rows < b - a
+        logged[rows[keep], views[keep]] = True
+        self._log_cache[s] = (ident, logged, len(rows), end)
+        return logged, len(rows), end
+
+    def compact(self, shards: Sequence[int] | None = None) -> int:
+        """Merge the slot logs of ``shards`` (default: every shard with a log) into their shard
+        files, one read-modify-write each under its lock. Returns the number of shards merged.
+        Readers see the same slots before and after."""
+        self._require_writable()
+        log = self._slotlog()
+        if log is None:
+            return 0
+        todo = log.shards() if shards is None else list(shards)
+        for s in todo:
+            with shard_lock(self._url, s):
+                self.sync()
+                empty = np.zeros(0, np.int64)
+                self._update_shard(s, empty, empty, np.zeros((0, self.dim or 0)), None, False)
+        return len(todo)
 
     def missing_shards(self) -> list[int]:
         """Shards with any valid row (manifest.valid) not fully written, in order."""
@@ -597,7 +765,9 @@ class EmbeddingStore:
         attached the teacher); drop the cached manifest, plan and array handles when N or the
         teacher changed. Returns True when they did."""
         group = zarr.open_group(
-            open_zarr_store(self._url, read_only=self._mode == "r"),
+            open_zarr_store(
+                self._url, read_only=self._mode == "r", storage_options=self._storage_options
+            ),
             mode=self._mode,  # type: ignore[arg-type]
         )
         attrs = dict(group.attrs)
@@ -610,6 +780,8 @@ class EmbeddingStore:
             self._manifest = None
             self._params = None
             self._arrays = {}
+            self._mask_cache = {}
+            self._log_cache = {}
             self._scale_cache = None
         return changed
 
@@ -621,7 +793,7 @@ class EmbeddingStore:
         if not is_local(self._url):
             return
         try:
-            meta = json.loads((Path(self._url) / "zarr.json").read_text())
+            meta = json.loads((Path(local_path(self._url)) / "zarr.json").read_text())
             n = int(meta["attributes"]["dataset"]["n"])
         except (OSError, ValueError, KeyError, TypeError):
             return
@@ -656,6 +828,10 @@ class EmbeddingStore:
                 if mask.shape != (n, v):
                     raise StoreError(f"shard {s} written shape {mask.shape} != {(n, v)}")
             feats = None if features is None else self._check_features(s, features, n)
+            log = self._slotlog()
+            if log is not None:  # every slot is replaced: logged ones too
+                log.remove(s)
+                self._log_cache.pop(s, None)
             self._array("embeddings")[a:b] = self._encode(emb)
             if feats is not None:
                 self._array("features")[a:b] = feats
@@ -750,10 +926,47 @@ class EmbeddingStore:
             with shard_lock(self._url, s):
                 self.sync()
                 a = s * self.shard_size
-                done += self._update_shard(
-                    s, idx[sel] - a, vw[sel], enc[sel], None if f16 is None else f16[sel], overwrite
-                )
+                rows, views, f_sel = idx[sel] - a, vw[sel], None if f16 is None else f16[sel]
+                if self._slotlog() is None:  # fsspec URL: rewrite the shard
+                    done += self._update_shard(s, rows, views, enc[sel], f_sel, overwrite)
+                else:
+                    done += self._log_slots(s, rows, views, enc[sel], f_sel, overwrite)
         return done
+
+    def _log_slots(
+        self,
+        s: int,
+        rows: np.ndarray,
+        views: np.ndarray,
+        enc: np.ndarray,
+        feats: np.ndarray | None,
+        overwrite: bool,
+    ) -> int:
+        """Under shard ``s``'s lock: append the slots (local ``rows``, ``views``; encoded
+        ``enc`` (m, D), float16 ``feats`` (m, F)) to its slot log, skipping written ones unless
+        ``overwrite``; merge the log into the shard once it holds ``COMPACT_FRACTION`` of the
+        shard's slots."""
+        log = self._slotlog()
+        assert log is not None
+        a, b = self.shard_bounds(s)
+        logged, count, end = self._log_index(s)
+        if not overwrite:
+            mask = self._file_mask(s) | logged
+            keep = ~mask[rows, views]
+            rows, views, enc = rows[keep], views[keep], enc[keep]
+            feats = None if feats is None else feats[keep]
+        if len(rows) == 0:
+            return 0
+        record = encode_record(rows, views, enc, feats, overwrite)
+        log.append(s, record, end)
+        st = os.stat(log.path(s))
+        logged[rows, views] = True
+        count += len(rows)
+        self._log_cache[s] = ((st.st_ino, st.st_size), logged, count, end + len(record))
+        if count >= max(1, int(COMPACT_FRACTION * (b - a) * self.views)):
+            empty = np.zeros(0, np.int64)
+            self._update_shard(s, empty, empty, enc[:0], None, False)
+        return len(np.unique(rows * self.views + views))
 
     def _update_shard(
         self,
@@ -764,35 +977,52 @@ class EmbeddingStore:
         feats: np.ndarray | None,
         overwrite: bool,
     ) -> int:
-        """Under shard ``s``'s lock: set slots (local ``rows``, ``views``) to encoded ``enc``
-        (m, D) and float16 ``feats`` (m, F); data first, then the mask."""
+        """Under shard ``s``'s lock: merge its slot log into the shard and set slots (local
+        ``rows``, ``views``) to encoded ``enc`` (m, D) and float16 ``feats`` (m, F); data first,
+        then the mask, then the log is dropped. Returns the number of new slots set."""
         a, b = self.shard_bounds(s)
         w_arr = self._array("written")
-        mask = np.asarray(w_arr[a:b], dtype=bool)
+        log = self._slotlog()
+        records = log.read(s) if log is not None else None
+        mask = np.array(w_arr[a:b], dtype=bool)
+        merged = mask.copy()
+        if records is not None:
+            records.mark(merged)
         if not overwrite:
-            keep = ~mask[rows, views]
+            keep = ~merged[rows, views]
             rows, views, enc = rows[keep], views[keep], enc[keep]
             feats = None if feats is None else feats[keep]
-        if len(rows) == 0:
+        logged = records is not None and len(records) > 0
+        if len(rows) == 0 and not logged:
             return 0
-        fresh = not mask.any()  # nothing written: the shard's old bytes are orphans, skip reading
+        fresh = not mask.any()  # nothing in the file: its old bytes are orphans, skip reading
         emb_arr = self._array("embeddings")
         block = (
             np.zeros((b - a, *emb_arr.shape[1:]), emb_arr.dtype)
             if fresh
             else np.asarray(emb_arr[a:b])
         )
-        block[rows, views] = enc
-        emb_arr[a:b] = block
-        if feats is not None:
-            f_arr = self._array("features")
+        f_arr = self._array("features") if self.features_dim is not None else None
+        fblock = None
+        if f_arr is not None and (
+            feats is not None or (records is not None and records.has_features.any())
+        ):
             fblock = (
                 np.zeros((b - a, *f_arr.shape[1:]), np.float16) if fresh else np.asarray(f_arr[a:b])
             )
-            fblock[rows, views] = feats
+        if records is not None:
+            records.apply(block, mask, fblock)
+        block[rows, views] = enc
+        emb_arr[a:b] = block
+        if fblock is not None and f_arr is not None:
+            if feats is not None:
+                fblock[rows, views] = feats
             f_arr[a:b] = fblock
         mask[rows, views] = True
         w_arr[a:b] = mask
+        if log is not None and logged:
+            log.remove(s)  # last: until here a reader applies the log over the old file
+        self._log_cache.pop(s, None)
         return len(np.unique(rows * self.views + views))
 
     def read_shard(self, s: int) -> ShardBlock:
@@ -801,8 +1031,7 @@ class EmbeddingStore:
         Reads ``written`` before the embeddings (writers write them in the other order), so every
         slot the returned mask calls written holds its final bytes. Takes no lock."""
         a, b = self.shard_bounds(s)
-        written = np.asarray(self._array("written")[a:b], dtype=bool)
-        raw = np.asarray(self._array("embeddings")[a:b])
+        raw, written = self._read_raw(s)
         scale = self._scale()
         emb = raw.astype(np.float32) if scale is None else raw.astype(np.float32) * scale
         params = (
@@ -812,15 +1041,34 @@ class EmbeddingStore:
         )
         return ShardBlock(shard=s, start=a, stop=b, embeddings=emb, written=written, params=params)
 
-    def read_shard_raw(self, s: int) -> np.ndarray:
-        """Embeddings of shard ``s`` as stored: (n, V, D) float16 or int8 (no dequantisation)."""
+    def _read_raw(self, s: int) -> tuple[np.ndarray, np.ndarray]:
+        """Shard ``s`` as stored, its slot log applied: ((n, V, D) float16/int8, (n, V) bool).
+
+        The log is read first: one merged meanwhile has reached the shard file read after it
+        (data, then mask, then the log's removal on the writer's side)."""
         a, b = self.shard_bounds(s)
-        return np.asarray(self._array("embeddings")[a:b])
+        log = self._slotlog()
+        records = None if log is None else log.read(s)
+        written = np.array(self._array("written")[a:b], dtype=bool)
+        raw = np.array(self._array("embeddings")[a:b])
+        if records is not None:
+            records.apply(raw, written)
+        return raw, written
+
+    def read_shard_raw(self, s: int) -> np.ndarray:
+        """Embeddings of shard ``s`` as stored: (n, V, D) float16 or int8 (no dequantisation;
+        slots in the slot log included)."""
+        return self._read_raw(s)[0]
 
     def read_features(self, s: int) -> np.ndarray:
-        """Features of shard ``s``: (n, V, F) float32."""
+        """Features of shard ``s``: (n, V, F) float32 (slots in the slot log included)."""
         a, b = self.shard_bounds(s)
-        return np.asarray(self._array("features")[a:b], dtype=np.float32)
+        log = self._slotlog()
+        records = None if log is None else log.read(s)
+        feats = np.array(self._array("features")[a:b], dtype=np.float16)
+        if records is not None and records.features is not None:
+            records.apply(None, np.zeros((b - a, self.views), bool), feats)
+        return feats.astype(np.float32)
 
     def iter_blocks(self, seed: int, shards: Sequence[int] | None = None) -> Iterator[ShardBlock]:
         """Yield whole shards (default all) in the order ``default_rng(seed).permutation``."""

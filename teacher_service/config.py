@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from store.devices import parse_device_name
 from store.errors import ConfigError
 from teacher_service.precision import parse_precision
 
@@ -29,7 +30,6 @@ AMP_DTYPES = {"none": "float32", "bf16": "bfloat16", "fp16": "float16"}
 """Deprecated ``--amp`` mode -> compute dtype (``--precision``: ``teacher_service.precision``)."""
 AMP_MODES = tuple(AMP_DTYPES)
 STORE_DTYPES = ("float16", "int8")
-DEVICES = ("auto", "cpu", "cuda")
 RENDERERS = ("auto", "reference", "batched")
 """Renderer choices (as ``store.views.RENDERER_CHOICES``; restated so help needs no torch)."""
 POOLINGS = ("cls", "mean", "cls+mean")
@@ -86,7 +86,8 @@ class PrecomputeConfig:
     teacher: str
     """Teacher: timm:NAME, hf:PATH_OR_ID, open_clip:ARCH, py:MODULE:FUNCTION or a checkpoint."""
     dataset: str
-    """Dataset spec, e.g. ``mnist5k``, ``synthetic:256``, ``imagefolder:/data/train``."""
+    """Dataset spec, e.g. ``mnist5k``, ``imagefolder:/data/train``, ``hfds:PATH``, ``wds:PATTERN``,
+    ``parquet:PATH``, ``py:MODULE:FUNCTION`` (``store.datasets.DATASETS``; options after ``?``)."""
     store: str
     """Store URL (local path or fsspec URL)."""
     views: int = 8
@@ -129,7 +130,11 @@ class PrecomputeConfig:
     renderer: str = "auto"
     """View renderer: auto (batched on CUDA, per-view reference on CPU), reference or batched."""
     wait_timeout: float = 600.0
-    """Seconds a non-zero worker waits for worker 0 to create the store."""
+    """Seconds a non-zero worker waits without a sign of progress from worker 0 (its manifest
+    progress file, local stores) before giving up; on an fsspec URL, the whole wait."""
+    manifest_workers: int | None = None
+    """Processes reading image headers and hashing files for a new store's manifest (None: all
+    cores)."""
     teacher_weights: str | None = None
     """Teacher weights: .safetensors, .pth/.bin state dict or snapshot folder (None: download)."""
     teacher_pooling: str | None = None
@@ -149,10 +154,11 @@ class PrecomputeConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if self.manifest_workers is not None and self.manifest_workers < 1:
+            raise ConfigError(f"manifest_workers must be >= 1, got {self.manifest_workers}")
         if self.dtype not in STORE_DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}; valid: {', '.join(STORE_DTYPES)}")
-        if not (self.device in DEVICES or self.device.startswith("cuda:")):
-            raise ConfigError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
+        parse_device_name(self.device)
         if self.shard_size < 1:
             raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
         if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
@@ -190,6 +196,11 @@ class VerifyConfig:
     """Teacher weights: .safetensors, .pth/.bin state dict or snapshot folder (None: download)."""
     teacher_pooling: str | None = None
     """ViT teachers: cls, mean or cls+mean (None: the pooling the store recorded)."""
+    dataset: str | None = None
+    """The store's images at a new place (a dataset spec), checked against the manifest first
+    (None: the spec the store recorded)."""
+    full_check: bool = False
+    """With dataset: hash every sample, not a sample of 64."""
     precision: str | None = None
     """Live forward precision: fp32, bf16 or fp16 (bf16/fp16 need CUDA; None: the store's
     recorded teacher.compute_dtype)."""
@@ -206,3 +217,4 @@ class VerifyConfig:
             raise ConfigError(f"threshold is a cosine in [-1, 1], got {self.threshold}")
         if self.renderer not in RENDERERS:
             raise ConfigError(f"unknown renderer {self.renderer!r}; valid: {', '.join(RENDERERS)}")
+        parse_device_name(self.device)

@@ -25,12 +25,15 @@ store, the others wait for it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,10 +60,19 @@ from store.errors import (
     StoreMismatchError,
     StoreNotFoundError,
 )
+from store.locks import is_local
 from store.manifest import build_manifest
+from store.runtime import (
+    autocast,
+    default_workers,
+    prepare_model,
+    resolve_device,
+    to_device,
+)
 from store.views import (
     RENDER_BOUND,
     Recipe,
+    plan_views,
     render_view,
     render_views,
     resolve_renderer,
@@ -68,14 +80,7 @@ from store.views import (
 from teacher_service.checkpoint import LoadedEncoder, recipe_for
 from teacher_service.config import STORE_DTYPES, PrecomputeConfig
 from teacher_service.precision import compute_dtype as precision_dtype
-from teacher_service.runtime import (
-    autocast,
-    default_workers,
-    prepare_model,
-    resolve_device,
-    to_device,
-)
-from teacher_service.sources import LoadedTeacher, load_teacher, to_pixels
+from teacher_service.sources import LoadedTeacher, TeacherModel, load_teacher, to_pixels
 
 __all__ = [
     "STORE_DTYPES",
@@ -171,17 +176,96 @@ def _expectations(cfg: PrecomputeConfig) -> dict[str, object]:
     return expect
 
 
+CREATING = ".creating.json"
+"""Suffix of worker 0's progress file ``<parent>/.<store name>.creating.json`` beside a local store
+while it builds the manifest, plans the views and creates the store: waiting workers read it to
+show progress and to tell a slow start from a dead one. Beside, not inside: creating a store
+replaces its directory."""
+HEARTBEAT_S = 1.0
+"""Seconds between worker 0's progress-file updates."""
+WAIT_REPORT_S = 10.0
+"""Seconds between a waiting worker's progress lines."""
+
+
+def heartbeat_path(url: str) -> Path | None:
+    """Where worker 0 keeps its progress file for the store at ``url`` (None: fsspec URL)."""
+    if not is_local(url):
+        return None
+    path = Path(url).expanduser().absolute()
+    return path.parent / f".{path.name}{CREATING}"
+
+
+class _Heartbeat:
+    """Worker 0's progress file (local stores): rewritten every ``HEARTBEAT_S`` by a thread with
+    the phase and the manifest's progress until the store with its teacher exists."""
+
+    def __init__(self, url: str) -> None:
+        self.path = heartbeat_path(url)
+        self.state: dict[str, Any] = {"phase": "listing", "done": 0, "total": 0}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Heartbeat:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._write()
+            self._thread = threading.Thread(target=self._run, name="disco-heartbeat", daemon=True)
+            self._thread.start()
+        return self
+
+    def update(self, phase: str, done: int = 0, total: int = 0) -> None:
+        """Record the current phase (listing, manifest, plan, create) and its progress."""
+        self.state = {"phase": phase, "done": int(done), "total": int(total)}
+
+    def _write(self) -> None:
+        assert self.path is not None
+        record = {**self.state, "time": time.time(), "pid": os.getpid()}
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # progress only: a failed update never stops the job
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            self._write()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def _read_heartbeat(url: str) -> dict[str, Any] | None:
+    path = heartbeat_path(url)
+    if path is None:
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def open_or_create_store(
     cfg: PrecomputeConfig,
     loaded: LoadedTeacher,
     teacher: dict[str, Any],
     worker: int,
     dataset: ImageDataset | None = None,
-) -> EmbeddingStore:
+) -> tuple[EmbeddingStore, ImageDataset | None]:
     """Worker 0 creates the store (or opens and checks an existing one) and attaches the teacher;
-    other workers wait up to ``cfg.wait_timeout`` s for a store with a teacher, then check it.
+    the other workers wait for a store with a teacher, then check it. Returns the store and the
+    dataset when this call opened it (so it is listed once per process), else ``dataset``.
 
-    ``dataset`` (optional) is used instead of ``open_dataset(cfg.dataset)`` to build the manifest.
+    Worker 0 builds the manifest in ``cfg.manifest_workers`` processes and, on a local store,
+    keeps a progress file (:func:`heartbeat_path`) up to date until the store has its teacher;
+    a waiting worker prints that progress every ``WAIT_REPORT_S`` s and gives up only when
+    worker 0 shows no sign of life for ``cfg.wait_timeout`` s (however long the manifest takes).
+    On an fsspec URL there is no progress file and ``wait_timeout`` bounds the whole wait.
     """
 
     def attach(store: EmbeddingStore) -> EmbeddingStore:
@@ -203,37 +287,78 @@ def open_or_create_store(
             except StoreNotFoundError:
                 store = None
         if store is None:
-            if dataset is None:
-                dataset = open_dataset(cfg.dataset)
-            manifest = build_manifest(dataset, cfg.split, progress=cfg.progress)
             recipe = recipe_for(loaded.info.get("preprocessing"), cfg.recipe, cfg.size)
             loaded.model.check_size(recipe.size)  # before anything is written
-            store = EmbeddingStore.create(
-                cfg.store,
-                manifest=manifest,
-                recipe=recipe,
-                seed=cfg.seed,
-                views=cfg.views,
-                shard_size=cfg.shard_size,
-                overwrite=cfg.overwrite,
-            )
-        return attach(store)
-    deadline = time.monotonic() + cfg.wait_timeout
+            with _Heartbeat(cfg.store) as beat:
+                if dataset is None:
+                    dataset = open_dataset(cfg.dataset)
+                manifest = build_manifest(
+                    dataset,
+                    cfg.split,
+                    progress=cfg.progress,
+                    workers=cfg.manifest_workers,
+                    on_progress=lambda done, total: beat.update("manifest", done, total),
+                )
+                beat.update("plan", 0, len(manifest))
+                params = plan_views(
+                    recipe, cfg.seed, manifest.heights, manifest.widths, cfg.views, cfg.progress
+                )
+                beat.update("create", 0, len(manifest))
+                store = EmbeddingStore.create(
+                    cfg.store,
+                    manifest=manifest,
+                    recipe=recipe,
+                    seed=cfg.seed,
+                    views=cfg.views,
+                    params=params,
+                    shard_size=cfg.shard_size,
+                    overwrite=cfg.overwrite,
+                )
+                return attach(store), dataset
+        return attach(store), dataset
+    return _wait_for_store(cfg, worker, attach), dataset
+
+
+def _wait_for_store(
+    cfg: PrecomputeConfig, worker: int, attach: Callable[[EmbeddingStore], EmbeddingStore]
+) -> EmbeddingStore:
+    """A worker other than 0: poll for the store worker 0 makes (see open_or_create_store)."""
+    last_sign = time.monotonic()
+    last_beat: float | None = None
+    last_report = time.monotonic()
     while True:
         try:
             store = EmbeddingStore.open(cfg.store, mode="r+", expect=_expectations(cfg))
             if store.teacher is not None:
                 return attach(store)
+            last_sign = time.monotonic()  # the store exists: worker 0 is attaching its teacher
         except StoreNotFoundError:
             pass
         except StoreMismatchError as exc:
             # Worker 0 writes the group attrs last: a store without a schema is still being made.
             if exc.field != "schema" or exc.actual is not None:
                 raise
-        if time.monotonic() > deadline:
+            last_sign = time.monotonic()
+        beat = _read_heartbeat(cfg.store)
+        now = time.monotonic()
+        if beat is not None and beat.get("time") != last_beat:
+            last_beat, last_sign = beat.get("time"), now
+        if now - last_report >= WAIT_REPORT_S:
+            last_report = now
+            where = (
+                f"{beat.get('phase')} {beat.get('done')}/{beat.get('total')}"
+                if beat
+                else "no progress file yet"
+            )
+            print(
+                f"worker {worker}: waiting for worker 0 to create {cfg.store} ({where})",
+                file=sys.stderr,
+                flush=True,
+            )
+        if now - last_sign > cfg.wait_timeout:
             raise StoreError(
-                f"worker {worker}: no store with a teacher at {cfg.store} after "
-                f"{cfg.wait_timeout:.0f} s (worker 0 creates it)"
+                f"worker {worker}: no store with a teacher at {cfg.store} and no sign of "
+                f"progress from worker 0 for {cfg.wait_timeout:.0f} s (worker 0 creates it)"
             )
         time.sleep(0.5)
 
@@ -452,6 +577,72 @@ def run_precompute(
     ``dataset`` reuses an already opened dataset (workers otherwise open ``cfg.dataset`` lazily).
     Returns a :class:`PrecomputeReport`. Raises ``DiscoError`` subclasses on bad input.
     """
+    job = _start_job(cfg, dataset)
+    work = _plan_work(job.store, job.worker, job.workers, cfg)
+    loader = _work_loader(job, work, cfg, job.dataset)
+    writer = _ShardWriter(sink if sink is not None else _store_sink(job.store))
+    t0 = time.perf_counter()
+    try:
+        done = _compute(job, work, loader, writer, cfg)
+    finally:
+        writer.close()
+    if done.failed_rows and sink is None:
+        # Valid by their header at manifest time, undecodable now: recorded in the store so no
+        # consumer waits for targets that will never come (the slots stay unwritten).
+        job.store.mark_invalid(np.asarray(done.failed_rows, np.int64), done.errors)
+    return _report(cfg, job, work, done, time.perf_counter() - t0)
+
+
+@dataclass
+class _Job:
+    """Where and with what one worker computes: device, dtype, its id, the teacher, the store."""
+
+    device: torch.device
+    compute_dtype: str
+    worker: int
+    workers: int
+    encoder: TeacherModel
+    store: EmbeddingStore
+    renderer: str
+    loader_workers: int
+    dataset: ImageDataset | None
+    """The dataset when this process has opened it already (listed once, handed to workers)."""
+
+
+@dataclass
+class _Work:
+    """This worker's shards and, in each shard to do, the slots to compute."""
+
+    mine: list[int]
+    """Shards this worker owns."""
+    need: dict[int, np.ndarray]
+    """Shard to do -> (n, V) bool: valid rows' unwritten slots."""
+    skipped: int
+    """Owned shards with nothing to compute."""
+    items: list[tuple[int, list[int]]]
+    """Batches of (shard, rows), about ``batch_size`` views each."""
+    kept: int
+    """Already written slots of the shards to do (their bytes stay)."""
+
+    @property
+    def todo(self) -> list[int]:
+        """The shards to compute, in order."""
+        return list(self.need)
+
+
+@dataclass
+class _Done:
+    """What the compute loop did."""
+
+    views: int = 0
+    computed: list[int] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    failed_rows: list[int] = field(default_factory=list)
+
+
+def _start_job(cfg: PrecomputeConfig, dataset: ImageDataset | None) -> _Job:
+    """Resolve the device and worker id, load the frozen teacher, open (or create) the store and
+    record the renderer in it (worker 0)."""
     device = resolve_device(cfg.device)
     compute_dtype = precision_dtype(cfg.precision, device.type)
     worker, workers = worker_identity(cfg.num_shards, cfg.shard_index)
@@ -460,128 +651,163 @@ def run_precompute(
         raise ConfigError("--overwrite needs a single worker; delete the store first instead")
     loaded = load_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_pooling, device=device)
     teacher = teacher_attrs(loaded, compute_dtype)
-    store = open_or_create_store(cfg, loaded, teacher, worker, dataset)
+    store, dataset = open_or_create_store(cfg, loaded, teacher, worker, dataset)
     encoder = loaded.model.requires_grad_(False).eval()
     prepare_model(encoder, device)  # see runtime.prepare_model
-    workers_n = cfg.workers if cfg.workers is not None else default_workers(device)
+    loader_workers = cfg.workers if cfg.workers is not None else default_workers(device)
     renderer = resolve_renderer(cfg.renderer, device)
     if worker == 0:
         record_renderer(store, renderer, device)
+    return _Job(
+        device, compute_dtype, worker, workers, encoder, store, renderer, loader_workers, dataset
+    )
 
+
+def _plan_work(store: EmbeddingStore, worker: int, workers: int, cfg: PrecomputeConfig) -> _Work:
+    """This worker's shards (every ``workers``-th); a shard is to do when a valid row has an
+    unwritten view, and only those slots are computed (at most ``cfg.max_shards`` shards)."""
     mine = [s for s in range(store.num_shards) if s % workers == worker]
-    manifest = store.manifest
+    valid = store.manifest.valid
     written_now = store.written_mask()
-    # A shard is to do when a valid row has an unwritten view; only those slots are computed.
     need: dict[int, np.ndarray] = {}
     for s in mine:
         a, b = store.shard_bounds(s)
-        mask = manifest.valid[a:b, None] & ~written_now[a:b]
+        mask = valid[a:b, None] & ~written_now[a:b]
         if mask.any():
             need[s] = mask
-    todo = list(need)
-    skipped = len(mine) - len(todo)
+    skipped = len(mine) - len(need)
     if cfg.max_shards is not None:
-        todo = todo[: cfg.max_shards]
-        need = {s: need[s] for s in todo}
+        need = {s: need[s] for s in list(need)[: cfg.max_shards]}
+    items = _plan_items(store, need, max(store.views, cfg.batch_size))
+    kept = sum(int(written_now[slice(*store.shard_bounds(s))].sum()) for s in need)
+    return _Work(mine, need, skipped, items, kept)
 
-    views = store.views
+
+def _work_loader(
+    job: _Job, work: _Work, cfg: PrecomputeConfig, dataset: ImageDataset | None
+) -> DataLoader[_Batch]:
+    """Workers that decode (and, with the reference renderer, render) the work's batches."""
+    store = job.store
+    manifest = store.manifest
+    if dataset is None and work.need:
+        # Listed once here and handed to the DataLoader workers (forked: no copy, no re-walk).
+        dataset = open_dataset(manifest.dataset)
     all_params = store.params
-    params = {s: all_params[slice(*store.shard_bounds(s))] for s in todo}
-    starts = {s: store.shard_bounds(s)[0] for s in todo}
-    items = _plan_items(store, need, max(views, cfg.batch_size))
-    kept = sum(int(written_now[slice(*store.shard_bounds(s))].sum()) for s in todo)
-    batches_left = {s: 0 for s in todo}
-    for s, _ in items:
-        batches_left[s] += 1
     source = _RowViews(
         manifest.dataset,
-        items,
+        work.items,
         manifest.indices,
         manifest.keys,
         manifest.valid,
-        params,
-        starts,
+        {s: all_params[slice(*store.shard_bounds(s))] for s in work.todo},
+        {s: store.shard_bounds(s)[0] for s in work.todo},
         store.recipe,
         dataset=dataset,
-        render=renderer == "reference",
-        need=need,
+        render=job.renderer == "reference",
+        need=work.need,
     )
-    loader = DataLoader(
+    n = job.loader_workers
+    return DataLoader(
         source,
         batch_size=None,
         shuffle=False,
-        num_workers=workers_n,
+        num_workers=n,
         collate_fn=_identity,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 if workers_n > 0 else None,
+        pin_memory=job.device.type == "cuda",
+        prefetch_factor=4 if n > 0 else None,
     )
-    recipe = store.recipe
-    write = sink if sink is not None else _store_sink(store)
-    writer = _ShardWriter(write)
-    dim = encoder.embed_dim
-    fdim = encoder.feature_dim
-    total_views = int(sum(m.sum() for m in need.values()))
-    errors: dict[str, str] = {}
+
+
+def _compute(
+    job: _Job,
+    work: _Work,
+    loader: DataLoader[_Batch],
+    writer: _ShardWriter,
+    cfg: PrecomputeConfig,
+) -> _Done:
+    """Embed every batch into its shard's buffer; hand a shard to ``writer`` once its last batch
+    is in. Undecodable rows are recorded (see :func:`_record_failures`) and stay unwritten."""
+    store, encoder = job.store, job.encoder
+    batches_left = {s: 0 for s in work.todo}
+    for s, _ in work.items:
+        batches_left[s] += 1
     buffers: dict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray]] = {}
-    computed: list[int] = []
-    n_views = 0
-    t0 = time.perf_counter()
-    try:
-        with _progress(cfg.progress) as bar, torch.inference_mode():
-            task = bar.add_task(f"precompute w{worker}/{workers}", total=total_views)
-            for batch in _iterate(loader):
-                s = batch.shard
-                if s not in buffers:
-                    a, b = store.shard_bounds(s)
-                    emb_buf = np.zeros((b - a, views, dim), np.float32)
-                    feat_buf = np.zeros((b - a, views, fdim), np.float32) if cfg.features else None
-                    done = np.zeros((b - a, views), bool)
-                    buffers[s] = (emb_buf, feat_buf, done)
-                emb_buf, feat_buf, done = buffers[s]
-                base = starts[s]
-                for _row, key, reason in batch.errors:
-                    errors[key] = reason  # its slots stay unwritten: the next run retries
-                if len(batch.rows):
-                    if batch.params is not None:
-                        x = render_views(batch.sources, batch.params, recipe, device)
-                    else:
-                        x = to_device(batch.images, device)
-                    with autocast(device, compute_dtype):
-                        feat, emb = encoder(x, output="both")
-                    emb = torch.nn.functional.normalize(emb.float(), dim=1)
-                    local = batch.rows - base
-                    emb_buf[local, batch.views] = emb.cpu().numpy()
-                    done[local, batch.views] = True
-                    if feat_buf is not None:
-                        feat_buf[local, batch.views] = feat.float().cpu().numpy()
-                    n_views += len(batch.rows)
-                    bar.advance(task, len(batch.rows))
-                batches_left[s] -= 1
-                if batches_left[s] == 0:
-                    emb_buf, feat_buf, done = buffers.pop(s)
-                    writer.submit(s, emb_buf, feat_buf, done)
-                    computed.append(s)
-    finally:
-        writer.close()
-    seconds = time.perf_counter() - t0
+    done = _Done()
+    total_views = int(sum(m.sum() for m in work.need.values()))
+    with _progress(cfg.progress) as bar, torch.inference_mode():
+        task = bar.add_task(f"precompute w{job.worker}/{job.workers}", total=total_views)
+        for batch in _iterate(loader):
+            s = batch.shard
+            if s not in buffers:
+                n = store.shard_bounds(s)[1] - store.shard_bounds(s)[0]
+                emb_buf = np.zeros((n, store.views, encoder.embed_dim), np.float32)
+                feat_buf = (
+                    np.zeros((n, store.views, encoder.feature_dim), np.float32)
+                    if cfg.features
+                    else None
+                )
+                buffers[s] = (emb_buf, feat_buf, np.zeros((n, store.views), bool))
+            for row, key, reason in batch.errors:
+                done.errors[key] = reason  # its slots stay unwritten; recorded in the store
+                done.failed_rows.append(row)
+            if len(batch.rows):
+                _embed_into(job, batch, buffers[s], batch.rows - store.shard_bounds(s)[0])
+                done.views += len(batch.rows)
+                bar.advance(task, len(batch.rows))
+            batches_left[s] -= 1
+            if batches_left[s] == 0:
+                writer.submit(s, *buffers.pop(s))
+                done.computed.append(s)
+    return done
+
+
+def _embed_into(
+    job: _Job,
+    batch: _Batch,
+    buffer: tuple[np.ndarray, np.ndarray | None, np.ndarray],
+    local: np.ndarray,
+) -> None:
+    """Render (batched renderer) or move the batch's views to the device, run the teacher and
+    put the L2-normalised embeddings (and features) at shard-local rows ``local``."""
+    emb_buf, feat_buf, written = buffer
+    device = job.device
+    if batch.params is not None:
+        x = render_views(batch.sources, batch.params, job.store.recipe, device)
+    else:
+        x = to_device(batch.images, device)
+    with autocast(device, job.compute_dtype):
+        feat, emb = job.encoder(x, output="both")
+    emb = torch.nn.functional.normalize(emb.float(), dim=1)
+    emb_buf[local, batch.views] = emb.cpu().numpy()
+    written[local, batch.views] = True
+    if feat_buf is not None:
+        feat_buf[local, batch.views] = feat.float().cpu().numpy()
+
+
+def _report(
+    cfg: PrecomputeConfig, job: _Job, work: _Work, done: _Done, seconds: float
+) -> PrecomputeReport:
+    """The worker's :class:`PrecomputeReport`."""
+    store = job.store
+    valid = store.manifest.valid
     return PrecomputeReport(
         store=cfg.store,
-        worker=worker,
-        workers=workers,
+        worker=job.worker,
+        workers=job.workers,
         shards_total=store.num_shards,
-        shards_assigned=len(mine),
-        shards_skipped=skipped,
-        shards_computed=len(computed),
-        computed_shards=computed,
-        views_computed=n_views,
+        shards_assigned=len(work.mine),
+        shards_skipped=work.skipped,
+        shards_computed=len(done.computed),
+        computed_shards=done.computed,
+        views_computed=done.views,
         seconds=seconds,
-        images_per_s=n_views / seconds if seconds > 0 else 0.0,
-        compute_dtype=compute_dtype,
-        device=str(device),
-        renderer=renderer,
-        invalid_rows=sum(int((~manifest.valid[slice(*store.shard_bounds(s))]).sum()) for s in todo),
-        errors=errors,
-        slots_kept=kept,
+        images_per_s=done.views / seconds if seconds > 0 else 0.0,
+        compute_dtype=job.compute_dtype,
+        device=str(job.device),
+        renderer=job.renderer,
+        invalid_rows=sum(int((~valid[slice(*store.shard_bounds(s))]).sum()) for s in work.todo),
+        errors=done.errors,
+        slots_kept=work.kept,
     )
 
 

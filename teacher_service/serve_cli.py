@@ -15,22 +15,33 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
-from store.cli_options import settings_options, with_options
+from store.cli_options import (
+    apply_remote_options,
+    remote_options,
+    settings_options,
+    with_options,
+)
+from store.errors import DiscoError
+from store.remote import single_writer_acknowledged
 from teacher_service.service.settings import ServiceSettings
 
 __all__ = ["serve_command"]
 
 
-@with_options(settings_options(ServiceSettings))
+@with_options(settings_options(ServiceSettings), remote_options())
 def serve_command(**given: Any) -> None:
     """Serve teacher embeddings over HTTP (dynamic batching; see /docs when running)."""
     # lazy: uvicorn, torch and the app load only when the server starts (--help stays instant)
     import uvicorn
 
-    # lazy, as above: the app imports torch
-    from teacher_service.service.app import create_app
-    from teacher_service.service.logs import log_config
+    from teacher_service.service.app import create_app  # lazy: torch, as above
+    from teacher_service.service.logs import log_config  # lazy: as above
 
+    try:
+        apply_remote_options(given)
+    except DiscoError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     try:
         settings = ServiceSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
@@ -38,6 +49,12 @@ def serve_command(**given: Any) -> None:
         where = ".".join(str(p) for p in first["loc"]) or "settings"
         typer.echo(f"error: {where}: {first['msg']} (flag or DISCO_{where.upper()})", err=True)
         raise typer.Exit(1) from None
+    if settings.store_root is not None:
+        try:  # the service writes its stores (write-through): on object storage, no locks
+            single_writer_acknowledged(settings.store_root)
+        except DiscoError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
     # From here on every line is in the chosen format (JSON: one object per line), library
     # warnings included (as log records).
     logging.config.dictConfig(log_config(settings.log_format, settings.log_level))
@@ -47,10 +64,9 @@ def serve_command(**given: Any) -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if settings.teacher is not None:
         # Fail before uvicorn starts: a broken checkpoint is one clear line, not a startup trace.
-        from store.errors import DiscoError
+        from store.runtime import resolve_device
         from teacher_service.checkpoint import recipe_for
         from teacher_service.precision import compute_dtype
-        from teacher_service.runtime import resolve_device
         from teacher_service.sources import load_teacher
 
         try:

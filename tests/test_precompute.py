@@ -177,8 +177,8 @@ def test_sigkill_twice_then_resume_is_bitwise_equal(
     assert done1 <= {0, 1}
     # Kill 2: resume, SIGKILL inside the 2nd shard write after its data, before its mask.
     proc = run_child(cfg, {"at": "write", "n": 2})
-    proc.communicate(timeout=240)
-    assert proc.returncode == -9
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == -9, err[-2000:]
     done2 = complete_shards(store)
     todo = sorted(set(range(5)) - done1)
     assert done2 == done1 | {todo[0]}, (done1, done2)

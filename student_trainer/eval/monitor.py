@@ -25,11 +25,11 @@ import torch
 
 from store.datasets import ImageDataset, open_dataset
 from store.errors import ConfigError
+from store.runtime import to_device
 from store.views import Recipe, render_center
 from student_trainer.eval.evaluate import check_labelled, score
 from student_trainer.eval.features import _eval_recipe, extract_features
 from teacher_service.encoders import Encoder
-from teacher_service.runtime import to_device
 
 __all__ = [
     "MONITOR_K",

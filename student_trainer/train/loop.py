@@ -48,11 +48,20 @@ from rich.progress import (
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from store.atomic import atomic_write_text
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
 from store.errors import CheckpointError, ConfigError, DiscoError
 from store.manifest import build_manifest
 from store.memory import InMemoryStore
+from store.relocate import open_moved_dataset
+from store.runtime import (
+    autocast,
+    default_workers,
+    prepare_model,
+    resolve_device,
+    to_device,
+)
 from store.views import Recipe, get_recipe, resolve_renderer
 from student_trainer.eval.monitor import KnnMonitor, best_record
 from student_trainer.train.config import RESUME_FREE_FIELDS, TrainConfig
@@ -87,13 +96,6 @@ from student_trainer.train.schedule import cosine_lr
 from teacher_service.checkpoint import atomic_torch_save, save_checkpoint
 from teacher_service.encoders import TIMM_PREFIX, Encoder, count_parameters
 from teacher_service.precision import compute_dtype
-from teacher_service.runtime import (
-    autocast,
-    default_workers,
-    prepare_model,
-    resolve_device,
-    to_device,
-)
 from teacher_service.sources import TeacherModel, load_teacher, to_pixels
 
 __all__ = ["STATE_FORMAT", "NonFiniteLossError", "TrainResult", "train"]
@@ -196,7 +198,7 @@ def _open_data(
         if cfg.store_in_ram and store.teacher is not None:
             store = InMemoryStore.load(store)
         manifest = store.manifest
-        dataset = open_dataset(manifest.dataset)
+        dataset = open_moved_dataset(manifest, cfg.dataset, full=cfg.full_check)
         recipe = store.recipe
         plan: StorePlan | DatasetPlan = StorePlan(
             store,
@@ -288,7 +290,7 @@ def _log_lines(path: Path, keep_until: int) -> None:
         for line in path.read_text().splitlines()
         if line.strip() and json.loads(line)["step"] <= keep_until
     ]
-    path.write_text("".join(line + "\n" for line in kept))
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _read_log(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

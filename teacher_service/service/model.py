@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from store.runtime import autocast, prepare_model, resolve_device, to_device
 from store.views import Recipe
 from teacher_service.checkpoint import recipe_for
 from teacher_service.precision import compute_dtype
-from teacher_service.runtime import autocast, prepare_model, resolve_device, to_device
 from teacher_service.sources import TeacherModel, load_teacher, to_pixels
 
 __all__ = ["TeacherRuntime", "load_runtime"]

@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from store.remote import is_remote
 from teacher_service.config import parse_teacher
 from teacher_service.precision import parse_precision
 
@@ -44,8 +45,10 @@ class ServiceSettings(BaseSettings):
     teacher_pooling: Literal["cls", "mean", "cls+mean"] | None = Field(
         default=None, description="ViT teachers: cls, mean or cls+mean instead of their own"
     )
-    store_root: Path | None = Field(
-        default=None, description="directory holding the stores served and written (None: none)"
+    store_root: str | None = Field(
+        default=None,
+        description="directory or object-storage URL (s3://bucket/prefix) holding the stores "
+        "served and written (None: none)",
     )
     host: str = Field(default="127.0.0.1", description="address uvicorn binds")
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port uvicorn binds")
@@ -159,12 +162,14 @@ class ServiceSettings(BaseSettings):
             raise ValueError(f"teacher weights {str(value)!r} do not exist")
         return value
 
-    @field_validator("store_root")
+    @field_validator("store_root", mode="before")
     @classmethod
-    def _root_is_dir(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_dir():
+    def _root_is_dir(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and is_remote(value)):
+            return value  # a bucket prefix: existence shows when a store is opened
+        if isinstance(value, str | Path) and not Path(value).is_dir():
             raise ValueError(f"store root {str(value)!r} is not a directory")
-        return value
+        return str(value) if isinstance(value, Path) else value
 
     @field_validator("token")
     @classmethod
