@@ -185,7 +185,9 @@ def test_a_failed_store_write_is_a_500_from_the_one_table(
         raise StoreError("disk full")
 
     monkeypatch.setattr(EmbeddingStore, "write_slots", broken)
-    image = {"data": png(0, arr=open_dataset("synthetic:8").load(0)), "index": 0, "view": 0}
+    rows = EmbeddingStore.open(str(files[1] / "synth")).manifest.indices  # row -> sample
+    sample = open_dataset("synthetic:8").load(int(rows[0]))
+    image = {"data": png(0, arr=sample), "index": 0, "view": 0}
     r = client.post("/v1/embeddings", json={"images": [image], "store": "synth"}, headers=AUTH)
     assert r.status_code == 500, r.text
     assert r.json()["detail"] == "store write failed: disk full"
@@ -256,7 +258,10 @@ def test_verify_precision(files: tuple[Path, Path], client: TestClient) -> None:
 
     teacher, stores = files
     dataset = open_dataset("synthetic:8")
-    images = [{"data": png(0, arr=dataset.load(i)), "index": i, "view": 1} for i in range(4)]
+    rows = EmbeddingStore.open(str(stores / "synth")).manifest.indices  # row -> sample
+    images = [
+        {"data": png(0, arr=dataset.load(int(rows[i]))), "index": i, "view": 1} for i in range(4)
+    ]
     r = client.post("/v1/embeddings", json={"images": images, "store": "synth"}, headers=AUTH)
     assert r.status_code == 200, r.text
     url = str(stores / "synth")
@@ -294,4 +299,5 @@ def test_settings_reference_is_rendered_from_the_model() -> None:
     assert cells["port"][3:5] == ["`int`", "`8000`"]
     assert cells["teacher"][4] == "required"
     assert cells["metrics"][3] == "`open` \\| `token` \\| `off`"
-    assert cells["store_root"][3] == "`Path` or `None`" and cells["store_root"][4] == "`None`"
+    assert cells["teacher_weights"][3] == "`Path` or `None`"
+    assert cells["store_root"][4] == "`None`"
