@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
 from store.errors import ConfigError, StoreError
-from teacher_service.precision import COMPUTE_DTYPES, PRECISIONS, compute_dtype, parse_precision
+from store.precision import COMPUTE_DTYPES, PRECISIONS, compute_dtype, parse_precision
 from teacher_service.service.app import ERROR_STATUS, create_app
 from teacher_service.service.model import load_runtime
 from teacher_service.service.settings import ServiceSettings, settings_reference
