@@ -1,7 +1,10 @@
 """``disco store append``: grow a store along N with the new samples of a dataset that grew.
 
-Rows never move and old bytes never change: the new samples (keys not yet in the store, in the
-dataset's order) become rows N..N'-1, their views are planned with the same counter RNG
+Rows never move and old bytes never change: the new samples (keys not yet in the store) become
+rows N..N'-1 -- in the dataset's order for ``disco-store/1``/``/2`` stores (row order
+``dataset``), permuted among themselves by ``store.manifest.appended_order(N, m)`` for
+``permuted`` stores (``disco-store/3``), so a class folder added at once is mixed into its own
+rows -- their views are planned with the same counter RNG
 (``plan_views(first_row=N)``: row i's views depend only on (seed, i, v), so they are what a store
 created over the grown dataset would plan for those rows), and every per-row array (manifest,
 ``views/params``, ``embeddings``, ``features``, ``written``) is resized to N' with the new slots
@@ -26,13 +29,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from rich.progress import Progress
 
 from store.datasets import ImageDataset, open_dataset
 from store.embedding_store import EmbeddingStore
-from store.errors import DatasetError, DecodeError, StoreError, StoreMismatchError
+from store.errors import DatasetError, StoreError, StoreMismatchError
 from store.locks import store_lock
-from store.manifest import Manifest, manifest_rows, sha256_to_bytes
+from store.manifest import Manifest, appended_order, manifest_rows, sha256_to_bytes
 from store.views import plan_views
 
 __all__ = ["AppendReport", "append_rows"]
@@ -64,9 +66,12 @@ class AppendReport:
         return asdict(self)
 
 
-def _check_old_rows(old: Manifest, ds: ImageDataset, progress: bool) -> np.ndarray:
+def _check_old_rows(
+    old: Manifest, ds: ImageDataset, progress: bool, workers: int | None
+) -> np.ndarray:
     """(N,) int64 index in ``ds`` of every old row; raises DatasetError naming a key that
-    disappeared, changed content or no longer reads."""
+    disappeared, changed content or no longer reads. The files are hashed in ``workers``
+    processes (as a manifest is built)."""
     pos = {k: i for i, k in enumerate(ds.keys)}
     missing = [k for k in old.keys.tolist() if k not in pos]
     if missing:
@@ -75,20 +80,15 @@ def _check_old_rows(old: Manifest, ds: ImageDataset, progress: bool) -> np.ndarr
             f"{missing[0]!r}); append only adds samples: restore them or create a new store"
         )
     where = np.array([pos[k] for k in old.keys.tolist()], dtype=np.int64)
-    changed: list[str] = []
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("check existing samples", total=len(where))
-        for row, idx in enumerate(where.tolist()):
-            key = str(old.keys[row])
-            try:
-                digest = ds.sha256(idx)
-            except DecodeError as exc:
-                raise DatasetError(
-                    f"sample {key!r} of the store no longer reads ({exc.reason}); nothing appended"
-                ) from None
-            if digest != old.sha256[row]:
-                changed.append(key)
-            bar.advance(task)
+    now = manifest_rows(ds, where, "check", progress, workers=workers)
+    unread = np.flatnonzero((now.sha256 == "") & (old.sha256 != ""))
+    if len(unread):
+        key = str(old.keys[unread[0]])
+        reason = now.errors.get(key, "unreadable")
+        raise DatasetError(
+            f"sample {key!r} of the store no longer reads ({reason}); nothing appended"
+        )
+    changed = old.keys[now.sha256 != old.sha256].tolist()
     if changed:
         raise DatasetError(
             f"sample {changed[0]!r} changed content (sha256 differs from the store's)"
@@ -105,11 +105,13 @@ def append_rows(
     source: ImageDataset | None = None,
     progress: bool = False,
     lock_timeout: float | None = 60.0,
+    workers: int | None = None,
 ) -> AppendReport:
     """Append the samples of ``dataset`` (spec; default the store's) that the store at ``url``
     lacks, as new unwritten rows (see the module docstring). ``source`` reuses an opened dataset.
 
-    Returns an :class:`AppendReport` (``added`` 0: nothing changed). Raises ``DatasetError``
+    ``workers``: processes probing the new files (None: all cores). Returns an
+    :class:`AppendReport` (``added`` 0: nothing changed). Raises ``DatasetError``
     naming a changed or missing key, ``StoreMismatchError("dataset.split")`` for a split store,
     ``StoreBusyError`` when writers hold the store longer than ``lock_timeout`` s.
     """
@@ -126,12 +128,14 @@ def append_rows(
     ds = source if source is not None else open_dataset(spec)
     old = store.manifest
     n_old = len(old)
-    where = _check_old_rows(old, ds, progress)
+    where = _check_old_rows(old, ds, progress, workers)
     present = set(old.keys.tolist())
     new_idx = np.array([i for i, k in enumerate(ds.keys) if k not in present], dtype=np.int64)
     if len(new_idx) == 0:
         return AppendReport(url, spec, n_old, n_old, 0, 0, 0, 0, time.perf_counter() - t0)
-    new = manifest_rows(ds, new_idx, split, progress)
+    if store.row_order == "permuted":  # mixed among themselves; dataset order in older stores
+        new_idx = new_idx[appended_order(n_old, len(new_idx))]
+    new = manifest_rows(ds, new_idx, split, progress, workers=workers)
     labels = np.asarray(ds.labels, dtype=np.int64)[where]
     grown = Manifest(
         dataset=ds.spec,

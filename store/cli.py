@@ -1,4 +1,5 @@
-"""``disco store`` commands: create (manifest + view plan), append, info, check. Thin wrappers.
+"""``disco store`` commands: create (manifest + view plan), append, compact, info, check. Thin
+wrappers.
 
 The store's modules (zarr, torch via the renderer) are imported inside the commands, so
 ``disco store --help`` stays instant.
@@ -63,6 +64,12 @@ def create(
         str, typer.Option(help="Embedding codec: none, zstd or blosc-bitshuffle.")
     ] = "none",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Processes reading image headers and hashing files (default: all cores)."
+        ),
+    ] = None,
 ) -> None:
     """Build the manifest and view plan of a dataset into a new store (no teacher needed)."""
     # lazy: zarr and numpy load only when a command runs, so --help stays instant
@@ -77,7 +84,7 @@ def create(
             recipe, size, interpolation
         )  # validate cheap options before decoding the dataset
         ds = open_dataset(dataset)
-        manifest = build_manifest(ds, split, progress=True)
+        manifest = build_manifest(ds, split, progress=True, workers=workers)
         store = EmbeddingStore.create(
             path,
             manifest=manifest,
@@ -114,6 +121,10 @@ def append(
         float, typer.Option(help="Seconds to wait for running writers before giving up.")
     ] = 60.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Processes hashing and probing the files (default: all cores)."),
+    ] = None,
 ) -> None:
     """Add the dataset's new samples as new rows (planned, unwritten); old rows stay as they are.
 
@@ -124,7 +135,9 @@ def append(
     from store.append import append_rows
 
     try:
-        report = append_rows(path, dataset, progress=not as_json, lock_timeout=lock_timeout)
+        report = append_rows(
+            path, dataset, progress=not as_json, lock_timeout=lock_timeout, workers=workers
+        )
     except DiscoError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -146,6 +159,25 @@ def append(
         highlight=False,
         soft_wrap=True,
     )
+
+
+@app.command()
+def compact(
+    path: Annotated[str, typer.Argument(help="Store location (a local path).")],
+) -> None:
+    """Merge the slot logs (single-slot writes of the service and lazy fill) into the shard files.
+
+    Readers see the same slots before and after; plain zarr readers (tensorstore) see the logged
+    slots only after it. Safe while writers run (each shard under its lock).
+    """
+    # lazy: zarr and numpy load only when a command runs, so --help stays instant
+    from store.embedding_store import EmbeddingStore
+
+    try:
+        merged = EmbeddingStore.open(path, mode="r+").compact()
+    except DiscoError as exc:
+        raise _fail(exc) from None
+    console.print(f"{path}: merged the slot logs of {merged} shard(s)", highlight=False)
 
 
 def _short(value: Any) -> str:

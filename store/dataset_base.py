@@ -11,7 +11,7 @@ import hashlib
 
 import numpy as np
 
-from store.errors import DatasetError
+from store.errors import DatasetError, DecodeError
 
 __all__ = ["SPLITS", "ImageDataset", "array_sha256", "split_indices"]
 
@@ -45,6 +45,9 @@ class ImageDataset:
     keys: list[str]
     labels: np.ndarray
     classes: list[str]
+    probe_in_pool: bool = False
+    """True when :meth:`probe` reads files (worth a process pool for a manifest); in-memory
+    datasets probe in the calling process."""
 
     def __len__(self) -> int:
         """Number of samples N."""
@@ -57,6 +60,24 @@ class ImageDataset:
         use :meth:`sha256`).
         """
         raise NotImplementedError
+
+    def probe(self, i: int) -> tuple[int, int, str, str | None]:
+        """What a manifest records of sample ``i``: ``(height, width, sha256 hex, error)``.
+
+        ``error`` is None for a usable sample, else the reason it is not (height and width are
+        then 0; sha256 is "" when the source cannot be read at all). Never raises for a bad
+        sample. This default decodes the sample; datasets of encoded files override it to read
+        only the header (:class:`store.imagefolder.ImageFolder`).
+        """
+        try:
+            img, digest = self.load_with_hash(i)
+        except DecodeError as exc:
+            try:
+                digest = self.sha256(i)
+            except DecodeError:
+                digest = ""
+            return 0, 0, digest, exc.reason
+        return int(img.shape[0]), int(img.shape[1]), digest, None
 
     def load(self, i: int) -> np.ndarray:
         """Sample ``i`` as an (H, W, 3) uint8 RGB array; raises ``DecodeError`` if undecodable."""

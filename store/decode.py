@@ -21,13 +21,16 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from store.errors import DecodeError
 
-__all__ = ["decode_image", "load_image_file"]
+__all__ = ["decode_image", "image_size", "load_image_file"]
 
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_EXIF_ORIENTATION = 0x0112
+_SWAPS_AXES = (5, 6, 7, 8)
+"""EXIF orientations that rotate by 90 degrees: the upright size is the header's transposed."""
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
@@ -80,6 +83,42 @@ def decode_image(data: bytes, key: str = "<bytes>", max_pixels: int | None = Non
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError...)
         reason = str(exc) or type(exc).__name__
         raise DecodeError(key, f"{type(exc).__name__}: {reason}") from exc
+
+
+def image_size(data: bytes, key: str = "<bytes>", max_pixels: int | None = None) -> tuple[int, int]:
+    """``(height, width)`` in pixels of the image :func:`decode_image` would return, read from the
+    header only (no pixel data is decoded; EXIF orientations 5-8 swap the axes as
+    ``exif_transpose`` does).
+
+    Raises ``DecodeError(key, reason)`` for empty input, bytes Pillow cannot identify, a
+    non-positive size or one over ``max_pixels``. A file whose header is fine but whose pixel data
+    is damaged passes here and fails later in :func:`decode_image`.
+    """
+    if not data:
+        raise DecodeError(key, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except UnidentifiedImageError:
+        # Pillow's message names a BytesIO address: the same file must give the same reason.
+        raise DecodeError(key, "UnidentifiedImageError: not an image format Pillow reads") from None
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(key, f"decompression bomb: {exc}") from exc
+    except Exception as exc:  # Pillow raises many types (UnidentifiedImageError, OSError...)
+        reason = str(exc) or type(exc).__name__
+        raise DecodeError(key, f"{type(exc).__name__}: {reason}") from exc
+    if width <= 0 or height <= 0:
+        raise DecodeError(key, f"invalid size {width}x{height}")
+    if max_pixels is not None and width * height > max_pixels:
+        raise DecodeError(
+            key, f"{width}x{height} = {width * height} pixels exceeds max {max_pixels}"
+        )
+    if orientation in _SWAPS_AXES:
+        return int(width), int(height)
+    return int(height), int(width)
 
 
 def load_image_file(

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ from zarr.core.array_spec import ArrayConfigParams
 from store.errors import ConfigError, StoreError, StoreMismatchError, StoreNotFoundError
 from store.locks import is_local, shard_lock, store_lock
 from store.manifest import Manifest, sha256_from_bytes, sha256_to_bytes
+from store.slotlog import SlotLog, encode_record, read_slots
 from store.views import Recipe, plan_views, recipe_from_dict
 from store.views.fingerprint import check_render, library_versions, render_record
 
@@ -62,10 +64,12 @@ __all__ = [
     "open_zarr_store",
 ]
 
-SCHEMA = "disco-store/2"
-READABLE_SCHEMAS = ("disco-store/1", SCHEMA)
+SCHEMA = "disco-store/3"
+READABLE_SCHEMAS = ("disco-store/1", "disco-store/2", SCHEMA)
 """Layouts this code opens; it creates only ``SCHEMA``."""
 CODECS = ("none", "zstd", "blosc-bitshuffle")
+COMPACT_FRACTION = 0.25
+"""A shard's slot log is merged into its file once it holds this fraction of the shard's slots."""
 DEFAULT_CODEC = "none"
 _MANIFEST_FIELDS = ("indices", "keys", "labels", "sha256", "heights", "widths", "valid")
 # Every write is real data: skip zarr's scan for all-fill chunks (2-3x faster shard writes).
@@ -170,6 +174,13 @@ class EmbeddingStore:
         self._recipe: Recipe | None = None
         self._arrays: dict[str, zarr.Array] = {}
         self._scale_cache: np.ndarray | None = None
+        # What this process knows of each shard's slot log: ((inode, size), logged (n, V) bool,
+        # slot count, end offset); valid while the file's inode and size are unchanged (only
+        # another process can append or merge meanwhile: writers hold the shard lock).
+        self._log_cache: dict[int, tuple[tuple[int, int], np.ndarray, int, int]] = {}
+        # The shard file's written mask per shard, keyed by its chunk file's identity (zarr's
+        # LocalStore replaces a chunk file by rename, so any write changes inode or mtime).
+        self._mask_cache: dict[int, tuple[tuple[int, ...], np.ndarray]] = {}
 
     # ----------------------------------------------------------------- create / open
     @classmethod
@@ -258,6 +269,7 @@ class EmbeddingStore:
                 "split": manifest.split,
                 "n": n,
                 "manifest_hash": manifest.hash,
+                "row_order": manifest.row_order,
             },
             "recipe": {**recipe.to_dict(), "seed": int(seed), "views": int(views)},
             "teacher": None,
@@ -429,6 +441,26 @@ class EmbeddingStore:
         self._group.attrs.update({"teacher": _jsonable(record), "storage": storage})
         self._attrs = dict(self._group.attrs)
 
+    def mark_invalid(self, rows: np.ndarray, reasons: dict[str, str]) -> None:
+        """Record rows (``rows`` (m,) int64) whose samples failed to decode after the manifest
+        was built (their header was fine): ``manifest/valid`` False and ``reasons`` (key ->
+        reason) merged into the manifest's ``errors`` attr. Their slots stay unwritten; readers
+        skip them as they skip rows the manifest found unusable. Under the store-wide lock."""
+        self._require_writable()
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if len(rows) == 0:
+            return
+        with store_lock(self._url, timeout=None):
+            self.refresh()
+            mgroup: Any = self._group["manifest"]
+            valid = np.asarray(mgroup["valid"][: self.n], dtype=bool)
+            valid[rows] = False
+            lo, hi = int(rows.min()), int(rows.max()) + 1
+            mgroup["valid"][lo:hi] = valid[lo:hi]
+            errors = {**dict(mgroup.attrs.get("errors", {})), **reasons}
+            mgroup.attrs.update({"errors": errors})
+            self._manifest = None
+
     # ----------------------------------------------------------------- properties
     @property
     def url(self) -> str:
@@ -459,6 +491,13 @@ class EmbeddingStore:
     def schema(self) -> str:
         """Layout version of this store (one of ``READABLE_SCHEMAS``)."""
         return str(self._attrs["schema"])
+
+    @property
+    def row_order(self) -> str:
+        """The rule that ordered this store's rows (``store.manifest.ROW_ORDERS``): ``permuted``
+        for ``disco-store/3`` stores, ``dataset`` for older ones (recorded as
+        ``dataset.row_order``)."""
+        return str(self._attrs["dataset"].get("row_order", "dataset"))
 
     @property
     def dim(self) -> int | None:
@@ -531,6 +570,7 @@ class EmbeddingStore:
             self._manifest = Manifest(
                 dataset=self._attrs["dataset"]["spec"],
                 split=self._attrs["dataset"]["split"],
+                row_order=self.row_order,
                 errors=dict(m.attrs.get("errors", {})),  # type: ignore[arg-type]
                 **arrays,
             )
@@ -571,8 +611,82 @@ class EmbeddingStore:
         return self._scale_cache
 
     def written_mask(self) -> np.ndarray:
-        """(N, V) bool: slots whose embedding is stored."""
-        return np.asarray(self._array("written")[: self.n], dtype=bool)
+        """(N, V) bool: slots whose embedding is stored (in the shard files or a slot log)."""
+        log = self._slotlog()
+        logged = (
+            [] if log is None else [(s, read_slots(log.path(s))) for s in log.shards()]
+        )  # logs first: a log merged meanwhile is in the shard file read next
+        mask = np.asarray(self._array("written")[: self.n], dtype=bool)
+        for s, (rows, views, _) in logged:
+            rows = rows + s * self.shard_size
+            keep = rows < self.n
+            mask[rows[keep], views[keep]] = True
+        return mask
+
+    # ----------------------------------------------------------------- slot log
+    def _slotlog(self) -> SlotLog | None:
+        """The slot log of a local store with a teacher (None: fsspec URL or no teacher)."""
+        if not is_local(self._url) or self._attrs.get("teacher") is None:
+            return None
+        return SlotLog(self._url, int(self.dim or 0), self.features_dim, str(self.dtype))
+
+    def _file_mask(self, s: int) -> np.ndarray:
+        """Shard ``s``'s ``written`` mask as the shard file has it (n, V) bool, a fresh copy;
+        read once per change of its chunk file (a zarr read costs ~2 ms, a stat ~10 us)."""
+        a, b = self.shard_bounds(s)
+        w_arr = self._array("written")
+        path = Path(self._url) / w_arr.path / w_arr.metadata.encode_chunk_key((s, 0))
+        try:
+            st = os.stat(path)
+            ident: tuple[int, ...] = (a, b, st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            ident = (a, b)
+        hit = self._mask_cache.get(s)
+        if hit is not None and hit[0] == ident:
+            return hit[1].copy()
+        mask = np.array(w_arr[a:b], dtype=bool)
+        self._mask_cache[s] = (ident, mask.copy())
+        return mask
+
+    def _log_index(self, s: int) -> tuple[np.ndarray, int, int]:
+        """Shard ``s``'s slot log as its writer needs it: (logged (n, V) bool, slot count, end
+        offset of the whole records); from this process's cache while the file is the one it
+        last saw (caller holds the shard lock)."""
+        log = self._slotlog()
+        assert log is not None
+        a, b = self.shard_bounds(s)
+        path = log.path(s)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._log_cache.pop(s, None)
+            return np.zeros((b - a, self.views), bool), 0, 0
+        ident = (st.st_ino, st.st_size)
+        hit = self._log_cache.get(s)
+        if hit is not None and hit[0] == ident and hit[1].shape[0] == b - a:
+            return hit[1], hit[2], hit[3]
+        rows, views, end = read_slots(path)
+        logged = np.zeros((b - a, self.views), bool)
+        keep = rows < b - a
+        logged[rows[keep], views[keep]] = True
+        self._log_cache[s] = (ident, logged, len(rows), end)
+        return logged, len(rows), end
+
+    def compact(self, shards: Sequence[int] | None = None) -> int:
+        """Merge the slot logs of ``shards`` (default: every shard with a log) into their shard
+        files, one read-modify-write each under its lock. Returns the number of shards merged.
+        Readers see the same slots before and after."""
+        self._require_writable()
+        log = self._slotlog()
+        if log is None:
+            return 0
+        todo = log.shards() if shards is None else list(shards)
+        for s in todo:
+            with shard_lock(self._url, s):
+                self.sync()
+                empty = np.zeros(0, np.int64)
+                self._update_shard(s, empty, empty, np.zeros((0, self.dim or 0)), None, False)
+        return len(todo)
 
     def missing_shards(self) -> list[int]:
         """Shards with any valid row (manifest.valid) not fully written, in order."""
@@ -610,6 +724,8 @@ class EmbeddingStore:
             self._manifest = None
             self._params = None
             self._arrays = {}
+            self._mask_cache = {}
+            self._log_cache = {}
             self._scale_cache = None
         return changed
 
@@ -656,6 +772,10 @@ class EmbeddingStore:
                 if mask.shape != (n, v):
                     raise StoreError(f"shard {s} written shape {mask.shape} != {(n, v)}")
             feats = None if features is None else self._check_features(s, features, n)
+            log = self._slotlog()
+            if log is not None:  # every slot is replaced: logged ones too
+                log.remove(s)
+                self._log_cache.pop(s, None)
             self._array("embeddings")[a:b] = self._encode(emb)
             if feats is not None:
                 self._array("features")[a:b] = feats
@@ -750,10 +870,47 @@ class EmbeddingStore:
             with shard_lock(self._url, s):
                 self.sync()
                 a = s * self.shard_size
-                done += self._update_shard(
-                    s, idx[sel] - a, vw[sel], enc[sel], None if f16 is None else f16[sel], overwrite
-                )
+                rows, views, f_sel = idx[sel] - a, vw[sel], None if f16 is None else f16[sel]
+                if self._slotlog() is None:  # fsspec URL: rewrite the shard
+                    done += self._update_shard(s, rows, views, enc[sel], f_sel, overwrite)
+                else:
+                    done += self._log_slots(s, rows, views, enc[sel], f_sel, overwrite)
         return done
+
+    def _log_slots(
+        self,
+        s: int,
+        rows: np.ndarray,
+        views: np.ndarray,
+        enc: np.ndarray,
+        feats: np.ndarray | None,
+        overwrite: bool,
+    ) -> int:
+        """Under shard ``s``'s lock: append the slots (local ``rows``, ``views``; encoded
+        ``enc`` (m, D), float16 ``feats`` (m, F)) to its slot log, skipping written ones unless
+        ``overwrite``; merge the log into the shard once it holds ``COMPACT_FRACTION`` of the
+        shard's slots."""
+        log = self._slotlog()
+        assert log is not None
+        a, b = self.shard_bounds(s)
+        logged, count, end = self._log_index(s)
+        if not overwrite:
+            mask = self._file_mask(s) | logged
+            keep = ~mask[rows, views]
+            rows, views, enc = rows[keep], views[keep], enc[keep]
+            feats = None if feats is None else feats[keep]
+        if len(rows) == 0:
+            return 0
+        record = encode_record(rows, views, enc, feats, overwrite)
+        log.append(s, record, end)
+        st = os.stat(log.path(s))
+        logged[rows, views] = True
+        count += len(rows)
+        self._log_cache[s] = ((st.st_ino, st.st_size), logged, count, end + len(record))
+        if count >= max(1, int(COMPACT_FRACTION * (b - a) * self.views)):
+            empty = np.zeros(0, np.int64)
+            self._update_shard(s, empty, empty, enc[:0], None, False)
+        return len(np.unique(rows * self.views + views))
 
     def _update_shard(
         self,
@@ -764,35 +921,52 @@ class EmbeddingStore:
         feats: np.ndarray | None,
         overwrite: bool,
     ) -> int:
-        """Under shard ``s``'s lock: set slots (local ``rows``, ``views``) to encoded ``enc``
-        (m, D) and float16 ``feats`` (m, F); data first, then the mask."""
+        """Under shard ``s``'s lock: merge its slot log into the shard and set slots (local
+        ``rows``, ``views``) to encoded ``enc`` (m, D) and float16 ``feats`` (m, F); data first,
+        then the mask, then the log is dropped. Returns the number of new slots set."""
         a, b = self.shard_bounds(s)
         w_arr = self._array("written")
-        mask = np.asarray(w_arr[a:b], dtype=bool)
+        log = self._slotlog()
+        records = log.read(s) if log is not None else None
+        mask = np.array(w_arr[a:b], dtype=bool)
+        merged = mask.copy()
+        if records is not None:
+            records.mark(merged)
         if not overwrite:
-            keep = ~mask[rows, views]
+            keep = ~merged[rows, views]
             rows, views, enc = rows[keep], views[keep], enc[keep]
             feats = None if feats is None else feats[keep]
-        if len(rows) == 0:
+        logged = records is not None and len(records) > 0
+        if len(rows) == 0 and not logged:
             return 0
-        fresh = not mask.any()  # nothing written: the shard's old bytes are orphans, skip reading
+        fresh = not mask.any()  # nothing in the file: its old bytes are orphans, skip reading
         emb_arr = self._array("embeddings")
         block = (
             np.zeros((b - a, *emb_arr.shape[1:]), emb_arr.dtype)
             if fresh
             else np.asarray(emb_arr[a:b])
         )
-        block[rows, views] = enc
-        emb_arr[a:b] = block
-        if feats is not None:
-            f_arr = self._array("features")
+        f_arr = self._array("features") if self.features_dim is not None else None
+        fblock = None
+        if f_arr is not None and (
+            feats is not None or (records is not None and records.has_features.any())
+        ):
             fblock = (
                 np.zeros((b - a, *f_arr.shape[1:]), np.float16) if fresh else np.asarray(f_arr[a:b])
             )
-            fblock[rows, views] = feats
+        if records is not None:
+            records.apply(block, mask, fblock)
+        block[rows, views] = enc
+        emb_arr[a:b] = block
+        if fblock is not None and f_arr is not None:
+            if feats is not None:
+                fblock[rows, views] = feats
             f_arr[a:b] = fblock
         mask[rows, views] = True
         w_arr[a:b] = mask
+        if log is not None and logged:
+            log.remove(s)  # last: until here a reader applies the log over the old file
+        self._log_cache.pop(s, None)
         return len(np.unique(rows * self.views + views))
 
     def read_shard(self, s: int) -> ShardBlock:
@@ -801,8 +975,7 @@ class EmbeddingStore:
         Reads ``written`` before the embeddings (writers write them in the other order), so every
         slot the returned mask calls written holds its final bytes. Takes no lock."""
         a, b = self.shard_bounds(s)
-        written = np.asarray(self._array("written")[a:b], dtype=bool)
-        raw = np.asarray(self._array("embeddings")[a:b])
+        raw, written = self._read_raw(s)
         scale = self._scale()
         emb = raw.astype(np.float32) if scale is None else raw.astype(np.float32) * scale
         params = (
@@ -812,15 +985,34 @@ class EmbeddingStore:
         )
         return ShardBlock(shard=s, start=a, stop=b, embeddings=emb, written=written, params=params)
 
-    def read_shard_raw(self, s: int) -> np.ndarray:
-        """Embeddings of shard ``s`` as stored: (n, V, D) float16 or int8 (no dequantisation)."""
+    def _read_raw(self, s: int) -> tuple[np.ndarray, np.ndarray]:
+        """Shard ``s`` as stored, its slot log applied: ((n, V, D) float16/int8, (n, V) bool).
+
+        The log is read first: one merged meanwhile has reached the shard file read after it
+        (data, then mask, then the log's removal on the writer's side)."""
         a, b = self.shard_bounds(s)
-        return np.asarray(self._array("embeddings")[a:b])
+        log = self._slotlog()
+        records = None if log is None else log.read(s)
+        written = np.array(self._array("written")[a:b], dtype=bool)
+        raw = np.array(self._array("embeddings")[a:b])
+        if records is not None:
+            records.apply(raw, written)
+        return raw, written
+
+    def read_shard_raw(self, s: int) -> np.ndarray:
+        """Embeddings of shard ``s`` as stored: (n, V, D) float16 or int8 (no dequantisation;
+        slots in the slot log included)."""
+        return self._read_raw(s)[0]
 
     def read_features(self, s: int) -> np.ndarray:
-        """Features of shard ``s``: (n, V, F) float32."""
+        """Features of shard ``s``: (n, V, F) float32 (slots in the slot log included)."""
         a, b = self.shard_bounds(s)
-        return np.asarray(self._array("features")[a:b], dtype=np.float32)
+        log = self._slotlog()
+        records = None if log is None else log.read(s)
+        feats = np.array(self._array("features")[a:b], dtype=np.float16)
+        if records is not None and records.features is not None:
+            records.apply(None, np.zeros((b - a, self.views), bool), feats)
+        return feats.astype(np.float32)
 
     def iter_blocks(self, seed: int, shards: Sequence[int] | None = None) -> Iterator[ShardBlock]:
         """Yield whole shards (default all) in the order ``default_rng(seed).permutation``."""

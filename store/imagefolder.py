@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from store.dataset_base import ImageDataset
-from store.decode import decode_image
+from store.decode import decode_image, image_size
 from store.errors import DatasetError, DecodeError
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolder"]
@@ -40,6 +40,8 @@ class ImageFolder(ImageDataset):
     raises
     ``DecodeError`` naming its key on ``load`` (a manifest records it and masks the row).
     """
+
+    probe_in_pool = True
 
     def __init__(self, root: str | Path, max_pixels: int | None = None) -> None:
         self.root = Path(root).expanduser()
@@ -81,6 +83,22 @@ class ImageFolder(ImageDataset):
     def sha256(self, i: int) -> str:
         """Hex sha256 of file ``i``'s bytes (also for files that do not decode)."""
         return hashlib.sha256(self._read(i)).hexdigest()
+
+    def probe(self, i: int) -> tuple[int, int, str, str | None]:
+        """``(height, width, sha256 hex, error)`` of file ``i`` from one read of its bytes: the
+        hash of all bytes, the size from the image header (no pixel decode; see
+        :func:`store.decode.image_size`). A file whose pixel data is damaged behind a good
+        header passes here; the precompute job records it when it fails to decode."""
+        try:
+            data = self._read(i)
+        except DecodeError as exc:
+            return 0, 0, "", exc.reason
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            height, width = image_size(data, self.keys[i], self.max_pixels)
+        except DecodeError as exc:
+            return 0, 0, digest, exc.reason
+        return height, width, digest, None
 
     def load_with_hash(self, i: int) -> tuple[np.ndarray, str]:
         """Read file ``i`` once: ((H, W, 3) uint8, sha256 hex of the file bytes)."""

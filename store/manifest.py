@@ -1,17 +1,41 @@
-"""The manifest: which dataset samples a store holds, in which order, and what their bytes were."""
+"""The manifest: which dataset samples a store holds, in which order, and what their bytes were.
+
+Built at the speed of the disk: each sample is read once, hashed, and sized from its header (no
+pixel decode for encoded files) in a process pool. Validity is the header's: a file Pillow cannot
+identify, with a non-positive size or over the pixel limit is recorded invalid here; a file whose
+pixel data is damaged behind a good header is recorded by the precompute job when it fails to
+decode (``EmbeddingStore.mark_invalid``: ``valid`` False, its reason in ``manifest`` attrs
+``errors``; its slots are never marked written).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import multiprocessing.context
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import numpy as np
 from rich.progress import Progress
 
-from store.datasets import ImageDataset
-from store.errors import DecodeError
+from store.datasets import ImageDataset, split_indices
+from store.errors import ConfigError
 
-__all__ = ["Manifest", "build_manifest", "manifest_rows", "sha256_from_bytes", "sha256_to_bytes"]
+__all__ = [
+    "ROW_ORDER",
+    "ROW_ORDERS",
+    "Manifest",
+    "appended_order",
+    "build_manifest",
+    "default_workers",
+    "manifest_rows",
+    "sha256_from_bytes",
+    "sha256_to_bytes",
+    "store_rows",
+]
 
 
 def sha256_to_bytes(hexes: np.ndarray) -> np.ndarray:
@@ -64,6 +88,8 @@ class Manifest:
     """(N,) bool, False for rows whose image did not decode."""
     errors: dict[str, str] = field(default_factory=dict)
     """key -> reason for each undecodable row."""
+    row_order: str = "dataset"
+    """The rule that ordered the rows (:data:`ROW_ORDERS`); set by :func:`build_manifest`."""
 
     def __post_init__(self) -> None:
         self.indices = np.asarray(self.indices, dtype=np.int64)
@@ -100,54 +126,169 @@ class Manifest:
         return int((~self.valid).sum())
 
 
-def build_manifest(dataset: ImageDataset, split: str = "all", progress: bool = True) -> Manifest:
-    """Decode every image of ``split`` once and record keys, labels, hashes, sizes and validity.
+ROW_ORDERS = ("dataset", "permuted")
+"""Rules that map a split's samples to store rows (recorded as ``dataset.row_order``):
 
-    Undecodable images are recorded (``valid`` False, size 0, ``errors[key]``); this never raises
-    for
-    a bad image. Raises ``DatasetError`` for an unknown split.
+- ``dataset`` (``disco-store/1`` and ``/2``): rows in :func:`store.datasets.split_indices` order;
+  for split ``all`` that is the dataset's own order (class-sorted for an ImageFolder).
+- ``permuted`` (``disco-store/3``): every split's rows follow one seeded permutation of the
+  dataset, ``perm = RandomState(0).permutation(n)``: ``train`` = ``perm[:int(0.8n)]``, ``test`` =
+  ``perm[int(0.8n):]`` (the split contract, unchanged) and ``all`` = ``perm`` (train rows, then test
+  rows). Rows a store gains by ``disco store append`` are the new samples in dataset order,
+  permuted among themselves by :func:`appended_order`.
+"""
+ROW_ORDER = "permuted"
+"""The rule new stores use."""
+DEFAULT_CHUNK = 256
+"""Samples per pool task: large enough to amortise the pickling, small enough to balance."""
+
+
+def store_rows(n: int, split: str, row_order: str = ROW_ORDER) -> np.ndarray:
+    """(m,) int64 dataset indices of the rows of a store over ``split`` of an ``n``-sample dataset,
+    in row order, under ``row_order`` (one of :data:`ROW_ORDERS`)."""
+    if row_order not in ROW_ORDERS:
+        raise ConfigError(f"unknown row order {row_order!r}; valid: {', '.join(ROW_ORDERS)}")
+    if row_order == "permuted" and split == "all":
+        return np.random.RandomState(0).permutation(n).astype(np.int64)
+    return split_indices(n, split)
+
+
+def appended_order(n_before: int, m: int) -> np.ndarray:
+    """(m,) int64 permutation placing ``m`` appended samples (in dataset order) after row
+    ``n_before - 1`` of a ``permuted`` store: ``default_rng([0, n_before]).permutation(m)``.
+
+    Seeded by the store size, so the same append gives the same rows in any process; mixed only
+    among themselves (old rows never move, DESIGN §4)."""
+    return np.random.default_rng([0, int(n_before)]).permutation(m).astype(np.int64)
+
+
+def build_manifest(
+    dataset: ImageDataset,
+    split: str = "all",
+    progress: bool = True,
+    *,
+    workers: int | None = None,
+    row_order: str = ROW_ORDER,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Manifest:
+    """Probe every sample of ``split`` once (size from the header, sha256 of the bytes; see
+    :meth:`store.datasets.ImageDataset.probe`) in ``workers`` processes (None: all cores) and
+    record keys, labels, hashes, sizes and validity, rows ordered by ``row_order``.
+
+    Unusable samples are recorded (``valid`` False, size 0, ``errors[key]``); this never raises
+    for a bad image. Raises ``DatasetError`` for an unknown split. ``on_progress(done, total)``
+    is called in this process after each finished chunk of samples.
     """
-    return manifest_rows(dataset, dataset.split_indices(split), split, progress)
+    rows = store_rows(len(dataset), split, row_order)
+    out = manifest_rows(dataset, rows, split, progress, workers=workers, on_progress=on_progress)
+    out.row_order = row_order
+    return out
+
+
+def default_workers() -> int:
+    """Processes for per-file work: the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_POOL_DATASET: ImageDataset | None = None
+
+
+def _init_pool(dataset: ImageDataset | None) -> None:
+    global _POOL_DATASET
+    _POOL_DATASET = dataset
+
+
+def _probe_chunk(indices: list[int]) -> list[tuple[int, int, str, str | None]]:
+    assert _POOL_DATASET is not None
+    return [_POOL_DATASET.probe(i) for i in indices]
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    # fork hands the dataset listing (built once, here) to the workers without pickling it;
+    # spawn (other platforms) pickles it once per worker through the initializer.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
 def manifest_rows(
-    dataset: ImageDataset, indices: np.ndarray, split: str = "all", progress: bool = True
+    dataset: ImageDataset,
+    indices: np.ndarray,
+    split: str = "all",
+    progress: bool = True,
+    *,
+    workers: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    chunk: int = DEFAULT_CHUNK,
 ) -> Manifest:
     """The manifest of the samples ``indices`` (int64 dataset indices, in row order) of
     ``dataset``, built as :func:`build_manifest` does (``disco store append`` builds its new rows
-    with it)."""
+    with it). ``workers`` processes (None: all cores for datasets of files, else this process;
+    1: this process) each probe ``chunk`` samples per task; the result does not depend on
+    either."""
     indices = np.asarray(indices, dtype=np.int64)
     n = len(indices)
+    if workers is not None and workers < 1:
+        raise ConfigError(f"manifest workers must be >= 1, got {workers}")
+    if chunk < 1:
+        raise ConfigError(f"manifest chunk must be >= 1, got {chunk}")
+    procs = min(workers or default_workers(), -(-n // chunk)) if n else 1
+    if not dataset.probe_in_pool and workers is None:
+        procs = 1  # in memory: forking would cost more than it saves
     keys = [dataset.keys[int(i)] for i in indices]
     labels = dataset.labels[indices]
-    sha = np.empty(n, dtype=object)
+    sha: list[str] = [""] * n
     heights = np.zeros(n, dtype=np.int32)
     widths = np.zeros(n, dtype=np.int32)
     valid = np.zeros(n, dtype=bool)
     errors: dict[str, str] = {}
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"manifest {dataset.spec} [{split}]", total=n)
-        for row, idx in enumerate(indices.tolist()):
-            try:
-                img, digest = dataset.load_with_hash(idx)
-            except DecodeError as exc:
-                errors[keys[row]] = exc.reason
-                try:
-                    sha[row] = dataset.sha256(idx)
-                except DecodeError:
-                    sha[row] = ""
+    tasks = [indices[a : a + chunk].tolist() for a in range(0, n, chunk)]
+
+    def take(start: int, probed: list[tuple[int, int, str, str | None]]) -> None:
+        for row, (h, w, digest, err) in enumerate(probed, start):
+            sha[row] = digest
+            if err is None:
+                heights[row], widths[row], valid[row] = h, w, True
             else:
-                sha[row] = digest
-                heights[row], widths[row] = img.shape[0], img.shape[1]
-                valid[row] = True
-            bar.advance(task)
+                errors[keys[row]] = err
+
+    done = 0
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"manifest {dataset.spec} [{split}] x{procs}", total=n)
+
+        def advance(k: int) -> None:
+            nonlocal done
+            done += k
+            bar.advance(task, k)
+            if on_progress is not None:
+                on_progress(done, n)
+
+        if procs <= 1:
+            _init_pool(dataset)
+            try:
+                for t, items in enumerate(tasks):
+                    take(t * chunk, _probe_chunk(items))
+                    advance(len(items))
+            finally:
+                _init_pool(None)
+        else:
+            with ProcessPoolExecutor(
+                procs, mp_context=_pool_context(), initializer=_init_pool, initargs=(dataset,)
+            ) as pool:
+                futures = {pool.submit(_probe_chunk, items): t for t, items in enumerate(tasks)}
+                for fut in as_completed(futures):
+                    t = futures[fut]
+                    take(t * chunk, fut.result())
+                    advance(len(tasks[t]))
     return Manifest(
         dataset=dataset.spec,
         split=split,
         indices=indices,
         keys=np.array(keys, dtype=str),
         labels=labels,
-        sha256=np.array(sha.tolist(), dtype=str),
+        sha256=np.array(sha, dtype=str),
         heights=heights,
         widths=widths,
         valid=valid,

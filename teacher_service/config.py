@@ -127,7 +127,11 @@ class PrecomputeConfig:
     renderer: str = "auto"
     """View renderer: auto (batched on CUDA, per-view reference on CPU), reference or batched."""
     wait_timeout: float = 600.0
-    """Seconds a non-zero worker waits for worker 0 to create the store."""
+    """Seconds a non-zero worker waits without a sign of progress from worker 0 (its manifest
+    progress file, local stores) before giving up; on an fsspec URL, the whole wait."""
+    manifest_workers: int | None = None
+    """Processes reading image headers and hashing files for a new store's manifest (None: all
+    cores)."""
     teacher_weights: str | None = None
     """Teacher weights: .safetensors, .pth/.bin state dict or snapshot folder (None: download)."""
     teacher_pooling: str | None = None
@@ -141,6 +145,8 @@ class PrecomputeConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if self.manifest_workers is not None and self.manifest_workers < 1:
+            raise ConfigError(f"manifest_workers must be >= 1, got {self.manifest_workers}")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"unknown amp {self.amp!r}; valid: {', '.join(AMP_MODES)}")
         if self.dtype not in STORE_DTYPES:

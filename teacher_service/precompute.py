@@ -25,12 +25,15 @@ store, the others wait for it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,10 +60,12 @@ from store.errors import (
     StoreMismatchError,
     StoreNotFoundError,
 )
+from store.locks import is_local
 from store.manifest import build_manifest
 from store.views import (
     RENDER_BOUND,
     Recipe,
+    plan_views,
     render_view,
     render_views,
     resolve_renderer,
@@ -179,17 +184,96 @@ def _expectations(cfg: PrecomputeConfig) -> dict[str, object]:
     return expect
 
 
+CREATING = ".creating.json"
+"""Suffix of worker 0's progress file ``<parent>/.<store name>.creating.json`` beside a local store
+while it builds the manifest, plans the views and creates the store: waiting workers read it to
+show progress and to tell a slow start from a dead one. Beside, not inside: creating a store
+replaces its directory."""
+HEARTBEAT_S = 1.0
+"""Seconds between worker 0's progress-file updates."""
+WAIT_REPORT_S = 10.0
+"""Seconds between a waiting worker's progress lines."""
+
+
+def heartbeat_path(url: str) -> Path | None:
+    """Where worker 0 keeps its progress file for the store at ``url`` (None: fsspec URL)."""
+    if not is_local(url):
+        return None
+    path = Path(url).expanduser().absolute()
+    return path.parent / f".{path.name}{CREATING}"
+
+
+class _Heartbeat:
+    """Worker 0's progress file (local stores): rewritten every ``HEARTBEAT_S`` by a thread with
+    the phase and the manifest's progress until the store with its teacher exists."""
+
+    def __init__(self, url: str) -> None:
+        self.path = heartbeat_path(url)
+        self.state: dict[str, Any] = {"phase": "listing", "done": 0, "total": 0}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Heartbeat:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._write()
+            self._thread = threading.Thread(target=self._run, name="disco-heartbeat", daemon=True)
+            self._thread.start()
+        return self
+
+    def update(self, phase: str, done: int = 0, total: int = 0) -> None:
+        """Record the current phase (listing, manifest, plan, create) and its progress."""
+        self.state = {"phase": phase, "done": int(done), "total": int(total)}
+
+    def _write(self) -> None:
+        assert self.path is not None
+        record = {**self.state, "time": time.time(), "pid": os.getpid()}
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # progress only: a failed update never stops the job
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            self._write()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def _read_heartbeat(url: str) -> dict[str, Any] | None:
+    path = heartbeat_path(url)
+    if path is None:
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def open_or_create_store(
     cfg: PrecomputeConfig,
     loaded: LoadedTeacher,
     teacher: dict[str, Any],
     worker: int,
     dataset: ImageDataset | None = None,
-) -> EmbeddingStore:
+) -> tuple[EmbeddingStore, ImageDataset | None]:
     """Worker 0 creates the store (or opens and checks an existing one) and attaches the teacher;
-    other workers wait up to ``cfg.wait_timeout`` s for a store with a teacher, then check it.
+    the other workers wait for a store with a teacher, then check it. Returns the store and the
+    dataset when this call opened it (so it is listed once per process), else ``dataset``.
 
-    ``dataset`` (optional) is used instead of ``open_dataset(cfg.dataset)`` to build the manifest.
+    Worker 0 builds the manifest in ``cfg.manifest_workers`` processes and, on a local store,
+    keeps a progress file (:func:`heartbeat_path`) up to date until the store has its teacher;
+    a waiting worker prints that progress every ``WAIT_REPORT_S`` s and gives up only when
+    worker 0 shows no sign of life for ``cfg.wait_timeout`` s (however long the manifest takes).
+    On an fsspec URL there is no progress file and ``wait_timeout`` bounds the whole wait.
     """
 
     def attach(store: EmbeddingStore) -> EmbeddingStore:
@@ -211,37 +295,78 @@ def open_or_create_store(
             except StoreNotFoundError:
                 store = None
         if store is None:
-            if dataset is None:
-                dataset = open_dataset(cfg.dataset)
-            manifest = build_manifest(dataset, cfg.split, progress=cfg.progress)
             recipe = recipe_for(loaded.info.get("preprocessing"), cfg.recipe, cfg.size)
             loaded.model.check_size(recipe.size)  # before anything is written
-            store = EmbeddingStore.create(
-                cfg.store,
-                manifest=manifest,
-                recipe=recipe,
-                seed=cfg.seed,
-                views=cfg.views,
-                shard_size=cfg.shard_size,
-                overwrite=cfg.overwrite,
-            )
-        return attach(store)
-    deadline = time.monotonic() + cfg.wait_timeout
+            with _Heartbeat(cfg.store) as beat:
+                if dataset is None:
+                    dataset = open_dataset(cfg.dataset)
+                manifest = build_manifest(
+                    dataset,
+                    cfg.split,
+                    progress=cfg.progress,
+                    workers=cfg.manifest_workers,
+                    on_progress=lambda done, total: beat.update("manifest", done, total),
+                )
+                beat.update("plan", 0, len(manifest))
+                params = plan_views(
+                    recipe, cfg.seed, manifest.heights, manifest.widths, cfg.views, cfg.progress
+                )
+                beat.update("create", 0, len(manifest))
+                store = EmbeddingStore.create(
+                    cfg.store,
+                    manifest=manifest,
+                    recipe=recipe,
+                    seed=cfg.seed,
+                    views=cfg.views,
+                    params=params,
+                    shard_size=cfg.shard_size,
+                    overwrite=cfg.overwrite,
+                )
+                return attach(store), dataset
+        return attach(store), dataset
+    return _wait_for_store(cfg, worker, attach), dataset
+
+
+def _wait_for_store(
+    cfg: PrecomputeConfig, worker: int, attach: Callable[[EmbeddingStore], EmbeddingStore]
+) -> EmbeddingStore:
+    """A worker other than 0: poll for the store worker 0 makes (see open_or_create_store)."""
+    last_sign = time.monotonic()
+    last_beat: float | None = None
+    last_report = time.monotonic()
     while True:
         try:
             store = EmbeddingStore.open(cfg.store, mode="r+", expect=_expectations(cfg))
             if store.teacher is not None:
                 return attach(store)
+            last_sign = time.monotonic()  # the store exists: worker 0 is attaching its teacher
         except StoreNotFoundError:
             pass
         except StoreMismatchError as exc:
             # Worker 0 writes the group attrs last: a store without a schema is still being made.
             if exc.field != "schema" or exc.actual is not None:
                 raise
-        if time.monotonic() > deadline:
+            last_sign = time.monotonic()
+        beat = _read_heartbeat(cfg.store)
+        now = time.monotonic()
+        if beat is not None and beat.get("time") != last_beat:
+            last_beat, last_sign = beat.get("time"), now
+        if now - last_report >= WAIT_REPORT_S:
+            last_report = now
+            where = (
+                f"{beat.get('phase')} {beat.get('done')}/{beat.get('total')}"
+                if beat
+                else "no progress file yet"
+            )
+            print(
+                f"worker {worker}: waiting for worker 0 to create {cfg.store} ({where})",
+                file=sys.stderr,
+                flush=True,
+            )
+        if now - last_sign > cfg.wait_timeout:
             raise StoreError(
-                f"worker {worker}: no store with a teacher at {cfg.store} after "
-                f"{cfg.wait_timeout:.0f} s (worker 0 creates it)"
+                f"worker {worker}: no store with a teacher at {cfg.store} and no sign of "
+                f"progress from worker 0 for {cfg.wait_timeout:.0f} s (worker 0 creates it)"
             )
         time.sleep(0.5)
 
@@ -468,7 +593,7 @@ def run_precompute(
         raise ConfigError("--overwrite needs a single worker; delete the store first instead")
     loaded = load_teacher(cfg.teacher, cfg.teacher_weights, cfg.teacher_pooling, device=device)
     teacher = teacher_attrs(loaded, compute_dtype)
-    store = open_or_create_store(cfg, loaded, teacher, worker, dataset)
+    store, dataset = open_or_create_store(cfg, loaded, teacher, worker, dataset)
     encoder = loaded.model.requires_grad_(False).eval()
     prepare_model(encoder, device)  # see runtime.prepare_model
     workers_n = cfg.workers if cfg.workers is not None else default_workers(device)
@@ -492,6 +617,9 @@ def run_precompute(
         todo = todo[: cfg.max_shards]
         need = {s: need[s] for s in todo}
 
+    if dataset is None and need:
+        # Listed once here and handed to the DataLoader workers (forked: no copy, no re-walk).
+        dataset = open_dataset(manifest.dataset)
     views = store.views
     all_params = store.params
     params = {s: all_params[slice(*store.shard_bounds(s))] for s in todo}
@@ -530,6 +658,7 @@ def run_precompute(
     fdim = encoder.feature_dim
     total_views = int(sum(m.sum() for m in need.values()))
     errors: dict[str, str] = {}
+    failed_rows: list[int] = []
     buffers: dict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray]] = {}
     computed: list[int] = []
     n_views = 0
@@ -547,8 +676,9 @@ def run_precompute(
                     buffers[s] = (emb_buf, feat_buf, done)
                 emb_buf, feat_buf, done = buffers[s]
                 base = starts[s]
-                for _row, key, reason in batch.errors:
-                    errors[key] = reason  # its slots stay unwritten: the next run retries
+                for row, key, reason in batch.errors:
+                    errors[key] = reason  # its slots stay unwritten; recorded below
+                    failed_rows.append(row)
                 if len(batch.rows):
                     if batch.params is not None:
                         x = render_views(batch.sources, batch.params, recipe, device)
@@ -571,6 +701,10 @@ def run_precompute(
                     computed.append(s)
     finally:
         writer.close()
+    if failed_rows and sink is None:
+        # Valid by their header at manifest time, undecodable now: recorded in the store so no
+        # consumer waits for targets that will never come (the slots stay unwritten).
+        store.mark_invalid(np.asarray(failed_rows, np.int64), errors)
     seconds = time.perf_counter() - t0
     return PrecomputeReport(
         store=cfg.store,

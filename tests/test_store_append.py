@@ -13,6 +13,7 @@ from test_precompute import make_teacher
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
 from store.inspection import check_store
+from store.manifest import appended_order, store_rows
 from store.views import render_view
 from teacher_service.precompute import PrecomputeConfig, run_precompute
 from teacher_service.sources import load_teacher, to_pixels
@@ -96,7 +97,7 @@ def cli(*args: str) -> Any:
 
 
 def test_append_then_precompute_fills_only_new_rows(teacher: Path, tmp_path: Path) -> None:
-    from store.manifest import build_manifest
+    from store.manifest import build_manifest, manifest_rows
     from teacher_service.verify import verify_store
 
     path = tmp_path / "grow.zarr"
@@ -113,9 +114,16 @@ def test_append_then_precompute_fills_only_new_rows(teacher: Path, tmp_path: Pat
     assert mask[:20].all() and not mask[20:].any()
     assert raw_all(grown)[:20].tobytes() == before.tobytes()
     assert grown.params[:20].tobytes() == params_before.tobytes()
+    # Rows 0-19 stay where they were; the 16 new samples (dataset indices 20-35) follow,
+    # permuted among themselves by the documented rule (row order "permuted").
+    ds36 = open_dataset("synthetic:36")
+    assert grown.row_order == "permuted"
+    old_rows = build_manifest(open_dataset("synthetic:20"), progress=False).indices
+    np.testing.assert_array_equal(grown.manifest.indices[:20], old_rows)
+    np.testing.assert_array_equal(grown.manifest.indices[20:], 20 + appended_order(20, 16))
     # Row i's views depend only on (seed, i, v): the appended rows hold what a store created
-    # over the grown dataset plans for them.
-    full = build_manifest(open_dataset("synthetic:36"), progress=False)
+    # over the grown dataset in the same row order plans for them.
+    full = manifest_rows(ds36, grown.manifest.indices, progress=False)
     fresh = EmbeddingStore.create(
         str(tmp_path / "fresh.zarr"), manifest=full, recipe=grown.recipe, seed=grown.seed,
         views=V, shard_size=SHARD,
@@ -189,10 +197,13 @@ def test_append_imagefolder_refuses_changed_or_missing_keys(tmp_path: Path) -> N
     ok = cli("append", str(path), "--json")
     assert ok.exit_code == 0, ok.output
     grown = EmbeddingStore.open(str(path))
-    assert grown.n == 8 and grown.manifest.keys.tolist() == [
-        "b/0.png", "b/2.png", "b/4.png", "b/6.png", "b/8.png", "a/1.png", "b/5.png", "b/9.png",
-    ]  # fmt: skip
-    assert grown.manifest.labels.tolist() == [1, 1, 1, 1, 1, 0, 1, 1]
+    # Old rows: the 5 first files in the create-time permutation; new rows: the 3 new files
+    # (dataset order a/1, b/5, b/9) in the appended order of a store of 5 rows.
+    old_keys = np.array(["b/0.png", "b/2.png", "b/4.png", "b/6.png", "b/8.png"])
+    new_keys = np.array(["a/1.png", "b/5.png", "b/9.png"])
+    expected = [*old_keys[store_rows(5, "all")], *new_keys[appended_order(5, 3)]]
+    assert grown.n == 8 and grown.manifest.keys.tolist() == expected
+    assert grown.manifest.labels.tolist() == [0 if k.startswith("a/") else 1 for k in expected]
     assert raw_all(grown)[:5].tobytes() == before.tobytes()
     mask = grown.written_mask()
     assert mask.sum() == 2 and mask[4, 1] and mask[1, 0]

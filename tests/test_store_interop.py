@@ -1,4 +1,4 @@
-"""disco-store/2 interop: tensorstore reads every numeric array of a store `disco precompute`
+"""disco-store/3 interop: tensorstore reads every numeric array of a store `disco precompute`
 wrote, equal to zarr-python; hashes are (N, 32) uint8; disco-store/1 stores still open."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def test_tensorstore_reads_every_numeric_array_of_a_precomputed_store(
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     group = zarr.open_group(url, mode="r")
-    assert group.attrs["schema"] == SCHEMA == "disco-store/2"
+    assert group.attrs["schema"] == SCHEMA == "disco-store/3"
     arrays = _numeric_arrays(group)
     expected = {
         "manifest/indices", "manifest/labels", "manifest/sha256", "manifest/heights",
@@ -133,13 +133,13 @@ def test_disco_store_1_still_opens_reads_and_takes_a_teacher(tmp_path: Path) -> 
     assert again.schema == "disco-store/1"  # writing never silently upgrades the layout
 
 
-def test_new_stores_are_v2_with_the_same_manifest_hash(tmp_path: Path) -> None:
+def test_new_stores_are_v3_with_the_same_manifest_hash(tmp_path: Path) -> None:
     manifest = build_manifest(open_dataset("synthetic:5"), "all", progress=False)
     store = EmbeddingStore.create(
         str(tmp_path / "s.zarr"), manifest=manifest, recipe=get_recipe("digits", 16), seed=0,
         views=2,
     )  # fmt: skip
     reopened = EmbeddingStore.open(store.url)
-    assert reopened.schema == "disco-store/2"
+    assert reopened.schema == "disco-store/3"
     assert reopened.manifest.hash == manifest.hash
     assert reopened.manifest.sha256.tolist() == manifest.sha256.tolist()

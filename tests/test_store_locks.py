@@ -47,7 +47,7 @@ def _make(path: Path, manifest: Manifest, dtype: str = "float16") -> EmbeddingSt
 
 
 @pytest.mark.parametrize("dtype", ["float16", "int8"])
-def test_write_slots_one_rmw_per_shard_keeps_written_bytes(
+def test_write_slots_one_log_append_per_shard_keeps_written_bytes(
     tmp_path: Path, manifest: Manifest, dtype: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = _make(tmp_path / "s.zarr", manifest, dtype)
@@ -57,13 +57,15 @@ def test_write_slots_one_rmw_per_shard_keeps_written_bytes(
     )
     before = store.read_shard_raw(1).copy()
     calls: list[int] = []
-    update = EmbeddingStore._update_shard
+    append = EmbeddingStore._log_slots
 
     def counting(self: EmbeddingStore, s: int, *a: object) -> int:
         calls.append(s)
-        return update(self, s, *a)  # type: ignore[arg-type]
+        return append(self, s, *a)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(EmbeddingStore, "_update_shard", counting)
+    monkeypatch.setattr(EmbeddingStore, "_log_slots", counting)
+    shard_file = tmp_path / "s.zarr" / "embeddings" / "c" / "1" / "0" / "0"
+    file_before = shard_file.read_bytes()
     idx = np.array([3, 26, 17, 30, 5, 39, 26])
     vw = np.array([0, 1, 2, 3, 1, 0, 1])
     vec = _unit((7, D), seed=2)
@@ -71,6 +73,7 @@ def test_write_slots_one_rmw_per_shard_keeps_written_bytes(
     # Row 17 (local 1) is written by write_shard: kept; (26, 1) twice: counted once.
     assert store.write_slots(idx, vw, vec, features=feats) == 5
     assert sorted(calls) == [0, 1, 2]
+    assert shard_file.read_bytes() == file_before  # logged, the shard file is not rewritten
     raw = store.read_shard_raw(1)
     assert raw[:8].tobytes() == before[:8].tobytes()  # written rows: bitwise untouched
     mask = store.written_mask()
@@ -83,6 +86,15 @@ def test_write_slots_one_rmw_per_shard_keeps_written_bytes(
     # overwrite=True replaces a written slot (write_slot is that, for one slot).
     store.write_slot(17, 2, vec[0])
     np.testing.assert_allclose(store.read_shard(1).embeddings[1, 2], vec[0], atol=tol)
+    # Merging the logs into the shard files changes nothing a reader sees.
+    seen = [store.read_shard_raw(s).copy() for s in range(3)], store.written_mask()
+    feats_seen = store.read_features(2)
+    assert store.compact() == 3 and not list((tmp_path / "s.zarr" / ".wal").glob("*.log"))
+    assert shard_file.read_bytes() != file_before
+    for s in range(3):
+        assert store.read_shard_raw(s).tobytes() == seen[0][s].tobytes()
+    assert (store.written_mask() == seen[1]).all()
+    np.testing.assert_array_equal(store.read_features(2), feats_seen)
     with pytest.raises(StoreError, match="out of range"):
         store.write_slots([40], [0], vec[:1])
     with pytest.raises(StoreError, match="do not match"):
