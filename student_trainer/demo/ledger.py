@@ -28,7 +28,7 @@ class RunLedger:
     study's cost table uses (a skipped run keeps the time of the run that trained it).
     """
 
-    IGNORED = ("progress", "num_workers", "resume", "threads", "checkpoint_every")
+    IGNORED = ("progress", "num_workers", "resume", "threads", "checkpoint_every", "log_every")
     """TrainConfig fields that do not change a run's result."""
 
     def __init__(self, path: Path) -> None:
