@@ -36,6 +36,7 @@ from torch.utils.data import Dataset, Sampler
 
 from store.datasets import ImageDataset
 from store.errors import ConfigError
+from store.image_pack import ImagePack, pack_images
 from store.manifest import Manifest
 from store.views import Recipe, render_view, render_views_normalised
 
@@ -95,8 +96,9 @@ class PairBatch:
     (b, 3, S, S) float32, ``target1``/``target2`` (b, D) float32 or None.
 
     Batched renderer: the workers only decode, so ``view1``/``view2`` are empty and ``sources``
-    (b decoded (H, W, 3) uint8 images) with ``params1``/``params2`` (b, P) float32 travel instead;
-    :func:`render_pairs` renders them on the training device."""
+    (the b decoded (H, W, 3) uint8 images as one shared-memory :class:`store.image_pack.ImagePack`)
+    with ``params1``/``params2`` (b, P) float32 travel instead; :func:`render_pairs` renders them
+    on the training device."""
 
     rows: torch.Tensor
     views: torch.Tensor
@@ -104,7 +106,7 @@ class PairBatch:
     view2: torch.Tensor
     target1: torch.Tensor | None
     target2: torch.Tensor | None
-    sources: list[np.ndarray] | None = None
+    sources: ImagePack | None = None
     params1: np.ndarray | None = None
     params2: np.ndarray | None = None
 
@@ -117,7 +119,8 @@ class PairBatch:
 
         return PairBatch(
             self.rows, self.views, self.view1.pin_memory(), self.view2.pin_memory(),
-            pin(self.target1), pin(self.target2), self.sources, self.params1, self.params2,
+            pin(self.target1), pin(self.target2),
+            None if self.sources is None else self.sources.pin_memory(), self.params1, self.params2,
         )  # fmt: skip
 
 
@@ -205,7 +208,7 @@ def collate_pairs(samples: list[dict[str, Any]]) -> PairBatch:
     if samples[0]["view1"] is None:  # decoded only (batched renderer)
         empty = torch.empty(0)
         return PairBatch(
-            rows, views, empty, empty, t1, t2, sources=[s["source"] for s in samples],
+            rows, views, empty, empty, t1, t2, sources=pack_images([s["source"] for s in samples]),
             params1=np.stack([s["params"][0] for s in samples]).astype(np.float32),
             params2=np.stack([s["params"][1] for s in samples]).astype(np.float32),
         )  # fmt: skip
@@ -228,7 +231,8 @@ def render_pairs(batch: PairBatch, recipe: Recipe, device: torch.device | str) -
     assert batch.params1 is not None and batch.params2 is not None
     n = len(batch.sources)
     params = np.concatenate([batch.params1, batch.params2])
-    x = render_views_normalised([*batch.sources, *batch.sources], params, recipe, device)
+    images = batch.sources.images()
+    x = render_views_normalised([*images, *images], params, recipe, device)
     return dataclasses.replace(batch, view1=x[:n], view2=x[n:], sources=None)
 
 

@@ -13,10 +13,10 @@ normalised with its own mean/std (a timm student's data config, else the recipe'
 teacher gets the pixels and applies its own.
 
 With ``knn_every`` the kNN monitor (``student_trainer.eval.monitor``) scores the query backbone
-before step 1 and every N epochs (rank 0; the figure is broadcast), logs it to ``log.jsonl``
-(records with a ``knn_weighted`` key instead of ``lr``/losses), draws it on the curves and, with
-``keep_best``, writes ``best.pt`` at each new best. It uses no random state, so it does not change
-the weights.
+before step 1 and every N epochs (under DDP each rank embeds its share; all get the record),
+logs it to ``log.jsonl`` (records with a ``knn_weighted`` key instead of ``lr``/losses), draws
+it on the curves and, with ``keep_best``, writes ``best.pt`` at each new best. It uses no random
+state, so it does not change the weights.
 
 Every random decision is keyed by (seed, epoch/step, rank) and the data position is the step
 count, so N steps + resume + N steps gives the same weights as 2N steps.
@@ -125,7 +125,7 @@ class TrainResult:
     first_terms: dict[str, float] = field(default_factory=dict)
     last_terms: dict[str, float] = field(default_factory=dict)
     knn: list[dict[str, Any]] = field(default_factory=list)
-    """kNN monitor records of the whole run (rank 0: full records; other ranks: the figure)."""
+    """kNN monitor records of the whole run (every rank: the same records)."""
     best_path: str | None = None
     """``best.pt`` (the query encoder at the best monitor figure) with ``keep_best``."""
     data_seconds: float = 0.0
@@ -552,7 +552,7 @@ def _build(cfg: TrainConfig, device: torch.device, rank: int, world: int, out: P
     model.train()
     preprocessing = _preprocessing(data.recipe)
     monitor: KnnMonitor | None = None
-    if cfg.knn_every and rank == 0:
+    if cfg.knn_every:  # every rank: each embeds its share of the bank and queries
         monitor = KnnMonitor.create(
             cfg.monitor_dataset or data.dataset_spec,
             cfg.monitor_split,
@@ -831,33 +831,25 @@ def _monitor_if_due(run: _Run, log: IO[str] | None) -> None:
 
 
 def _monitor(run: _Run, epoch_done: int, log: IO[str] | None) -> None:
-    """kNN monitor after ``epoch_done`` epochs (rank 0), logged; ``best.pt`` on a new best.
-    Every rank learns the figure (and waits for rank 0's evaluation)."""
+    """kNN monitor after ``epoch_done`` epochs, logged (rank 0); ``best.pt`` on a new best.
+    Under DDP every rank embeds its share and all get the same record (see
+    :meth:`KnnMonitor.evaluate`), so none waits for another's whole evaluation."""
     cfg = run.cfg
-    record: dict[str, Any] = {}
     entered = time.perf_counter()
     if run.monitor is not None:
         best = best_record(run.knn_records)
-        record = {"step": run.step, "epoch": epoch_done}
+        record: dict[str, Any] = {"step": run.step, "epoch": epoch_done}
         record |= {"seconds": round(run.clock.train_seconds(), 3)}
-        record |= run.monitor.evaluate(run.student)
+        record |= run.monitor.evaluate(run.student, run.rank, run.world)
         run.knn_records.append(record)
         if log is not None:
             log.write(json.dumps(record) + "\n")
             log.flush()
-        if cfg.keep_best and (best is None or record["knn_weighted"] > best["knn_weighted"]):
+        better = best is None or record["knn_weighted"] > best["knn_weighted"]
+        if cfg.keep_best and better and run.rank == 0:
             meta = _export_meta(run) | {"epoch": epoch_done, "knn": record}
             save_checkpoint(
                 run.out / "best.pt", run.student, run.preprocessing, train=cfg.to_dict(), meta=meta
-            )
-    if run.world > 1:
-        figure = torch.tensor(
-            [record.get("knn_weighted", 0.0)], dtype=torch.float64, device=run.device
-        )
-        dist.broadcast(figure, src=0)
-        if run.rank:
-            run.knn_records.append(
-                {"step": run.step, "epoch": epoch_done, "knn_weighted": figure.item()}
             )
     run.clock.monitor += time.perf_counter() - entered
 
