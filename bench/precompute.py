@@ -106,9 +106,10 @@ def main() -> None:
         # (a) bare forward on pre-rendered views of the same images and plan.
         plan_store = EmbeddingStore.open(fresh_store("plan.zarr"))
         params = plan_store.params
+        rows = plan_store.manifest.indices  # store row -> sample (rows are permuted)
         views = torch.stack(
             [
-                render_view(subset.load(i), params[i, v], plan_store.recipe)
+                render_view(subset.load(int(rows[i])), params[i, v], plan_store.recipe)
                 for i in range(len(subset))
                 for v in range(args.views)
             ]

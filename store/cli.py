@@ -170,8 +170,7 @@ def compact(
     Readers see the same slots before and after; plain zarr readers (tensorstore) see the logged
     slots only after it. Safe while writers run (each shard under its lock).
     """
-    # lazy: zarr and numpy load only when a command runs, so --help stays instant
-    from store.embedding_store import EmbeddingStore
+    from store.embedding_store import EmbeddingStore  # zarr: kept off `disco --help`
 
     try:
         merged = EmbeddingStore.open(path, mode="r+").compact()

@@ -50,7 +50,7 @@ from zarr.core.array_spec import ArrayConfigParams
 from store.errors import ConfigError, StoreError, StoreMismatchError, StoreNotFoundError
 from store.locks import is_local, shard_lock, store_lock
 from store.manifest import Manifest, sha256_from_bytes, sha256_to_bytes
-from store.slotlog import SlotLog, encode_record, read_slots
+from store.slotlog import WAL_DIR, SlotLog, encode_record, read_slots
 from store.views import Recipe, plan_views, recipe_from_dict
 from store.views.fingerprint import check_render, library_versions, render_record
 
@@ -270,6 +270,7 @@ class EmbeddingStore:
                 "n": n,
                 "manifest_hash": manifest.hash,
                 "row_order": manifest.row_order,
+                "validity": manifest.validity,
             },
             "recipe": {**recipe.to_dict(), "seed": int(seed), "views": int(views)},
             "teacher": None,
@@ -278,6 +279,10 @@ class EmbeddingStore:
                 "shard_size": int(shard_size),
                 "chunk_size": int(chunk),
                 "codec": codec,
+                # Single-slot writes of a local store: store.slotlog records under this folder,
+                # applied over the shard files by every reader of this code (disco store compact
+                # merges them for plain zarr readers).
+                "slot_log": WAL_DIR,
             },
             "versions": _versions(),
             "render": render,

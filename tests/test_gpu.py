@@ -202,9 +202,10 @@ def test_service_batched_renderer_and_nvjpeg_on_cuda(teacher: Path, tmp_path: Pa
     )  # fmt: skip
     settings = ServiceSettings(teacher=teacher, device="cuda", decode="device", store_root=root)
     slot_images = []
+    rows = build_manifest(dataset, "all", progress=False).indices  # store row -> sample
     for i in range(2):
         buf = io.BytesIO()
-        Image.fromarray(dataset.load(i)).save(buf, format="PNG")
+        Image.fromarray(dataset.load(int(rows[i]))).save(buf, format="PNG")
         slot_images.append({"data": base64.b64encode(buf.getvalue()).decode(), "index": i,
                             "view": 1})  # fmt: skip
     with TestClient(create_app(settings)) as client:
@@ -215,7 +216,7 @@ def test_service_batched_renderer_and_nvjpeg_on_cuda(teacher: Path, tmp_path: Pa
     got = store.read_shard(0).embeddings[:2, 1]
     encoder = load_encoder(teacher).encoder
     views = torch.stack(
-        [render_view(dataset.load(i), store.params[i, 1], recipe) for i in range(2)]
+        [render_view(dataset.load(int(rows[i])), store.params[i, 1], recipe) for i in range(2)]
     )
     with torch.inference_mode():
         want = encoder(views).numpy()
