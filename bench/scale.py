@@ -340,8 +340,13 @@ LATE_EPOCH = 7
 
 
 def _rss_mb() -> float:
-    """Peak resident set of this process, MB (``ru_maxrss`` is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set of this process, MB: ``VmHWM`` of ``/proc/self/status`` (reset by exec;
+    ``ru_maxrss`` is not: a child started from a big parent reports the parent's peak)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: an upper bound
 
 
 def trainer_child(url: str, fill_dim: int | None, batches: int, buffer: int) -> dict[str, Any]:

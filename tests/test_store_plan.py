@@ -150,3 +150,16 @@ def test_lazy_fill_plan_is_the_full_stores(store_url: str) -> None:
     for item in next(iter(lazy.batches(0))):
         for k, v in enumerate(item.views):
             assert item.written[k] == written[item.row, v]
+
+
+def test_full_store_fast_path_is_the_general_rule(store_url: str) -> None:
+    """A store whose usable rows all have views 0..V-1 takes a scalar-count path; the general
+    per-row path gives the very same pairs (one rule)."""
+    store = EmbeddingStore.open(store_url)
+    fast = StorePlan(store, seed=9, batch=BATCH, buffer_size=BUFFER, use_targets=False)
+    assert fast.uniform_count == V
+    general = StorePlan(store, seed=9, batch=BATCH, buffer_size=BUFFER, use_targets=False)
+    general.uniform_count = 0
+    a, b = fast.plan_epoch(4), general.plan_epoch(4)
+    assert np.array_equal(a.rows, b.rows) and np.array_equal(a.views, b.views)
+    assert StorePlan(store, seed=9, batch=BATCH).uniform_count == 0  # some views unwritten

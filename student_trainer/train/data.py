@@ -331,10 +331,19 @@ class StorePlan:
         first_unusable = np.where(usable.all(axis=1), views, usable.argmin(axis=1))
         self.usable_prefix = first_unusable == self.usable_count
         """(N,) bool: a row whose usable views are exactly 0 .. c-1 (rank = view id)."""
+        counts = np.unique(self.usable_count[self.usable_rows])
+        same = len(counts) == 1 and bool(self.usable_prefix[self.usable_rows].all())
+        self.uniform_count = int(counts[0]) if same else 0
+        """c when every usable row has exactly views 0 .. c-1 usable (a full store), else 0."""
         self.image_indices = np.asarray(manifest.indices, dtype=np.int64)
         self.shard_size = int(store.shard_size)
         self.num_shards = int(store.num_shards)
         self.shards = [s for s in range(self.num_shards) if s % world == rank]
+        n, size = len(usable), self.shard_size
+        self._shard_rows = {
+            s: s * size + np.flatnonzero(self.usable_rows[s * size : min(n, (s + 1) * size)])
+            for s in self.shards
+        }  # this rank's usable rows per shard (int64), concatenated in each epoch's order
         per_shard = np.add.reduceat(self.usable_rows, np.arange(0, len(usable), self.shard_size))
         per_shard = per_shard if len(usable) else np.zeros(0, np.int64)
         per_rank = [int(per_shard[r::world].sum()) for r in range(world)]
@@ -366,30 +375,39 @@ class StorePlan:
         Vectorised, no shard read; the same arrays in any process for the same (seed, epoch,
         tag, rank) and the same usable mask."""
         rng = np.random.default_rng(plan_seed(self.seed, epoch, tag, self.rank))
-        size, n = self.shard_size, len(self.usable_rows)
-        parts = [
-            s * size + np.flatnonzero(self.usable_rows[s * size : min(n, (s + 1) * size)])
-            for s in self.shard_order(epoch, tag)
-        ]
+        order = self.shard_order(epoch, tag)
+        parts = [self._shard_rows[s] for s in order]
         stream = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        # windowed shuffle: sort by position + W * U(0, 1) (a sliding buffer of W rows, at once);
-        # the key packs (jittered position, position) into one int64: unique, one plain sort
+        # windowed shuffle: sort by position + a jitter in [0, W) (a sliding buffer of W rows,
+        # at once); the key packs (jittered position, position) into one int64: one plain sort
         m = len(stream)
         bits = max(1, int(m).bit_length())
-        jitter = np.floor(rng.random(m) * self.buffer_size).astype(np.int64)
-        keys = ((np.arange(m, dtype=np.int64) + jitter) << bits) | np.arange(m, dtype=np.int64)
+        keys = rng.integers(0, self.buffer_size, m, dtype=np.int64)
+        position = np.arange(m, dtype=np.int64)
+        keys += position
+        keys <<= bits
+        keys |= position
+        keys.sort()
         take = self.steps_per_epoch * self.batch
-        rows = stream[np.sort(keys)[:take] & ((1 << bits) - 1)]
+        keys = keys[:take]
+        keys &= (1 << bits) - 1
+        rows = stream[keys]
         return EpochPlan(rows, self._view_pairs(rows, rng))
 
     def _view_pairs(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """(M, 2) int64: two different usable views of each row, an ordered pair uniform among
-        the row's usable views (ranks a != b among its c usable views, mapped to view ids)."""
-        count = self.usable_count[rows]
-        a = np.floor(rng.random(len(rows)) * count).astype(np.int64)
-        b = np.floor(rng.random(len(rows)) * (count - 1)).astype(np.int64)
+        the row's c usable views (ranks a = r1 * c >> 16 and b = r2 * (c - 1) >> 16, b skipping
+        a, from 16-bit draws r1, r2; mapped to view ids)."""
+        draws = rng.integers(0, 1 << 16, (2, len(rows)), dtype=np.uint16).astype(np.uint32)
+        count: np.ndarray | int = self.uniform_count or self.usable_count[rows].astype(np.uint32)
+        a = (draws[0] * count) >> 16
+        b = (draws[1] * (count - 1)) >> 16
         b += b >= a
-        pair = np.stack([a, b], axis=1)
+        pair = np.empty((len(rows), 2), dtype=np.int64)
+        pair[:, 0] = a
+        pair[:, 1] = b
+        if self.uniform_count:  # every usable row's views are 0 .. c-1: rank = view id
+            return pair
         # rows whose usable views are not 0..c-1 (some views unwritten): rank -> view id
         odd = np.flatnonzero(~self.usable_prefix[rows])
         if len(odd):
