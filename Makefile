@@ -24,7 +24,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check $(PKGS) tests bench docs/hooks.py
 	$(BIN)/ruff format --check $(PKGS) tests bench docs/hooks.py
-	$(BIN)/mypy $(PKGS)
+	$(BIN)/mypy $(PKGS) docs/hooks.py
 	$(BIN)/lint-imports
 	$(BIN)/python scripts/check_imports.py
 	$(MAKE) --no-print-directory docs

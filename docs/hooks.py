@@ -38,6 +38,9 @@ PENDING_GUIDES = {
 
 _MARKER = re.compile(r"^<!-- gen:(?P<kind>[a-z-]+)(?: (?P<arg>[\w.]+))? -->$", re.MULTILINE)
 _openapi_cache: dict[str, Any] = {}
+# Docstrings use reST roles (:func:`x`, :class:`~a.b.C`); rendered as Markdown they would show
+# the role name before the code span, so the role (and a leading ~) is dropped from the HTML.
+_ROLE = re.compile(r":(?:func|class|meth|attr|mod|data|exc|obj|const):(<code>)~?")
 
 
 def _cell(text: Any) -> str:
@@ -138,10 +141,19 @@ def _type_name(annotation: Any) -> str:
 
 
 def settings_reference() -> str:
-    """Markdown table of ``ServiceSettings``: setting, variable, flag, type, default, meaning."""
+    """Markdown table of ``ServiceSettings``: setting, variable, flag, type, default, meaning.
+
+    The service's own ``settings_reference()`` (issue #25) renders it when present; the body below
+    is the stand-in until that lands, to be deleted then.
+    """
     from pydantic_core import PydanticUndefined
 
-    from teacher_service.service.settings import ServiceSettings
+    from teacher_service.service import settings as service_settings
+
+    own = getattr(service_settings, "settings_reference", None)
+    if callable(own):
+        return str(own())
+    ServiceSettings = service_settings.ServiceSettings
 
     prefix = ServiceSettings.model_config.get("env_prefix", "")
     rows = [
@@ -210,9 +222,9 @@ def http_reference() -> str:
                 for p in params:
                     schema = p.get("schema", {})
                     meaning = _cell(p.get("description") or schema.get("description", ""))
-                    required = "yes" if p.get("required") else "no"
+                    needed = "yes" if p.get("required") else "no"
                     out.append(
-                        f"| `{p['name']}` | {p['in']} | {_schema_type(schema)} | {required} "
+                        f"| `{p['name']}` | {p['in']} | {_schema_type(schema)} | {needed} "
                         f"| {meaning} |"
                     )
                 out.append("")
@@ -354,3 +366,10 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
         raise ValueError(f"{page.file.src_uri}: unknown generator marker {match[0]!r}")
 
     return _MARKER.sub(expand, markdown)
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
+    """Drop reST role names from the generated Python API pages (see ``_ROLE``)."""
+    if page.file.src_uri.startswith("reference/python/"):
+        return _ROLE.sub(r"\1", html)
+    return html

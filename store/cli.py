@@ -16,17 +16,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from store.errors import DiscoError
+from store.cli_options import apply_remote_options, exits_on_error, remote_options, with_options
+from store.datasets import DATASET_HELP
 
 app = typer.Typer(help="Create and inspect DisCo embedding stores.", no_args_is_help=True)
 console = Console()
-
-
-def _fail(exc: DiscoError) -> typer.Exit:
-    Console(stderr=True).print(
-        f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True
-    )
-    return typer.Exit(1)
 
 
 def _human(n: float) -> str:
@@ -38,11 +32,11 @@ def _human(n: float) -> str:
 
 
 @app.command()
+@with_options(remote_options())
+@exits_on_error
 def create(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
-    dataset: Annotated[
-        str, typer.Option(help="Dataset spec: mnist5k, digits, synthetic[:N], imagefolder:PATH.")
-    ] = "mnist5k",
+    dataset: Annotated[str, typer.Option(help=DATASET_HELP)] = "mnist5k",
     split: Annotated[str, typer.Option(help="Split: all, train or test.")] = "train",
     recipe: Annotated[
         str, typer.Option(help="View recipe (mocov2, digits, ...; store.views.RECIPES).")
@@ -70,6 +64,7 @@ def create(
             help="Processes reading image headers and hashing files (default: all cores)."
         ),
     ] = None,
+    **config: Any,
 ) -> None:
     """Build the manifest and view plan of a dataset into a new store (no teacher needed)."""
     # lazy: zarr and numpy load only when a command runs, so --help stays instant
@@ -78,27 +73,25 @@ def create(
     from store.manifest import build_manifest
     from store.views import get_recipe
 
-    try:
-        t0 = time.perf_counter()
-        rec = get_recipe(
-            recipe, size, interpolation
-        )  # validate cheap options before decoding the dataset
-        ds = open_dataset(dataset)
-        manifest = build_manifest(ds, split, progress=True, workers=workers)
-        store = EmbeddingStore.create(
-            path,
-            manifest=manifest,
-            recipe=rec,
-            seed=seed,
-            views=views,
-            shard_size=shard_size,
-            chunk_size=chunk_size,
-            codec=codec,
-            overwrite=overwrite,
-            progress=True,
-        )
-    except DiscoError as exc:
-        raise _fail(exc) from None
+    apply_remote_options(config)
+    t0 = time.perf_counter()
+    rec = get_recipe(
+        recipe, size, interpolation
+    )  # validate cheap options before decoding the dataset
+    ds = open_dataset(dataset)
+    manifest = build_manifest(ds, split, progress=True, workers=workers)
+    store = EmbeddingStore.create(
+        path,
+        manifest=manifest,
+        recipe=rec,
+        seed=seed,
+        views=views,
+        shard_size=shard_size,
+        chunk_size=chunk_size,
+        codec=codec,
+        overwrite=overwrite,
+        progress=True,
+    )
     console.print(
         f"created {path}: N={store.n} V={store.views} P={store.num_params} "
         f"shards={store.num_shards} manifest={manifest.hash[:12]} "
@@ -111,6 +104,8 @@ def create(
 
 
 @app.command()
+@with_options(remote_options())
+@exits_on_error
 def append(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     dataset: Annotated[
@@ -125,6 +120,7 @@ def append(
         int | None,
         typer.Option(help="Processes hashing and probing the files (default: all cores)."),
     ] = None,
+    **config: Any,
 ) -> None:
     """Add the dataset's new samples as new rows (planned, unwritten); old rows stay as they are.
 
@@ -134,12 +130,10 @@ def append(
     # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.append import append_rows
 
-    try:
-        report = append_rows(
-            path, dataset, progress=not as_json, lock_timeout=lock_timeout, workers=workers
-        )
-    except DiscoError as exc:
-        raise _fail(exc) from None
+    apply_remote_options(config)
+    report = append_rows(
+        path, dataset, progress=not as_json, lock_timeout=lock_timeout, workers=workers
+    )
     if as_json:
         console.print_json(json.dumps(report.to_dict()))
         return
@@ -162,6 +156,7 @@ def append(
 
 
 @app.command()
+@exits_on_error
 def compact(
     path: Annotated[str, typer.Argument(help="Store location (a local path).")],
 ) -> None:
@@ -170,12 +165,10 @@ def compact(
     Readers see the same slots before and after; plain zarr readers (tensorstore) see the logged
     slots only after it. Safe while writers run (each shard under its lock).
     """
-    from store.embedding_store import EmbeddingStore  # zarr: kept off `disco --help`
+    # lazy: zarr and numpy load only when a command runs, so --help stays instant
+    from store.embedding_store import EmbeddingStore
 
-    try:
-        merged = EmbeddingStore.open(path, mode="r+").compact()
-    except DiscoError as exc:
-        raise _fail(exc) from None
+    merged = EmbeddingStore.open(path, mode="r+").compact()
     console.print(f"{path}: merged the slot logs of {merged} shard(s)", highlight=False)
 
 
@@ -193,18 +186,19 @@ def _recipe_line(r: dict[str, Any]) -> str:
 
 
 @app.command()
+@with_options(remote_options(writes=False))
+@exits_on_error
 def info(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    **config: Any,
 ) -> None:
     """Show a store's shape, layout, size on disk, compression, progress and identity."""
     # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.inspection import store_info
 
-    try:
-        data = store_info(path)
-    except DiscoError as exc:
-        raise _fail(exc) from None
+    apply_remote_options(config)
+    data = store_info(path)
     if as_json:
         console.print_json(json.dumps(data))
         return
@@ -245,6 +239,8 @@ def info(
 
 
 @app.command()
+@with_options(remote_options(writes=False))
+@exits_on_error
 def check(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     dataset: Annotated[
@@ -253,6 +249,7 @@ def check(
     skip_dataset: Annotated[
         bool, typer.Option(help="Do not compare the manifest with the dataset.")
     ] = False,
+    **config: Any,
 ) -> None:
     """Check written mask vs data, non-finite/zero-norm embeddings, and manifest vs dataset.
 
@@ -261,10 +258,8 @@ def check(
     # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.inspection import check_store
 
-    try:
-        report = check_store(path, dataset=dataset, check_dataset=not skip_dataset)
-    except DiscoError as exc:
-        raise _fail(exc) from None
+    apply_remote_options(config)
+    report = check_store(path, dataset=dataset, check_dataset=not skip_dataset)
     console.print(
         f"{path}: {report.written_slots}/{report.total_slots} slots written, "
         f"{report.bad_rows} bad, dataset "

@@ -35,7 +35,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +48,16 @@ from zarr.abc.store import Store
 from zarr.core.array_spec import ArrayConfigParams
 
 from store.errors import ConfigError, StoreError, StoreMismatchError, StoreNotFoundError
-from store.locks import is_local, shard_lock, store_lock
+from store.locks import is_local, local_path, shard_lock, store_lock
 from store.manifest import Manifest, sha256_from_bytes, sha256_to_bytes
+from store.remote import (
+    is_remote,
+    protocol,
+    single_writer_acknowledged,
+    storage_errors,
+    storage_options_for,
+    url_to_fs,
+)
 from store.slotlog import WAL_DIR, SlotLog, encode_record, read_slots
 from store.views import Recipe, plan_views, recipe_from_dict
 from store.views.fingerprint import check_render, library_versions, render_record
@@ -97,10 +105,15 @@ def _compressors(codec: str) -> Any:
     raise ConfigError(f"unknown codec {codec!r}; valid: {', '.join(CODECS)}")
 
 
-def open_zarr_store(url: str, read_only: bool) -> Store:
-    """A zarr store for a local path or an fsspec URL (``memory://``, ``file://``, ``s3://``...)."""
+def open_zarr_store(
+    url: str, read_only: bool, storage_options: Mapping[str, Any] | None = None
+) -> Store:
+    """A zarr store for a local path or an fsspec URL (``memory://``, ``file://``, ``s3://``...).
+
+    ``storage_options`` (fsspec keyword arguments; None: from the environment, see
+    ``store.remote``) reach the URL's filesystem, e.g. an S3 ``endpoint_url``."""
     if "://" in url:
-        opts: dict[str, Any] = {}
+        opts = storage_options_for(url, storage_options)
         if url.startswith("file://"):
             opts["auto_mkdir"] = True
         try:
@@ -110,6 +123,18 @@ def open_zarr_store(url: str, read_only: bool) -> Store:
         except (ImportError, ValueError, TypeError) as exc:
             raise StoreError(f"cannot open store URL {url!r}: {exc}") from exc
     return zarr.storage.LocalStore(url, read_only=read_only)
+
+
+def _probe_remote(url: str, what: str, storage_options: Mapping[str, Any] | None) -> bool:
+    """Whether a remote store's ``zarr.json`` exists: one plain request before zarr starts its
+    concurrent ones, so no endpoint / no credentials / no bucket is one clean error."""
+    fs, path = url_to_fs(url, storage_options)
+    meta = f"{path.rstrip('/')}/zarr.json"
+    with storage_errors(url, what):
+        if fs.exists(meta):
+            return True
+        fs.invalidate_cache(path)  # a listing cached before another process made the store
+        return bool(fs.exists(meta))
 
 
 def int8_scales(sample: np.ndarray, headroom: float = 1.0) -> np.ndarray:
@@ -181,6 +206,7 @@ class EmbeddingStore:
         # The shard file's written mask per shard, keyed by its chunk file's identity (zarr's
         # LocalStore replaces a chunk file by rename, so any write changes inode or mtime).
         self._mask_cache: dict[int, tuple[tuple[int, ...], np.ndarray]] = {}
+        self._storage_options: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- create / open
     @classmethod
@@ -198,14 +224,17 @@ class EmbeddingStore:
         codec: str = DEFAULT_CODEC,
         chunk_size: int | None = None,
         progress: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+        single_writer: bool | None = None,
     ) -> EmbeddingStore:
         """Create a store with the manifest arrays and the (N, V, P) float32 view plan; no teacher.
 
         ``params`` is planned with :func:`plan_views` when None. ``shard_size`` rows per shard file,
         ``chunk_size`` rows per inner chunk (default shard_size; must divide shard_size),
         ``codec`` one of ``CODECS`` for embeddings/features. Raises StoreError if a store exists and
-        ``overwrite`` is False.
+        ``overwrite`` is False. ``storage_options``/``single_writer``: as in :meth:`open`.
         """
+        single_writer_acknowledged(url, single_writer)
         n = len(manifest)
         if views < 1:
             raise ConfigError(f"views must be >= 1, got {views}")
@@ -224,9 +253,12 @@ class EmbeddingStore:
                 f"params shape {params.shape} != (N, V, P) = {(n, views, recipe.num_params)}"
             )
         render = render_record(recipe)  # before the group exists: readers wait for its attrs
-        zstore = open_zarr_store(url, read_only=False)
+        if is_remote(url) and protocol(url) != "memory":
+            _probe_remote(url, "cannot create store at", storage_options)
+        zstore = open_zarr_store(url, read_only=False, storage_options=storage_options)
         try:
-            exists = zarr.open_group(zstore, mode="r") is not None
+            with storage_errors(url, "cannot create store at"):
+                exists = zarr.open_group(zstore, mode="r") is not None
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
             exists = False
         if exists and not overwrite:
@@ -289,6 +321,7 @@ class EmbeddingStore:
         }
         group.attrs.update(attrs)
         store = cls(url, group, "r+")
+        store._storage_options = None if storage_options is None else dict(storage_options)
         store._manifest = manifest
         store._params = params
         store._recipe = recipe
@@ -296,19 +329,33 @@ class EmbeddingStore:
 
     @classmethod
     def open(
-        cls, url: str, mode: str = "r", expect: dict[str, object] | None = None
+        cls,
+        url: str,
+        mode: str = "r",
+        expect: dict[str, object] | None = None,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        single_writer: bool | None = None,
     ) -> EmbeddingStore:
         """Open an existing store (``mode`` "r" or "r+"), checking schema and ``expect``.
 
         ``expect`` maps dotted attr paths (``"teacher.sha256"``, ``"recipe.views"``...) to values;
         the first difference raises ``StoreMismatchError(field, expected, actual)``. A missing store
-        raises ``StoreNotFoundError``.
+        raises ``StoreNotFoundError``. ``storage_options``: fsspec options of a URL (None: from
+        the environment, ``store.remote``). Mode "r+" on object storage needs ``single_writer``
+        (None: ``DISCO_SINGLE_WRITER``), else ``RemoteStorageError``: no lock protects its shards.
         """
         if mode not in ("r", "r+"):
             raise ConfigError(f"mode must be 'r' or 'r+', got {mode!r}")
-        zstore = open_zarr_store(url, read_only=mode == "r")
+        if mode == "r+":
+            single_writer_acknowledged(url, single_writer)
+        remote = is_remote(url) and protocol(url) != "memory"
+        if remote and not _probe_remote(url, "cannot open store", storage_options):
+            raise StoreNotFoundError(f"no store at {url!r}")
+        zstore = open_zarr_store(url, read_only=mode == "r", storage_options=storage_options)
         try:
-            group = zarr.open_group(zstore, mode=mode)  # type: ignore[arg-type]
+            with storage_errors(url, "cannot open store"):
+                group = zarr.open_group(zstore, mode=mode)  # type: ignore[arg-type]
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as exc:
             raise StoreNotFoundError(f"no store at {url!r}") from exc
         except ValueError as exc:
@@ -320,7 +367,9 @@ class EmbeddingStore:
             actual = _get_path(attrs, field)
             if not _same(expected, actual):
                 raise StoreMismatchError(field, expected, actual)
-        return cls(url, group, mode)
+        store = cls(url, group, mode)
+        store._storage_options = None if storage_options is None else dict(storage_options)
+        return store
 
     # ----------------------------------------------------------------- render fingerprint
     def check_render(self, accept_drift: bool = False) -> str:
@@ -716,7 +765,9 @@ class EmbeddingStore:
         attached the teacher); drop the cached manifest, plan and array handles when N or the
         teacher changed. Returns True when they did."""
         group = zarr.open_group(
-            open_zarr_store(self._url, read_only=self._mode == "r"),
+            open_zarr_store(
+                self._url, read_only=self._mode == "r", storage_options=self._storage_options
+            ),
             mode=self._mode,  # type: ignore[arg-type]
         )
         attrs = dict(group.attrs)
@@ -742,7 +793,7 @@ class EmbeddingStore:
         if not is_local(self._url):
             return
         try:
-            meta = json.loads((Path(self._url) / "zarr.json").read_text())
+            meta = json.loads((Path(local_path(self._url)) / "zarr.json").read_text())
             n = int(meta["attributes"]["dataset"]["n"])
         except (OSError, ValueError, KeyError, TypeError):
             return

@@ -11,8 +11,10 @@ Local-path stores lock across processes with ``fcntl.flock`` on small files unde
   arrays: embeddings, features, written).
 
 Inside one process a ``threading.Lock`` per (store, shard) is taken first, so threads queue
-cheaply. fsspec URLs (``s3://``, ``memory://``, ``file://``) get only the in-process locks: two
-processes writing one shard of a remote store can still lose data (the README says so).
+cheaply. ``file://`` URLs lock like local paths. Object-storage URLs (``s3://``, ``gs://``...) and
+``memory://`` get only the in-process locks: object storage has no lock, so a writable open of a
+remote store needs the user's single-writer promise (``store.remote.single_writer_acknowledged``)
+and ``disco precompute`` ranks own whole shards.
 Lock order, always: store lock, then one shard lock; never a store lock while a shard lock is held.
 """
 
@@ -28,8 +30,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from store.errors import StoreError
+from store.remote import is_remote
 
-__all__ = ["LOCK_DIR", "StoreBusyError", "is_local", "shard_lock", "store_lock"]
+__all__ = ["LOCK_DIR", "StoreBusyError", "is_local", "local_path", "shard_lock", "store_lock"]
 
 LOCK_DIR = ".locks"
 """Directory of lock files inside a local store."""
@@ -43,12 +46,18 @@ class StoreBusyError(StoreError, TimeoutError):
 
 
 def is_local(url: str) -> bool:
-    """True for a local path (cross-process locks), False for an fsspec URL (in-process only)."""
-    return "://" not in url
+    """True for a local path or ``file://`` URL (cross-process locks), False for other fsspec
+    URLs (in-process only)."""
+    return not is_remote(url)
+
+
+def local_path(url: str) -> str:
+    """The filesystem path of a local store location (a path, or a ``file://`` URL)."""
+    return url[len("file://") :] if url.startswith("file://") else url
 
 
 def _key(url: str) -> str:
-    return os.path.realpath(url) if is_local(url) else url
+    return os.path.realpath(local_path(url)) if is_local(url) else url
 
 
 def _thread_lock(url: str, shard: int | None) -> threading.Lock:
@@ -61,7 +70,7 @@ def _thread_lock(url: str, shard: int | None) -> threading.Lock:
 
 
 def _lock_file(url: str, name: str) -> int:
-    folder = Path(url) / LOCK_DIR
+    folder = Path(local_path(url)) / LOCK_DIR
     try:
         folder.mkdir(exist_ok=True)
         return os.open(folder / name, os.O_RDWR | os.O_CREAT, 0o666)

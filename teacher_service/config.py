@@ -10,7 +10,9 @@ import os
 import re
 from dataclasses import dataclass
 
+from store.devices import parse_device_name
 from store.errors import ConfigError
+from teacher_service.precision import parse_precision
 
 __all__ = [
     "AMP_DTYPES",
@@ -25,10 +27,9 @@ __all__ = [
 ]
 
 AMP_DTYPES = {"none": "float32", "bf16": "bfloat16", "fp16": "float16"}
-"""``--amp`` mode -> the compute dtype recorded as ``teacher.compute_dtype``."""
+"""Deprecated ``--amp`` mode -> compute dtype (``--precision``: ``teacher_service.precision``)."""
 AMP_MODES = tuple(AMP_DTYPES)
 STORE_DTYPES = ("float16", "int8")
-DEVICES = ("auto", "cpu", "cuda")
 RENDERERS = ("auto", "reference", "batched")
 """Renderer choices (as ``store.views.RENDERER_CHOICES``; restated so help needs no torch)."""
 POOLINGS = ("cls", "mean", "cls+mean")
@@ -85,7 +86,8 @@ class PrecomputeConfig:
     teacher: str
     """Teacher: timm:NAME, hf:PATH_OR_ID, open_clip:ARCH, py:MODULE:FUNCTION or a checkpoint."""
     dataset: str
-    """Dataset spec, e.g. ``mnist5k``, ``synthetic:256``, ``imagefolder:/data/train``."""
+    """Dataset spec, e.g. ``mnist5k``, ``imagefolder:/data/train``, ``hfds:PATH``, ``wds:PATTERN``,
+    ``parquet:PATH``, ``py:MODULE:FUNCTION`` (``store.datasets.DATASETS``; options after ``?``)."""
     store: str
     """Store URL (local path or fsspec URL)."""
     views: int = 8
@@ -106,8 +108,9 @@ class PrecomputeConfig:
     CPU, the host's cores per GPU process minus one (at most 16) on CUDA)."""
     device: str = "auto"
     """auto (CUDA if present), cpu or cuda[:N]."""
-    amp: str = "none"
-    """Autocast dtype on CUDA: none, bf16 or fp16 (recorded as teacher.compute_dtype)."""
+    precision: str = "fp32"
+    """Compute precision: fp32, or CUDA autocast bf16/fp16 (an error on CPU; recorded as
+    teacher.compute_dtype)."""
     dtype: str = "float16"
     """Stored embedding dtype: float16 or int8 (per-dimension scales)."""
     shard_size: int = 4096
@@ -136,9 +139,15 @@ class PrecomputeConfig:
     """Teacher weights: .safetensors, .pth/.bin state dict or snapshot folder (None: download)."""
     teacher_pooling: str | None = None
     """ViT teachers: cls, mean or cls+mean instead of the model's own pooled output."""
+    amp: str | None = None
+    """Deprecated: --precision (none = fp32, bf16, fp16)."""
 
     def __post_init__(self) -> None:
         check_pooling(self.teacher_pooling)
+        self.precision = parse_precision(self.precision)
+        if self.amp is not None:
+            self.precision = parse_precision(self.amp, old_flag="--amp")
+            self.amp = None
         if self.views < 1:
             raise ConfigError(f"views must be >= 1, got {self.views}")
         if self.batch_size < 1:
@@ -147,12 +156,9 @@ class PrecomputeConfig:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
         if self.manifest_workers is not None and self.manifest_workers < 1:
             raise ConfigError(f"manifest_workers must be >= 1, got {self.manifest_workers}")
-        if self.amp not in AMP_MODES:
-            raise ConfigError(f"unknown amp {self.amp!r}; valid: {', '.join(AMP_MODES)}")
         if self.dtype not in STORE_DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}; valid: {', '.join(STORE_DTYPES)}")
-        if not (self.device in DEVICES or self.device.startswith("cuda:")):
-            raise ConfigError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
+        parse_device_name(self.device)
         if self.shard_size < 1:
             raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
         if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
@@ -190,9 +196,19 @@ class VerifyConfig:
     """Teacher weights: .safetensors, .pth/.bin state dict or snapshot folder (None: download)."""
     teacher_pooling: str | None = None
     """ViT teachers: cls, mean or cls+mean (None: the pooling the store recorded)."""
+    dataset: str | None = None
+    """The store's images at a new place (a dataset spec), checked against the manifest first
+    (None: the spec the store recorded)."""
+    full_check: bool = False
+    """With dataset: hash every sample, not a sample of 64."""
+    precision: str | None = None
+    """Live forward precision: fp32, bf16 or fp16 (bf16/fp16 need CUDA; None: the store's
+    recorded teacher.compute_dtype)."""
 
     def __post_init__(self) -> None:
         check_pooling(self.teacher_pooling)
+        if self.precision is not None:
+            self.precision = parse_precision(self.precision)
         if self.samples < 1 or self.batch_size < 1:
             raise ConfigError(
                 f"samples and batch_size must be >= 1, got {self.samples}, {self.batch_size}"
@@ -201,3 +217,4 @@ class VerifyConfig:
             raise ConfigError(f"threshold is a cosine in [-1, 1], got {self.threshold}")
         if self.renderer not in RENDERERS:
             raise ConfigError(f"unknown renderer {self.renderer!r}; valid: {', '.join(RENDERERS)}")
+        parse_device_name(self.device)

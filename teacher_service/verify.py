@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from store.datasets import open_dataset
+from store.dataset_base import ImageDataset
 from store.embedding_store import EmbeddingStore
 from store.errors import DecodeError, StoreError, StoreMismatchError
+from store.relocate import open_moved_dataset
+from store.runtime import autocast, resolve_device
 from store.views import (
     RENDER_BOUND,
     render_view,
@@ -31,7 +33,8 @@ from store.views import (
     resolve_renderer,
 )
 from teacher_service.config import VerifyConfig
-from teacher_service.runtime import autocast, resolve_device
+from teacher_service.precision import COMPUTE_DTYPES, parse_precision
+from teacher_service.precision import compute_dtype as precision_dtype
 from teacher_service.sources import LoadedTeacher, load_teacher, to_pixels
 
 __all__ = ["VerifyResult", "sample_slots", "verify_store"]
@@ -129,6 +132,12 @@ def sample_slots(written: np.ndarray, shard_size: int, samples: int, seed: int) 
     return np.stack([rows[sel], views[sel]], axis=1).astype(np.int64)
 
 
+def _precision_of(recorded: object) -> str:
+    """The precision of a store's recorded ``compute_dtype`` (none recorded: fp32)."""
+    names = {v: k for k, v in COMPUTE_DTYPES.items()}
+    return names.get(str(recorded), parse_precision(None if recorded is None else str(recorded)))
+
+
 def verify_store(
     url: str,
     teacher_path: str,
@@ -141,6 +150,9 @@ def verify_store(
     teacher_pooling: str | None = None,
     accept_render_drift: bool = VerifyConfig.accept_render_drift,
     renderer: str = VerifyConfig.renderer,
+    dataset: str | None = None,
+    full_check: bool = False,
+    precision: str | None = VerifyConfig.precision,
 ) -> VerifyResult:
     """Check ``samples`` cached views of the store at ``url`` against the live teacher.
 
@@ -154,22 +166,33 @@ def verify_store(
     ``accept_render_drift``, a passing check records this install's render fingerprint as accepted
     in the store (then trainers here accept it too). ``renderer``: auto (batched on CUDA, reference
     on CPU), reference or batched; a batched render is also checked against the reference within
-    ``RENDER_BOUND`` (see the module docstring).
+    ``RENDER_BOUND`` (see the module docstring). ``dataset``: the store's images at a new place,
+    checked against the manifest before use (``store.relocate``; ``full_check`` hashes every
+    row), else ``DatasetMismatchError`` naming the first differing key. ``precision``
+    (fp32|bf16|fp16) runs the live
+    teacher in that precision; None: the store's recorded ``compute_dtype``. bf16/fp16 need
+    CUDA (a ``ConfigError`` on CPU, as in precompute and serve: pass ``precision="fp32"`` to
+    check a bf16 store on a CPU host).
     """
-    VerifyConfig(samples, threshold, seed, device, batch_size, accept_render_drift, renderer)
+    VerifyConfig(
+        samples, threshold, seed, device, batch_size, accept_render_drift, renderer,
+        dataset=dataset, full_check=full_check, precision=precision,
+    )  # fmt: skip
     store = EmbeddingStore.open(url)
     render = store.check_render(accept_drift=accept_render_drift)
     dev = resolve_device(device)
+    recorded = (store.teacher or {}).get("compute_dtype")
+    dtype = precision_dtype(precision or _precision_of(recorded), dev.type)
     used = resolve_renderer(renderer, dev)
     loaded = _store_teacher(store, url, teacher_path, teacher_weights, teacher_pooling, dev)
     written = store.written_mask()
     slots = sample_slots(written, store.shard_size, samples, seed)
     if len(slots) == 0:
         raise StoreError(f"store {url} has no written views to verify")
-    sample = _render_sample(store, slots)
+    source = open_moved_dataset(store.manifest, dataset, full=full_check)
+    sample = _render_sample(store, slots, source)
     if not len(sample.slots):
         raise StoreError(f"none of the sampled rows of {url} decode any more")
-    dtype = str((store.teacher or {}).get("compute_dtype"))
     live = _embed(loaded.model, sample.pixels, dev, dtype, batch_size)
     extra: dict[str, Any] = {
         "renderer": used,
@@ -185,7 +208,7 @@ def verify_store(
     def embed(x: torch.Tensor) -> np.ndarray:
         return _embed(loaded.model, x, dev, dtype, batch_size)
 
-    control = _control(store, sample, live, written, seed, embed)
+    control = _control(store, source, sample, live, written, seed, embed)
     result = _result(url, store.shard_size, sample, cos, control, threshold, render, extra)
     if result.passed and accept_render_drift and render in ("drift-accepted", "unrecorded"):
         EmbeddingStore.open(url, mode="r+").accept_render(
@@ -242,9 +265,9 @@ class _Sample:
     """Sample key -> reason for sampled rows that no longer decode."""
 
 
-def _render_sample(store: EmbeddingStore, slots: np.ndarray) -> _Sample:
+def _render_sample(store: EmbeddingStore, slots: np.ndarray, dataset: ImageDataset) -> _Sample:
     """Cached vectors of ``slots`` (read a shard at a time) and their views re-rendered from the
-    stored parameters; rows that no longer decode are skipped."""
+    stored parameters, images from ``dataset``; rows that no longer decode are skipped."""
     cached = np.zeros((len(slots), store.dim or 0), np.float32)
     by_shard: dict[int, list[int]] = {}
     for k, (row, _) in enumerate(slots):
@@ -255,7 +278,6 @@ def _render_sample(store: EmbeddingStore, slots: np.ndarray) -> _Sample:
             row, view = slots[k]
             cached[k] = block.embeddings[row - block.start, view]
     manifest, recipe, params = store.manifest, store.recipe, store.params
-    dataset = open_dataset(manifest.dataset)
     skipped: dict[str, str] = {}
     keep: list[int] = []
     images: list[torch.Tensor] = []
@@ -302,6 +324,7 @@ def _check_batched(
 
 def _control(
     store: EmbeddingStore,
+    dataset: ImageDataset,
     sample: _Sample,
     live: np.ndarray,
     written: np.ndarray,
@@ -319,7 +342,6 @@ def _control(
     candidates = np.argwhere(written & (np.arange(len(written)) != rows[0])[:, None])
     if not len(candidates):
         return np.empty(0, np.float32)
-    dataset = open_dataset(store.manifest.dataset)
     for k in np.random.default_rng(seed).permutation(len(candidates)):
         row, view = (int(x) for x in candidates[k])
         try:

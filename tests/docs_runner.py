@@ -116,7 +116,9 @@ def shell_commands(text: str) -> list[str]:
 
 def fenced_blocks(path: Path, lang: str = "bash") -> list[str]:
     """The text of every ```` ```lang ```` fenced block of a markdown file, runnable or not."""
-    blocks, body, inside = [], [], False
+    blocks: list[str] = []
+    body: list[str] = []
+    inside = False
     for line in path.read_text(encoding="utf-8").splitlines():
         if not inside and line.strip() == f"```{lang}":
             inside, body = True, []

@@ -126,7 +126,8 @@ def test_every_precompute_and_verify_option_default_is_the_config_default() -> N
 
 def test_every_serve_option_shows_the_settings_default_and_leaves_env_in_charge() -> None:
     options = _options("serve")
-    assert set(options) == set(ServiceSettings.model_fields)
+    # Plus the object-storage flags every data command shares (store.cli_options.remote_options).
+    assert set(options) == set(ServiceSettings.model_fields) | {"storage_options", "single_writer"}
     for name, info in ServiceSettings.model_fields.items():
         option = options[name]
         assert isinstance(option, TyperOption)

@@ -67,14 +67,14 @@ def test_precompute_bf16_on_cuda_matches_cpu(teacher: Path, tmp_path: Path) -> N
     def run(device: str, amp: str) -> EmbeddingStore:
         cfg = PrecomputeConfig(
             teacher=str(teacher), dataset="synthetic:64", store=str(tmp_path / f"{device}.zarr"),
-            views=2, size=SIZE, shard_size=32, batch_size=32, workers=2, device=device, amp=amp,
-            progress=False,
+            views=2, size=SIZE, shard_size=32, batch_size=32, workers=2, device=device,
+            precision=amp, progress=False,
         )  # fmt: skip
         report = run_precompute(cfg)
         assert report.shards_computed == 2 and report.device.startswith(device)
         return EmbeddingStore.open(cfg.store)
 
-    cpu, gpu = run("cpu", "none"), run("cuda", "bf16")
+    cpu, gpu = run("cpu", "fp32"), run("cuda", "bf16")
     assert gpu.teacher is not None and gpu.teacher["compute_dtype"] == "bfloat16"
     assert cpu.teacher is not None and cpu.teacher["compute_dtype"] == "float32"
     a = np.concatenate([cpu.read_shard(s).embeddings for s in range(cpu.num_shards)])
@@ -229,7 +229,8 @@ def test_training_steps_run_on_cuda(teacher: Path, tmp_path: Path) -> None:
 
     tiny: dict[str, Any] = dict(
         arch="tiny", dataset="synthetic:64", size=SIZE, batch_size=16, epochs=1, queue_size=32,
-        head_hidden=32, num_workers=2, progress=False, device="cuda", amp=True, stop_at_step=2,
+        head_hidden=32, num_workers=2, progress=False, device="cuda", precision="bf16",
+        stop_at_step=2,
     )  # fmt: skip
     runs: list[tuple[str, dict[str, Any]]] = [
         ("mocov2", {}),
@@ -241,7 +242,7 @@ def test_training_steps_run_on_cuda(teacher: Path, tmp_path: Path) -> None:
         assert result.steps == 2, method
         assert all(np.isfinite(v) for v in result.last_terms.values()), result.last_terms
         train_cfg = read_checkpoint(Path(result.final_path))["train"]
-        assert train_cfg["amp"] is True and train_cfg["device"] == "cuda", method
+        assert train_cfg["precision"] == "bf16" and train_cfg["device"] == "cuda", method
         # Weights trained in channels_last on the GPU load into a plain CPU encoder.
         deployed = load_encoder(result.deployed_path).encoder
         with torch.inference_mode():

@@ -6,11 +6,12 @@ from typing import Annotated, Any
 
 import typer
 
-from store.errors import DiscoError
+from store.cli_options import exits_on_error
 
 __all__ = ["demo_command"]
 
 
+@exits_on_error
 def demo_command(
     out: Annotated[str, typer.Option(help="Output folder.")] = "runs/demo",
     quick: Annotated[
@@ -84,41 +85,37 @@ def demo_command(
     # lazy: torch loads only when a command runs, so --help stays instant
     from student_trainer.demo.pipeline import DemoConfig, run_demo, train_demo_teacher
 
-    try:
-        if train_teacher:
-            path = train_demo_teacher(epochs=teacher_epochs, progress=progress)
-            typer.echo(f"demo teacher written to {path}")
-            return
-        cfg = DemoConfig(
-            out=out,
-            dataset=dataset,
-            teacher=teacher,
-            teacher_weights=teacher_weights,
-            size=size,
-            views=views,
-            student_arch=student_arch,
-            student_width=student_width or None,
-            epochs=epochs,
-            seed=seed,
-            workers=workers,
-            device=device,
-            quick=quick,
-            progress=progress,
-        )
-        if study:
-            # lazy: torch loads only when a command runs, so --help stays instant
-            from student_trainer.demo.study import StudyConfig, run_study
+    if train_teacher:
+        path = train_demo_teacher(epochs=teacher_epochs, progress=progress)
+        typer.echo(f"demo teacher written to {path}")
+        return
+    cfg = DemoConfig(
+        out=out,
+        dataset=dataset,
+        teacher=teacher,
+        teacher_weights=teacher_weights,
+        size=size,
+        views=views,
+        student_arch=student_arch,
+        student_width=student_width or None,
+        epochs=epochs,
+        seed=seed,
+        workers=workers,
+        device=device,
+        quick=quick,
+        progress=progress,
+    )
+    if study:
+        # lazy: torch loads only when a command runs, so --help stays instant
+        from student_trainer.demo.study import StudyConfig, run_study
 
-            arms: dict[str, Any] = {"seeds": seeds, "ablation_seeds": ablation_seeds}
-            if study_views:
-                arms["views"] = tuple(study_views)
-            if study_heads:
-                arms["head_hidden"] = tuple(study_heads)
-            if study_lambdas:
-                arms["lambdas"] = tuple(study_lambdas)
-            run_study(cfg, StudyConfig(**arms))
-        else:
-            run_demo(cfg)
-    except DiscoError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        arms: dict[str, Any] = {"seeds": seeds, "ablation_seeds": ablation_seeds}
+        if study_views:
+            arms["views"] = tuple(study_views)
+        if study_heads:
+            arms["head_hidden"] = tuple(study_heads)
+        if study_lambdas:
+            arms["lambdas"] = tuple(study_lambdas)
+        run_study(cfg, StudyConfig(**arms))
+    else:
+        run_demo(cfg)

@@ -404,5 +404,5 @@ def _write_summary(
     atomic_write_text(out / "results.json", json.dumps(summary, indent=2, default=str))
     lines = ["", "## Stage times", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {sec:.1f} |" for name, sec in seconds.items()]
-    with (out / "results.md").open("a") as fh:
-        fh.write("\n".join(lines) + "\n")
+    table = (out / "results.md").read_text()
+    atomic_write_text(out / "results.md", table + "\n".join(lines) + "\n")

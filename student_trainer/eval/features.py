@@ -35,10 +35,10 @@ from rich.progress import Progress
 from store.atomic import atomic_write
 from store.datasets import ImageDataset
 from store.errors import DatasetError, DecodeError
+from store.runtime import prepare_model, resolve_device, to_device
 from store.views import get_recipe, render_center
 from teacher_service.checkpoint import FORMAT, load_encoder, read_checkpoint
 from teacher_service.encoders import count_parameters
-from teacher_service.runtime import prepare_model, resolve_device, to_device
 from teacher_service.sources import load_teacher, to_pixels
 
 CACHE_VERSION = "disco-features/1"

@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from store.datasets import ImageDataset, open_dataset
 from store.errors import ConfigError
+from store.runtime import to_device
 from store.views import Recipe, render_center
 from student_trainer.eval.evaluate import check_labelled, score
 from student_trainer.eval.features import (
@@ -35,7 +36,6 @@ from student_trainer.eval.features import (
     extract_features,
 )
 from teacher_service.encoders import Encoder
-from teacher_service.runtime import to_device
 
 __all__ = [
     "MONITOR_K",

@@ -48,11 +48,20 @@ from rich.progress import (
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from store.atomic import atomic_write_text
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
 from store.errors import CheckpointError, ConfigError, DiscoError
 from store.manifest import build_manifest
 from store.memory import InMemoryStore
+from store.relocate import open_moved_dataset
+from store.runtime import (
+    autocast,
+    default_workers,
+    prepare_model,
+    resolve_device,
+    to_device,
+)
 from store.views import Recipe, get_recipe, resolve_renderer
 from student_trainer.eval.monitor import KnnMonitor, best_record
 from student_trainer.train.config import RESUME_FREE_FIELDS, TrainConfig
@@ -86,13 +95,7 @@ from student_trainer.train.models import (
 from student_trainer.train.schedule import cosine_lr
 from teacher_service.checkpoint import atomic_torch_save, save_checkpoint
 from teacher_service.encoders import TIMM_PREFIX, Encoder, count_parameters
-from teacher_service.runtime import (
-    autocast,
-    default_workers,
-    prepare_model,
-    resolve_device,
-    to_device,
-)
+from teacher_service.precision import compute_dtype
 from teacher_service.sources import TeacherModel, load_teacher, to_pixels
 
 __all__ = ["STATE_FORMAT", "NonFiniteLossError", "TrainResult", "train"]
@@ -195,7 +198,7 @@ def _open_data(
         if cfg.store_in_ram and store.teacher is not None:
             store = InMemoryStore.load(store)
         manifest = store.manifest
-        dataset = open_dataset(manifest.dataset)
+        dataset = open_moved_dataset(manifest, cfg.dataset, full=cfg.full_check)
         recipe = store.recipe
         plan: StorePlan | DatasetPlan = StorePlan(
             store,
@@ -272,6 +275,8 @@ def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
     mine = cfg.to_dict()
     # a field added after the state was written counts as its default (e.g. symmetric=False)
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    if saved.get("amp") and "precision" not in saved:  # written with the old --amp (bf16)
+        saved = {**saved, "amp": False, "precision": "bf16"}
     saved = defaults | saved
     diff = sorted(k for k in mine if k not in RESUME_FREE_FIELDS and saved.get(k) != mine[k])
     if diff:
@@ -290,7 +295,7 @@ def _log_lines(path: Path, keep_until: int) -> None:
         for line in path.read_text().splitlines()
         if line.strip() and json.loads(line)["step"] <= keep_until
     ]
-    path.write_text("".join(line + "\n" for line in kept))
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _read_log(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -405,6 +410,7 @@ def train(cfg: TrainConfig, step_hook: StepHook | None = None) -> TrainResult:
     does not match ``cfg.expect``; ``NonFiniteLossError`` if the loss stops being finite.
     """
     device = resolve_device(cfg.device)  # cuda:LOCAL_RANK under torchrun, set as current
+    compute_dtype(cfg.precision, device.type)  # bf16/fp16 off CUDA: one clear error, before work
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     created_group = False
@@ -567,7 +573,7 @@ def _build(cfg: TrainConfig, device: torch.device, rank: int, world: int, out: P
         momentum=cfg.sgd_momentum,
         weight_decay=cfg.weight_decay,
     )
-    amp = autocast(device, "bfloat16" if cfg.amp else "float32")  # no-op on CPU
+    amp = autocast(device, compute_dtype(cfg.precision, device.type))
     sampler = EpochBatchSampler(data.plan, data.filler)
     return _Run(cfg, device, rank, world, out, data, teacher, student, model, model, optimizer,
                 sampler, monitor, preprocessing, queue_size, amp)  # fmt: skip
@@ -648,7 +654,7 @@ def _targets(run: _Run, b: PairBatch) -> tuple[torch.Tensor | None, torch.Tensor
     none (``mocov2``)."""
     if run.teacher is not None:
         entered = time.perf_counter()
-        with run.amp:  # the online teacher gets the same bf16 flag as a precompute would
+        with run.amp:  # the online teacher runs in the same precision a precompute would
             t = _teacher_targets(
                 run.teacher,
                 to_device(b.view1, run.device),

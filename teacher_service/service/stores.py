@@ -3,6 +3,11 @@
 A store name is one path component (letters, digits, ``.``, ``_``, ``-``; not starting with a
 dot). It is joined to the root and the resolved path must stay inside the resolved root, so
 neither ``..``, absolute paths, separators nor symlinks lead a request out of it.
+
+The root may be an object-storage URL (``s3://bucket/prefix``; options from ``store.remote``):
+a store is then ``ROOT/NAME`` with a ``zarr.json`` object. Object storage has no locks, so the
+service writes there only when started with ``--single-writer`` (it must be the stores' only
+writer while it runs).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 import torch
 
 from store.embedding_store import EmbeddingStore
+from store.remote import is_remote, url_to_fs
 from teacher_service.precompute import record_renderer
 
 __all__ = ["InvalidStoreNameError", "StoreRegistry", "UnknownStoreError", "check_store_name"]
@@ -46,16 +52,31 @@ class StoreRegistry:
     writer of each store and write-through calls for one shard run one after another.
     """
 
-    def __init__(self, root: Path | None) -> None:
-        self.root = root.resolve() if root is not None else None
+    def __init__(self, root: Path | str | None) -> None:
+        self.url: str | None = None
+        """The root as an object-storage URL (None: a local root or none)."""
+        self.root: Path | None = None
+        if root is not None and is_remote(str(root)):
+            self.url = str(root).rstrip("/")
+        elif root is not None:
+            self.root = Path(root).resolve()
         self._writers: dict[str, EmbeddingStore] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._recorded: set[tuple[str, str, str]] = set()
 
-    def path(self, name: str) -> Path:
-        """The directory of store ``name``; raises Invalid (bad name) or Unknown (missing)."""
+    def path(self, name: str) -> str:
+        """The location of store ``name`` (a directory, or a URL under a remote root); raises
+        Invalid (bad name) or Unknown (missing)."""
         check_store_name(name)
+        if self.url is not None:
+            fs, root = url_to_fs(self.url)
+            meta = f"{root}/{name}/zarr.json"
+            if not fs.exists(meta):
+                fs.invalidate_cache(f"{root}/{name}")  # listed before another process made it?
+                if not fs.exists(meta):
+                    raise UnknownStoreError(f"no store named {name!r}")
+            return f"{self.url}/{name}"
         if self.root is None:
             raise UnknownStoreError("this service has no store root configured")
         path = (self.root / name).resolve()
@@ -63,10 +84,17 @@ class StoreRegistry:
             raise InvalidStoreNameError(f"store name {name!r} resolves outside the store root")
         if not (path / "zarr.json").is_file():
             raise UnknownStoreError(f"no store named {name!r}")
-        return path
+        return str(path)
 
     def names(self) -> list[str]:
         """Sorted names of the zarr groups directly under the root (empty without a root)."""
+        if self.url is not None:
+            fs, root = url_to_fs(self.url)
+            fs.invalidate_cache(root)  # another process may have created a store since
+            tops = fs.glob(f"{root.rstrip('/')}/*/zarr.json")
+            return sorted(
+                n for n in (str(p).rstrip("/").split("/")[-2] for p in tops) if _NAME.fullmatch(n)
+            )
         if self.root is None:
             return []
         found = []
@@ -77,7 +105,7 @@ class StoreRegistry:
 
     def open(self, name: str) -> EmbeddingStore:
         """Open store ``name`` read-only (a fresh view of its current attrs)."""
-        return EmbeddingStore.open(str(self.path(name)), mode="r")
+        return EmbeddingStore.open(self.path(name), mode="r")
 
     def lock(self, name: str) -> threading.Lock:
         """The lock that serialises writes to store ``name``."""
@@ -90,7 +118,7 @@ class StoreRegistry:
         with self._guard:
             handle = self._writers.get(name)
         if handle is None:
-            handle = EmbeddingStore.open(str(path), mode="r+")
+            handle = EmbeddingStore.open(path, mode="r+")
             with self._guard:
                 self._writers[name] = handle
         return handle
