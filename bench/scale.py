@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
@@ -50,7 +49,6 @@ from store.embedding_store import EmbeddingStore
 from store.locks import shard_lock
 from store.manifest import Manifest, build_manifest, default_workers, store_rows
 from store.views import get_recipe, plan_views
-from student_trainer.train.data import EpochBatchSampler, StorePlan
 
 IMAGENET_ROWS = 1_281_167
 IMAGENET_CLASSES = 1_000
@@ -266,6 +264,10 @@ def simulated_classes_per_batch(
 def plan_classes_per_batch(store: EmbeddingStore, batches: int) -> float:
     """Distinct classes per batch of ``BATCH`` in the first ``batches`` batches of the trainer's
     own epoch plan (``student_trainer.train.data.StorePlan``) over ``store``."""
+    # The trainer's own plan (torch comes with it): imported only for this figure, so the
+    # manifest pool's workers do not import torch.
+    from student_trainer.train.data import StorePlan
+
     plan = StorePlan(store, seed=0, batch=BATCH, buffer_size=8192)
     labels = store.manifest.labels
     counts = []
@@ -371,6 +373,11 @@ def trainer_child(url: str, fill_dim: int | None, batches: int, buffer: int) -> 
     stacks them), then jump straight to a step near that epoch's end. Returns timings and the
     peak RSS, MB. ``fill_dim``: lazy-fill mode (every valid view usable; for a store whose slots
     are mostly unwritten)."""
+    # the trainer's modules (torch) only in this child, as a trainer process imports them
+    import torch
+
+    from student_trainer.train.data import EpochBatchSampler, StorePlan
+
     t0 = time.perf_counter()
     store = EmbeddingStore.open(url)
     plan = StorePlan(store, seed=0, batch=BATCH, buffer_size=buffer, fill_dim=fill_dim)
@@ -445,6 +452,9 @@ def trainer_figures(
     # the trainer's default window (8192) at full size; two shards' worth at toy sizes, so the
     # window spans as few shards as it does at full size
     buffer = min(8192, 2 * sizes.shard)
+    # The trainer's own plan (torch comes with it): imported only for these figures.
+    from student_trainer.train.data import StorePlan
+
     plan = StorePlan(store_big, seed=0, batch=BATCH, buffer_size=buffer)
     times = []
     for epoch in range(3):
