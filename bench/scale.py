@@ -394,7 +394,6 @@ def trainer_child(url: str, fill_dim: int | None, batches: int, buffer: int) -> 
         if k + 1 >= batches:
             break
     stream_s = time.perf_counter() - t0
-    read_before = len(plan.shards_read)
     skip = plan.steps_per_epoch - 5
     sampler.set_epoch(LATE_EPOCH + 1, skip=skip)
     t0 = time.perf_counter()
@@ -408,7 +407,7 @@ def trainer_child(url: str, fill_dim: int | None, batches: int, buffer: int) -> 
         "batches_per_s": batches / stream_s,
         "resume_jump_s": jump_s,
         "resume_skip": skip,
-        "resume_shards_read": len(plan.shards_read) - read_before,
+        "resume_shards_read": len(plan.shards_read),
         "shards": int(store.num_shards),
         "shard_rows": int(store.shard_size),
         "buffer": buffer,

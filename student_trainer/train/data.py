@@ -357,7 +357,7 @@ class StorePlan:
         self._ahead: dict[tuple[int, int], Future[EpochPlan]] = {}
         self._pool: ThreadPoolExecutor | None = None
         self.shards_read: list[int] = []
-        """Shards read by :meth:`batches`, in order (what a resume jump had to read)."""
+        """Shards read by the latest :meth:`batches` pass, in order (what a resume jump read)."""
         self.live_peak = 0
         """Most shards' gathered slots held at once by :meth:`batches` (bounded by the window)."""
 
@@ -472,6 +472,7 @@ class StorePlan:
         ``skip`` reads no shard only earlier batches needed) and keeps just the chosen slots;
         each batch's targets are one (b, 2, D) float32 copy its items are views of."""
         plan = self._plan(epoch, tag)
+        self.shards_read = []
         b, first = self.batch, skip * self.batch
         rows, views = plan.rows[first:], plan.views[first:]
         if len(rows) == 0:
