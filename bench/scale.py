@@ -394,10 +394,14 @@ def trainer_child(url: str, fill_dim: int | None, batches: int, buffer: int) -> 
         if k + 1 >= batches:
             break
     stream_s = time.perf_counter() - t0
+    # a resume: a new plan object (nothing planned ahead, as in a fresh process) jumps to 5
+    # batches before the end of the next epoch; its start-up (manifest, mask) is plan_init_s
     skip = plan.steps_per_epoch - 5
-    sampler.set_epoch(LATE_EPOCH + 1, skip=skip)
+    resumed = StorePlan(store, seed=0, batch=BATCH, buffer_size=buffer, fill_dim=fill_dim)
+    jumper = EpochBatchSampler(resumed)
+    jumper.set_epoch(LATE_EPOCH + 1, skip=skip)
     t0 = time.perf_counter()
-    jumped = next(iter(sampler))
+    jumped = next(iter(jumper))
     jump_s = time.perf_counter() - t0
     return {
         "rows": int(store.n),
@@ -407,7 +411,7 @@ def trainer_child(url: str, fill_dim: int | None, batches: int, buffer: int) -> 
         "batches_per_s": batches / stream_s,
         "resume_jump_s": jump_s,
         "resume_skip": skip,
-        "resume_shards_read": len(plan.shards_read),
+        "resume_shards_read": len(resumed.shards_read),
         "shards": int(store.num_shards),
         "shard_rows": int(store.shard_size),
         "buffer": buffer,
