@@ -104,8 +104,7 @@ def build_manifest(dataset: ImageDataset, split: str = "all", progress: bool = T
     """Decode every image of ``split`` once and record keys, labels, hashes, sizes and validity.
 
     Undecodable images are recorded (``valid`` False, size 0, ``errors[key]``); this never raises
-    for
-    a bad image. Raises ``DatasetError`` for an unknown split.
+    for a bad image. Raises ``DatasetError`` for an unknown split.
     """
     return manifest_rows(dataset, dataset.split_indices(split), split, progress)
 

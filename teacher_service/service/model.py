@@ -100,8 +100,8 @@ def load_runtime(
 
     The recipe is ``recipe`` / ``size`` (px) where given, else the teacher's recorded ones
     (:func:`teacher_service.checkpoint.recipe_for`, the rule precompute uses too; a timm:/hf:/
-    open_clip:/py: teacher: ``mocov2`` at its input size). Raises ``CheckpointError`` /
-    ``ConfigError``.
+    open_clip:/py: teacher: ``mocov2`` at its input size). Raises ``CheckpointError`` or
+    ``ConfigError`` with one line naming the problem.
     """
     if threads is not None:
         torch.set_num_threads(threads)
