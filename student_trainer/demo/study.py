@@ -26,22 +26,16 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from store.atomic import atomic_write_text
-from store.errors import ConfigError
+from student_trainer.demo.config import STUDENT_DEFAULTS, DemoConfig, StudyConfig
 from student_trainer.demo.ledger import RunLedger
-from student_trainer.demo.pipeline import (
-    STUDENT_DEFAULTS,
-    DemoConfig,
-    build_store,
-    run_demo,
-    train_run,
-)
+from student_trainer.demo.pipeline import build_store, run_demo, train_run
 from student_trainer.eval.evaluate import evaluate
 from student_trainer.eval.features import EncoderFeatures
 from student_trainer.eval.report import format_pct
@@ -49,48 +43,6 @@ from student_trainer.train.config import TrainConfig
 from teacher_service.checkpoint import file_sha256
 
 __all__ = ["Arm", "StudyConfig", "StudyResult", "plan_arms", "render_study", "run_study"]
-
-
-@dataclass
-class StudyConfig:
-    """What the study measures beyond the demo (whose settings every arm starts from)."""
-
-    seeds: int = 3
-    """Student seeds of the main arms (mocov2, disco): seeds demo.seed .. demo.seed + seeds - 1."""
-    ablation_seeds: int = 2
-    """Student seeds of every other arm (each costs one student run per seed)."""
-    lambdas: tuple[float, ...] = (2.0,)
-    """DisCo λ values besides the demo's."""
-    views: tuple[int, ...] = (2, 32)
-    """Cached-view counts besides the demo's V (fewer: a prefix of the demo's store; more: a
-    store of their own)."""
-    online: bool = True
-    """Also train ``disco`` with a live teacher on fresh views every step."""
-    head_hidden: tuple[int, ...] = (128, 512)
-    """Student head hidden widths besides the default 2048 (the Distilling BottleNeck)."""
-    weak_teacher: bool = True
-    """Also distil from the seed-0 mocov2 student (a teacher no better than the student)."""
-    symmetric_mocov2: bool = True
-    """Also train ``mocov2`` with the symmetric loss (``--symmetric``: both views query and key
-    each step): the better no-teacher baseline at the demo's epochs."""
-
-    def shrunk(self, demo_views: int) -> StudyConfig:
-        """The ``--quick`` study: 2 main seeds, 1 ablation seed, one extra V (demo's + 1), one
-        extra head width; every arm kind still runs."""
-        return replace(
-            self,
-            seeds=min(self.seeds, 2),
-            ablation_seeds=1,
-            lambdas=self.lambdas[:1],
-            views=(demo_views + 1,),
-            head_hidden=self.head_hidden[:1],
-        )
-
-    def __post_init__(self) -> None:
-        if self.seeds < 1 or self.ablation_seeds < 1:
-            raise ConfigError("seeds and ablation_seeds must be >= 1")
-        if any(v < 2 for v in self.views):
-            raise ConfigError(f"views must be >= 2, got {self.views}")
 
 
 @dataclass(frozen=True)
