@@ -305,13 +305,7 @@ def render_study(summary: dict[str, Any]) -> str:
     t = summary["teacher"]["knn_weighted"]
     px = summary["pixels"]["knn_weighted"]
     demo = summary["demo"]
-
-    def cell(a: dict[str, Any]) -> str:
-        per = ", ".join(format_pct(v) for v in a["knn_weighted"].values())
-        if len(a["seeds"]) > 1:
-            return f"{format_pct(a['mean'])} ± {format_pct(a['std'])} | {per}"
-        return f"{format_pct(a['mean'])} | {per}"
-
+    cell = _cell
     lines = [
         "# DisCo study",
         "",
@@ -333,6 +327,27 @@ def render_study(summary: dict[str, Any]) -> str:
     for a in summary["arms"]:
         if a["group"] == "main":
             lines.append(f"| {a['label']} | {cell(a)} | {100 * (a['mean'] - base):+.1f} |")
+    lines += _ablations(summary, arms)
+    lines += _cost_section(summary["cost"])
+    lines += ["", "## Goals", ""]
+    lines += [
+        f"- {k.replace('_', ' ')}: **{'yes' if v else 'no'}**" for k, v in summary["goals"].items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(a: dict[str, Any]) -> str:
+    """``mean ± std | per-seed values`` of an arm (percent)."""
+    per = ", ".join(format_pct(v) for v in a["knn_weighted"].values())
+    if len(a["seeds"]) > 1:
+        return f"{format_pct(a['mean'])} ± {format_pct(a['std'])} | {per}"
+    return f"{format_pct(a['mean'])} | {per}"
+
+
+def _ablations(summary: dict[str, Any], arms: dict[str, dict[str, Any]]) -> list[str]:
+    """One table per ablation group (λ, V, head width, weak teacher) against the disco arm."""
+    lines: list[str] = []
+    cell = _cell
     for group, title, note in (
         ("lambda", "DisCo λ", "distillation weight (batch mean of ‖ŝ − t‖², both views)"),
         ("views", "Cached views V against an online teacher", "views per train image"),
@@ -361,8 +376,12 @@ def render_study(summary: dict[str, Any]) -> str:
             first = group_rows[0]["seeds"][0]
             weak = format_pct(arms["mocov2"]["knn_weighted"][first])
             lines.append(f"| the weak teacher itself (mocov2 seed {first}) | {weak} | | |")
-    cost = summary["cost"]
-    lines += ["", "## Cost: cache build against per-run teacher time", ""]
+    return lines
+
+
+def _cost_section(cost: dict[str, Any]) -> list[str]:
+    """The cache's cost: teacher time per run online against each store's build time."""
+    lines = ["", "## Cost: cache build against per-run teacher time", ""]
     if "break_even" in cost:
         lines += [
             f"One cached disco run took {cost['cached_run_s']:.0f} s, the same run with an online "
@@ -377,8 +396,4 @@ def render_study(summary: dict[str, Any]) -> str:
             lines.append(f"| {name} | {b['build_s']:.0f} | {b['runs_to_pay_off']} |")
     else:
         lines.append("(needs the online arm and a measured cache build)")
-    lines += ["", "## Goals", ""]
-    lines += [
-        f"- {k.replace('_', ' ')}: **{'yes' if v else 'no'}**" for k, v in summary["goals"].items()
-    ]
-    return "\n".join(lines) + "\n"
+    return lines
