@@ -98,6 +98,25 @@ def _check_old_rows(old: Manifest, ds: ImageDataset, progress: bool) -> np.ndarr
     return where
 
 
+def _grown(
+    old: Manifest, new: Manifest, spec: str, split: str, where: np.ndarray, labels: np.ndarray
+) -> Manifest:
+    """The old rows (now at dataset indices ``where``, with today's ``labels``) followed by the
+    new ones."""
+    return Manifest(
+        dataset=spec,
+        split=split,
+        indices=np.concatenate([where, new.indices]),
+        keys=np.concatenate([old.keys, new.keys]),
+        labels=np.concatenate([labels, new.labels]),
+        sha256=np.concatenate([old.sha256, new.sha256]),
+        heights=np.concatenate([old.heights, new.heights]),
+        widths=np.concatenate([old.widths, new.widths]),
+        valid=np.concatenate([old.valid, new.valid]),
+        errors={**old.errors, **new.errors},
+    )
+
+
 def append_rows(
     url: str,
     dataset: str | None = None,
@@ -133,18 +152,7 @@ def append_rows(
         return AppendReport(url, spec, n_old, n_old, 0, 0, 0, 0, time.perf_counter() - t0)
     new = manifest_rows(ds, new_idx, split, progress)
     labels = np.asarray(ds.labels, dtype=np.int64)[where]
-    grown = Manifest(
-        dataset=ds.spec,
-        split=split,
-        indices=np.concatenate([where, new.indices]),
-        keys=np.concatenate([old.keys, new.keys]),
-        labels=np.concatenate([labels, new.labels]),
-        sha256=np.concatenate([old.sha256, new.sha256]),
-        heights=np.concatenate([old.heights, new.heights]),
-        widths=np.concatenate([old.widths, new.widths]),
-        valid=np.concatenate([old.valid, new.valid]),
-        errors={**old.errors, **new.errors},
-    )
+    grown = _grown(old, new, ds.spec, split, where, labels)
     params = plan_views(
         store.recipe, store.seed, new.heights, new.widths, store.views, progress, first_row=n_old
     )
