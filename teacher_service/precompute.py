@@ -586,11 +586,13 @@ def run_precompute(
         done = _compute(job, work, loader, writer, cfg)
     finally:
         writer.close()
+    # invalid_rows counts the rows the manifest had ruled out; this run's failures are in errors
+    report = _report(cfg, job, work, done, time.perf_counter() - t0)
     if done.failed_rows and sink is None:
         # Valid by their header at manifest time, undecodable now: recorded in the store so no
         # consumer waits for targets that will never come (the slots stay unwritten).
         job.store.mark_invalid(np.asarray(done.failed_rows, np.int64), done.errors)
-    return _report(cfg, job, work, done, time.perf_counter() - t0)
+    return report
 
 
 @dataclass
