@@ -62,6 +62,7 @@ from store.errors import (
 )
 from store.locks import is_local
 from store.manifest import build_manifest
+from store.precision import compute_dtype as precision_dtype
 from store.runtime import (
     autocast,
     default_workers,
@@ -79,7 +80,6 @@ from store.views import (
 )
 from teacher_service.checkpoint import LoadedEncoder, recipe_for
 from teacher_service.config import STORE_DTYPES, PrecomputeConfig
-from teacher_service.precision import compute_dtype as precision_dtype
 from teacher_service.sources import LoadedTeacher, TeacherModel, load_teacher, to_pixels
 
 __all__ = [
@@ -591,11 +591,13 @@ def run_precompute(
         done = _compute(job, work, loader, writer, cfg)
     finally:
         writer.close()
+    # invalid_rows counts the rows the manifest had ruled out; this run's failures are in errors
+    report = _report(cfg, job, work, done, time.perf_counter() - t0)
     if done.failed_rows and sink is None:
         # Valid by their header at manifest time, undecodable now: recorded in the store so no
         # consumer waits for targets that will never come (the slots stay unwritten).
         job.store.mark_invalid(np.asarray(done.failed_rows, np.int64), done.errors)
-    return _report(cfg, job, work, done, time.perf_counter() - t0)
+    return report
 
 
 @dataclass

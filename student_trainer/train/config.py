@@ -10,10 +10,10 @@ from typing import Any
 from store.atomic import atomic_write_text
 from store.devices import parse_device_name
 from store.errors import ConfigError
+from store.precision import parse_precision
 from store.targets import parse_targets
 from student_trainer.train.methods import MethodSpec, get_method
 from student_trainer.train.schedule import scaled_lr
-from teacher_service.precision import parse_precision
 
 __all__ = [
     "MISSING_CHOICES",
@@ -28,6 +28,7 @@ RESULT_NEUTRAL_FIELDS = (
     "num_workers",
     "progress",
     "checkpoint_every",
+    "log_every",  # when the terms are read back, not what they are
     "threads",
     "store_in_ram",  # the same targets, read once instead of per epoch
     "renderer",  # CPU renderers give the same bytes (store.views.batched)
@@ -209,6 +210,10 @@ class TrainConfig:
     cache_images: bool | None = None
     """Keep decoded images in RAM; None = when the decoded dataset is under 2 GiB."""
     checkpoint_every: int = 200
+    log_every: int = 20
+    """Read the loss terms back from the device every this many steps (one sync, and under DDP
+    one all-reduce of the finite check, per interval instead of per step) and append their
+    per-step records to ``log.jsonl``; also before every checkpoint, monitor run and at the end."""
     """Write ``ckpt/last.pt`` every this many steps (and at the end)."""
     resume: bool = False
     """Continue from ``out/ckpt/last.pt`` when it exists (the config must match)."""
@@ -276,6 +281,7 @@ class TrainConfig:
             "size": self.size,
             "shuffle_buffer": self.shuffle_buffer,
             "checkpoint_every": self.checkpoint_every,
+            "log_every": self.log_every,
             "fill_depth": self.fill_depth,
         }
         for name, value in positive_ints.items():
