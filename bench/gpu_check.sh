@@ -101,7 +101,7 @@ print(json.dumps({
 EOF
 
 if [[ $TINY -eq 1 ]]; then
-  DEV=cpu; AMP=(); SVC_DTYPE=float32; W=0; TESTS=(tests/test_gpu.py)
+  DEV=cpu; PRE_PRECISION=(); SVC_PRECISION=fp32; W=0; TESTS=(tests/test_gpu.py)
   PRE=(--arch resnet18 --width 8 --dataset synthetic:32 --n 32 --views 2 --size 16
        --batch-size 32 --shard-size 32 --repeats 1)
   TRAIN=(--student tiny --teacher resnet18 --teacher-width 16 --dataset synthetic:64 --size 16
@@ -114,12 +114,12 @@ if [[ $TINY -eq 1 ]]; then
   TIME=(--skip-224 --repeats 1 --train-batch 16 --views 2)
   LIMITS=(120 120 240 60 120 60 120)
 else
-  DEV=cuda; AMP=(--amp bf16); SVC_DTYPE=bfloat16; TESTS=(tests)
+  DEV=cuda; PRE_PRECISION=(--precision bf16); SVC_PRECISION=bf16; TESTS=(tests)
   W=$(( CPUS - 1 < 15 ? CPUS - 1 : 15 ))
   PRE=(--arch resnet50 --width 64 --no-small-stem --dataset synthetic:512 --n 512 --views 4
        --size 224 --batch-size 256 --shard-size 256 --repeats 2)
   TRAIN=(--student resnet18 --teacher resnet50 --teacher-width 64 --dataset synthetic:1024
-         --size 224 --batch 128 --steps 20 --online-steps 20 --repeats 2 --views 2 --amp
+         --size 224 --batch 128 --steps 20 --online-steps 20 --repeats 2 --views 2 --precision bf16
          --min-flops-ratio 2)
   KNN=(--bank 1000000 --queries 10000 --dim 128 --k 20 --repeats 3 --skip-sklearn)
   SVC=(--clients 64 --requests 512 --rounds 2 --arch resnet50 --width 64 --size 224
@@ -153,12 +153,12 @@ if ! tail -n 1 "$JSONL" | grep -q '"status": "ok"'; then FAILED=1; fi
 
 # 2-6. benches
 run precompute "${LIMITS[1]}" "$PY" bench/precompute.py "${PRE[@]}" --workers "$W" \
-  --device "$DEV" "${AMP[@]}"
+  --device "$DEV" "${PRE_PRECISION[@]}"
 run train_throughput "${LIMITS[2]}" "$PY" bench/train_throughput.py "${TRAIN[@]}" \
   --workers "$W" --device "$DEV"
 run knn "${LIMITS[3]}" "$PY" bench/knn.py "${KNN[@]}" --device "$DEV"
 run service "${LIMITS[4]}" "$PY" bench/service.py "${SVC[@]}" --device "$DEV" \
-  --dtype "$SVC_DTYPE"
+  --precision "$SVC_PRECISION"
 run render "${LIMITS[5]}" "$PY" bench/render.py "${RENDER[@]}" --device "$DEV"
 run time_budget "${LIMITS[6]}" "$PY" bench/time_budget.py "${TIME[@]}" --device "$DEV"
 

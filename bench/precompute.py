@@ -8,7 +8,7 @@ Each is repeated ``--repeats`` times; medians are reported. Last line: one JSON 
 and ``pipeline_ratio`` (c / a).
 
     python bench/precompute.py                      # CPU defaults, about 2 minutes on 2 cores
-    python bench/precompute.py --device cuda --arch resnet50 --size 224 --n 2048 --amp bf16
+    python bench/precompute.py --device cuda --arch resnet50 --size 224 --n 2048 --precision bf16
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ import torch
 from store.builtin import ArrayDataset
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
+from store.precision import COMPUTE_DTYPES
+from store.runtime import autocast, prepare_model, resolve_device, to_device
 from store.views import render_view
 from teacher_service.checkpoint import save_checkpoint
 from teacher_service.encoders import EncoderConfig, build_encoder
-from teacher_service.precompute import AMP_DTYPES, PrecomputeConfig, run_precompute
-from teacher_service.runtime import autocast, prepare_model, resolve_device, to_device
+from teacher_service.precompute import PrecomputeConfig, run_precompute
 
 
 def _args() -> argparse.Namespace:
@@ -47,7 +48,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--shard-size", type=int, default=128)
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", default="none")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--repeats", type=int, default=3)
     return p.parse_args()
 
@@ -91,7 +92,7 @@ def main() -> None:
                 batch_size=args.batch_size,
                 workers=args.workers,
                 device=args.device,
-                amp=args.amp,
+                precision=args.precision,
                 shard_size=args.shard_size,
                 progress=False,
             )
@@ -106,9 +107,10 @@ def main() -> None:
         # (a) bare forward on pre-rendered views of the same images and plan.
         plan_store = EmbeddingStore.open(fresh_store("plan.zarr"))
         params = plan_store.params
+        rows = plan_store.manifest.indices  # store row -> sample (rows are permuted)
         views = torch.stack(
             [
-                render_view(subset.load(i), params[i, v], plan_store.recipe)
+                render_view(subset.load(int(rows[i])), params[i, v], plan_store.recipe)
                 for i in range(len(subset))
                 for v in range(args.views)
             ]
@@ -118,7 +120,7 @@ def main() -> None:
         model = prepare_model(encoder, device)
         if device.type == "cuda":
             views = views.pin_memory()
-        ctx = autocast(device, AMP_DTYPES[args.amp])
+        ctx = autocast(device, COMPUTE_DTYPES[args.precision])
 
         def bare() -> float:
             t0 = time.perf_counter()
@@ -142,7 +144,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in results.items()}
     print(f"precompute bench: teacher {teacher_name} ({args.recipe} views at {args.size} px), "
           f"{len(subset)} images x {args.views} views, batch {args.batch_size}, "
-          f"{args.workers} loader workers, device {device}, amp {args.amp}, "
+          f"{args.workers} loader workers, device {device}, precision {args.precision}, "
           f"torch threads {torch.get_num_threads()}")  # fmt: skip
     print(f"{'stage':<34}{'median img/s':>14}   repeats")
     labels = {
@@ -166,7 +168,7 @@ def main() -> None:
         "batch": args.batch_size,
         "workers": args.workers,
         "device": str(device),
-        "amp": args.amp,
+        "precision": args.precision,
     }
     print(json.dumps(line))
 

@@ -27,7 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -130,6 +133,16 @@ def _best_s(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
+def _cpu_s(fn: Callable[[], object]) -> float:
+    """CPU seconds ``fn`` costs in this process and in the child processes it waits for."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.process_time()
+    fn()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    children = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return time.process_time() - t0 + children
+
+
 def bench_manifest(root: Path, sizes: Sizes) -> dict[str, Any]:
     """ms per image of the manifest at 1 worker and at all cores, and of the old full decode."""
     ds = open_dataset(f"imagefolder:{root}")
@@ -143,6 +156,10 @@ def bench_manifest(root: Path, sizes: Sizes) -> dict[str, Any]:
         for i in sample:
             decode_image((root / ds.keys[i]).read_bytes(), ds.keys[i])
 
+    # CPU seconds of both (this process + pool workers): independent of the machine's load, so
+    # the pool's own cost shows even when the other jobs leave it no free core.
+    cpu_one = _cpu_s(lambda: build_manifest(ds, "all", False, workers=1))
+    cpu_many = _cpu_s(lambda: build_manifest(ds, "all", False, workers=cores))
     decode = _best_s(decode_all, 1)
     check = build_manifest(ds, "all", False, workers=cores)
     mb = sum((root / k).stat().st_size for k in ds.keys) / 2**20
@@ -153,6 +170,7 @@ def bench_manifest(root: Path, sizes: Sizes) -> dict[str, Any]:
         "manifest_ms_per_image_1": 1e3 * one / n,
         "manifest_ms_per_image": 1e3 * many / n,
         "manifest_pool_speedup": one / many,
+        "manifest_pool_cpu_ratio": cpu_many / cpu_one,
         "decode_ms_per_image_1": 1e3 * decode / len(sample),
         "header_vs_decode_speedup": (decode / len(sample)) / (one / n),
         "manifest_invalid": check.num_invalid,
@@ -243,13 +261,13 @@ def simulated_classes_per_batch(
     return float(np.mean([len(np.unique(b)) for b in per]))
 
 
-def plan_classes_per_batch(store: EmbeddingStore, batches: int) -> float | None:
+def plan_classes_per_batch(store: EmbeddingStore, batches: int) -> float:
     """Distinct classes per batch of ``BATCH`` in the first ``batches`` batches of the trainer's
     own epoch plan (``student_trainer.train.data.StorePlan``) over ``store``."""
-    try:
-        from student_trainer.train.data import StorePlan
-    except ImportError:  # the trainer package moves (#27); the simulation below still reports
-        return None
+    # The trainer's own plan (torch comes with it): imported only for this figure, so the
+    # manifest pool's workers do not import torch.
+    from student_trainer.train.data import StorePlan
+
     plan = StorePlan(store, seed=0, batch=BATCH, buffer_size=8192)
     labels = store.manifest.labels
     counts = []
@@ -274,7 +292,7 @@ def bench_mix(store: EmbeddingStore, sizes: Sizes) -> dict[str, Any]:
     dataset_order = simulated_classes_per_batch(
         np.sort(labels), store.shard_size, 8192, BATCH, sizes.mix_batches
     )
-    measured = planned if planned is not None else simulated
+    measured = planned
     return {
         "row_order": store.row_order,
         "classes_per_batch": measured,
@@ -331,18 +349,133 @@ def bench_slots(store: EmbeddingStore, sizes: Sizes, per_request: int = 64) -> d
 
 
 # ----------------------------------------------------------------------------------------------
-# Trainer-side hook (#23 items 3-4: planning, bounded memory). Filled by the trainer-side change;
-# until then every figure is None (JSON null), never a made-up number.
+# Trainer side (#23 items 3-4): planning, resume jump, bounded memory.
+
+TRAINER_BATCHES = 120
+"""Batches of a late epoch the RSS child reads (tens of shards: enough to show a leak)."""
+LATE_EPOCH = 7
+
+
+def _rss_mb() -> float:
+    """Peak resident set of this process, MB: ``VmHWM`` of ``/proc/self/status`` (reset by exec;
+    ``ru_maxrss`` is not: a child started from a big parent reports the parent's peak)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: an upper bound
+
+
+def trainer_child(url: str, fill_dim: int | None, batches: int, buffer: int) -> dict[str, Any]:
+    """The trainer's real data path over the store at ``url`` in this (fresh) process: open it,
+    build the plan (manifest, usable mask), read ``batches`` batches of a late epoch as the
+    DataLoader's sampler does (shards read, slots copied out, targets stacked as ``collate_pairs``
+    stacks them), then jump straight to a step near that epoch's end. Returns timings and the
+    peak RSS, MB. ``fill_dim``: lazy-fill mode (every valid view usable; for a store whose slots
+    are mostly unwritten)."""
+    # the trainer's modules (torch) only in this child, as a trainer process imports them
+    import torch
+
+    from student_trainer.train.data import EpochBatchSampler, StorePlan
+
+    t0 = time.perf_counter()
+    store = EmbeddingStore.open(url)
+    plan = StorePlan(store, seed=0, batch=BATCH, buffer_size=buffer, fill_dim=fill_dim)
+    init_s = time.perf_counter() - t0
+    sampler = EpochBatchSampler(plan)
+    sampler.set_epoch(LATE_EPOCH)
+    t0 = time.perf_counter()
+    first_s = 0.0
+    for k, items in enumerate(sampler):
+        targets = [i.targets[0] for i in items if i.targets is not None]
+        torch.from_numpy(np.stack(targets))  # as collate_pairs stacks them
+        if k == 0:
+            first_s = time.perf_counter() - t0
+        if k + 1 >= batches:
+            break
+    stream_s = time.perf_counter() - t0
+    # a resume: a new plan object (nothing planned ahead, as in a fresh process) jumps to 5
+    # batches before the end of the next epoch; its start-up (manifest, mask) is plan_init_s
+    skip = plan.steps_per_epoch - 5
+    resumed = StorePlan(store, seed=0, batch=BATCH, buffer_size=buffer, fill_dim=fill_dim)
+    jumper = EpochBatchSampler(resumed)
+    jumper.set_epoch(LATE_EPOCH + 1, skip=skip)
+    t0 = time.perf_counter()
+    jumped = next(iter(jumper))
+    jump_s = time.perf_counter() - t0
+    return {
+        "rows": int(store.n),
+        "dim": int(store.dim or 0),
+        "plan_init_s": init_s,
+        "first_batch_s": first_s,
+        "batches_per_s": batches / stream_s,
+        "resume_jump_s": jump_s,
+        "resume_skip": skip,
+        "resume_shards_read": len(resumed.shards_read),
+        "shards": int(store.num_shards),
+        "shard_rows": int(store.shard_size),
+        "buffer": buffer,
+        "live_shards_peak": plan.live_peak,
+        "batch_targets_bytes": _held_bytes(jumped[0].targets),
+        "rss_mb": _rss_mb(),
+    }
+
+
+def _held_bytes(targets: tuple[np.ndarray, np.ndarray] | None) -> int:
+    """Bytes of the array an item's targets are views of (a batch's (b, 2, D) copy)."""
+    if targets is None:
+        return 0
+    base = targets[0].base
+    return int(targets[0].nbytes if base is None else base.nbytes)
+
+
+def _child(url: str, fill_dim: int | None, batches: int, buffer: int) -> dict[str, Any]:
+    """:func:`trainer_child` in a fresh interpreter (its own peak RSS); the last stdout line."""
+    cmd = [sys.executable, __file__, "--child", url, "--child-batches", str(batches)]
+    cmd += ["--child-buffer", str(buffer)]
+    if fill_dim is not None:
+        cmd += ["--child-fill-dim", str(fill_dim)]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root)
+    if proc.returncode:
+        raise RuntimeError(f"trainer child failed: {proc.stderr[-2000:]}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def trainer_figures(
     store_big: EmbeddingStore, store_768: EmbeddingStore, sizes: Sizes
 ) -> dict[str, Any]:
-    """HOOK(#23 trainer side): ``plan_rows_per_s`` (vectorised epoch planning over
-    ``store_big``, rows/s on one core), ``trainer_rss_mb`` (peak RSS of a trainer process
-    creating and planning over ``store_big`` and over ``store_768``, MB, the larger),
-    ``resume_jump_s`` (seconds for a resume to reach a step mid-epoch without replaying it)."""
-    return {"plan_rows_per_s": None, "trainer_rss_mb": None, "resume_jump_s": None}
+    """``plan_rows_per_s``: the vectorised epoch plan over ``store_big`` (rows planned per second,
+    best of 3 epochs, one thread); ``trainer_rss_mb``: peak RSS of a fresh trainer process on the
+    real data path over ``store_big`` and over ``store_768`` (lazy-fill mode, D 768), the larger;
+    ``resume_jump_s``: seconds from a resume to its first batch 5 steps before a late epoch's
+    end (no replay: only the shards its batches need are read), against the first batch of an
+    epoch (``resume_jump_ratio``)."""
+    # the trainer's default window (8192) at full size; two shards' worth at toy sizes, so the
+    # window spans as few shards as it does at full size
+    buffer = min(8192, 2 * sizes.shard)
+    # The trainer's own plan (torch comes with it): imported only for these figures.
+    from student_trainer.train.data import StorePlan
+
+    plan = StorePlan(store_big, seed=0, batch=BATCH, buffer_size=buffer)
+    times = []
+    for epoch in range(3):
+        t0 = time.perf_counter()
+        rows = len(plan.plan_epoch(epoch).rows)
+        times.append(time.perf_counter() - t0)
+    batches = min(sizes.mix_batches, TRAINER_BATCHES)
+    big = _child(store_big.url, None, batches, buffer)
+    wide = _child(store_768.url, 768, batches, buffer)
+    return {
+        "plan_rows_per_s": rows / min(times),
+        "plan_epoch_s": min(times),
+        "trainer_rss_mb": max(big["rss_mb"], wide["rss_mb"]),
+        "resume_jump_s": big["resume_jump_s"],
+        "resume_jump_ratio": big["resume_jump_s"] / big["first_batch_s"],
+        **{f"trainer_big_{k}": v for k, v in big.items()},
+        **{f"trainer_768_{k}": v for k, v in wide.items()},
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -369,7 +502,14 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="toy sizes (seconds; for tests)")
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)  # trainer_child's store
+    ap.add_argument("--child-fill-dim", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child-batches", type=int, default=TRAINER_BATCHES, help=argparse.SUPPRESS)
+    ap.add_argument("--child-buffer", type=int, default=8192, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.child:
+        print(json.dumps(trainer_child(a.child, a.child_fill_dim, a.child_batches, a.child_buffer)))
+        return
     sizes = TINY if a.tiny else FULL
     root = Path(a.dir) if a.dir else Path(tempfile.mkdtemp(prefix="disco-scale-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -408,6 +548,11 @@ def main() -> None:
         },
         **{k: v for k, v in mix.items() if k != "classes_per_batch_ratio"},
         **{k: v for k, v in slots.items() if k != "slot_writes_per_s"},
+        **{
+            k: v
+            for k, v in trainer.items()
+            if k not in ("plan_rows_per_s", "trainer_rss_mb", "resume_jump_s")
+        },
         **ext,
         "rows": sizes.rows,
         "rows_768": sizes.rows_768,

@@ -182,10 +182,10 @@ def _precompute_224(
 def _training(
     a: argparse.Namespace, tmp: str, dev: torch.device, sync: Callable[[], None]
 ) -> dict[str, float]:
+    from store.runtime import to_device
     from student_trainer.train.config import TrainConfig
     from student_trainer.train.moco import MoCo
     from student_trainer.train.models import build_student, resolve_bn_groups, student_config
-    from teacher_service.runtime import to_device
 
     b = a.train_batch
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}

@@ -41,8 +41,9 @@ The teacher is a randomly initialised encoder (weights do not change its cost) w
 
     python bench/train_throughput.py                          # CPU, ~4 min on 2 quiet cores
     python bench/train_throughput.py --device cuda --batch 256 --size 64 --dataset synthetic:4096
-    python bench/train_throughput.py --device cuda --amp --student resnet18 --teacher resnet50 \
-        --teacher-width 64 --size 224 --batch 128 --workers 15 --min-flops-ratio 2  # GPU host
+    python bench/train_throughput.py --device cuda --precision bf16 --student resnet18 \
+        --teacher resnet50 --teacher-width 64 --size 224 --batch 128 --workers 15 \
+        --min-flops-ratio 2  # GPU host
 
 Measured here (2 quiet cores, defaults; README "Benchmark: bench/train_throughput.py"):
 read_cost_ratio 1.02 (zarr vs RAM planning 19 vs 11 ms per 1.6 s epoch), speedup_vs_online
@@ -242,7 +243,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
-        "--amp", action="store_true", help="bf16 autocast on CUDA (precompute and training)"
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="compute precision of precompute and training (bf16/fp16: CUDA only)",
     )
     parser.add_argument(
         "--min-flops-ratio",
@@ -292,7 +296,7 @@ def main() -> None:
             size=args.size,
             workers=args.workers,
             device=args.device,
-            amp="bf16" if args.amp else "none",
+            precision=args.precision,
             progress=False,
         )
     )
@@ -334,7 +338,7 @@ def _measure(
         progress=False,
         stop_at_step=args.steps,
         device=args.device,
-        amp=args.amp,
+        precision=args.precision,
         threads=args.threads,
         checkpoint_every=10**6,
     )
@@ -452,7 +456,7 @@ def _measure(
         "online_steps": args.online_steps,
         "repeats": args.repeats,
         "device": args.device,
-        "amp": args.amp,
+        "precision": args.precision,
         "workers": args.workers,
         "threads": args.threads or torch.get_num_threads(),
     }

@@ -16,18 +16,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from store.cli_options import apply_remote_options, remote_options, with_options
-from store.errors import DiscoError
+from store.cli_options import apply_remote_options, exits_on_error, remote_options, with_options
+from store.datasets import DATASET_HELP
 
 app = typer.Typer(help="Create and inspect DisCo embedding stores.", no_args_is_help=True)
 console = Console()
-
-
-def _fail(exc: DiscoError) -> typer.Exit:
-    Console(stderr=True).print(
-        f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True
-    )
-    return typer.Exit(1)
 
 
 def _human(n: float) -> str:
@@ -40,11 +33,10 @@ def _human(n: float) -> str:
 
 @app.command()
 @with_options(remote_options())
+@exits_on_error
 def create(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
-    dataset: Annotated[
-        str, typer.Option(help="Dataset spec: mnist5k, digits, synthetic[:N], imagefolder:PATH.")
-    ] = "mnist5k",
+    dataset: Annotated[str, typer.Option(help=DATASET_HELP)] = "mnist5k",
     split: Annotated[str, typer.Option(help="Split: all, train or test.")] = "train",
     recipe: Annotated[
         str, typer.Option(help="View recipe (mocov2, digits, ...; store.views.RECIPES).")
@@ -81,28 +73,25 @@ def create(
     from store.manifest import build_manifest
     from store.views import get_recipe
 
-    try:
-        apply_remote_options(config)
-        t0 = time.perf_counter()
-        rec = get_recipe(
-            recipe, size, interpolation
-        )  # validate cheap options before decoding the dataset
-        ds = open_dataset(dataset)
-        manifest = build_manifest(ds, split, progress=True, workers=workers)
-        store = EmbeddingStore.create(
-            path,
-            manifest=manifest,
-            recipe=rec,
-            seed=seed,
-            views=views,
-            shard_size=shard_size,
-            chunk_size=chunk_size,
-            codec=codec,
-            overwrite=overwrite,
-            progress=True,
-        )
-    except DiscoError as exc:
-        raise _fail(exc) from None
+    apply_remote_options(config)
+    t0 = time.perf_counter()
+    rec = get_recipe(
+        recipe, size, interpolation
+    )  # validate cheap options before decoding the dataset
+    ds = open_dataset(dataset)
+    manifest = build_manifest(ds, split, progress=True, workers=workers)
+    store = EmbeddingStore.create(
+        path,
+        manifest=manifest,
+        recipe=rec,
+        seed=seed,
+        views=views,
+        shard_size=shard_size,
+        chunk_size=chunk_size,
+        codec=codec,
+        overwrite=overwrite,
+        progress=True,
+    )
     console.print(
         f"created {path}: N={store.n} V={store.views} P={store.num_params} "
         f"shards={store.num_shards} manifest={manifest.hash[:12]} "
@@ -116,6 +105,7 @@ def create(
 
 @app.command()
 @with_options(remote_options())
+@exits_on_error
 def append(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     dataset: Annotated[
@@ -140,13 +130,10 @@ def append(
     # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.append import append_rows
 
-    try:
-        apply_remote_options(config)
-        report = append_rows(
-            path, dataset, progress=not as_json, lock_timeout=lock_timeout, workers=workers
-        )
-    except DiscoError as exc:
-        raise _fail(exc) from None
+    apply_remote_options(config)
+    report = append_rows(
+        path, dataset, progress=not as_json, lock_timeout=lock_timeout, workers=workers
+    )
     if as_json:
         console.print_json(json.dumps(report.to_dict()))
         return
@@ -169,6 +156,7 @@ def append(
 
 
 @app.command()
+@exits_on_error
 def compact(
     path: Annotated[str, typer.Argument(help="Store location (a local path).")],
     target: Annotated[
@@ -181,18 +169,17 @@ def compact(
     Readers see the same slots before and after; plain zarr readers (tensorstore) see the logged
     slots only after it. Safe while writers run (each shard under its lock).
     """
+    # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.embedding_store import EmbeddingStore
 
-    try:
-        store = EmbeddingStore.open(path, mode="r+")
-        names = [target] if target is not None else store.teachers
-        merged = sum(store.for_target(name).compact() for name in names)
-    except DiscoError as exc:
-        raise _fail(exc) from None
+    store = EmbeddingStore.open(path, mode="r+")
+    names = [target] if target is not None else store.teachers
+    merged = sum(store.for_target(name).compact() for name in names)
     console.print(f"{path}: merged the slot logs of {merged} shard(s)", highlight=False)
 
 
 @app.command()
+@exits_on_error
 def convert(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     name: Annotated[
@@ -204,13 +191,11 @@ def convert(
     Records NAME for the existing teacher; no embedding byte moves. Further teachers are then
     added with `disco precompute --as NAME2` (which converts automatically when needed).
     """
+    # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.embedding_store import EmbeddingStore
 
-    try:
-        store = EmbeddingStore.open(path, mode="r+")
-        store.convert(name)
-    except DiscoError as exc:
-        raise _fail(exc) from None
+    store = EmbeddingStore.open(path, mode="r+")
+    store.convert(name)
     console.print(f"{path}: teachers {', '.join(store.teachers)}", highlight=False)
 
 
@@ -229,6 +214,7 @@ def _recipe_line(r: dict[str, Any]) -> str:
 
 @app.command()
 @with_options(remote_options(writes=False))
+@exits_on_error
 def info(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -242,11 +228,8 @@ def info(
     # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.inspection import store_info
 
-    try:
-        apply_remote_options(config)
-        data = store_info(path, target)
-    except DiscoError as exc:
-        raise _fail(exc) from None
+    apply_remote_options(config)
+    data = store_info(path, target)
     if as_json:
         console.print_json(json.dumps(data))
         return
@@ -298,6 +281,7 @@ def info(
 
 @app.command()
 @with_options(remote_options(writes=False))
+@exits_on_error
 def check(
     path: Annotated[str, typer.Argument(help="Store location: a path or an fsspec URL.")],
     dataset: Annotated[
@@ -319,11 +303,8 @@ def check(
     # lazy: zarr and numpy load only when a command runs, so --help stays instant
     from store.inspection import check_store
 
-    try:
-        apply_remote_options(config)
-        report = check_store(path, dataset=dataset, check_dataset=not skip_dataset, target=target)
-    except DiscoError as exc:
-        raise _fail(exc) from None
+    apply_remote_options(config)
+    report = check_store(path, dataset=dataset, check_dataset=not skip_dataset, target=target)
     console.print(
         f"{path}: {report.written_slots}/{report.total_slots} slots written, "
         f"{report.bad_rows} bad, dataset "

@@ -4,8 +4,9 @@ A config dataclass documents each field with the docstring right under it (STYLE
 settings class with ``Field(description=...)``. :func:`dataclass_options` and
 :func:`settings_options` turn those fields into typer options (type, default, help from the one-line
 doc), and :func:`with_options` appends them to a command function, which receives them as keyword
-arguments (``**config``). Only the standard library, typer and rich are imported here (``--help``
-must not load torch).
+arguments (``**config``). :func:`exits_on_error` is the one place a command turns a
+``DiscoError`` into one ``error:`` line and exit status 1. Only the standard library, typer and
+rich are imported here (``--help`` must not load torch).
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from typing import Annotated, Any, Literal, TypeVar
 import typer
 from rich.markup import escape
 
+from store.errors import DiscoError
+
 __all__ = [
     "apply_remote_options",
     "dataclass_options",
+    "exits_on_error",
     "field_docs",
     "remote_options",
     "settings_options",
@@ -188,6 +192,25 @@ def with_options(*groups: Sequence[inspect.Parameter]) -> Callable[[F], F]:
     return wrap
 
 
+def exits_on_error(func: F) -> F:
+    """A command that reports a ``DiscoError`` (bad input, a store or checkpoint that does not
+    fit) as one ``error: ...`` line on stderr and exits with status 1, never with a traceback.
+
+    Decorate the command function itself (under :func:`with_options`, which reads its signature
+    through ``__wrapped__``).
+    """
+
+    @functools.wraps(func)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except DiscoError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    return typing.cast(F, command)
+
+
 def remote_options(*, writes: bool = True) -> list[inspect.Parameter]:
     """``--storage-options JSON`` (and, for commands that write a store, ``--single-writer``):
     the object-storage flags every command that touches data or stores shares
@@ -220,6 +243,7 @@ def apply_remote_options(config: dict[str, Any]) -> None:
     """Pop the :func:`remote_options` values from a command's ``config`` and put them in the
     environment (``DISCO_STORAGE_OPTIONS``, ``DISCO_SINGLE_WRITER``), where this process and its
     children (DataLoader workers, ranks) read them. Raises ConfigError for invalid JSON."""
+    # here, not at the top: this module imports only the standard library, typer and rich
     from store.remote import export_single_writer, export_storage_options
 
     export_storage_options(config.pop("storage_options", None))

@@ -330,6 +330,7 @@ class EmbeddingStore:
                 "n": n,
                 "manifest_hash": manifest.hash,
                 "row_order": manifest.row_order,
+                "validity": manifest.validity,
             },
             "recipe": {**recipe.to_dict(), "seed": int(seed), "views": int(views)},
             "teacher": None,
@@ -338,6 +339,10 @@ class EmbeddingStore:
                 "shard_size": int(shard_size),
                 "chunk_size": int(chunk),
                 "codec": codec,
+                # Single-slot writes of a local store: store.slotlog records under this folder,
+                # applied over the shard files by every reader of this code (disco store compact
+                # merges them for plain zarr readers).
+                "slot_log": WAL_DIR,
             },
             "versions": _versions(),
             "render": render,

@@ -52,6 +52,7 @@ def _remote_files(url: str, storage_options: Mapping[str, Any]) -> list[str]:
     fs, root = url_to_fs(url, storage_options)
     root = root.rstrip("/")
     with storage_errors(url, "imagefolder: cannot list"):
+        fs.invalidate_cache(root)  # fsspec caches listings per process: see what is there now
         found = fs.find(root, detail=False)
     rels = (str(p)[len(root) :].lstrip("/") for p in found)
     return sorted(r for r in rels if _is_image(r))
@@ -59,13 +60,11 @@ def _remote_files(url: str, storage_options: Mapping[str, Any]) -> list[str]:
 
 class ImageFolder(ImageDataset):
     """Images under ``root``. With class subfolders (``root/<class>/**/<file>``) labels are the
-    sorted
-    class index and files directly in ``root`` are ignored; without subfolders every file gets
-    label -1.
+    sorted class index and files directly in ``root`` are ignored; without subfolders every file
+    gets label -1.
 
     Keys are POSIX paths relative to ``root``, sorted. Files are decoded lazily; a corrupt file
-    raises
-    ``DecodeError`` naming its key on ``load`` (a manifest records it and masks the row).
+    raises ``DecodeError`` naming its key on ``load`` (a manifest records it and masks the row).
     """
 
     probe_in_pool = True

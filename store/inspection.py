@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from store.dataset_base import ImageDataset
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
 from store.errors import DatasetError, DecodeError
+from store.manifest import Manifest
 from store.remote import url_to_fs
 
 __all__ = ["CheckReport", "check_store", "file_sizes", "store_info"]
@@ -147,6 +151,41 @@ class CheckReport:
         return not self.problems
 
 
+_HASH_THREADS = 8
+_HASH_CHUNK = 1024
+
+
+def _dataset_mismatches(manifest: Manifest, ds: ImageDataset) -> Iterator[str]:
+    """A one-line problem for each row whose sample is not at its index in ``ds``, no longer
+    reads, or whose sha256 changed, in row order. Files are hashed by a thread pool (object
+    storage reads wait on the network), a chunk of rows at a time (memory bounded in N)."""
+    indices = manifest.indices.tolist()
+
+    def digest(idx: int) -> str:
+        try:
+            return ds.sha256(idx)
+        except DecodeError as exc:
+            return f"!{exc.reason}"
+
+    with ThreadPoolExecutor(max_workers=_HASH_THREADS) as pool:
+        for start in range(0, len(indices), _HASH_CHUNK):
+            rows = range(start, min(start + _HASH_CHUNK, len(indices)))
+            present = [
+                r for r in rows if indices[r] < len(ds) and ds.keys[indices[r]] == manifest.keys[r]
+            ]
+            hashed = pool.map(digest, [indices[r] for r in present])
+            digests = dict(zip(present, hashed, strict=True))
+            for row in rows:
+                key = str(manifest.keys[row])
+                got = digests.get(row)
+                if got is None:
+                    yield f"row {row}: dataset has no sample {key!r} at index {indices[row]}"
+                elif got.startswith("!"):
+                    yield f"row {row} ({key}): {got[1:]}"
+                elif got != manifest.sha256[row]:
+                    yield f"row {row} ({key}): content changed (sha256 differs)"
+
+
 def check_store(
     url: str,
     dataset: str | None = None,
@@ -216,20 +255,7 @@ def check_store(
             return report
         report.dataset_checked = True
         listed = 0
-        for row, idx in enumerate(manifest.indices.tolist()):
-            key = manifest.keys[row]
-            if idx >= len(ds) or ds.keys[idx] != key:
-                msg = f"row {row}: dataset has no sample {key!r} at index {idx}"
-            else:
-                try:
-                    digest = ds.sha256(idx)
-                except DecodeError as exc:
-                    digest = ""
-                    msg = f"row {row} ({key}): {exc.reason}"
-                if digest == manifest.sha256[row]:
-                    continue
-                if digest:
-                    msg = f"row {row} ({key}): content changed (sha256 differs)"
+        for msg in _dataset_mismatches(manifest, ds):
             if listed < max_listed:
                 report.problems.append(msg)
             listed += 1

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from rich.progress import Progress
 
-from store.datasets import ImageDataset, split_indices
+from store.dataset_base import ImageDataset, split_indices
 from store.errors import ConfigError
 
 __all__ = [
@@ -90,6 +90,10 @@ class Manifest:
     """key -> reason for each undecodable row."""
     row_order: str = "dataset"
     """The rule that ordered the rows (:data:`ROW_ORDERS`); set by :func:`build_manifest`."""
+    validity: str = "decode"
+    """How ``valid`` was decided: ``header`` (the file reads and its image header gives a size
+    within the limits; pixel data is checked when precompute decodes it) or ``decode`` (the
+    sample was decoded)."""
 
     def __post_init__(self) -> None:
         self.indices = np.asarray(self.indices, dtype=np.int64)
@@ -282,9 +286,11 @@ def manifest_rows(
                     t = futures[fut]
                     take(t * chunk, fut.result())
                     advance(len(tasks[t]))
+    header = type(dataset).probe is not ImageDataset.probe
     return Manifest(
         dataset=dataset.spec,
         split=split,
+        validity="header" if header else "decode",
         indices=indices,
         keys=np.array(keys, dtype=str),
         labels=labels,

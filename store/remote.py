@@ -191,7 +191,7 @@ def url_to_fs(url: str, storage_options: Mapping[str, Any] | None = None) -> tup
     Filesystem instances are cached by fsspec per process (and rebuilt after a fork), so call this
     where the file is read instead of holding the instance across a pickle. Raises
     RemoteStorageError when the backend is missing or refuses the options."""
-    import fsspec
+    import fsspec  # fsspec and its backends load only when a URL is opened
 
     opts = storage_options_for(url, storage_options)
     try:

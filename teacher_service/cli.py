@@ -17,10 +17,12 @@ import typer
 from store.cli_options import (
     apply_remote_options,
     dataclass_options,
+    exits_on_error,
     remote_options,
     with_options,
 )
-from store.errors import ConfigError, DiscoError
+from store.datasets import DATASET_HELP
+from store.errors import ConfigError
 from teacher_service.config import PrecomputeConfig, VerifyConfig
 
 __all__ = ["estimate_command", "precompute_command", "verify_command"]
@@ -33,21 +35,18 @@ POOLING_HELP = "ViT teachers: cls, mean or cls+mean instead of the model's own p
 
 
 @with_options(dataclass_options(PrecomputeConfig, decls={"target": ["--as"]}), remote_options())
+@exits_on_error
 def precompute_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     **config: Any,
 ) -> None:
     """Compute the teacher's final embedding of every planned view into a store (resumable)."""
-    try:
-        apply_remote_options(config)
-        cfg = PrecomputeConfig(**config)
-        # lazy: torch loads only when a command runs, so --help stays instant
-        from teacher_service.precompute import run_precompute
+    apply_remote_options(config)
+    cfg = PrecomputeConfig(**config)
+    # lazy: torch loads only when a command runs, so --help stays instant
+    from teacher_service.precompute import run_precompute
 
-        report = run_precompute(cfg)
-    except DiscoError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    report = run_precompute(cfg)
     if json_out:
         typer.echo(json.dumps(report.to_dict()))
         return
@@ -64,6 +63,7 @@ def precompute_command(
 
 
 @with_options(dataclass_options(VerifyConfig), remote_options())
+@exits_on_error
 def verify_command(
     store: Annotated[str, typer.Argument(help="Store path or URL.")],
     teacher: Annotated[
@@ -73,23 +73,20 @@ def verify_command(
     **config: Any,
 ) -> None:
     """Re-render sampled views, run the live teacher, compare with the cache; exit 1 on failure."""
-    try:
-        apply_remote_options(config)
-        opts = VerifyConfig(**config)
-        # lazy: torch loads only when a command runs, so --help stays instant
-        from teacher_service.verify import verify_store
+    apply_remote_options(config)
+    opts = VerifyConfig(**config)
+    # lazy: torch loads only when a command runs, so --help stays instant
+    from teacher_service.verify import verify_store
 
-        result = verify_store(store, teacher, **dataclasses.asdict(opts))
-    except DiscoError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    result = verify_store(store, teacher, **dataclasses.asdict(opts))
     typer.echo(json.dumps(result.to_dict()) if json_out else result.summary())
     if not result.passed:
         raise typer.Exit(1)
 
 
+@exits_on_error
 def estimate_command(
-    dataset: Annotated[str, typer.Option(help="Dataset spec: mnist5k, digits, imagefolder:P.")],
+    dataset: Annotated[str, typer.Option(help=DATASET_HELP)],
     views: Annotated[int, typer.Option(help="Planned views V per sample.")] = 8,
     split: Annotated[str, typer.Option(help="Dataset split: all, train or test.")] = "all",
     dim: Annotated[
@@ -103,26 +100,22 @@ def estimate_command(
     json_out: Annotated[bool, typer.Option("--json", help="Print the estimate as JSON.")] = False,
 ) -> None:
     """Print a store's size (images x V x D x 2 bytes) before anything is computed."""
-    try:
+    # lazy: torch loads only when a command runs, so --help stays instant
+    from store.datasets import open_dataset
+    from teacher_service.estimate import estimate_store
+
+    n = len(open_dataset(dataset).split_indices(split))
+    feature_dim = None
+    if dim is None or features:
+        if teacher is None:
+            raise ConfigError(
+                "give --dim D, or --teacher to read D (and F with --features) from the model"
+            )
         # lazy: torch loads only when a command runs, so --help stays instant
-        from store.datasets import open_dataset
-        from teacher_service.estimate import estimate_store
+        from teacher_service.sources import load_teacher
 
-        n = len(open_dataset(dataset).split_indices(split))
-        feature_dim = None
-        if dim is None or features:
-            if teacher is None:
-                raise ConfigError(
-                    "give --dim D, or --teacher to read D (and F with --features) from the model"
-                )
-            # lazy: torch loads only when a command runs, so --help stays instant
-            from teacher_service.sources import load_teacher
-
-            loaded = load_teacher(teacher, teacher_weights, teacher_pooling)
-            dim = dim or loaded.model.embed_dim
-            feature_dim = loaded.model.feature_dim if features else None
-        est = estimate_store(n, views, dim, dtype=dtype, feature_dim=feature_dim)
-    except DiscoError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        loaded = load_teacher(teacher, teacher_weights, teacher_pooling)
+        dim = dim or loaded.model.embed_dim
+        feature_dim = loaded.model.feature_dim if features else None
+    est = estimate_store(n, views, dim, dtype=dtype, feature_dim=feature_dim)
     typer.echo(json.dumps(est.to_dict()) if json_out else est.summary())

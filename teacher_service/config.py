@@ -10,7 +10,9 @@ import os
 import re
 from dataclasses import dataclass
 
+from store.devices import parse_device_name
 from store.errors import ConfigError
+from store.precision import parse_precision
 from store.targets import check_target_name
 
 __all__ = [
@@ -26,10 +28,9 @@ __all__ = [
 ]
 
 AMP_DTYPES = {"none": "float32", "bf16": "bfloat16", "fp16": "float16"}
-"""``--amp`` mode -> the compute dtype recorded as ``teacher.compute_dtype``."""
+"""Deprecated ``--amp`` mode -> compute dtype (``--precision``: ``store.precision``)."""
 AMP_MODES = tuple(AMP_DTYPES)
 STORE_DTYPES = ("float16", "int8")
-DEVICES = ("auto", "cpu", "cuda")
 RENDERERS = ("auto", "reference", "batched")
 """Renderer choices (as ``store.views.RENDERER_CHOICES``; restated so help needs no torch)."""
 POOLINGS = ("cls", "mean", "cls+mean")
@@ -86,7 +87,8 @@ class PrecomputeConfig:
     teacher: str
     """Teacher: timm:NAME, hf:PATH_OR_ID, open_clip:ARCH, py:MODULE:FUNCTION or a checkpoint."""
     dataset: str
-    """Dataset spec, e.g. ``mnist5k``, ``synthetic:256``, ``imagefolder:/data/train``."""
+    """Dataset spec, e.g. ``mnist5k``, ``imagefolder:/data/train``, ``hfds:PATH``, ``wds:PATTERN``,
+    ``parquet:PATH``, ``py:MODULE:FUNCTION`` (``store.datasets.DATASETS``; options after ``?``)."""
     store: str
     """Store URL (local path or fsspec URL)."""
     views: int = 8
@@ -107,8 +109,9 @@ class PrecomputeConfig:
     CPU, the host's cores per GPU process minus one (at most 16) on CUDA)."""
     device: str = "auto"
     """auto (CUDA if present), cpu or cuda[:N]."""
-    amp: str = "none"
-    """Autocast dtype on CUDA: none, bf16 or fp16 (recorded as teacher.compute_dtype)."""
+    precision: str = "fp32"
+    """Compute precision: fp32, or CUDA autocast bf16/fp16 (an error on CPU; recorded as
+    teacher.compute_dtype)."""
     dtype: str = "float16"
     """Stored embedding dtype: float16 or int8 (per-dimension scales)."""
     shard_size: int = 4096
@@ -137,12 +140,18 @@ class PrecomputeConfig:
     """Teacher weights: .safetensors, .pth/.bin state dict or snapshot folder (None: download)."""
     teacher_pooling: str | None = None
     """ViT teachers: cls, mean or cls+mean instead of the model's own pooled output."""
+    amp: str | None = None
+    """Deprecated: --precision (none = fp32, bf16, fp16)."""
     target: str | None = None
     """Name of this teacher in the store (``--as``): adds it beside the store's other teachers
     (their bytes untouched) or resumes it; None = the store's only teacher."""
 
     def __post_init__(self) -> None:
         check_pooling(self.teacher_pooling)
+        self.precision = parse_precision(self.precision)
+        if self.amp is not None:
+            self.precision = parse_precision(self.amp, old_flag="--amp")
+            self.amp = None
         if self.target is not None:
             check_target_name(self.target)
         if self.views < 1:
@@ -153,12 +162,9 @@ class PrecomputeConfig:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
         if self.manifest_workers is not None and self.manifest_workers < 1:
             raise ConfigError(f"manifest_workers must be >= 1, got {self.manifest_workers}")
-        if self.amp not in AMP_MODES:
-            raise ConfigError(f"unknown amp {self.amp!r}; valid: {', '.join(AMP_MODES)}")
         if self.dtype not in STORE_DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}; valid: {', '.join(STORE_DTYPES)}")
-        if not (self.device in DEVICES or self.device.startswith("cuda:")):
-            raise ConfigError(f"unknown device {self.device!r}; valid: auto, cpu, cuda, cuda:N")
+        parse_device_name(self.device)
         if self.shard_size < 1:
             raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
         if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
@@ -201,11 +207,16 @@ class VerifyConfig:
     (None: the spec the store recorded)."""
     full_check: bool = False
     """With dataset: hash every sample, not a sample of 64."""
+    precision: str | None = None
+    """Live forward precision: fp32, bf16 or fp16 (bf16/fp16 need CUDA; None: the store's
+    recorded teacher.compute_dtype)."""
     target: str | None = None
     """The teacher of a store of several to check (None: the store's only teacher)."""
 
     def __post_init__(self) -> None:
         check_pooling(self.teacher_pooling)
+        if self.precision is not None:
+            self.precision = parse_precision(self.precision)
         if self.target is not None:
             check_target_name(self.target)
         if self.samples < 1 or self.batch_size < 1:
@@ -216,3 +227,4 @@ class VerifyConfig:
             raise ConfigError(f"threshold is a cosine in [-1, 1], got {self.threshold}")
         if self.renderer not in RENDERERS:
             raise ConfigError(f"unknown renderer {self.renderer!r}; valid: {', '.join(RENDERERS)}")
+        parse_device_name(self.device)

@@ -62,6 +62,14 @@ from store.errors import (
 )
 from store.locks import is_local
 from store.manifest import build_manifest
+from store.precision import compute_dtype as precision_dtype
+from store.runtime import (
+    autocast,
+    default_workers,
+    prepare_model,
+    resolve_device,
+    to_device,
+)
 from store.views import (
     RENDER_BOUND,
     Recipe,
@@ -71,18 +79,10 @@ from store.views import (
     resolve_renderer,
 )
 from teacher_service.checkpoint import LoadedEncoder, recipe_for
-from teacher_service.config import AMP_DTYPES, AMP_MODES, STORE_DTYPES, PrecomputeConfig
-from teacher_service.runtime import (
-    autocast,
-    default_workers,
-    prepare_model,
-    resolve_device,
-    to_device,
-)
-from teacher_service.sources import LoadedTeacher, load_teacher, to_pixels
+from teacher_service.config import STORE_DTYPES, PrecomputeConfig
+from teacher_service.sources import LoadedTeacher, TeacherModel, load_teacher, to_pixels
 
 __all__ = [
-    "AMP_MODES",
     "STORE_DTYPES",
     "PrecomputeConfig",
     "PrecomputeReport",
@@ -150,14 +150,6 @@ def worker_identity(num_shards: int = 1, shard_index: int = 0) -> tuple[int, int
     if not 0 <= rank < world:
         raise ConfigError(f"RANK={rank} is outside WORLD_SIZE={world}")
     return shard_index * world + rank, num_shards * world
-
-
-def _compute_dtype(amp: str, device: torch.device) -> str:
-    if amp == "none":
-        return "float32"
-    if device.type != "cuda":
-        raise ConfigError(f"--amp {amp} needs a CUDA device (got {device})")
-    return AMP_DTYPES[amp]
 
 
 def teacher_attrs(loaded: LoadedTeacher | LoadedEncoder, compute_dtype: str) -> dict[str, Any]:
@@ -590,8 +582,76 @@ def run_precompute(
     ``dataset`` reuses an already opened dataset (workers otherwise open ``cfg.dataset`` lazily).
     Returns a :class:`PrecomputeReport`. Raises ``DiscoError`` subclasses on bad input.
     """
+    job = _start_job(cfg, dataset)
+    work = _plan_work(job.store, job.worker, job.workers, cfg)
+    loader = _work_loader(job, work, cfg, job.dataset)
+    writer = _ShardWriter(sink if sink is not None else _store_sink(job.store))
+    t0 = time.perf_counter()
+    try:
+        done = _compute(job, work, loader, writer, cfg)
+    finally:
+        writer.close()
+    # invalid_rows counts the rows the manifest had ruled out; this run's failures are in errors
+    report = _report(cfg, job, work, done, time.perf_counter() - t0)
+    if done.failed_rows and sink is None:
+        # Valid by their header at manifest time, undecodable now: recorded in the store so no
+        # consumer waits for targets that will never come (the slots stay unwritten).
+        job.store.mark_invalid(np.asarray(done.failed_rows, np.int64), done.errors)
+    return report
+
+
+@dataclass
+class _Job:
+    """Where and with what one worker computes: device, dtype, its id, the teacher, the store."""
+
+    device: torch.device
+    compute_dtype: str
+    worker: int
+    workers: int
+    encoder: TeacherModel
+    store: EmbeddingStore
+    renderer: str
+    loader_workers: int
+    dataset: ImageDataset | None
+    """The dataset when this process has opened it already (listed once, handed to workers)."""
+
+
+@dataclass
+class _Work:
+    """This worker's shards and, in each shard to do, the slots to compute."""
+
+    mine: list[int]
+    """Shards this worker owns."""
+    need: dict[int, np.ndarray]
+    """Shard to do -> (n, V) bool: valid rows' unwritten slots."""
+    skipped: int
+    """Owned shards with nothing to compute."""
+    items: list[tuple[int, list[int]]]
+    """Batches of (shard, rows), about ``batch_size`` views each."""
+    kept: int
+    """Already written slots of the shards to do (their bytes stay)."""
+
+    @property
+    def todo(self) -> list[int]:
+        """The shards to compute, in order."""
+        return list(self.need)
+
+
+@dataclass
+class _Done:
+    """What the compute loop did."""
+
+    views: int = 0
+    computed: list[int] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    failed_rows: list[int] = field(default_factory=list)
+
+
+def _start_job(cfg: PrecomputeConfig, dataset: ImageDataset | None) -> _Job:
+    """Resolve the device and worker id, load the frozen teacher, open (or create) the store and
+    record the renderer in it (worker 0)."""
     device = resolve_device(cfg.device)
-    compute_dtype = _compute_dtype(cfg.amp, device)
+    compute_dtype = precision_dtype(cfg.precision, device.type)
     worker, workers = worker_identity(cfg.num_shards, cfg.shard_index)
     if cfg.overwrite and workers > 1:
         # Another worker could open the old store before worker 0 replaced it.
@@ -601,134 +661,160 @@ def run_precompute(
     store, dataset = open_or_create_store(cfg, loaded, teacher, worker, dataset)
     encoder = loaded.model.requires_grad_(False).eval()
     prepare_model(encoder, device)  # see runtime.prepare_model
-    workers_n = cfg.workers if cfg.workers is not None else default_workers(device)
+    loader_workers = cfg.workers if cfg.workers is not None else default_workers(device)
     renderer = resolve_renderer(cfg.renderer, device)
     if worker == 0:
         record_renderer(store, renderer, device)
+    return _Job(
+        device, compute_dtype, worker, workers, encoder, store, renderer, loader_workers, dataset
+    )
 
+
+def _plan_work(store: EmbeddingStore, worker: int, workers: int, cfg: PrecomputeConfig) -> _Work:
+    """This worker's shards (every ``workers``-th); a shard is to do when a valid row has an
+    unwritten view, and only those slots are computed (at most ``cfg.max_shards`` shards)."""
     mine = [s for s in range(store.num_shards) if s % workers == worker]
-    manifest = store.manifest
+    valid = store.manifest.valid
     written_now = store.written_mask()
-    # A shard is to do when a valid row has an unwritten view; only those slots are computed.
     need: dict[int, np.ndarray] = {}
     for s in mine:
         a, b = store.shard_bounds(s)
-        mask = manifest.valid[a:b, None] & ~written_now[a:b]
+        mask = valid[a:b, None] & ~written_now[a:b]
         if mask.any():
             need[s] = mask
-    todo = list(need)
-    skipped = len(mine) - len(todo)
+    skipped = len(mine) - len(need)
     if cfg.max_shards is not None:
-        todo = todo[: cfg.max_shards]
-        need = {s: need[s] for s in todo}
+        need = {s: need[s] for s in list(need)[: cfg.max_shards]}
+    items = _plan_items(store, need, max(store.views, cfg.batch_size))
+    kept = sum(int(written_now[slice(*store.shard_bounds(s))].sum()) for s in need)
+    return _Work(mine, need, skipped, items, kept)
 
-    if dataset is None and need:
+
+def _work_loader(
+    job: _Job, work: _Work, cfg: PrecomputeConfig, dataset: ImageDataset | None
+) -> DataLoader[_Batch]:
+    """Workers that decode (and, with the reference renderer, render) the work's batches."""
+    store = job.store
+    manifest = store.manifest
+    if dataset is None and work.need:
         # Listed once here and handed to the DataLoader workers (forked: no copy, no re-walk).
         dataset = open_dataset(manifest.dataset)
-    views = store.views
     all_params = store.params
-    params = {s: all_params[slice(*store.shard_bounds(s))] for s in todo}
-    starts = {s: store.shard_bounds(s)[0] for s in todo}
-    items = _plan_items(store, need, max(views, cfg.batch_size))
-    kept = sum(int(written_now[slice(*store.shard_bounds(s))].sum()) for s in todo)
-    batches_left = {s: 0 for s in todo}
-    for s, _ in items:
-        batches_left[s] += 1
     source = _RowViews(
         manifest.dataset,
-        items,
+        work.items,
         manifest.indices,
         manifest.keys,
         manifest.valid,
-        params,
-        starts,
+        {s: all_params[slice(*store.shard_bounds(s))] for s in work.todo},
+        {s: store.shard_bounds(s)[0] for s in work.todo},
         store.recipe,
         dataset=dataset,
-        render=renderer == "reference",
-        need=need,
+        render=job.renderer == "reference",
+        need=work.need,
     )
-    loader = DataLoader(
+    n = job.loader_workers
+    return DataLoader(
         source,
         batch_size=None,
         shuffle=False,
-        num_workers=workers_n,
+        num_workers=n,
         collate_fn=_identity,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 if workers_n > 0 else None,
+        pin_memory=job.device.type == "cuda",
+        prefetch_factor=4 if n > 0 else None,
     )
-    recipe = store.recipe
-    write = sink if sink is not None else _store_sink(store)
-    writer = _ShardWriter(write)
-    dim = encoder.embed_dim
-    fdim = encoder.feature_dim
-    total_views = int(sum(m.sum() for m in need.values()))
-    errors: dict[str, str] = {}
-    failed_rows: list[int] = []
+
+
+def _compute(
+    job: _Job,
+    work: _Work,
+    loader: DataLoader[_Batch],
+    writer: _ShardWriter,
+    cfg: PrecomputeConfig,
+) -> _Done:
+    """Embed every batch into its shard's buffer; hand a shard to ``writer`` once its last batch
+    is in. Undecodable rows are recorded (see :func:`_record_failures`) and stay unwritten."""
+    store, encoder = job.store, job.encoder
+    batches_left = {s: 0 for s in work.todo}
+    for s, _ in work.items:
+        batches_left[s] += 1
     buffers: dict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray]] = {}
-    computed: list[int] = []
-    n_views = 0
-    t0 = time.perf_counter()
-    try:
-        with _progress(cfg.progress) as bar, torch.inference_mode():
-            task = bar.add_task(f"precompute w{worker}/{workers}", total=total_views)
-            for batch in _iterate(loader):
-                s = batch.shard
-                if s not in buffers:
-                    a, b = store.shard_bounds(s)
-                    emb_buf = np.zeros((b - a, views, dim), np.float32)
-                    feat_buf = np.zeros((b - a, views, fdim), np.float32) if cfg.features else None
-                    done = np.zeros((b - a, views), bool)
-                    buffers[s] = (emb_buf, feat_buf, done)
-                emb_buf, feat_buf, done = buffers[s]
-                base = starts[s]
-                for row, key, reason in batch.errors:
-                    errors[key] = reason  # its slots stay unwritten; recorded below
-                    failed_rows.append(row)
-                if len(batch.rows):
-                    if batch.params is not None:
-                        x = render_views(batch.sources, batch.params, recipe, device)
-                    else:
-                        x = to_device(batch.images, device)
-                    with autocast(device, compute_dtype):
-                        feat, emb = encoder(x, output="both")
-                    emb = torch.nn.functional.normalize(emb.float(), dim=1)
-                    local = batch.rows - base
-                    emb_buf[local, batch.views] = emb.cpu().numpy()
-                    done[local, batch.views] = True
-                    if feat_buf is not None:
-                        feat_buf[local, batch.views] = feat.float().cpu().numpy()
-                    n_views += len(batch.rows)
-                    bar.advance(task, len(batch.rows))
-                batches_left[s] -= 1
-                if batches_left[s] == 0:
-                    emb_buf, feat_buf, done = buffers.pop(s)
-                    writer.submit(s, emb_buf, feat_buf, done)
-                    computed.append(s)
-    finally:
-        writer.close()
-    if failed_rows and sink is None:
-        # Valid by their header at manifest time, undecodable now: recorded in the store so no
-        # consumer waits for targets that will never come (the slots stay unwritten).
-        store.mark_invalid(np.asarray(failed_rows, np.int64), errors)
-    seconds = time.perf_counter() - t0
+    done = _Done()
+    total_views = int(sum(m.sum() for m in work.need.values()))
+    with _progress(cfg.progress) as bar, torch.inference_mode():
+        task = bar.add_task(f"precompute w{job.worker}/{job.workers}", total=total_views)
+        for batch in _iterate(loader):
+            s = batch.shard
+            if s not in buffers:
+                n = store.shard_bounds(s)[1] - store.shard_bounds(s)[0]
+                emb_buf = np.zeros((n, store.views, encoder.embed_dim), np.float32)
+                feat_buf = (
+                    np.zeros((n, store.views, encoder.feature_dim), np.float32)
+                    if cfg.features
+                    else None
+                )
+                buffers[s] = (emb_buf, feat_buf, np.zeros((n, store.views), bool))
+            for row, key, reason in batch.errors:
+                done.errors[key] = reason  # its slots stay unwritten; recorded in the store
+                done.failed_rows.append(row)
+            if len(batch.rows):
+                _embed_into(job, batch, buffers[s], batch.rows - store.shard_bounds(s)[0])
+                done.views += len(batch.rows)
+                bar.advance(task, len(batch.rows))
+            batches_left[s] -= 1
+            if batches_left[s] == 0:
+                writer.submit(s, *buffers.pop(s))
+                done.computed.append(s)
+    return done
+
+
+def _embed_into(
+    job: _Job,
+    batch: _Batch,
+    buffer: tuple[np.ndarray, np.ndarray | None, np.ndarray],
+    local: np.ndarray,
+) -> None:
+    """Render (batched renderer) or move the batch's views to the device, run the teacher and
+    put the L2-normalised embeddings (and features) at shard-local rows ``local``."""
+    emb_buf, feat_buf, written = buffer
+    device = job.device
+    if batch.params is not None:
+        x = render_views(batch.sources, batch.params, job.store.recipe, device)
+    else:
+        x = to_device(batch.images, device)
+    with autocast(device, job.compute_dtype):
+        feat, emb = job.encoder(x, output="both")
+    emb = torch.nn.functional.normalize(emb.float(), dim=1)
+    emb_buf[local, batch.views] = emb.cpu().numpy()
+    written[local, batch.views] = True
+    if feat_buf is not None:
+        feat_buf[local, batch.views] = feat.float().cpu().numpy()
+
+
+def _report(
+    cfg: PrecomputeConfig, job: _Job, work: _Work, done: _Done, seconds: float
+) -> PrecomputeReport:
+    """The worker's :class:`PrecomputeReport`."""
+    store = job.store
+    valid = store.manifest.valid
     return PrecomputeReport(
         store=cfg.store,
-        worker=worker,
-        workers=workers,
+        worker=job.worker,
+        workers=job.workers,
         shards_total=store.num_shards,
-        shards_assigned=len(mine),
-        shards_skipped=skipped,
-        shards_computed=len(computed),
-        computed_shards=computed,
-        views_computed=n_views,
+        shards_assigned=len(work.mine),
+        shards_skipped=work.skipped,
+        shards_computed=len(done.computed),
+        computed_shards=done.computed,
+        views_computed=done.views,
         seconds=seconds,
-        images_per_s=n_views / seconds if seconds > 0 else 0.0,
-        compute_dtype=compute_dtype,
-        device=str(device),
-        renderer=renderer,
-        invalid_rows=sum(int((~manifest.valid[slice(*store.shard_bounds(s))]).sum()) for s in todo),
-        errors=errors,
-        slots_kept=kept,
+        images_per_s=done.views / seconds if seconds > 0 else 0.0,
+        compute_dtype=job.compute_dtype,
+        device=str(job.device),
+        renderer=job.renderer,
+        invalid_rows=sum(int((~valid[slice(*store.shard_bounds(s))]).sum()) for s in work.todo),
+        errors=done.errors,
+        slots_kept=work.kept,
     )
 
 

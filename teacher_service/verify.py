@@ -24,7 +24,10 @@ import torch
 from store.dataset_base import ImageDataset
 from store.embedding_store import EmbeddingStore
 from store.errors import DecodeError, StoreError, StoreMismatchError
+from store.precision import COMPUTE_DTYPES, parse_precision
+from store.precision import compute_dtype as precision_dtype
 from store.relocate import open_moved_dataset
+from store.runtime import autocast, resolve_device
 from store.views import (
     RENDER_BOUND,
     render_view,
@@ -32,7 +35,6 @@ from store.views import (
     resolve_renderer,
 )
 from teacher_service.config import VerifyConfig
-from teacher_service.runtime import autocast, resolve_device
 from teacher_service.sources import LoadedTeacher, load_teacher, to_pixels
 
 __all__ = ["VerifyResult", "sample_slots", "verify_store"]
@@ -130,6 +132,12 @@ def sample_slots(written: np.ndarray, shard_size: int, samples: int, seed: int) 
     return np.stack([rows[sel], views[sel]], axis=1).astype(np.int64)
 
 
+def _precision_of(recorded: object) -> str:
+    """The precision of a store's recorded ``compute_dtype`` (none recorded: fp32)."""
+    names = {v: k for k, v in COMPUTE_DTYPES.items()}
+    return names.get(str(recorded), parse_precision(None if recorded is None else str(recorded)))
+
+
 def verify_store(
     url: str,
     teacher_path: str,
@@ -144,6 +152,7 @@ def verify_store(
     renderer: str = VerifyConfig.renderer,
     dataset: str | None = None,
     full_check: bool = False,
+    precision: str | None = VerifyConfig.precision,
     target: str | None = None,
 ) -> VerifyResult:
     """Check ``samples`` cached views of the store at ``url`` against the live teacher.
@@ -158,15 +167,25 @@ def verify_store(
     ``accept_render_drift``, a passing check records this install's render fingerprint as accepted
     in the store (then trainers here accept it too). ``renderer``: auto (batched on CUDA, reference
     on CPU), reference or batched; a batched render is also checked against the reference within
-    ``RENDER_BOUND`` (see the module docstring). ``dataset``: the store's images at a new
-    place, checked first (``store.relocate``; ``full_check`` hashes every row). ``target``:
-    the teacher of a store of several whose cached views are checked.
+    ``RENDER_BOUND`` (see the module docstring). ``dataset``: the store's images at a new place,
+    checked against the manifest before use (``store.relocate``; ``full_check`` hashes every
+    row), else ``DatasetMismatchError`` naming the first differing key. ``precision``
+    (fp32|bf16|fp16) runs the live
+    teacher in that precision; None: the store's recorded ``compute_dtype``. bf16/fp16 need
+    CUDA (a ``ConfigError`` on CPU, as in precompute and serve: pass ``precision="fp32"`` to
+    check a bf16 store on a CPU host). ``target``: the teacher of a store of several whose
+    cached views are checked.
     """
-    VerifyConfig(samples, threshold, seed, device, batch_size, accept_render_drift, renderer)
+    VerifyConfig(
+        samples, threshold, seed, device, batch_size, accept_render_drift, renderer,
+        dataset=dataset, full_check=full_check, precision=precision, target=target,
+    )  # fmt: skip
     store = EmbeddingStore.open(url, target=target)
     store.require_target()
     render = store.check_render(accept_drift=accept_render_drift)
     dev = resolve_device(device)
+    recorded = (store.teacher or {}).get("compute_dtype")
+    dtype = precision_dtype(precision or _precision_of(recorded), dev.type)
     used = resolve_renderer(renderer, dev)
     loaded = _store_teacher(store, url, teacher_path, teacher_weights, teacher_pooling, dev)
     written = store.written_mask()
@@ -177,7 +196,6 @@ def verify_store(
     sample = _render_sample(store, slots, source)
     if not len(sample.slots):
         raise StoreError(f"none of the sampled rows of {url} decode any more")
-    dtype = str((store.teacher or {}).get("compute_dtype"))
     live = _embed(loaded.model, sample.pixels, dev, dtype, batch_size)
     extra: dict[str, Any] = {
         "renderer": used,
@@ -193,7 +211,7 @@ def verify_store(
     def embed(x: torch.Tensor) -> np.ndarray:
         return _embed(loaded.model, x, dev, dtype, batch_size)
 
-    control = _control(store, sample, live, written, seed, embed, source)
+    control = _control(store, source, sample, live, written, seed, embed)
     result = _result(url, store.shard_size, sample, cos, control, threshold, render, extra)
     if result.passed and accept_render_drift and render in ("drift-accepted", "unrecorded"):
         EmbeddingStore.open(url, mode="r+", target=target).accept_render(
@@ -250,9 +268,9 @@ class _Sample:
     """Sample key -> reason for sampled rows that no longer decode."""
 
 
-def _render_sample(store: EmbeddingStore, slots: np.ndarray, source: ImageDataset) -> _Sample:
+def _render_sample(store: EmbeddingStore, slots: np.ndarray, dataset: ImageDataset) -> _Sample:
     """Cached vectors of ``slots`` (read a shard at a time) and their views re-rendered from the
-    stored parameters; rows that no longer decode are skipped."""
+    stored parameters, images from ``dataset``; rows that no longer decode are skipped."""
     cached = np.zeros((len(slots), store.dim or 0), np.float32)
     by_shard: dict[int, list[int]] = {}
     for k, (row, _) in enumerate(slots):
@@ -269,7 +287,7 @@ def _render_sample(store: EmbeddingStore, slots: np.ndarray, source: ImageDatase
     sources: list[np.ndarray] = []
     for k, (row, view) in enumerate(slots):
         try:
-            image = source.load(int(manifest.indices[row]))
+            image = dataset.load(int(manifest.indices[row]))
         except DecodeError as exc:
             skipped[str(manifest.keys[row])] = exc.reason
             continue
@@ -309,12 +327,12 @@ def _check_batched(
 
 def _control(
     store: EmbeddingStore,
+    dataset: ImageDataset,
     sample: _Sample,
     live: np.ndarray,
     written: np.ndarray,
     seed: int,
     embed: Callable[[torch.Tensor], np.ndarray],
-    source: ImageDataset,
 ) -> np.ndarray:
     """Cosines of each cached vector to the live embedding of a view of *another* row: another
     sampled row's, or, when every sampled slot is of one row, a written view of a different row
@@ -330,7 +348,7 @@ def _control(
     for k in np.random.default_rng(seed).permutation(len(candidates)):
         row, view = (int(x) for x in candidates[k])
         try:
-            image = source.load(int(store.manifest.indices[row]))
+            image = dataset.load(int(store.manifest.indices[row]))
         except DecodeError:
             continue
         pixels = render_view(image, store.params[row, view], store.recipe)[None]

@@ -34,7 +34,19 @@ def test_tiny_rehearsal_prints_its_figures(tmp_path: Path) -> None:
     assert out["classes_per_batch"] <= out["classes_per_batch_uniform"] * 1.1
     # Slot writes: all requested slots landed in the logs (disjoint requests, none lost).
     assert out["slots_logged"] == 6 * out["slot_request"] and out["slot_writes_per_s"] > 0
-    # Trainer-side figures: null until that side fills its hook, never a made-up number.
-    for key in ("plan_rows_per_s", "trainer_rss_mb", "resume_jump_s"):
-        assert out[key] is None or out[key] > 0
+    # Trainer side: the plan, a fresh process's real data path (RSS), the resume jump.
+    for key in ("plan_rows_per_s", "trainer_rss_mb", "resume_jump_s", "epoch_plan_s"):
+        assert out[key] > 0
+    assert out["trainer_rss_mb"] == max(out["trainer_big_rss_mb"], out["trainer_768_rss_mb"])
+    for prefix, dim in (("trainer_big_", 8), ("trainer_768_", 768)):
+        # a batch's targets are one (b, 2, D) float32 copy; the block is not held
+        assert out[prefix + "batch_targets_bytes"] == 256 * 2 * dim * 4
+        assert out[prefix + "dim"] == dim
+        # held at once: the shards one batch's window spans, not the epoch's
+        window = -(-(256 + 2 * out[prefix + "buffer"]) // out[prefix + "shard_rows"]) + 2
+        assert 1 <= out[prefix + "live_shards_peak"] <= window
+        assert 1 <= out[prefix + "resume_shards_read"] <= out[prefix + "shards"]
+    # the jump to 5 batches before the end read only the shards those batches need
+    window = -(-(5 * 256 + 2 * out["trainer_big_buffer"]) // out["trainer_big_shard_rows"]) + 2
+    assert out["trainer_big_resume_shards_read"] <= window < out["trainer_big_shards"]
     assert out["manifest_1p28m_16_cores_min"] > 0

@@ -144,8 +144,9 @@ def test_embed_images_views_and_params(server: Server, encoder: Any) -> None:
 
 def test_write_through_then_planned_views_equal_the_store(server: Server) -> None:
     dataset = open_dataset("synthetic:6")
+    rows = build_manifest(dataset, "all", progress=False).indices  # store row -> sample
     slots = [(i, v) for i in range(6) for v in range(2)]
-    images = [dataset.load(i) for i, _ in slots]
+    images = [dataset.load(int(rows[i])) for i, _ in slots]
     with TeacherClient(server.url, token=TOKEN) as client:
         assert client.stores() == ["digits"]
         written = client.write_through(
@@ -158,7 +159,10 @@ def test_write_through_then_planned_views_equal_the_store(server: Server) -> Non
         assert cosine(written, targets.reshape(12, 16)).min() >= 0.999
         pick = [(5, 1), (0, 0), (3, 1)]
         got = client.embed_planned(
-            "digits", [dataset.load(i) for i, _ in pick], [i for i, _ in pick], [v for _, v in pick]
+            "digits",
+            [dataset.load(int(rows[i])) for i, _ in pick],
+            [i for i, _ in pick],
+            [v for _, v in pick],
         )
         want = np.stack([targets[i, v] for i, v in pick])
         assert cosine(got, want).min() >= 0.999

@@ -62,8 +62,9 @@ def test_two_workers_render_distinct_views_identical_to_in_process(synthetic: Da
                 digest = hashlib.sha256(views[j].numpy().tobytes()).digest()
                 assert seen.setdefault(digest, key) == key, "two (i, v) got the same view"
                 # the worker's view is the one render of the counter-based params of (i, v)
-                img = ds.load(int(manifest.indices[row]))
-                params = recipe.sample(5, row, key[1], *img.shape[:2])
+                index = int(manifest.indices[row])  # views are keyed by the dataset index
+                img = ds.load(index)
+                params = recipe.sample(5, index, key[1], *img.shape[:2])
                 assert torch.equal(views[j], render_view(img, params, recipe))
     assert len(seen) == 2 * 5 * 8
     rows = torch.cat([b.rows for b in two])

@@ -30,7 +30,7 @@ from store.embedding_store import EmbeddingStore
 from store.views import get_recipe, render_center, render_view
 from student_trainer.eval.features import EncoderFeatures
 from student_trainer.eval.knn import faiss_candidates, faiss_has_gpu, l2_normalise, search
-from teacher_service.checkpoint import load_encoder, read_checkpoint, save_checkpoint
+from teacher_service.checkpoint import load_encoder, save_checkpoint
 from teacher_service.encoders import EncoderConfig, build_encoder
 from teacher_service.precompute import PrecomputeConfig, run_precompute
 
@@ -67,14 +67,14 @@ def test_precompute_bf16_on_cuda_matches_cpu(teacher: Path, tmp_path: Path) -> N
     def run(device: str, amp: str) -> EmbeddingStore:
         cfg = PrecomputeConfig(
             teacher=str(teacher), dataset="synthetic:64", store=str(tmp_path / f"{device}.zarr"),
-            views=2, size=SIZE, shard_size=32, batch_size=32, workers=2, device=device, amp=amp,
-            progress=False,
+            views=2, size=SIZE, shard_size=32, batch_size=32, workers=2, device=device,
+            precision=amp, progress=False,
         )  # fmt: skip
         report = run_precompute(cfg)
         assert report.shards_computed == 2 and report.device.startswith(device)
         return EmbeddingStore.open(cfg.store)
 
-    cpu, gpu = run("cpu", "none"), run("cuda", "bf16")
+    cpu, gpu = run("cpu", "fp32"), run("cuda", "bf16")
     assert gpu.teacher is not None and gpu.teacher["compute_dtype"] == "bfloat16"
     assert cpu.teacher is not None and cpu.teacher["compute_dtype"] == "float32"
     a = np.concatenate([cpu.read_shard(s).embeddings for s in range(cpu.num_shards)])
@@ -202,9 +202,10 @@ def test_service_batched_renderer_and_nvjpeg_on_cuda(teacher: Path, tmp_path: Pa
     )  # fmt: skip
     settings = ServiceSettings(teacher=teacher, device="cuda", decode="device", store_root=root)
     slot_images = []
+    rows = build_manifest(dataset, "all", progress=False).indices  # store row -> sample
     for i in range(2):
         buf = io.BytesIO()
-        Image.fromarray(dataset.load(i)).save(buf, format="PNG")
+        Image.fromarray(dataset.load(int(rows[i]))).save(buf, format="PNG")
         slot_images.append({"data": base64.b64encode(buf.getvalue()).decode(), "index": i,
                             "view": 1})  # fmt: skip
     with TestClient(create_app(settings)) as client:
@@ -215,20 +216,36 @@ def test_service_batched_renderer_and_nvjpeg_on_cuda(teacher: Path, tmp_path: Pa
     got = store.read_shard(0).embeddings[:2, 1]
     encoder = load_encoder(teacher).encoder
     views = torch.stack(
-        [render_view(dataset.load(i), store.params[i, 1], recipe) for i in range(2)]
+        [render_view(dataset.load(int(rows[i])), store.params[i, 1], recipe) for i in range(2)]
     )
     with torch.inference_mode():
         want = encoder(views).numpy()
     assert cosine(got, want).min() >= 0.999
 
 
-def test_training_steps_run_on_cuda(teacher: Path, tmp_path: Path) -> None:
+def test_training_steps_run_on_cuda(
+    teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every training forward gets CUDA views under bf16 autocast (recorded inside the step, not
+    read back from the config the test passed in)."""
+    import student_trainer.train.loop as loop
     from student_trainer.train.config import TrainConfig
     from student_trainer.train.loop import train
 
+    seen: list[tuple[str, bool, torch.dtype]] = []
+
+    class RecordingMoCo(loop.MoCo):
+        def forward(self, view1: Any, view2: Any, *args: Any, **kwargs: Any) -> Any:
+            on = torch.is_autocast_enabled("cuda")
+            seen.append((view1.device.type, on, torch.get_autocast_dtype("cuda")))
+            return super().forward(view1, view2, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "MoCo", RecordingMoCo)
+
     tiny: dict[str, Any] = dict(
         arch="tiny", dataset="synthetic:64", size=SIZE, batch_size=16, epochs=1, queue_size=32,
-        head_hidden=32, num_workers=2, progress=False, device="cuda", amp=True, stop_at_step=2,
+        head_hidden=32, num_workers=2, progress=False, device="cuda", precision="bf16",
+        stop_at_step=2,
     )  # fmt: skip
     runs: list[tuple[str, dict[str, Any]]] = [
         ("mocov2", {}),
@@ -236,11 +253,11 @@ def test_training_steps_run_on_cuda(teacher: Path, tmp_path: Path) -> None:
     ]
     for method, extra in runs:
         out = tmp_path / method
+        seen.clear()
         result = train(TrainConfig(method=method, out=str(out), **tiny, **extra))
         assert result.steps == 2, method
+        assert seen == [("cuda", True, torch.bfloat16)] * 2, (method, seen)
         assert all(np.isfinite(v) for v in result.last_terms.values()), result.last_terms
-        train_cfg = read_checkpoint(Path(result.final_path))["train"]
-        assert train_cfg["amp"] is True and train_cfg["device"] == "cuda", method
         # Weights trained in channels_last on the GPU load into a plain CPU encoder.
         deployed = load_encoder(result.deployed_path).encoder
         with torch.inference_mode():

@@ -93,6 +93,8 @@ def test_rows_are_a_seeded_permutation_and_splits_keep_their_contract(tmp_path: 
     )
     opened = EmbeddingStore.open(store.url)
     assert opened.schema == "disco-store/3" and opened.row_order == "permuted"
+    assert opened.attrs["dataset"]["validity"] == "header"  # ImageFolder: headers, not decodes
+    assert opened.attrs["storage"]["slot_log"] == ".wal"
     np.testing.assert_array_equal(opened.manifest.labels, ds.labels[perm])
     # An older store says nothing about its rows: they are in dataset order.
     old = build_manifest(ds, "all", progress=False, workers=1, row_order="dataset")

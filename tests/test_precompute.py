@@ -177,8 +177,8 @@ def test_sigkill_twice_then_resume_is_bitwise_equal(
     assert done1 <= {0, 1}
     # Kill 2: resume, SIGKILL inside the 2nd shard write after its data, before its mask.
     proc = run_child(cfg, {"at": "write", "n": 2})
-    proc.communicate(timeout=240)
-    assert proc.returncode == -9
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == -9, err[-2000:]
     done2 = complete_shards(store)
     todo = sorted(set(range(5)) - done1)
     assert done2 == done1 | {todo[0]}, (done1, done2)
@@ -272,7 +272,8 @@ def test_cli_precompute_and_user_error(teacher: Path, tmp_path: Path) -> None:
     assert "checkpoint not found" in bad.output and "Traceback" not in bad.output
 
 
-def test_amp_on_cpu_is_a_config_error(teacher: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="CUDA"):
-        run_precompute(config(teacher, tmp_path / "x.zarr", amp="bf16"))
+def test_reduced_precision_on_cpu_is_a_config_error(teacher: Path, tmp_path: Path) -> None:
+    for given in ({"precision": "bf16"}, {"precision": "fp16"}, {"amp": "bf16"}):
+        with pytest.raises(ConfigError, match=r"--precision \w+ needs a CUDA device"):
+            run_precompute(config(teacher, tmp_path / "x.zarr", **given))
     assert not os.path.exists(tmp_path / "x.zarr")

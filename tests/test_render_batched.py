@@ -355,7 +355,7 @@ def test_training_with_the_batched_renderer_repeats_the_reference_run(tmp_path: 
         assert batch.sources is None and batch.view1.shape == (8, 3, 16, 16)
         for j, row in enumerate(batch.rows.tolist()):
             v1, v2 = batch.views[j].tolist()
-            img = data.load(row)
+            img = data.load(int(store.manifest.indices[row]))
             assert torch.equal(batch.view1[j], render_view(img, params[row, v1], store.recipe))
             assert torch.equal(batch.view2[j], render_view(img, params[row, v2], store.recipe))
             seen.append(row)

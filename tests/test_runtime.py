@@ -1,4 +1,4 @@
-"""teacher_service.runtime: device choice (incl. torchrun's LOCAL_RANK), the autocast factory, and
+"""store.runtime: device choice (incl. torchrun's LOCAL_RANK), the autocast factory, and
 the device switches, which leave the CPU path exactly as it was while the CUDA settings they choose
 are the documented ones (checked without a GPU: the CUDA probe is patched, and only device *names*
 are needed to pick a setting)."""
@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch.utils.data._utils.pin_memory import pin_memory
 
+from store import runtime
 from store.errors import ConfigError
-from teacher_service import runtime
 from teacher_service.encoders import EncoderConfig, build_encoder
 from teacher_service.precompute import PrecomputeConfig, _Batch
 
@@ -62,6 +62,29 @@ def test_device_names_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(ConfigError, match=r"unknown device .* valid: auto, cpu, cuda, cuda:N"):
             runtime.resolve_device(name)
     assert cuda.current == []
+
+
+def test_configs_check_device_names_with_the_runtimes_grammar(tmp_path: Path) -> None:
+    """Every config refuses, when built, the names ``resolve_device`` refuses (one grammar,
+    ``store.devices``); the FAISS GPU index goes to the GPU that ``cuda:N`` names."""
+    from student_trainer.train.config import TrainConfig
+    from teacher_service.config import VerifyConfig
+
+    builders = [
+        lambda d: PrecomputeConfig(teacher="t.pt", dataset="digits", store="s", device=d),
+        lambda d: VerifyConfig(device=d),
+        lambda d: TrainConfig(
+            method="mocov2", arch="tiny", out=str(tmp_path), dataset="digits", device=d
+        ),
+    ]
+    for build in builders:
+        for good in ("auto", "cpu", "cuda", "cuda:3"):
+            build(good)
+        for bad in ("gpu", "cuda:x", "cuda:", "cuda0"):
+            with pytest.raises(ConfigError, match=r"unknown device .* valid: auto, cpu, cuda"):
+                build(bad)
+    assert runtime.cuda_index("cuda:3") == 3 and runtime.cuda_index(torch.device("cuda", 1)) == 1
+    assert runtime.is_cuda("cuda:2") and not runtime.is_cuda("cpu")
 
 
 def test_training_resolves_its_device_through_the_runtime(
@@ -238,7 +261,7 @@ def test_cuda_layout_path_runs_and_agrees_on_cpu(
     x = torch.randn(3, 3, 16, 16)
     plain_service = served.embed(x)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
-    monkeypatch.setattr(runtime, "_is_cuda", lambda device: True)
+    monkeypatch.setattr(runtime, "is_cuda", lambda device: True)
     nhwc = precompute("nhwc.zarr")
     assert np.abs(nhwc - plain).max() < 2e-3  # fp16 storage; only the conv layout differs
     assert torch.backends.cudnn.benchmark  # fixed-shape job: autotuning on

@@ -165,11 +165,12 @@ def test_serve_demo_teacher_answers_a_planned_view_with_the_store_target(
         store = EmbeddingStore.open(str(demo_store / "demo"))
         dataset = open_dataset("synthetic:6")
         params = np.asarray(store.params)
+        rows = store.manifest.indices  # store row -> sample of synthetic:6
         targets = store.read_shard(0).embeddings.astype(np.float32)
         slots = [(0, 0), (3, 1), (5, 0)]
         body = {
             "images": [
-                {"data": _b64(png(dataset.load(i))), "params": params[i, v].tolist()}
+                {"data": _b64(png(dataset.load(int(rows[i])))), "params": params[i, v].tolist()}
                 for i, v in slots
             ]
         }

@@ -53,7 +53,7 @@ def test_compose_config_validates_with_the_cli_when_installed(files: list[Path])
     if cli is None:
         pytest.skip("no docker compose CLI installed; the structural checks still run")
     args = [a for f in files for a in ("-f", str(f))]
-    for profile in ([], ["--profile", "precompute"]):
+    for profile in ([], ["--profile", "precompute"], ["--profile", "monitoring"]):
         done = subprocess.run(
             [*cli, *args, *profile, "config", "-q"],
             capture_output=True,
@@ -70,7 +70,9 @@ def test_cpu_default_needs_no_gpu_and_passes_every_setting() -> None:
     assert "deploy" not in teacher  # no device reservation: runs on a host without NVIDIA
     assert teacher["command"] == ["disco", "serve"]
     env = teacher["environment"]
-    assert set(env) == FIELDS, f"missing {FIELDS - set(env)}, unknown {set(env) - FIELDS}"
+    disco = {k for k in env if k.startswith("DISCO_")}
+    assert disco == FIELDS, f"missing {FIELDS - disco}, unknown {disco - FIELDS}"
+    assert set(env) - disco == {"HF_TOKEN", "HF_HUB_OFFLINE"}
     assert env["DISCO_DEVICE"] == "${DISCO_DEVICE:-auto}"
     assert env["DISCO_STORE_ROOT"] == "/stores" and env["DISCO_HOST"] == "0.0.0.0"
     # The default model is the demo teacher baked into the image, not a host file.
@@ -84,6 +86,48 @@ def test_cpu_default_needs_no_gpu_and_passes_every_setting() -> None:
     assert "stores" in _load(COMPOSE)["volumes"]
     test = " ".join(teacher["healthcheck"]["test"])
     assert "/readyz" in test and test.split()[1].startswith("/opt/venv/bin/python")
+
+
+def test_hub_teachers_cache_and_monitoring() -> None:
+    data = _load(COMPOSE)
+    teacher = data["services"]["teacher"]
+    # Hub teachers: the models extra by default, a weights cache volume, hub variables passed.
+    assert data["x-build"]["args"]["EXTRAS"] == "${DISCO_EXTRAS-models}"
+    assert "${DISCO_CACHE:-cache}:/cache" in teacher["volumes"] and "cache" in data["volumes"]
+    for name in ("HF_TOKEN", "HF_HUB_OFFLINE"):
+        assert teacher["environment"][name] == "${" + name + ":-}"
+        assert data["services"]["precompute"]["environment"][name] == "${" + name + ":-}"
+    assert "--precision" in data["services"]["precompute"]["command"]
+    # Monitoring: a profile with Prometheus scraping the teacher's open /metrics.
+    prom = data["services"]["prometheus"]
+    assert prom["profiles"] == ["monitoring"]
+    mount = next(v for v in prom["volumes"] if v.endswith(":/etc/prometheus/prometheus.yml:ro"))
+    config = yaml.safe_load((ROOT / mount.split(":")[0]).read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == ["teacher:8000"]
+    assert ServiceSettings.model_fields["metrics"].default == "open"
+    # The healthcheck polls /readyz, which needs no token.
+    assert ServiceSettings.model_fields["token"].default is None
+
+
+def test_dockerfile_extras_and_cache() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ARG EXTRAS=models$", text, re.M)
+    assert "HF_HOME=/cache/huggingface" in text and "TORCH_HOME=/cache/torch" in text
+    assert "chown 10001:10001 /stores /home/disco /cache" in text
+    assert 'scripts/requirements.py "$EXTRAS"' in text
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "requirements.py"), "models"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    lines = done.stdout.split()
+    assert any(r.startswith("torch") for r in lines) and any(r.startswith("timm") for r in lines)
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "requirements.py"), "nope"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "valid:" in bad.stderr
 
 
 def test_empty_variables_mean_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,7 +166,9 @@ def test_dockerfile_and_context() -> None:
 
 def _engine() -> bool:
     docker = shutil.which("docker")
-    return bool(docker) and subprocess.run([docker, "info"], capture_output=True).returncode == 0
+    if docker is None:
+        return False
+    return subprocess.run([docker, "info"], capture_output=True).returncode == 0
 
 
 @pytest.mark.skipif(

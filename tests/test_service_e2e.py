@@ -219,9 +219,12 @@ def test_concurrent_requests_are_batched(env: dict[str, Any], embed: Any) -> Non
 def test_write_through_then_verify(env: dict[str, Any]) -> None:
     dataset = env["dataset"]
     slots = [(i, v) for i in range(len(dataset)) for v in range(2)]  # 16 slots = whole store
+    rows = EmbeddingStore.open(str(env["stores"] / "synth")).manifest.indices  # row -> sample
 
     def send(chunk: list[tuple[int, int]]) -> httpx.Response:
-        images = [{"data": b64(png(dataset.load(i))), "index": i, "view": v} for i, v in chunk]
+        images = [
+            {"data": b64(png(dataset.load(int(rows[i])))), "index": i, "view": v} for i, v in chunk
+        ]
         return httpx.post(
             f"{env['url']}/v1/embeddings", json={"store": "synth", "images": images}, timeout=60
         )

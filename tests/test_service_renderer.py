@@ -120,7 +120,10 @@ def test_write_through_records_the_renderer_and_writes_the_same_targets(
     slots = [(0, 1), (2, 0), (5, 1)]
     for renderer, client in clients.items():
         store = f"for-{renderer}"
-        images = [{"data": encoded(dataset.load(i)), "index": i, "view": v} for i, v in slots]
+        rows = EmbeddingStore.open(str(env["stores"] / store)).manifest.indices  # row -> sample
+        images = [
+            {"data": encoded(dataset.load(int(rows[i]))), "index": i, "view": v} for i, v in slots
+        ]
         r = client.post("/v1/embeddings", json={"store": store, "images": images})
         assert r.status_code == 200, r.text
         # A second write from the same service adds no duplicate record.

@@ -53,6 +53,7 @@ def test_create_records_attrs_and_plan(tmp_path: Path, manifest: Manifest) -> No
         "n": 40,
         "manifest_hash": manifest.hash,
         "row_order": "permuted",
+        "validity": "decode",  # synthetic: in memory, decoded
     }
     assert attrs["recipe"]["name"] == "mocov2" and attrs["recipe"]["views"] == 4
     assert attrs["teacher"] is None and set(attrs["versions"]) >= {"torch", "zarr", "pillow"}

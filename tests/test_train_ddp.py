@@ -40,7 +40,7 @@ out = sys.argv[1]
 rows = []
 cfg = TrainConfig(method="mocov2", arch="tiny", out=out, dataset="synthetic:64", size=16,
                   batch_size=8, epochs=1, queue_size=16, head_hidden=32, num_workers=0,
-                  progress=False, stop_at_step=3, device="auto")
+                  progress=False, stop_at_step=3, device="auto", knn_every=1)
 result = train_mod.train(cfg, step_hook=lambda step, b, output: rows.extend(b.rows.tolist()))
 rank = os.environ["RANK"]
 (model,) = models
@@ -48,6 +48,8 @@ torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
            os.path.join(out, f"state{rank}.pt"))
 with open(os.path.join(out, f"rows{rank}.json"), "w") as fh:
     json.dump({"rows": rows, "steps": result.steps, "batch": len(rows) // result.steps,
+               "knn": [{k: r[k] for k in ("step", "knn_weighted", "n_bank", "n_queries")}
+                       for r in result.knn],
                "local_rank": os.environ["LOCAL_RANK"]}, fh)
 """
 
@@ -68,6 +70,8 @@ def test_two_process_gloo_ddp_ranks_end_with_identical_weights(tmp_path: Path) -
     assert (r0["local_rank"], r1["local_rank"]) == ("0", "1")
     assert r0["steps"] == r1["steps"] == 3 and r0["batch"] == r1["batch"] == 4
     assert not set(r0["rows"]) & set(r1["rows"])  # each rank reads its own share
+    # the kNN monitor before step 1: each rank embedded its share; both got the same record
+    assert r0["knn"] == r1["knn"] and len(r0["knn"]) == 1 and r0["knn"][0]["n_bank"] > 20
 
     s0 = torch.load(out / "state0.pt", weights_only=True)
     s1 = torch.load(out / "state1.pt", weights_only=True)

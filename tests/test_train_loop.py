@@ -142,3 +142,43 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert "unknown method 'simclr'" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, [*base, "--method", "disco"])
     assert result.exit_code == 1 and "needs teacher targets" in result.output
+
+
+def test_losses_are_read_back_only_at_the_log_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Terms stay on the device between flushes (every ``log_every`` steps, at epoch ends,
+    checkpoints and the stop); the log still has every step, as with ``log_every=1``."""
+    import student_trainer.train.loop as loop
+
+    every = train(_cfg(tmp_path / "every", stop_at_step=7, log_every=1, checkpoint_every=100))
+    flushed: list[int] = []
+    real = loop._flush
+
+    def counting(run: Any, collective: bool = True) -> None:
+        flushed.append(run.step)
+        real(run, collective)
+
+    monkeypatch.setattr(loop, "_flush", counting)
+    result = train(_cfg(tmp_path / "five", stop_at_step=7, log_every=5, checkpoint_every=100))
+    spe = result.steps_per_epoch
+    assert flushed == [s for s in range(1, 8) if s % 5 == 0 or s % spe == 0 or s == 7]
+    assert len(flushed) < 7
+    logs = [
+        [json.loads(x) for x in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+        for name in ("every", "five")
+    ]
+    strip = [[{k: v for k, v in r.items() if k != "seconds"} for r in log] for log in logs]
+    assert [r["step"] for r in logs[1]] == list(range(1, 8)) and strip[0] == strip[1]
+    assert result.last_terms == every.last_terms and result.first_terms == every.first_terms
+
+
+def test_non_finite_loss_is_never_checkpointed(tmp_path: Path) -> None:
+    """The check runs before every checkpoint: a saved state holds finite weights only."""
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step \d+ \(epoch"):
+        train(_cfg(tmp_path, lr=1e30, warmup_epochs=0.0, weight_decay=0.0, stop_at_step=12,
+                   checkpoint_every=1, log_every=50))  # fmt: skip
+    state = tmp_path / "ckpt" / "last.pt"
+    if state.exists():
+        saved = torch.load(state, weights_only=True)["model"]
+        assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())

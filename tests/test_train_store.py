@@ -11,7 +11,7 @@ import torch
 
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
-from store.errors import ConfigError, StoreMismatchError
+from store.errors import CheckpointError, ConfigError, StoreMismatchError
 from store.manifest import build_manifest
 from store.views import get_recipe, render_view
 from student_trainer.train.config import TrainConfig
@@ -196,3 +196,19 @@ def test_views_limits_training_to_the_first_views_of_each_row(
         StorePlan(store, seed=0, batch=4, max_views=4)
     with pytest.raises(ConfigError, match="views needs a store"):
         TrainConfig(method="mocov2", arch="tiny", out=str(tmp_path), dataset="mnist5k", views=2)
+
+
+def test_a_checkpoint_planned_under_another_rule_refuses_to_resume(
+    store_url: str, tmp_path: Path
+) -> None:
+    train(_cfg(tmp_path, store_url, stop_at_step=1))
+    path = tmp_path / "ckpt" / "last.pt"
+    state = torch.load(path, weights_only=True)
+    assert state["plan"] == StorePlan.version == "store-plan/2"
+    for old in ({"plan": "store-plan/1"}, {}):  # {}: written before plans were versioned
+        edited = {k: v for k, v in state.items() if k != "plan"} | old
+        torch.save(edited, path)
+        with pytest.raises(CheckpointError, match=r"planned under store-plan/1.*store-plan/2"):
+            train(_cfg(tmp_path, store_url, stop_at_step=2, resume=True))
+    torch.save(state, path)
+    assert train(_cfg(tmp_path, store_url, stop_at_step=2, resume=True)).steps == 2

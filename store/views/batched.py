@@ -37,6 +37,7 @@ from torchvision.transforms.v2 import functional as tvf
 from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
 from store.errors import ConfigError, DatasetError
+from store.runtime import to_device
 from store.views.crop import INTERPOLATIONS
 from store.views.kernels import blur_kernel_size
 from store.views.recipes import DigitsRecipe, MoCoV2Recipe, Recipe
@@ -357,13 +358,12 @@ def _source_hwc(image: Image, device: torch.device) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise DatasetError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
-        t = torch.from_numpy(image if image.flags.writeable else image.copy())
-        return t.to(device, non_blocking=True) if device.type != "cpu" else t
+        return to_device(torch.from_numpy(image if image.flags.writeable else image.copy()), device)
     if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[2] != 3:
         raise DatasetError(f"image must be (H, W, 3) uint8, got {getattr(image, 'shape', image)}")
     if image.dtype != torch.uint8:
         raise DatasetError(f"image must be uint8, got {image.dtype}")
-    return image.to(device, non_blocking=True)
+    return to_device(image, device)
 
 
 def _checked_boxes(shapes: Sequence[tuple[int, int]], params: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from store.atomic import atomic_write_text
-from student_trainer.train.config import TrainConfig
+from student_trainer.train.config import RESULT_NEUTRAL_FIELDS, TrainConfig
 
 if TYPE_CHECKING:
     from student_trainer.train.loop import TrainResult
@@ -27,9 +27,6 @@ class RunLedger:
     an unfinished run resumes from its own ``ckpt/last.pt``. The recorded seconds are what the
     study's cost table uses (a skipped run keeps the time of the run that trained it).
     """
-
-    IGNORED = ("progress", "num_workers", "resume", "threads", "checkpoint_every")
-    """TrainConfig fields that do not change a run's result."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -51,7 +48,7 @@ class RunLedger:
 
     @classmethod
     def _settings(cls, cfg: TrainConfig) -> dict[str, Any]:
-        return {k: v for k, v in cfg.to_dict().items() if k not in cls.IGNORED}
+        return {k: v for k, v in cfg.to_dict().items() if k not in RESULT_NEUTRAL_FIELDS}
 
     def finished(self, key: str, cfg: TrainConfig) -> dict[str, Any] | None:
         """The entry of run ``key`` if it finished with ``cfg``'s settings and its deployed

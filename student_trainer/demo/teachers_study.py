@@ -37,8 +37,9 @@ from store.embedding_store import EmbeddingStore
 from store.errors import ConfigError
 from store.manifest import Manifest, build_manifest
 from store.views import get_recipe
+from student_trainer.demo.config import STUDENT_DEFAULTS
 from student_trainer.demo.ledger import RunLedger
-from student_trainer.demo.pipeline import STUDENT_DEFAULTS, train_run
+from student_trainer.demo.pipeline import train_run
 from student_trainer.eval.evaluate import evaluate
 from student_trainer.eval.features import EncoderFeatures
 from student_trainer.train.config import TrainConfig

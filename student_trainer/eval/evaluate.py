@@ -16,6 +16,7 @@ from typing import Any
 
 from store.datasets import ImageDataset, open_dataset
 from store.errors import ConfigError, DatasetError
+from store.runtime import resolve_device
 from student_trainer.eval import metrics, report
 from student_trainer.eval.features import (
     EncoderFeatures,
@@ -27,7 +28,6 @@ from student_trainer.eval.features import (
 )
 from student_trainer.eval.knn import Neighbours, search
 from student_trainer.eval.linear_probe import ProbeConfig, linear_probe
-from teacher_service.runtime import resolve_device
 from teacher_service.sources import parse_teacher
 
 PIXEL_BASELINE_DATASETS = ("mnist5k", "digits", "synthetic")
@@ -192,8 +192,9 @@ def run_evaluation(
         raise ConfigError(f"temperature must be > 0, got {temperature}")
     ds = open_dataset(dataset) if isinstance(dataset, str) else dataset
     dev = str(resolve_device(device))  # e.g. "cuda:0"
-    if pixels is None:
-        pixels = ds.spec.partition(":")[0] in PIXEL_BASELINE_DATASETS
+    if pixels is None:  # a bank/queries pair (store.eval_data) gets them if both sides do
+        sources = getattr(ds, "sources", (ds,))
+        pixels = all(s.spec.partition(":")[0] in PIXEL_BASELINE_DATASETS for s in sources)
     # (model, role, is the agreement reference): only --teacher is the reference.
     entries: list[tuple[FeatureModel, str, bool]] = []
     if teacher is not None:
@@ -281,7 +282,9 @@ def evaluate(
     records = [r.record for r in results]
     if out is not None:
         out_dir = Path(out)
-        report.write_tables(records, out_dir, title=f"Retrieval evaluation on {ds.spec}")
+        title = f"Retrieval evaluation on {ds.spec}"
+        roles = getattr(ds, "roles", report.DEFAULT_ROLES)  # a bank/queries pair names its sides
+        report.write_tables(records, out_dir, title, roles)
         if figures:
             for i, r in enumerate(results):
                 if r.neighbours is None:
@@ -289,7 +292,7 @@ def evaluate(
                 path = out_dir / f"neighbours_{i:02d}_{slug(r.record['name'])}.png"
                 report.neighbour_figure(ds, r.features, r.neighbours, path, title=r.record["name"])
                 r.record["figure"] = path.name
-            report.write_tables(records, out_dir, title=f"Retrieval evaluation on {ds.spec}")
+            report.write_tables(records, out_dir, title, roles)
     return records
 
 

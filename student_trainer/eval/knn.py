@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from store.errors import ConfigError
+from store.runtime import cuda_index, is_cuda
 
 EXACT_BACKENDS = ("faiss", "torch", "brute")
 """Backends whose results are identical (module docstring)."""
@@ -107,17 +108,17 @@ def faiss_candidates(
     """Top-``k`` inner-product candidates from a FAISS flat index.
 
     ``bank`` (N, D) float32 and ``queries`` (Q, D) float32, both L2-normalised -> (Q, k) int64.
-    ``device="cuda"`` uses ``GpuIndexFlatIP`` when faiss has GPU support, else the CPU
-    ``IndexFlatIP``.
+    A CUDA ``device`` uses ``GpuIndexFlatIP`` on that GPU (``cuda:N``: GPU N; ``cuda``: the
+    current one) when faiss has GPU support, else the CPU ``IndexFlatIP``.
     """
     # lazy: faiss loads its native library only when a search runs
     import faiss
 
     index: Any = faiss.IndexFlatIP(bank.shape[1])
     # FAISS GPU flat search supports k <= 2048; deeper searches (mAP@R on big classes) use the CPU.
-    if device.startswith("cuda") and k <= 2048 and faiss_has_gpu():
+    if is_cuda(device) and k <= 2048 and faiss_has_gpu():
         resources = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(resources, 0, index)
+        index = faiss.index_cpu_to_gpu(resources, cuda_index(device), index)
     index.add(np.ascontiguousarray(bank, dtype=np.float32))
     _, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
     return np.asarray(found, dtype=np.int64)
@@ -127,7 +128,7 @@ def default_backend(device: str = "cpu") -> str:
     """The exact backend ``auto`` uses on ``device`` (``cpu``, ``cuda`` or ``cuda:N``): the one
     measured fastest there (``_FASTEST_EXACT``); on CUDA without a GPU-enabled faiss, ``torch``
     (a CPU index would leave the GPU idle)."""
-    kind = "cuda" if device.startswith("cuda") else "cpu"
+    kind = "cuda" if is_cuda(device) else "cpu"
     choice = _FASTEST_EXACT[kind]
     if kind == "cuda" and choice == "faiss" and not faiss_has_gpu():
         return "torch"

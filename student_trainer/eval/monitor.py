@@ -22,14 +22,20 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from store.datasets import ImageDataset, open_dataset
 from store.errors import ConfigError
+from store.runtime import to_device
 from store.views import Recipe, render_center
 from student_trainer.eval.evaluate import check_labelled, score
-from student_trainer.eval.features import _eval_recipe, extract_features
+from student_trainer.eval.features import (
+    FeatureSet,
+    SplitFeatures,
+    _eval_recipe,
+    extract_features,
+)
 from teacher_service.encoders import Encoder
-from teacher_service.runtime import to_device
 
 __all__ = [
     "MONITOR_K",
@@ -116,6 +122,12 @@ class MonitorData(ImageDataset):
         """Sample ``i`` of the base dataset as (H, W, 3) uint8."""
         return self.base.load(i)
 
+    def share(self, rank: int, world: int) -> MonitorData:
+        """Rank ``rank``'s share of ``world``: every ``world``-th bank image and query from
+        ``rank`` on (same spec, images and labels)."""
+        bank, queries = self._splits["train"], self._splits["test"]
+        return MonitorData(self.base, bank[rank::world], queries[rank::world], self.spec)
+
     def split_indices(self, split: str) -> np.ndarray:
         """ "train" = bank, "test" = queries, "all" = both (dataset indices, int64)."""
         if split not in self._splits:
@@ -192,26 +204,39 @@ class KnnMonitor:
         recipe = _eval_recipe(preprocessing, int(preprocessing["size"]))
         return cls(data, recipe, device)
 
-    def evaluate(self, encoder: Encoder) -> dict[str, Any]:
+    def evaluate(self, encoder: Encoder, rank: int = 0, world: int = 1) -> dict[str, Any]:
         """Weighted 20-NN etc. of ``encoder``'s backbone on the held-out split.
 
         Returns {"knn_weighted", "nn1", "knn_majority": fractions in [0, 1], "knn_seconds": wall
         seconds, "monitor": the split's name, "n_bank", "n_queries"}. The encoder is evaluated in
         eval mode and returned to its previous mode; no random number generator is used.
+
+        Under DDP (``world`` > 1, every rank calls it): each rank embeds its share of the bank
+        and queries (:meth:`MonitorData.share`), the features are all-gathered and put back in
+        split order, and every rank scores them, so each gets the one-process record and none
+        waits for more than its own share of the embedding.
         """
         started = time.perf_counter()
+        if world > 1 and len(self.data.split_indices("test")) < world:
+            raise ConfigError(f"the kNN monitor needs at least {world} queries (one per rank)")
         was_training = encoder.training
         encoder.eval()
         try:
             fs = extract_features(
                 LiveFeatures(encoder, self.recipe, self.device),
-                self.data,
+                self.data.share(rank, world) if world > 1 else self.data,
                 batch_size=self.batch_size,
                 progress=False,
                 use_cache=False,
             )
         finally:
             encoder.train(was_training)
+        if world > 1:
+            fs = FeatureSet(
+                _gather_split(fs.train, self.data.split_indices("train"), world, self.device),
+                _gather_split(fs.test, self.data.split_indices("test"), world, self.device),
+                fs.skipped, None, from_cache=False,
+            )  # fmt: skip
         check_labelled(fs, self.data.spec)
         scores, _ = score(fs, MONITOR_K, MONITOR_TEMPERATURE, self.backend, str(self.device))
         record: dict[str, Any] = {name: scores[name] for name in LOGGED}
@@ -222,6 +247,39 @@ class KnnMonitor:
             n_queries=int(fs.test.labels.size),
         )
         return record
+
+
+def _gather_split(
+    mine: SplitFeatures, order: np.ndarray, world: int, device: torch.device
+) -> SplitFeatures:
+    """Every rank's features of one split (all-gathered, padded to the longest share) in the
+    split's order ``order`` (dataset indices), as one process would have extracted them."""
+    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    count = torch.tensor([len(mine.indices)], dtype=torch.int64, device=on)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    sizes = [int(c.item()) for c in counts]
+    longest, dim = max(sizes), mine.features.shape[1]
+
+    def gather(part: np.ndarray) -> list[np.ndarray]:
+        local = torch.from_numpy(np.ascontiguousarray(part)).to(on)
+        padded = torch.zeros((longest, *part.shape[1:]), dtype=local.dtype, device=on)
+        padded[: len(part)] = local
+        out = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(out, padded)
+        return [o[:n].cpu().numpy() for o, n in zip(out, sizes, strict=True)]
+
+    feats = np.concatenate(gather(mine.features.astype(np.float32).reshape(-1, dim)))
+    labels = np.concatenate(gather(mine.labels.astype(np.int64)))
+    indices = np.concatenate(gather(mine.indices.astype(np.int64)))
+    position = np.empty(int(order.max()) + 1, dtype=np.int64)
+    position[order] = np.arange(len(order))
+    back = np.argsort(position[indices], kind="stable")
+    return SplitFeatures(
+        features=feats[back],
+        labels=labels[back],
+        indices=indices[back],
+    )
 
 
 def best_record(records: list[dict[str, Any]]) -> dict[str, Any] | None:

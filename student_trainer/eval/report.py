@@ -83,14 +83,23 @@ def baseline_notes(records: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
-def render_markdown(records: list[dict[str, Any]], title: str = "Retrieval evaluation") -> str:
-    """The full ``results.md`` text: title, protocol line, table, baseline notes."""
+DEFAULT_ROLES = ("train split", "test split")
+"""What the bank and the queries are when one dataset gives both."""
+
+
+def render_markdown(
+    records: list[dict[str, Any]],
+    title: str = "Retrieval evaluation",
+    roles: tuple[str, str] = DEFAULT_ROLES,
+) -> str:
+    """The full ``results.md`` text: title, protocol line (``roles``: what the bank and the
+    queries are), table, baseline notes."""
     k = next((r.get("k") for r in records if r.get("k") is not None), 20)
     t = next((r.get("temperature") for r in records if r.get("temperature") is not None), 0.07)
     parts = [
         f"# {title}",
         "",
-        f"Bank = train split, queries = test split; cosine similarity on L2-normalised backbone "
+        f"Bank = {roles[0]}, queries = {roles[1]}; cosine similarity on L2-normalised backbone "
         f"features. kNN-w: weighted {k}-NN, vote exp(sim/{t}) (DINO); 1-NN and {k}-NN majority "
         "(CompRess); R@k: a same-label image among the top k; mAP@R (Musgrave et al.); "
         "T-agree@10: share of the teacher's 10 nearest neighbours also among the model's 10; "
@@ -110,12 +119,13 @@ def write_tables(
     records: list[dict[str, Any]],
     out_dir: str | os.PathLike[str],
     title: str = "Retrieval evaluation",
+    roles: tuple[str, str] = DEFAULT_ROLES,
 ) -> tuple[Path, Path]:
     """Write ``results.md`` and ``results.json`` (list of records) into ``out_dir``; return both
     paths."""
     out = Path(out_dir)
     md, js = out / "results.md", out / "results.json"
-    atomic_write_text(md, render_markdown(records, title))
+    atomic_write_text(md, render_markdown(records, title, roles))
     atomic_write_text(js, json.dumps(records, indent=2, default=str) + "\n")
     return md, js
 

@@ -15,8 +15,14 @@ from typing import Annotated, Any
 
 import typer
 
-from store.cli_options import dataclass_options, with_options
-from store.errors import ConfigError, DiscoError
+from store.cli_options import (
+    apply_remote_options,
+    dataclass_options,
+    exits_on_error,
+    remote_options,
+    with_options,
+)
+from store.errors import ConfigError
 from student_trainer.train.config import TrainConfig
 from student_trainer.train.methods import METHODS
 
@@ -46,7 +52,8 @@ _OPTIONS = dataclass_options(
 """Every ``TrainConfig`` field as an option: name, type, default and help come from the field."""
 
 
-@with_options(_OPTIONS)
+@with_options(_OPTIONS, remote_options(writes=False))
+@exits_on_error
 def train_command(
     expect_teacher: Annotated[
         str | None, typer.Option(help="Refuse a store whose teacher is not this checkpoint.")
@@ -67,26 +74,23 @@ def train_command(
     **config: Any,
 ) -> None:
     """Train a student with mocov2, disco or seed (from a store, a dataset or an online teacher)."""
-    try:
-        expected = parse_expect(expect or [])
-        if expect_teacher is not None:
-            # lazy: torch loads only when a command runs, so --help stays instant
-            from teacher_service.checkpoint import file_sha256
+    apply_remote_options(config)
+    expected = parse_expect(expect or [])
+    if expect_teacher is not None:
+        # lazy: torch loads only when a command runs, so --help stays instant
+        from teacher_service.checkpoint import file_sha256
 
-            expected["teacher.sha256"] = file_sha256(expect_teacher)
-        if expect_recipe is not None:
-            expected["recipe.name"] = expect_recipe
-        if expect_views is not None:
-            expected["recipe.views"] = expect_views
-        if expect_dataset is not None:
-            expected["dataset.spec"] = expect_dataset
-        cfg = TrainConfig(**config, expect=expected)
-        from student_trainer.train.loop import train  # torch: only once a run starts
+        expected["teacher.sha256"] = file_sha256(expect_teacher)
+    if expect_recipe is not None:
+        expected["recipe.name"] = expect_recipe
+    if expect_views is not None:
+        expected["recipe.views"] = expect_views
+    if expect_dataset is not None:
+        expected["dataset.spec"] = expect_dataset
+    cfg = TrainConfig(**config, expect=expected)
+    from student_trainer.train.loop import train  # torch: only once a run starts
 
-        result = train(cfg)
-    except DiscoError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    result = train(cfg)
     if json_out:
         typer.echo(json.dumps(asdict(result)))
     else:

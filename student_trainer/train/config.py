@@ -8,28 +8,44 @@ from pathlib import Path
 from typing import Any
 
 from store.atomic import atomic_write_text
+from store.devices import parse_device_name
 from store.errors import ConfigError
+from store.precision import parse_precision
 from store.targets import parse_targets
 from student_trainer.train.methods import MethodSpec, get_method
+from student_trainer.train.schedule import scaled_lr
 
-__all__ = ["MISSING_CHOICES", "MONITOR_SPLITS", "TrainConfig"]
+__all__ = [
+    "MISSING_CHOICES",
+    "MONITOR_SPLITS",
+    "RESULT_NEUTRAL_FIELDS",
+    "RESUME_FREE_FIELDS",
+    "TrainConfig",
+]
 
-# Fields that may differ between a run and its resumption without changing the result.
-RESUME_FREE_FIELDS = (
+RESULT_NEUTRAL_FIELDS = (
     "resume",
     "num_workers",
     "progress",
-    "stop_at_step",
     "checkpoint_every",
+    "log_every",  # when the terms are read back, not what they are
     "threads",
     "store_in_ram",  # the same targets, read once instead of per epoch
     "renderer",  # CPU renderers give the same bytes (store.views.batched)
+    # the kNN monitor only reads the weights and uses no random state
     "knn_every",
     "keep_best",
     "monitor_dataset",
     "monitor_split",
     "monitor_max_queries",
     "monitor_max_bank",
+)
+"""``TrainConfig`` fields that never change the trained weights: a finished run with other values
+of these is the same run (the demo's runs ledger reuses it)."""
+
+RESUME_FREE_FIELDS = (
+    *RESULT_NEUTRAL_FIELDS,
+    "stop_at_step",  # where this process stops, not where the schedule ends
     # lazy fill: where targets come from, not what they are (a service's write-through gives
     # the store's targets within fp16 rounding), so a run may resume with or without a service
     "teacher_url",
@@ -37,6 +53,9 @@ RESUME_FREE_FIELDS = (
     "missing",
     "fill_depth",
 )
+"""Fields that may differ between a run and its resumption: the result-neutral ones, plus where
+this process stops and where lazy fill fetches targets from (resume refuses a change of lazy fill
+while the store still lacks targets)."""
 
 MISSING_CHOICES = ("error", "wait", "skip")
 """What lazy fill does when the teacher service cannot deliver a missing target."""
@@ -67,7 +86,11 @@ class TrainConfig:
     store: str | None = None
     """Teacher-target store (path or fsspec URL); views are replayed from its stored params."""
     dataset: str | None = None
-    """Dataset spec (``store.datasets.open_dataset``) for training without a store."""
+    """Dataset spec (``store.datasets.open_dataset``: imagefolder:, hfds:, wds:, parquet:, py:, ...)
+    for training without a store; with a store, where its images are now (data that moved:
+    checked against the store's manifest first)."""
+    full_check: bool = False
+    """With a store and a dataset: hash every sample of the moved dataset (default: 64 rows)."""
     split: str = "train"
     """Dataset split used with ``dataset`` ("all", "train", "test")."""
     recipe: str | None = None
@@ -187,6 +210,10 @@ class TrainConfig:
     cache_images: bool | None = None
     """Keep decoded images in RAM; None = when the decoded dataset is under 2 GiB."""
     checkpoint_every: int = 200
+    log_every: int = 20
+    """Read the loss terms back from the device every this many steps (one sync, and under DDP
+    one all-reduce of the finite check, per interval instead of per step) and append their
+    per-step records to ``log.jsonl``; also before every checkpoint, monitor run and at the end."""
     """Write ``ckpt/last.pt`` every this many steps (and at the end)."""
     resume: bool = False
     """Continue from ``out/ckpt/last.pt`` when it exists (the config must match)."""
@@ -197,8 +224,10 @@ class TrainConfig:
     threads: int | None = None
     """torch CPU threads of the training process (None: torch's default; 1 is often faster on
     small, shared CPUs)."""
+    precision: str = "fp32"
+    """Compute precision: fp32, or CUDA autocast bf16/fp16 (an error on CPU)."""
     amp: bool = False
-    """bfloat16 autocast on CUDA (recorded; ignored on CPU)."""
+    """Deprecated: --precision bf16."""
     progress: bool = True
     """Show a rich progress bar."""
     renderer: str = "auto"
@@ -206,9 +235,15 @@ class TrainConfig:
     batched (workers only decode; views rendered at once on the device)."""
 
     def __post_init__(self) -> None:
+        self.precision = parse_precision(self.precision)
+        if self.amp:  # the old flag: one deprecation line, then the one vocabulary
+            self.precision, self.amp = parse_precision(True, old_flag="--amp"), False
         spec = get_method(self.method)
-        if (self.store is None) == (self.dataset is None):
-            raise ConfigError("give exactly one of store or dataset")
+        parse_device_name(self.device)
+        if self.store is None and self.dataset is None:
+            raise ConfigError("give a store or a dataset (or both: the store's data moved)")
+        if self.full_check and (self.store is None or self.dataset is None):
+            raise ConfigError("full_check checks a moved dataset: it needs a store and a dataset")
         if spec.uses_teacher and self.store is None and self.online_teacher is None:
             raise ConfigError(
                 f"method {self.method!r} needs teacher targets: give a store or an online teacher"
@@ -246,6 +281,7 @@ class TrainConfig:
             "size": self.size,
             "shuffle_buffer": self.shuffle_buffer,
             "checkpoint_every": self.checkpoint_every,
+            "log_every": self.log_every,
             "fill_depth": self.fill_depth,
         }
         for name, value in positive_ints.items():
@@ -317,7 +353,7 @@ class TrainConfig:
     @property
     def peak_lr(self) -> float:
         """The learning rate at the end of warm-up (``lr`` or the batch-scaled ``base_lr``)."""
-        return self.lr if self.lr is not None else self.base_lr * self.batch_size / 256
+        return self.lr if self.lr is not None else scaled_lr(self.base_lr, self.batch_size)
 
     @property
     def spec(self) -> MethodSpec:

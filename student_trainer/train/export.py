@@ -24,15 +24,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from store.atomic import atomic_write_bytes, atomic_write_text
 from teacher_service.checkpoint import DEPLOYED_FORMAT, atomic_torch_save
 from teacher_service.encoders import ARCHS, TIMM_PREFIX, Encoder
-from teacher_service.weights import read_state_dict
 
 __all__ = ["DEPLOYED_FORMAT", "export_deployed", "plain_constructor"]
 
@@ -55,18 +52,6 @@ def plain_constructor(encoder: Encoder) -> str | None:
     return f"torchvision.models.{cfg.arch}(); model.{head} = torch.nn.Identity()"
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def export_deployed(
     out: str | os.PathLike[str],
     deployed: Encoder,
@@ -76,8 +61,8 @@ def export_deployed(
 ) -> dict[str, str]:
     """Write ``deployed.pt``, ``deployed.safetensors`` (if ``safetensors`` is installed) and
     ``deployed.json`` into ``out`` (each atomically); returns ``{"pt", "json"[, "safetensors"]}``
-    paths. ``deployed`` is a head-less student
-    (:func:`student_trainer.train.models.deployed_backbone`).
+    paths. ``deployed`` is a head-less student (see
+    :func:`student_trainer.train.models.deployed_backbone`).
     """
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -86,16 +71,16 @@ def export_deployed(
     }
     paths = {"pt": str(folder / "deployed.pt"), "json": str(folder / "deployed.json")}
     atomic_torch_save(state, paths["pt"])
-    save_file: Any = None
+    serialise: Any = None
     with contextlib.suppress(ImportError):  # the models extra is optional: deployed.pt alone
-        from safetensors.torch import save_file
+        from safetensors.torch import save as serialise
     constructor = plain_constructor(deployed)
-    if save_file is not None:
+    if serialise is not None:
         target = folder / "deployed.safetensors"
         st_meta = {"format": DEPLOYED_FORMAT, "arch": deployed.config.arch}
         if constructor:
             st_meta["constructor"] = constructor
-        _atomic_write(target, lambda tmp: save_file(state, tmp, metadata=st_meta))
+        atomic_write_bytes(target, serialise(state, metadata=st_meta))
         paths["safetensors"] = str(target)
     sidecar = {
         "format": DEPLOYED_FORMAT,
@@ -108,11 +93,5 @@ def export_deployed(
         "meta": dict(meta or {}),
         "files": sorted(Path(p).name for k, p in paths.items() if k != "json"),
     }
-    text = json.dumps(sidecar, indent=2, default=str) + "\n"
-    _atomic_write(Path(paths["json"]), lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(paths["json"], json.dumps(sidecar, indent=2, default=str) + "\n")
     return paths
-
-
-def load_deployed_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """The exported state dict (``.pt``: ``torch.load(weights_only=True)``; ``.safetensors``)."""
-    return read_state_dict(path)

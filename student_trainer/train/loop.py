@@ -13,10 +13,10 @@ normalised with its own mean/std (a timm student's data config, else the recipe'
 teacher gets the pixels and applies its own.
 
 With ``knn_every`` the kNN monitor (``student_trainer.eval.monitor``) scores the query backbone
-before step 1 and every N epochs (rank 0; the figure is broadcast), logs it to ``log.jsonl``
-(records with a ``knn_weighted`` key instead of ``lr``/losses), draws it on the curves and, with
-``keep_best``, writes ``best.pt`` at each new best. It uses no random state, so it does not change
-the weights.
+before step 1 and every N epochs (under DDP each rank embeds its share; all get the record),
+logs it to ``log.jsonl`` (records with a ``knn_weighted`` key instead of ``lr``/losses), draws
+it on the curves and, with ``keep_best``, writes ``best.pt`` at each new best. It uses no random
+state, so it does not change the weights.
 
 Every random decision is keyed by (seed, epoch/step, rank) and the data position is the step
 count, so N steps + resume + N steps gives the same weights as 2N steps.
@@ -48,12 +48,22 @@ from rich.progress import (
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from store.atomic import atomic_write_text
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
 from store.errors import CheckpointError, ConfigError, DiscoError
 from store.manifest import build_manifest
 from store.memory import InMemoryStore
 from store.multi import MultiTargetStore
+from store.precision import compute_dtype
+from store.relocate import open_moved_dataset
+from store.runtime import (
+    autocast,
+    default_workers,
+    prepare_model,
+    resolve_device,
+    to_device,
+)
 from store.views import Recipe, get_recipe, resolve_renderer
 from student_trainer.eval.monitor import KnnMonitor, best_record
 from student_trainer.train.config import RESUME_FREE_FIELDS, TrainConfig
@@ -87,13 +97,6 @@ from student_trainer.train.models import (
 from student_trainer.train.schedule import cosine_lr
 from teacher_service.checkpoint import atomic_torch_save, save_checkpoint
 from teacher_service.encoders import TIMM_PREFIX, Encoder, count_parameters
-from teacher_service.runtime import (
-    autocast,
-    default_workers,
-    prepare_model,
-    resolve_device,
-    to_device,
-)
 from teacher_service.sources import TeacherModel, load_teacher, to_pixels
 
 __all__ = ["STATE_FORMAT", "NonFiniteLossError", "TrainResult", "train"]
@@ -126,7 +129,7 @@ class TrainResult:
     first_terms: dict[str, float] = field(default_factory=dict)
     last_terms: dict[str, float] = field(default_factory=dict)
     knn: list[dict[str, Any]] = field(default_factory=list)
-    """kNN monitor records of the whole run (rank 0: full records; other ranks: the figure)."""
+    """kNN monitor records of the whole run (every rank: the same records)."""
     best_path: str | None = None
     """``best.pt`` (the query encoder at the best monitor figure) with ``keep_best``."""
     data_seconds: float = 0.0
@@ -211,7 +214,7 @@ def _open_data(
             else:
                 store = InMemoryStore.load(store)
         manifest = store.manifest
-        dataset = open_dataset(manifest.dataset)
+        dataset = open_moved_dataset(manifest, cfg.dataset, full=cfg.full_check)
         recipe = store.recipe
         plan: StorePlan | DatasetPlan = StorePlan(
             store,
@@ -274,20 +277,27 @@ def _teacher_targets(
     return t1.float().clone(), t2.float().clone()  # clone: usable outside inference mode
 
 
-def _all_ranks_finite(terms: dict[str, float], world: int, device: torch.device) -> bool:
-    """True when every loss term is finite on every rank (so all ranks stop together)."""
-    finite = all(np.isfinite(v) for v in terms.values())
-    if world == 1:
-        return finite
-    flag = torch.tensor([1.0 if finite else 0.0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item() > 0)
+def _check_plan(state: dict[str, Any], plan: StorePlan | DatasetPlan, path: Path) -> None:
+    """Refuse a training state whose data position was planned under another rule (its step
+    would land on other rows): it names both rules. A state written before plans were
+    versioned was planned by ``store-plan/1`` (a store) or ``dataset-plan/1``."""
+    saved = state.get("plan")
+    if saved is None:
+        saved = "store-plan/1" if state["config"].get("store") is not None else "dataset-plan/1"
+    if saved != plan.version:
+        raise CheckpointError(
+            f"cannot resume {path}: it was planned under {saved}, this trainer plans "
+            f"{plan.version} (the same step would be other rows and views); start a new run "
+            f"(another --out) or resume with the release that wrote it"
+        )
 
 
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
     mine = cfg.to_dict()
     # a field added after the state was written counts as its default (e.g. symmetric=False)
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    if saved.get("amp") and "precision" not in saved:  # written with the old --amp (bf16)
+        saved = {**saved, "amp": False, "precision": "bf16"}
     saved = defaults | saved
     diff = sorted(k for k in mine if k not in RESUME_FREE_FIELDS and saved.get(k) != mine[k])
     if diff:
@@ -306,7 +316,7 @@ def _log_lines(path: Path, keep_until: int) -> None:
         for line in path.read_text().splitlines()
         if line.strip() and json.loads(line)["step"] <= keep_until
     ]
-    path.write_text("".join(line + "\n" for line in kept))
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _read_log(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -421,6 +431,7 @@ def train(cfg: TrainConfig, step_hook: StepHook | None = None) -> TrainResult:
     does not match ``cfg.expect``; ``NonFiniteLossError`` if the loss stops being finite.
     """
     device = resolve_device(cfg.device)  # cuda:LOCAL_RANK under torchrun, set as current
+    compute_dtype(cfg.precision, device.type)  # bf16/fp16 off CUDA: one clear error, before work
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     created_group = False
@@ -517,6 +528,11 @@ class _Run:
     knn_records: list[dict[str, Any]] = field(default_factory=list)
     """kNN monitor records of the run (kept across a resume: the best so far survives)."""
     clock: _Clock = field(default_factory=_Clock)
+    pending: list[tuple[dict[str, Any], list[str], torch.Tensor]] = field(default_factory=list)
+    """Steps not yet read back: (host part of the log record, term names, (T,) terms on the
+    device). :func:`_flush` reads them all at once."""
+    log: IO[str] | None = None
+    """``log.jsonl`` open for appending (rank 0, during the loop)."""
 
     @property
     def spe(self) -> int:
@@ -567,7 +583,7 @@ def _build(cfg: TrainConfig, device: torch.device, rank: int, world: int, out: P
     model.train()
     preprocessing = _preprocessing(data.recipe)
     monitor: KnnMonitor | None = None
-    if cfg.knn_every and rank == 0:
+    if cfg.knn_every:  # every rank: each embeds its share of the bank and queries
         monitor = KnnMonitor.create(
             cfg.monitor_dataset or data.dataset_spec,
             cfg.monitor_split,
@@ -582,7 +598,7 @@ def _build(cfg: TrainConfig, device: torch.device, rank: int, world: int, out: P
         momentum=cfg.sgd_momentum,
         weight_decay=cfg.weight_decay,
     )
-    amp = autocast(device, "bfloat16" if cfg.amp else "float32")  # no-op on CPU
+    amp = autocast(device, compute_dtype(cfg.precision, device.type))
     sampler = EpochBatchSampler(data.plan, data.filler)
     return _Run(cfg, device, rank, world, out, data, teacher, student, model, model, optimizer,
                 sampler, monitor, preprocessing, queue_size, amp)  # fmt: skip
@@ -674,7 +690,7 @@ def _targets(run: _Run, b: PairBatch) -> tuple[torch.Tensor | None, torch.Tensor
     none (``mocov2``)."""
     if run.teacher is not None:
         entered = time.perf_counter()
-        with run.amp:  # the online teacher gets the same bf16 flag as a precompute would
+        with run.amp:  # the online teacher runs in the same precision a precompute would
             t = _teacher_targets(
                 run.teacher,
                 to_device(b.view1, run.device),
@@ -696,6 +712,7 @@ def _resume(run: _Run) -> None:
     state = torch.load(run.state_path, map_location=run.device, weights_only=True)
     if state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{run.state_path} is not a {STATE_FORMAT} training state")
+    _check_plan(state, run.data.plan, run.state_path)
     _check_resumable(state["config"], cfg)
     was_lazy = state["config"].get("teacher_url") is not None
     if was_lazy != (cfg.teacher_url is not None) and not run.data.complete:
@@ -747,6 +764,7 @@ def _loop(run: _Run, loader: DataLoader[Any], step_hook: StepHook | None) -> flo
         Progress(*_bar_columns(filler), disable=not (cfg.progress and run.rank == 0)) as bar,
         open(run.log_path, "a") if run.rank == 0 else contextlib.nullcontext() as log,
     ):
+        run.log = log
         task = bar.add_task(
             "train", total=run.stop, completed=run.step, method=cfg.method, loss=0.0,
             fill=_fill_text(filler),
@@ -757,23 +775,27 @@ def _loop(run: _Run, loader: DataLoader[Any], step_hook: StepHook | None) -> flo
             epoch, skip = divmod(run.step, run.spe)
             batches = _batches(loader, run.sampler, epoch, skip, device=run.device)
             for b in _timed(_saving_on_fill_error(batches, lambda: _save_progress(run)), run.clock):
-                lr, output, terms = _step(run, b, epoch)
+                output = _step(run, b, epoch)
                 if step_hook is not None:
                     step_hook(run.step, b, output)
-                if log is not None:
-                    _log_step(run, log, b, epoch, lr, terms)
-                bar.update(task, completed=run.step, loss=terms["loss"], fill=_fill_text(filler))
+                save = run.step % cfg.checkpoint_every == 0 or run.step == run.stop
+                if save or run.step % cfg.log_every == 0 or run.step % run.spe == 0:
+                    _flush(run)  # the same steps on every rank (it may all-reduce)
+                    bar.update(task, loss=run.last_terms["loss"])
+                bar.update(task, completed=run.step, fill=_fill_text(filler))
                 _monitor_if_due(run, log)
-                if run.rank == 0 and (run.step % cfg.checkpoint_every == 0 or run.step == run.stop):
-                    _save_state(run.state_path, run.model, run.optimizer, run.step, cfg)
+                if run.rank == 0 and save:
+                    _save_state(run, cfg)
                 if run.step >= run.stop:
                     break
+        run.log = None
     return time.perf_counter() - run.clock.start - run.clock.monitor
 
 
-def _step(run: _Run, b: PairBatch, epoch: int) -> tuple[float, StepOutput, dict[str, float]]:
+def _step(run: _Run, b: PairBatch, epoch: int) -> StepOutput:
     """One optimiser step on batch ``b``: lr from the schedule, momentum update (no grad),
-    targets, losses, a finite check on every rank, SGD, enqueue. Returns (lr, output, terms)."""
+    targets, losses, SGD, enqueue. The loss terms stay on the device (``run.pending``) until
+    :func:`_flush`: reading them here would wait for the device every step."""
     cfg, model, device = run.cfg, run.model, run.device
     lr = cosine_lr(run.step, run.total_steps, cfg.peak_lr, round(cfg.warmup_epochs * run.spe))
     for group in run.optimizer.param_groups:
@@ -788,32 +810,57 @@ def _step(run: _Run, b: PairBatch, epoch: int) -> tuple[float, StepOutput, dict[
             t2,
             shuffle_seed=_step_seed(cfg.seed, run.step),
         )
-    terms = {"loss": float(output.loss.detach())} | {k: float(v) for k, v in output.terms.items()}
-    if not _all_ranks_finite(terms, run.world, device):
-        raise NonFiniteLossError(
-            f"non-finite loss at step {run.step + 1} (epoch {epoch}): {terms}; "
-            f"try a lower --lr than {lr:.4g}"
-        )
     run.optimizer.zero_grad(set_to_none=True)
     output.loss.backward()
     run.optimizer.step()
     model.enqueue(output.keys, output.teacher_keys)
     run.step += 1
-    run.first_terms = run.first_terms or terms
-    run.last_terms = terms
-    return lr, output, terms
-
-
-def _log_step(
-    run: _Run, log: IO[str], b: PairBatch, epoch: int, lr: float, terms: dict[str, float]
-) -> None:
-    """Append the step's record (lr, loss terms, training seconds, lazy-fill figures)."""
-    record: dict[str, Any] = {"step": run.step, "epoch": epoch, "lr": lr} | terms
-    record["seconds"] = round(run.clock.train_seconds(), 3)
+    names = ["loss", *output.terms]
+    terms = torch.stack([output.loss.detach(), *output.terms.values()]).float()
+    record: dict[str, Any] = {"step": run.step, "epoch": epoch, "lr": lr}
+    extra: dict[str, Any] = {"seconds": round(run.clock.train_seconds(), 3)}
     if run.data.filler is not None:
-        record |= {"batch": len(b.rows)} | run.data.filler.stats.snapshot()
-    log.write(json.dumps(record) + "\n")
-    log.flush()
+        extra |= {"batch": len(b.rows)} | run.data.filler.stats.snapshot()
+    run.pending.append((record | {"_extra": extra}, names, terms))
+    return output
+
+
+def _flush(run: _Run, collective: bool = True) -> None:
+    """Read the pending steps' loss terms back (one device sync), stop the run if any is not
+    finite (on any rank: one all-reduce under DDP when ``collective``), and append their records
+    to ``log.jsonl`` (rank 0).
+
+    Checked here, not per step: a non-finite step is caught within ``log_every`` steps, always
+    before a checkpoint, monitor run or export (each flushes first), so no file is written from
+    non-finite weights; the error names the first non-finite step."""
+    if not run.pending:
+        return
+    values = torch.stack([t for _, _, t in run.pending]).cpu().numpy()  # the one sync
+    finite = np.isfinite(values).all(axis=1)
+    everywhere = bool(finite.all())
+    if collective and run.world > 1:
+        flag = torch.tensor([1.0 if everywhere else 0.0], device=run.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        everywhere = bool(flag.item() > 0)
+    records = []
+    for (record, names, _), row in zip(run.pending, values.tolist(), strict=True):
+        extra = record.pop("_extra")
+        records.append(record | dict(zip(names, row, strict=True)) | extra)
+    run.pending.clear()
+    if not everywhere:
+        bad = next((r for r, ok in zip(records, finite, strict=True) if not ok), None)
+        where = "another rank" if bad is None else f"step {bad['step']} (epoch {bad['epoch']})"
+        shown = {} if bad is None else {k: bad[k] for k in names}
+        lr = records[-1]["lr"] if bad is None else bad["lr"]
+        raise NonFiniteLossError(
+            f"non-finite loss at {where}: {shown}; try a lower --lr than {lr:.4g}"
+        )
+    terms = [{k: r[k] for k in records[0] if k in names} for r in records]
+    run.first_terms = run.first_terms or terms[0]
+    run.last_terms = terms[-1]
+    if run.log is not None:
+        run.log.write("".join(json.dumps(r) + "\n" for r in records))
+        run.log.flush()
 
 
 def _monitor_if_due(run: _Run, log: IO[str] | None) -> None:
@@ -826,33 +873,25 @@ def _monitor_if_due(run: _Run, log: IO[str] | None) -> None:
 
 
 def _monitor(run: _Run, epoch_done: int, log: IO[str] | None) -> None:
-    """kNN monitor after ``epoch_done`` epochs (rank 0), logged; ``best.pt`` on a new best.
-    Every rank learns the figure (and waits for rank 0's evaluation)."""
+    """kNN monitor after ``epoch_done`` epochs, logged (rank 0); ``best.pt`` on a new best.
+    Under DDP every rank embeds its share and all get the same record (see
+    :meth:`KnnMonitor.evaluate`), so none waits for another's whole evaluation."""
     cfg = run.cfg
-    record: dict[str, Any] = {}
     entered = time.perf_counter()
     if run.monitor is not None:
         best = best_record(run.knn_records)
-        record = {"step": run.step, "epoch": epoch_done}
+        record: dict[str, Any] = {"step": run.step, "epoch": epoch_done}
         record |= {"seconds": round(run.clock.train_seconds(), 3)}
-        record |= run.monitor.evaluate(run.student)
+        record |= run.monitor.evaluate(run.student, run.rank, run.world)
         run.knn_records.append(record)
         if log is not None:
             log.write(json.dumps(record) + "\n")
             log.flush()
-        if cfg.keep_best and (best is None or record["knn_weighted"] > best["knn_weighted"]):
+        better = best is None or record["knn_weighted"] > best["knn_weighted"]
+        if cfg.keep_best and better and run.rank == 0:
             meta = _export_meta(run) | {"epoch": epoch_done, "knn": record}
             save_checkpoint(
                 run.out / "best.pt", run.student, run.preprocessing, train=cfg.to_dict(), meta=meta
-            )
-    if run.world > 1:
-        figure = torch.tensor(
-            [record.get("knn_weighted", 0.0)], dtype=torch.float64, device=run.device
-        )
-        dist.broadcast(figure, src=0)
-        if run.rank:
-            run.knn_records.append(
-                {"step": run.step, "epoch": epoch_done, "knn_weighted": figure.item()}
             )
     run.clock.monitor += time.perf_counter() - entered
 
@@ -860,8 +899,9 @@ def _monitor(run: _Run, epoch_done: int, log: IO[str] | None) -> None:
 def _save_progress(run: _Run) -> None:
     """Save the training state if this process has stepped (rank 0): before a lazy-fill error
     propagates, so ``--resume`` continues from the last finished step."""
+    _flush(run, collective=False)  # one rank's error: no collective call
     if run.rank == 0 and run.step > run.start_step:
-        _save_state(run.state_path, run.model, run.optimizer, run.step, run.cfg)
+        _save_state(run, run.cfg)
 
 
 def _bar_columns(filler: TargetFiller | None) -> tuple[ProgressColumn, ...]:
@@ -957,18 +997,18 @@ def _preprocessing(recipe: Recipe) -> dict[str, Any]:
     }
 
 
-def _save_state(
-    path: Path, model: MoCo, optimizer: torch.optim.Optimizer, step: int, cfg: TrainConfig
-) -> None:
-    """Atomically write the resumable state (``weights_only``-loadable: tensors, plain values)."""
+def _save_state(run: _Run, cfg: TrainConfig) -> None:
+    """Atomically write the resumable state (``weights_only``-loadable: tensors, plain values),
+    with the data plan's rule (a resume under another rule is refused)."""
     atomic_torch_save(
         {
             "format": STATE_FORMAT,
-            "step": step,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
+            "step": run.step,
+            "plan": run.data.plan.version,
+            "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+            "optimizer": run.optimizer.state_dict(),
             "rng_torch": torch.get_rng_state(),
             "config": cfg.to_dict(),
         },
-        path,
+        run.state_path,
     )

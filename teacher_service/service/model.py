@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from store.precision import compute_dtype
+from store.runtime import autocast, prepare_model, resolve_device, to_device
 from store.views import Recipe
 from teacher_service.checkpoint import recipe_for
-from teacher_service.runtime import autocast, prepare_model, resolve_device, to_device
 from teacher_service.sources import TeacherModel, load_teacher, to_pixels
 
 __all__ = ["TeacherRuntime", "load_runtime"]
@@ -49,7 +50,7 @@ class TeacherRuntime:
         device) or float32 normalised with ``recipe``'s mean/std (turned back into the exact
         uint8 pixels); the teacher applies its own normalisation.
 
-        Runs under ``torch.inference_mode``; autocast in ``dtype`` on CUDA only. On CUDA a CPU
+        Runs under ``torch.inference_mode``; autocast in ``dtype`` (float32 on CPU). On CUDA a CPU
         batch is copied from pinned memory without blocking, in ``channels_last`` layout.
         """
         if x.dtype != torch.uint8:
@@ -88,7 +89,7 @@ class TeacherRuntime:
 def load_runtime(
     teacher: str | Path,
     device: str = "auto",
-    dtype: str = "float32",
+    precision: str = "fp32",
     recipe: str | None = None,
     threads: int | None = None,
     size: int | None = None,
@@ -100,12 +101,14 @@ def load_runtime(
 
     The recipe is ``recipe`` / ``size`` (px) where given, else the teacher's recorded ones
     (:func:`teacher_service.checkpoint.recipe_for`, the rule precompute uses too; a timm:/hf:/
-    open_clip:/py: teacher: ``mocov2`` at its input size). Raises ``CheckpointError`` /
+    open_clip:/py: teacher: ``mocov2`` at its input size). ``precision`` is ``fp32|bf16|fp16``
+    (:mod:`store.precision`; bf16/fp16 need CUDA). Raises ``CheckpointError`` /
     ``ConfigError``.
     """
     if threads is not None:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
+    dtype = compute_dtype(precision, dev.type)  # before loading: a CPU bf16 fails at once
     loaded = load_teacher(str(teacher), weights, pooling, device=dev)
     view_recipe = recipe_for(loaded.info.get("preprocessing"), recipe, size)
     loaded.model.check_size(view_recipe.size)
@@ -117,5 +120,5 @@ def load_runtime(
         info=loaded.info,
         recipe=view_recipe,
         device=dev,
-        dtype=dtype if dev.type == "cuda" else "float32",
+        dtype=dtype,
     )

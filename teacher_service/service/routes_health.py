@@ -1,20 +1,24 @@
-"""``GET /healthz`` (alive, never needs a token), ``/readyz`` (model loaded) and ``/metrics``."""
+"""``GET /healthz`` (alive), ``/readyz`` (model loaded): never a token; ``/metrics`` (Prometheus).
+
+Health reveals nothing but "up" / "ready", so probes and container health checks need no
+secret. ``/metrics`` is mounted by the app per the ``metrics`` setting: open (default), behind
+the token, or not at all."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
 
-from teacher_service.service.deps import MetricsDep, StateDep, require_token
+from teacher_service.service.deps import MetricsDep, StateDep
 from teacher_service.service.metrics import CONTENT_TYPE_LATEST
 
-__all__ = ["open_router", "router"]
+__all__ = ["metrics_router", "router"]
 
-open_router = APIRouter(tags=["health"])
-router = APIRouter(tags=["health"], dependencies=[Depends(require_token)])
+router = APIRouter(tags=["health"])
+metrics_router = APIRouter(tags=["metrics"])
 
 
-@open_router.get("/healthz")
+@router.get("/healthz")
 async def healthz() -> dict[str, str]:
     """Liveness: the process answers HTTP. Always 200, no token needed."""
     return {"status": "ok"}
@@ -22,7 +26,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(state: StateDep) -> JSONResponse:
-    """Readiness: 200 when the teacher is loaded and the batch worker runs, else 503."""
+    """Readiness: 200 when the teacher is loaded and the batch worker runs, else 503. No token."""
     ready = state.runtime is not None and state.batcher is not None and state.batcher.running
     return JSONResponse(
         {"status": "ready" if ready else "not ready"},
@@ -30,7 +34,7 @@ async def readyz(state: StateDep) -> JSONResponse:
     )
 
 
-@router.get("/metrics")
+@metrics_router.get("/metrics")
 async def metrics(registry: MetricsDep) -> Response:
     """Prometheus text exposition of this app's registry."""
     return Response(registry.render(), media_type=CONTENT_TYPE_LATEST)

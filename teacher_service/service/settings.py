@@ -8,17 +8,21 @@ instance when the caller (the CLI, a test) builds one itself.
 from __future__ import annotations
 
 import os
+import types
+import typing
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from store.precision import parse_precision
 from store.remote import is_remote
 from teacher_service.config import parse_teacher
 
-__all__ = ["ServiceSettings", "get_settings"]
+__all__ = ["ServiceSettings", "get_settings", "settings_reference"]
 
 
 class ServiceSettings(BaseSettings):
@@ -49,8 +53,13 @@ class ServiceSettings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="address uvicorn binds")
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port uvicorn binds")
     device: str = Field(default="auto", description="torch device: auto, cpu, cuda, cuda:N")
-    dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        default="float32", description="compute dtype (autocast on CUDA only; CPU stays float32)"
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32",
+        description="compute precision: fp32, or CUDA autocast in bf16/fp16 (an error on CPU)",
+    )
+    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        default=None,
+        description="deprecated spelling of precision (float32, bfloat16, float16)",
     )
     renderer: Literal["auto", "reference", "batched"] = Field(
         default="auto",
@@ -89,7 +98,24 @@ class ServiceSettings(BaseSettings):
     )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with 429")
     token: SecretStr | None = Field(
-        default=None, description="bearer token required on every route but /healthz"
+        default=None,
+        description="bearer token required on /v1/* (health, and metrics/docs per their "
+        "switches, stay open)",
+    )
+    metrics: Literal["open", "token", "off"] = Field(
+        default="open",
+        description="GET /metrics: open (no token: counts and timings only), token (needs the "
+        "bearer token when one is set) or off (404)",
+    )
+    docs: bool = Field(
+        default=True,
+        description="serve the OpenAPI schema (/openapi.json) and its pages (/docs, /redoc) "
+        "without a token (the schema holds no secrets); false: none",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="log lines: text (uvicorn's) or json (one object per line: request id, "
+        "route, status, images, queue and inference ms)",
     )
     prep_threads: int = Field(
         default=2, ge=1, le=64, description="threads decoding and rendering request images"
@@ -98,8 +124,20 @@ class ServiceSettings(BaseSettings):
         default=None, ge=1, description="torch intra-op threads for the model (None: torch's)"
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
-        default="info", description="uvicorn log level"
+        default="info", description="log level of the service and uvicorn"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dtype_is_precision(cls, data: Any) -> Any:
+        # DISCO_DTYPE / --dtype (the old spelling) still work, with one deprecation line.
+        if isinstance(data, dict) and data.get("dtype") not in (None, ""):
+            old = parse_precision(data["dtype"], old_flag="DISCO_DTYPE/--dtype")
+            given = data.get("precision")
+            if given not in (None, "") and parse_precision(given) != old:
+                raise ValueError(f"precision {given!r} and dtype {data['dtype']!r} disagree")
+            data = {**data, "precision": old}
+        return data
 
     @field_validator("teacher", mode="before")
     @classmethod
@@ -145,3 +183,43 @@ class ServiceSettings(BaseSettings):
 def get_settings() -> ServiceSettings:
     """Read :class:`ServiceSettings` from the environment once (cached for the process)."""
     return ServiceSettings()  # type: ignore[call-arg]
+
+
+def _type_text(annotation: Any) -> str:
+    """``int``, ``Path or None``, ```a` \\| `b``` for a Literal: the type as a reader wants it."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return " \\| ".join(f"`{c}`" for c in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        named = [_type_text(a) for a in args if a is not type(None)]
+        return " or ".join(named) + (" or `None`" if type(None) in args else "")
+    return f"`{getattr(annotation, '__name__', str(annotation))}`"
+
+
+def _cell(text: object) -> str:
+    """One Markdown table cell: a single line, pipes escaped."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def settings_reference(model: type[BaseSettings] = ServiceSettings) -> str:
+    """The settings reference: a Markdown table rendered from ``model``'s fields, one row per
+    setting with its ``DISCO_*`` variable, ``disco serve`` flag, type, default and meaning (the
+    docs build writes it into the reference page; nothing is copied by hand)."""
+    prefix = str(model.model_config.get("env_prefix") or "")
+    rows = [
+        "| setting | environment | flag | type | default | meaning |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, info in model.model_fields.items():
+        if info.default is PydanticUndefined and info.default_factory is None:
+            default = "required"
+        elif info.default_factory is not None:
+            default = "(computed)"
+        else:
+            default = f"`{info.default}`"
+        rows.append(
+            f"| `{name}` | `{prefix}{name.upper()}` | `--{name.replace('_', '-')}` "
+            f"| {_type_text(info.annotation)} | {default} | {_cell(info.description or '')} |"
+        )
+    return "\n".join(rows) + "\n"

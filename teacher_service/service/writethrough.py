@@ -2,14 +2,18 @@
 
 The registry lock serialises this service's requests per store; the store's own shard locks
 (``store.locks``: ``fcntl.flock`` for local stores) serialise it with other processes writing the
-same store (``disco precompute``, another service, ``disco store append``)."""
+same store (``disco precompute``, another service, ``disco store append``).
+
+Failures are raised as store errors and answered by the app's one error table
+(``teacher_service.service.app.ERROR_STATUS``): another teacher or another rendering is a
+:class:`~store.errors.StoreMismatchError` (409), a failed write a
+:class:`StoreWriteError` (500)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-from fastapi import HTTPException, status
 
 from store.errors import StoreError, StoreMismatchError
 from teacher_service.precompute import teacher_attrs as precompute_teacher_attrs
@@ -18,7 +22,11 @@ from teacher_service.service.model import TeacherRuntime
 from teacher_service.service.stores import StoreRegistry
 from teacher_service.sources import LoadedTeacher
 
-__all__ = ["open_target", "teacher_attrs", "write_slots"]
+__all__ = ["StoreWriteError", "open_target", "teacher_attrs", "write_slots"]
+
+
+class StoreWriteError(StoreError):
+    """Writing request embeddings into a store failed on the server's side (answer 500)."""
 
 
 def teacher_attrs(runtime: TeacherRuntime) -> dict[str, Any]:
@@ -27,15 +35,13 @@ def teacher_attrs(runtime: TeacherRuntime) -> dict[str, Any]:
     return precompute_teacher_attrs(LoadedTeacher(runtime.encoder, runtime.info), runtime.dtype)
 
 
-def _conflict(detail: str) -> HTTPException:
-    return HTTPException(status.HTTP_409_CONFLICT, detail=detail)
-
-
 def _check_teacher(stored: dict[str, Any] | None, runtime: TeacherRuntime, name: str) -> None:
     if stored is not None and stored.get("sha256") != runtime.sha256:
-        raise _conflict(
-            f"store {name!r} holds embeddings of teacher {str(stored.get('sha256'))[:12]}..., "
-            f"this service runs {runtime.sha256[:12]}..."
+        raise StoreMismatchError(
+            "teacher.sha256",
+            runtime.sha256,
+            stored.get("sha256"),
+            f"store {name!r} holds embeddings of another teacher than this service runs",
         )
 
 
@@ -45,9 +51,9 @@ def open_target(
     """Open teacher ``target`` (None: the only one) of store ``name`` for write-through and check
     it is this service's teacher (blocking; run in a thread).
 
-    Raises the registry's name errors, 409 when another teacher's embeddings are attached there,
-    when the store holds several teachers and ``target`` names none of them, or when this
-    install renders the store's views differently (``render.fingerprint``).
+    Raises the registry's name errors, 409 when the store holds several teachers and target
+    names none of them, and ``StoreMismatchError`` when another teacher's embeddings are
+    attached or this install renders the store's views differently (``render.fingerprint``).
     """
     with registry.lock(name):
         try:
@@ -55,14 +61,11 @@ def open_target(
             if target is None:  # "the only teacher": another may have been added meanwhile
                 store.refresh()
             store.require_target()
-        except StoreError as exc:
-            raise _conflict(str(exc)) from None
+        except StoreError as exc:  # several teachers and none named, or no such teacher
+            raise StoreMismatchError("target", "a teacher of the store", target, str(exc)) from None
         store.sync()  # rows appended by `disco store append` since the writer was opened
         _check_teacher(store.teacher, runtime, name)
-        try:
-            store.check_render()
-        except StoreMismatchError as exc:
-            raise _conflict(str(exc)) from None
+        store.check_render()
         manifest = store.manifest
         return SlotTarget(
             recipe=store.recipe,
@@ -86,8 +89,9 @@ def write_slots(
     One ``store.write_slots`` call: one read-modify-write per touched shard under the shard's
     lock (cross-process for local stores), inside the registry's per-store lock. A slot already
     written (by the batch job, another request or a lazy-fill trainer) keeps its stored bytes.
-    Attaches this teacher first if the store (teacher ``target``) has none; 409 if it has
-    another.
+    Attaches this teacher first if the store (teacher ``target``) has none;
+    ``StoreMismatchError`` if it has another, :class:`StoreWriteError` when the write itself
+    fails (the cached writer is dropped, so the next request reopens the store).
     """
     with registry.lock(name):
         store = registry.writer(name, target)
@@ -99,10 +103,8 @@ def write_slots(
                 raise StoreError(f"{len(slots)} slots but {len(vectors)} vectors")
             pairs = np.asarray(slots, dtype=np.int64).reshape(len(slots), 2)
             store.write_slots(pairs[:, 0], pairs[:, 1], vectors)
-        except StoreMismatchError as exc:
-            raise _conflict(str(exc)) from None
+        except StoreMismatchError:
+            raise
         except StoreError as exc:
             registry.forget(name)
-            raise HTTPException(
-                status.HTTP_500_INTERNAL_SERVER_ERROR, detail=f"store write failed: {exc}"
-            ) from None
+            raise StoreWriteError(f"store write failed: {exc}") from exc

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from typing import Any
 
 import torch
 from torch import nn
 
+from store.devices import DEVICE_NAMES, parse_device_name
 from store.errors import ConfigError
 
 __all__ = [
@@ -37,15 +37,14 @@ __all__ = [
     "DTYPES",
     "MAX_AUTO_WORKERS",
     "autocast",
+    "cuda_index",
     "default_workers",
+    "is_cuda",
     "prepare_model",
     "resolve_device",
     "to_device",
     "usable_cpus",
 ]
-
-DEVICE_NAMES = "auto, cpu, cuda, cuda:N"
-"""The device names every command accepts (for help texts and errors)."""
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -54,8 +53,6 @@ DTYPES: dict[str, torch.dtype] = {
 }
 """Compute dtype names (as configs, checkpoints and stores record them) -> torch dtypes."""
 
-_CUDA_NAME = re.compile(r"cuda(?::(\d+))?")
-
 CPU_CHANNELS_LAST_MIN = 16
 """Narrowest convolution (output channels) for which CPU models go ``channels_last``."""
 
@@ -63,8 +60,16 @@ MAX_AUTO_WORKERS = 16
 """Cap of the automatic worker count per GPU process (more workers mostly cost host RAM)."""
 
 
-def _is_cuda(device: torch.device | str) -> bool:
+def is_cuda(device: torch.device | str) -> bool:
+    """True for a CUDA device (``cuda``, ``cuda:N`` or such a ``torch.device``)."""
     return torch.device(device).type == "cuda"
+
+
+def cuda_index(device: torch.device | str) -> int:
+    """The GPU index of CUDA ``device``: its own (``cuda:N``), else the process's current device
+    (``cuda:LOCAL_RANK`` once :func:`resolve_device` ran under torchrun)."""
+    index = torch.device(device).index
+    return torch.cuda.current_device() if index is None else int(index)
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
@@ -78,22 +83,17 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     and for an index that is not visible.
     """
     text = "auto" if name is None else str(name)
-    if text == "auto":
-        text = "cuda" if torch.cuda.is_available() else "cpu"
-    if text == "cpu":
+    kind, explicit = parse_device_name(text)
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cpu":
         return torch.device("cpu")
-    match = _CUDA_NAME.fullmatch(text)
-    if match is None:
-        raise ConfigError(f"unknown device {text!r}; valid: {DEVICE_NAMES}")
     if not torch.cuda.is_available():
         raise ConfigError(f"device {text!r} requested but CUDA is not available")
-    if match.group(1) is not None:
-        index = int(match.group(1))
-    else:
-        index = int(os.environ.get("LOCAL_RANK") or 0)
+    index = explicit if explicit is not None else int(os.environ.get("LOCAL_RANK") or 0)
     count = torch.cuda.device_count()
     if not 0 <= index < count:
-        where = " (from LOCAL_RANK)" if match.group(1) is None else ""
+        where = " (from LOCAL_RANK)" if explicit is None else ""
         raise ConfigError(f"device cuda:{index}{where} is not one of the {count} visible GPUs")
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
@@ -106,8 +106,8 @@ def autocast(
 
     ``dtype`` is a name of :data:`DTYPES` (or the torch dtype; None = float32). float32, or any
     dtype on a non-CUDA device, gives ``nullcontext()`` (CPU paths stay float32, bit-stable);
-    float16/bfloat16 on CUDA give ``torch.autocast("cuda", dtype)``. Unknown names raise
-    ``ConfigError``.
+    float16/bfloat16 on CUDA give ``torch.autocast("cuda", dtype)``. Unknown names raise a
+    ``ConfigError`` naming the valid ones.
     """
     if dtype is None:
         torch_dtype = torch.float32
@@ -117,7 +117,7 @@ def autocast(
         torch_dtype = DTYPES[dtype]
     else:
         raise ConfigError(f"unknown compute dtype {dtype!r}; valid: {', '.join(DTYPES)}")
-    if torch_dtype == torch.float32 or not _is_cuda(device):
+    if torch_dtype == torch.float32 or not is_cuda(device):
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch_dtype)
 
@@ -137,7 +137,7 @@ def default_workers(device: torch.device | str, cpu_default: int = 2) -> int:
     cores shared among this node's GPU processes (``LOCAL_WORLD_SIZE`` from torchrun, default 1),
     minus one for the main process, between ``cpu_default`` and :data:`MAX_AUTO_WORKERS`.
     """
-    if not _is_cuda(device):
+    if not is_cuda(device):
         return cpu_default
     per_process = usable_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return max(cpu_default, min(MAX_AUTO_WORKERS, per_process - 1))
@@ -152,9 +152,9 @@ def prepare_model(
     shapes; it re-tunes for every new input shape). Returns the same module (changed in place)."""
     module.to(device)
     convs = [m.out_channels for m in module.modules() if isinstance(m, nn.Conv2d)]
-    if _is_cuda(device) or (convs and min(convs) >= CPU_CHANNELS_LAST_MIN):
+    if is_cuda(device) or (convs and min(convs) >= CPU_CHANNELS_LAST_MIN):
         module.to(memory_format=torch.channels_last)
-    if _is_cuda(device) and autotune:
+    if is_cuda(device) and autotune:
         torch.backends.cudnn.benchmark = True
     return module
 
@@ -167,7 +167,7 @@ def to_device(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     CPU: ``x.to(device)`` as plain code would do it (a ``channels_last`` model still runs NHWC:
     oneDNN follows the weights' layout).
     """
-    if not _is_cuda(device):
+    if not is_cuda(device):
         return x.to(device)
     x = x.to(device, non_blocking=True)
     if x.dim() == 4:
