@@ -210,6 +210,7 @@ class TrainConfig:
     cache_images: bool | None = None
     """Keep decoded images in RAM; None = when the decoded dataset is under 2 GiB."""
     checkpoint_every: int = 200
+    """Write ``ckpt/last.pt`` every this many steps (and at the end)."""
     log_every: int = 20
     """Read the loss terms back from the device every this many steps (one sync, and under DDP
     one all-reduce of the finite check, per interval instead of per step) and append their
