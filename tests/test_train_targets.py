@@ -20,7 +20,12 @@ from store.multi import MultiTargetStore
 from store.views import get_recipe
 from student_trainer.train.config import TrainConfig
 from student_trainer.train.loop import train
-from student_trainer.train.losses import disco_mse, multi_teacher_loss
+from student_trainer.train.losses import (
+    disco_mse,
+    multi_teacher_loss,
+    multi_teacher_seed_loss,
+    seed_loss,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -166,10 +171,41 @@ def test_training_with_two_teachers_uses_one_head_each(
 def test_single_named_teacher_and_refusals(two_teacher_store: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"several teachers \(a, b\)"):
         train(_cfg(tmp_path / "x", two_teacher_store, targets=None, stop_at_step=1))
-    with pytest.raises(ConfigError, match="targets needs a store and the disco method"):
-        _cfg(tmp_path, two_teacher_store, method="seed")
+    with pytest.raises(ConfigError, match="targets needs a store and the disco or seed method"):
+        _cfg(tmp_path, two_teacher_store, method="mocov2")
     with pytest.raises(ConfigError, match="teacher_drop"):
         _cfg(tmp_path, two_teacher_store, teacher_drop=1.5)
     result = train(_cfg(tmp_path / "c", two_teacher_store, targets="a,b",
                         target_layout="concat", stop_at_step=1))  # fmt: skip
     assert result.steps == 1
+
+
+def test_seed_per_teacher_matches_seed_on_each_slice() -> None:
+    g = torch.Generator().manual_seed(1)
+    raw = [torch.randn(4, 3, generator=g), torch.randn(4, 2, generator=g)]
+
+    def rand(n: int, d: int) -> torch.Tensor:
+        return _unit(torch.randn(n, d, generator=g))
+
+    t = torch.cat([rand(4, 3), rand(4, 2)], 1)
+    t[3, 3:] = 0  # teacher 1 did not write image 3
+    queue = torch.cat(
+        [_unit(torch.randn(6, 3, generator=g)), _unit(torch.randn(6, 2, generator=g))], 1
+    )
+    queue[0, 3:] = 0  # nor the first queued row
+    loss, per = multi_teacher_seed_loss(
+        raw, raw, t, t, queue, [(0, 3), (3, 5)], [1.0, 2.0], 0.2, 0.1
+    )
+    s0 = seed_loss(_unit(raw[0]), t[:, :3], queue[:, :3], 0.2, 0.1)
+    s1 = seed_loss(_unit(raw[1][:3]), t[:3, 3:], queue[1:, 3:], 0.2, 0.1)
+    torch.testing.assert_close(per, torch.stack([s0, s1]))
+    torch.testing.assert_close(loss, (s0 + 2 * s1) / 3)
+
+
+def test_seed_with_two_teachers_trains(two_teacher_store: str, tmp_path: Path) -> None:
+    seen: list[set[str]] = []
+    result = train(
+        _cfg(tmp_path, two_teacher_store, method="seed", stop_at_step=2),
+        step_hook=lambda step, batch, out: seen.append(set(out.terms)),
+    )
+    assert result.steps == 2 and {"seed", "seed_0", "seed_1"} <= seen[0]

@@ -339,8 +339,10 @@ class TrainConfig:
                 raise ConfigError("target_layout, target_loss and teacher_drop need targets")
             return
         parse_targets(self.targets)
-        if self.store is None or self.method != "disco":
-            raise ConfigError("targets needs a store and the disco method")
+        if self.store is None or self.method not in ("disco", "seed"):
+            raise ConfigError("targets needs a store and the disco or seed method")
+        if self.method == "seed" and (self.teacher_drop or self.target_loss != "mse"):
+            raise ConfigError("seed with targets: no teacher_drop or target_loss")
         if self.online_teacher is not None or self.teacher_url is not None:
             raise ConfigError("targets reads cached targets: no online_teacher or teacher_url")
         if self.target_layout == "concat" and (self.teacher_drop or self.target_loss != "mse"):

@@ -111,11 +111,19 @@ def _disco_loss(x: DistillInputs) -> dict[str, torch.Tensor]:
 
 
 def _seed_loss(x: DistillInputs) -> dict[str, torch.Tensor]:
-    """SEED: mean of both views' soft cross-entropy over [t | teacher queue]."""
+    """SEED: mean of both views' soft cross-entropy over [t | teacher queue]; with several
+    teachers (``x.heads1``) the weighted mean of each teacher's SEED term on its own head and its
+    slice of the queue (:func:`~student_trainer.train.losses.multi_teacher_seed_loss`)."""
     # lazy: torch; the CLI imports this registry for --help
-    from student_trainer.train.losses import seed_loss
+    from student_trainer.train.losses import multi_teacher_seed_loss, seed_loss
 
     tau_s, tau_t = x.temperature, x.teacher_temperature
+    if x.heads1:
+        seed, per = multi_teacher_seed_loss(
+            x.heads1, x.heads2, x.t1, x.t2, x.teacher_queue, x.segments, x.target_weights,
+            tau_s, tau_t,
+        )  # fmt: skip
+        return {**{f"seed_{k}": per[k] for k in range(len(x.segments))}, "seed": seed}
     s1 = seed_loss(x.q1, x.t1, x.teacher_queue, tau_s, tau_t)
     s2 = seed_loss(x.q2, x.t2, x.teacher_queue, tau_s, tau_t)
     return {"seed": 0.5 * (s1 + s2)}

@@ -126,7 +126,8 @@ class MoCo(nn.Module):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("queue_count", torch.zeros((), dtype=torch.long))
         tq = teacher_queue_size if self.spec.uses_teacher_queue else 1
-        self.register_buffer("teacher_queue", torch.zeros(tq, dim))
+        # several teachers: the queue holds their targets side by side (ΣD wide)
+        self.register_buffer("teacher_queue", torch.zeros(tq, sum(target_dims) or dim))
         self.register_buffer("teacher_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("teacher_count", torch.zeros((), dtype=torch.long))
         # Several teachers: one MLP head per teacher on the query backbone's feature (the key

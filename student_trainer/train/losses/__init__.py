@@ -7,7 +7,11 @@ from student_trainer.train.losses.infonce import (
     infonce_loss,
     symmetric_infonce_loss,
 )
-from student_trainer.train.losses.multi_teacher import multi_teacher_loss, teacher_present
+from student_trainer.train.losses.multi_teacher import (
+    multi_teacher_loss,
+    multi_teacher_seed_loss,
+    teacher_present,
+)
 from student_trainer.train.losses.seed import seed_loss
 
 __all__ = [
@@ -16,6 +20,7 @@ __all__ = [
     "infonce_logits",
     "infonce_loss",
     "multi_teacher_loss",
+    "multi_teacher_seed_loss",
     "seed_loss",
     "symmetric_infonce_loss",
     "teacher_present",

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["multi_teacher_loss", "teacher_present"]
+__all__ = ["multi_teacher_loss", "multi_teacher_seed_loss", "teacher_present"]
 
 
 def teacher_present(target: torch.Tensor, segments: Sequence[tuple[int, int]]) -> torch.Tensor:
@@ -95,4 +95,47 @@ def multi_teacher_loss(
     w = torch.as_tensor(list(weights), dtype=per_teacher.dtype, device=per_teacher.device)
     denom = (w * active).sum()
     loss = (w * active * per_teacher).sum() / denom.clamp(min=1e-12)
+    return loss, per_teacher.detach()
+
+
+def multi_teacher_seed_loss(
+    raw1: Sequence[torch.Tensor],
+    raw2: Sequence[torch.Tensor],
+    target1: torch.Tensor,
+    target2: torch.Tensor,
+    queue: torch.Tensor,
+    segments: Sequence[tuple[int, int]],
+    weights: Sequence[float],
+    student_temperature: float,
+    teacher_temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SEED per teacher: ``(L, T)`` as :func:`multi_teacher_loss`, with teacher k's term the
+    mean over both views of SEED's soft cross-entropy
+    (:func:`~student_trainer.train.losses.seed_loss`) of head k's L2-normalised output against
+    teacher k's target, over the images where k wrote the view, with teacher k's slice of the
+    teacher ``queue`` ``(K_t, ΣD)`` as negatives (rows where k wrote nothing left out)."""
+    from student_trainer.train.losses.seed import seed_loss
+
+    terms = []
+    active = []
+    for i, (a, b) in enumerate(segments):
+        bank = queue[:, a:b]
+        bank = bank[bank.norm(dim=1) > 0.5]
+        total = target1.new_zeros(())
+        seen = False
+        for raw, target in ((raw1[i], target1), (raw2[i], target2)):
+            rows = target[:, a:b].norm(dim=1) > 0.5
+            if not bool(rows.any()):
+                continue
+            seen = True
+            s = F.normalize(raw[rows].float(), dim=1)
+            total = total + 0.5 * seed_loss(
+                s, target[rows, a:b], bank, student_temperature, teacher_temperature
+            )
+        terms.append(total)
+        active.append(1.0 if seen else 0.0)
+    per_teacher = torch.stack(terms)
+    w = torch.as_tensor(list(weights), dtype=per_teacher.dtype, device=per_teacher.device)
+    act = torch.as_tensor(active, dtype=per_teacher.dtype, device=per_teacher.device)
+    loss = (w * act * per_teacher).sum() / (w * act).sum().clamp(min=1e-12)
     return loss, per_teacher.detach()
