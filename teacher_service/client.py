@@ -326,18 +326,21 @@ class TeacherClient:
         indices: Sequence[int],
         views: Sequence[int],
         dtype: str = "float16",
+        target: str | None = None,
     ) -> np.ndarray:
         """Embed the store's planned view of each slot ``(indices[k], views[k])`` and write it
         into that slot (the service attaches itself as the store's teacher if it has none);
-        returns the embeddings ``(n, D)`` float32."""
+        returns the embeddings ``(n, D)`` float32. ``target``: the teacher of a store of
+        several to write (None: its only one)."""
         if not len(images) == len(indices) == len(views):
             raise ValueError("images, indices and views must have one entry each per slot")
         step = self._chunk(1)
         parts = []
         for lo in range(0, len(images), step):
             hi = min(len(images), lo + step)
-            options = {
+            options: dict[str, Any] = {
                 "store": store,
+                **({"target": target} if target is not None else {}),
                 "images": [
                     {"index": int(i), "view": int(v)}
                     for i, v in zip(indices[lo:hi], views[lo:hi], strict=True)

@@ -303,3 +303,33 @@ def test_link_policies(monkeypatch: pytest.MonkeyPatch) -> None:
     bad = {**attrs, "recipe": {"name": "other"}}
     with pytest.raises(ConfigError, match="recipe"):
         TeacherLink("http://x", "s", bad, "error", client=FlakyClient(0)).model()  # type: ignore[arg-type]
+
+
+def test_lazy_fill_of_one_named_teacher_leaves_the_other(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    """A store whose root teacher is another model: `--targets b --teacher-url` fills teacher b
+    through the service (request field target) and never touches the root teacher's bytes."""
+    full = EmbeddingStore.open(str(env["full"]))
+    path = env["stores"] / "two"
+    other = EmbeddingStore.create(
+        str(path), manifest=full.manifest, recipe=full.recipe, seed=full.seed, views=V,
+        shard_size=SHARD, target="a",
+    )  # fmt: skip
+    other.attach_teacher({"arch": "tiny", "sha256": "0" * 64}, dim=16)
+    other.write_shard(0, np.full((SHARD, V, 16), 0.25, np.float32))
+    root_files = {p: p.read_bytes() for p in (path / "embeddings").rglob("*") if p.is_file()}
+    rec = Recorder()
+    cfg = _cfg(tmp_path, path, teacher_url=env["url"], targets="b", stop_at_step=2)
+    assert train(cfg, step_hook=rec).steps == 2
+    b = EmbeddingStore.open(str(path), target="b")
+    used = {(r, v) for step in rec.slots for r, v1, v2 in step for v in (v1, v2)}
+    missing = sorted((r, v) for r, v in used if not b.written_mask()[r, v])
+    assert used and not missing, (missing, len(used), _log(tmp_path)[-1])
+    for r, v in used:
+        got = b.read_shard(r // SHARD).embeddings[r % SHARD, v]
+        want = full.read_shard(r // SHARD).embeddings[r % SHARD, v]
+        assert _cos(got, want) >= 0.9999
+    after = {p: p.read_bytes() for p in (path / "embeddings").rglob("*") if p.is_file()}
+    assert after == root_files
+    assert EmbeddingStore.open(str(path)).teachers == ["a", "b"]

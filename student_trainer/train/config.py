@@ -343,8 +343,12 @@ class TrainConfig:
             raise ConfigError("targets needs a store and the disco or seed method")
         if self.method == "seed" and (self.teacher_drop or self.target_loss != "mse"):
             raise ConfigError("seed with targets: no teacher_drop or target_loss")
-        if self.online_teacher is not None or self.teacher_url is not None:
-            raise ConfigError("targets reads cached targets: no online_teacher or teacher_url")
+        if self.online_teacher is not None:
+            raise ConfigError("targets reads cached targets: no online_teacher")
+        if self.teacher_url is not None and (
+            len(self.target_list) != 1 or self.target_layout != "heads"
+        ):
+            raise ConfigError("lazy fill (teacher_url) fills one teacher: --targets NAME")
         if self.target_layout == "concat" and (self.teacher_drop or self.target_loss != "mse"):
             raise ConfigError("target_layout concat is plain DisCo: no teacher_drop/target_loss")
 

@@ -123,9 +123,12 @@ class TeacherLink:
         missing: str,
         client: TeacherClient | None = None,
         status: Callable[[str], None] | None = None,
+        target: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.name = name
+        self.target = target
+        """The teacher of a store of several this link fills (None: the store's only one)."""
         self.attrs = attrs
         self.missing = missing
         self.client = client or TeacherClient(
@@ -228,7 +231,10 @@ class TeacherLink:
                     f"{key} {theirs!r} != {mine!r}; pass --service-store NAME"
                 )
         sha = str(model.get("sha256"))
-        stored = (("this store", self.attrs.get("teacher")), ("its store", remote.get("teacher")))
+        # A named teacher: the service's store info shows its other teachers; the service
+        # checks the named one on every write (409 for another model).
+        theirs = remote.get("teacher") if self.target is None else None
+        stored = (("this store", self.attrs.get("teacher")), ("its store", theirs))
         for where, teacher in stored:
             if teacher is not None and teacher.get("sha256") != sha:
                 raise ConfigError(
@@ -336,6 +342,7 @@ class TargetFiller:
                 [self.image(row) for row, _ in slots],
                 [row for row, _ in slots],
                 [view for _, view in slots],
+                target=self.link.target,
             )
 
         vectors = self.link.call(send, stop)

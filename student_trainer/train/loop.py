@@ -167,7 +167,8 @@ def _connect_service(cfg: TrainConfig, store: Any, world: int) -> tuple[TeacherL
     if cfg.missing == "skip" and world > 1:
         raise ConfigError("missing=skip needs one process: DDP ranks gather equal batches")
     name = service_store_name(cfg.store, cfg.service_store)
-    link = TeacherLink(cfg.teacher_url, name, store.attrs, cfg.missing)
+    target = cfg.target_list[0][0] if cfg.targets is not None else None
+    link = TeacherLink(cfg.teacher_url, name, store.attrs, cfg.missing, target=target)
     model = link.model()  # checks the service's store first; error/wait/skip on no answer
     dim = store.dim
     if dim is None:
@@ -187,8 +188,11 @@ def _open_data(
     show = cfg.progress and rank == 0
     if cfg.store is not None:
         store: Any = EmbeddingStore.open(cfg.store, expect=dict(cfg.expect) or None)
-        if cfg.targets is not None:  # several teachers, side by side in each block
-            names = [name for name, _ in cfg.target_list]
+        names = [name for name, _ in cfg.target_list]
+        if cfg.targets is not None and cfg.teacher_url is not None:  # lazy fill of one teacher
+            # the teacher may not be in the store yet: the service adds it at its first write
+            store = EmbeddingStore(store.url, store.group, "r", names[0])
+        elif cfg.targets is not None:  # several teachers, side by side in each block
             store = MultiTargetStore.open(cfg.store, names, cfg.target_layout)
         elif store.teacher is None and len(store.teachers) > 1:
             raise ConfigError(
@@ -241,7 +245,9 @@ def _open_data(
     bank = ImageBank(dataset, manifest, ImageBank.should_cache(manifest, cfg.cache_images), show)
     pairs = PairRenderer(bank, recipe, cfg.seed, render=renderer == "reference")
     filler = None if link is None else TargetFiller(link, bank.image, cfg.fill_depth)
-    dims = tuple(store.dims) if cfg.store is not None and cfg.targets is not None else ()
+    dims: tuple[int, ...] = ()
+    if cfg.store is not None and cfg.targets is not None:
+        dims = (int(fill_dim or store.dim),) if link is not None else tuple(store.dims)
     return _Data(plan, pairs, recipe, teacher_dim, cached, dataset.spec, filler, complete, dims)
 
 
