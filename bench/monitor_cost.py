@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from student_trainer.demo.pipeline import STUDENT_DEFAULTS
+from student_trainer.demo.config import STUDENT_DEFAULTS
 from student_trainer.train.config import TrainConfig
 from student_trainer.train.loop import train
 

@@ -26,11 +26,11 @@ import torch
 from store.builtin import ArrayDataset
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
+from store.precision import COMPUTE_DTYPES
 from store.runtime import autocast, prepare_model, resolve_device, to_device
 from store.views import render_view
 from teacher_service.checkpoint import save_checkpoint
 from teacher_service.encoders import EncoderConfig, build_encoder
-from teacher_service.precision import COMPUTE_DTYPES
 from teacher_service.precompute import PrecomputeConfig, run_precompute
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from student_trainer.demo.pipeline import DemoConfig, run_demo
+from student_trainer.demo.config import DemoConfig
+from student_trainer.demo.pipeline import run_demo
 from student_trainer.eval.evaluate import evaluate
 from student_trainer.eval.features import EncoderFeatures
 from student_trainer.train.config import TrainConfig

@@ -146,8 +146,12 @@ docker exec "$CID" sh -c 'touch "$HF_HOME/.w" "$TORCH_HOME/.w" && rm "$HF_HOME/.
 docker exec "$CID" disco store create /stores/smoke --dataset synthetic:4 --split all \
     --recipe digits --size 32 --views 2 --shard-size 4 >/dev/null \
     || die "cannot create a store on the volume as uid $uid"
+# Store rows are a seeded permutation of the samples: ask the store which sample each row holds.
+ROWS=$(docker exec "$CID" /opt/venv/bin/python -c \
+    'from store.embedding_store import EmbeddingStore as E; print(",".join(map(str, E.open("/stores/smoke").manifest.indices)))') \
+    || die "cannot read the store's rows"
 URL=http://127.0.0.1:$DISCO_PUBLISH_PORT
-PYTHONPATH=$ROOT "$PY" - "$URL" "$TOKEN" <<'PYEOF' || die "demo teacher check failed"
+PYTHONPATH=$ROOT "$PY" - "$URL" "$TOKEN" "$ROWS" <<'PYEOF' || die "demo teacher check failed"
 import sys
 
 import httpx
@@ -158,6 +162,7 @@ from store.datasets import open_dataset
 from teacher_service.client import TeacherClient
 
 url, token = sys.argv[1], sys.argv[2]
+sample_of = [int(r) for r in sys.argv[3].split(",")]  # store row -> dataset sample
 assert httpx.get(f"{url}/v1/model").status_code == 401, "no token must be refused on /v1/*"
 assert httpx.get(f"{url}/openapi.json").json()["info"]["title"], "the schema is open"
 r = httpx.get(f"{url}/readyz", headers={"X-Request-ID": "smoke-ready-1"})
@@ -170,7 +175,10 @@ with TeacherClient(url, token=token, timeout=60) as client:
     assert abs(float(np.linalg.norm(one[0])) - 1) < 1e-2
     slots = [(i, v) for i in range(4) for v in range(2)]
     written = client.write_through(
-        "smoke", [dataset.load(i) for i, _ in slots], [i for i, _ in slots], [v for _, v in slots]
+        "smoke",
+        [dataset.load(sample_of[i]) for i, _ in slots],
+        [i for i, _ in slots],
+        [v for _, v in slots],
     )
     info = client.store_info("smoke")
     assert info["written"] == 8 and info["missing_shards"] == [], info

@@ -98,6 +98,25 @@ def _check_old_rows(
     return where
 
 
+def _grown(
+    old: Manifest, new: Manifest, spec: str, split: str, where: np.ndarray, labels: np.ndarray
+) -> Manifest:
+    """The old rows (now at dataset indices ``where``, with today's ``labels``) followed by the
+    new ones."""
+    return Manifest(
+        dataset=spec,
+        split=split,
+        indices=np.concatenate([where, new.indices]),
+        keys=np.concatenate([old.keys, new.keys]),
+        labels=np.concatenate([labels, new.labels]),
+        sha256=np.concatenate([old.sha256, new.sha256]),
+        heights=np.concatenate([old.heights, new.heights]),
+        widths=np.concatenate([old.widths, new.widths]),
+        valid=np.concatenate([old.valid, new.valid]),
+        errors={**old.errors, **new.errors},
+    )
+
+
 def append_rows(
     url: str,
     dataset: str | None = None,
@@ -137,18 +156,7 @@ def append_rows(
         new_idx = new_idx[appended_order(n_old, len(new_idx))]
     new = manifest_rows(ds, new_idx, split, progress, workers=workers)
     labels = np.asarray(ds.labels, dtype=np.int64)[where]
-    grown = Manifest(
-        dataset=ds.spec,
-        split=split,
-        indices=np.concatenate([where, new.indices]),
-        keys=np.concatenate([old.keys, new.keys]),
-        labels=np.concatenate([labels, new.labels]),
-        sha256=np.concatenate([old.sha256, new.sha256]),
-        heights=np.concatenate([old.heights, new.heights]),
-        widths=np.concatenate([old.widths, new.widths]),
-        valid=np.concatenate([old.valid, new.valid]),
-        errors={**old.errors, **new.errors},
-    )
+    grown = _grown(old, new, ds.spec, split, where, labels)
     params = plan_views(
         store.recipe, store.seed, new.heights, new.widths, store.views, progress, first_row=n_old
     )

@@ -22,8 +22,7 @@ def split_indices(n: int, split: str) -> np.ndarray:
     """Indices (int64) of ``split`` in a dataset of ``n`` samples, in permutation order.
 
     The rule (contract, DESIGN §12): ``perm = RandomState(0).permutation(n)``; train =
-    ``perm[:int(0.8n)]``,
-    test = ``perm[int(0.8n):]``; ``all`` = ``arange(n)`` in dataset order.
+    ``perm[:int(0.8n)]``, test = ``perm[int(0.8n):]``; ``all`` = ``arange(n)`` in dataset order.
     """
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
@@ -38,7 +37,7 @@ class ImageDataset:
     """Base class: an indexed collection of RGB images with keys, labels and content hashes.
 
     Subclasses set ``spec``, ``keys`` (N), ``labels`` (N,) int64, ``classes`` and implement
-    ``load_with_hash``.
+    :meth:`load_with_hash`.
     """
 
     spec: str

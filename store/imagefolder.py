@@ -60,13 +60,11 @@ def _remote_files(url: str, storage_options: Mapping[str, Any]) -> list[str]:
 
 class ImageFolder(ImageDataset):
     """Images under ``root``. With class subfolders (``root/<class>/**/<file>``) labels are the
-    sorted
-    class index and files directly in ``root`` are ignored; without subfolders every file gets
-    label -1.
+    sorted class index and files directly in ``root`` are ignored; without subfolders every file
+    gets label -1.
 
     Keys are POSIX paths relative to ``root``, sorted. Files are decoded lazily; a corrupt file
-    raises
-    ``DecodeError`` naming its key on ``load`` (a manifest records it and masks the row).
+    raises ``DecodeError`` naming its key on ``load`` (a manifest records it and masks the row).
     """
 
     probe_in_pool = True

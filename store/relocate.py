@@ -100,7 +100,11 @@ def check_dataset(
                 f"content changed (sha256 {got[:12]}... != recorded {recorded[:12]}...)",
             )
     if len(bad_keys):
-        row = first_bad_key
+        # A file gone (or renamed) shifts every later index: name a key that is gone, if any.
+        gone = np.flatnonzero(~np.isin(keys[bad_keys], np.asarray(dataset.keys, dtype=str)))
+        row = int(bad_keys[gone[0]]) if len(gone) else first_bad_key
+        if len(gone):
+            raise DatasetMismatchError(spec, row, str(keys[row]), "key not found: no such sample")
         where = f"index {int(indices[row])}"
         reason = (
             f"the dataset has {len(dataset)} samples, none at {where}"

@@ -106,8 +106,8 @@ def autocast(
 
     ``dtype`` is a name of :data:`DTYPES` (or the torch dtype; None = float32). float32, or any
     dtype on a non-CUDA device, gives ``nullcontext()`` (CPU paths stay float32, bit-stable);
-    float16/bfloat16 on CUDA give ``torch.autocast("cuda", dtype)``. Unknown names raise
-    ``ConfigError``.
+    float16/bfloat16 on CUDA give ``torch.autocast("cuda", dtype)``. Unknown names raise a
+    ``ConfigError`` naming the valid ones.
     """
     if dtype is None:
         torch_dtype = torch.float32

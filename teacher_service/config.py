@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from store.devices import parse_device_name
 from store.errors import ConfigError
-from teacher_service.precision import parse_precision
+from store.precision import parse_precision
 
 __all__ = [
     "AMP_DTYPES",
@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 AMP_DTYPES = {"none": "float32", "bf16": "bfloat16", "fp16": "float16"}
-"""Deprecated ``--amp`` mode -> compute dtype (``--precision``: ``teacher_service.precision``)."""
+"""Deprecated ``--amp`` mode -> compute dtype (``--precision``: ``store.precision``)."""
 AMP_MODES = tuple(AMP_DTYPES)
 STORE_DTYPES = ("float16", "int8")
 RENDERERS = ("auto", "reference", "batched")

@@ -62,6 +62,7 @@ from store.errors import (
 )
 from store.locks import is_local
 from store.manifest import build_manifest
+from store.precision import compute_dtype as precision_dtype
 from store.runtime import (
     autocast,
     default_workers,
@@ -79,7 +80,6 @@ from store.views import (
 )
 from teacher_service.checkpoint import LoadedEncoder, recipe_for
 from teacher_service.config import STORE_DTYPES, PrecomputeConfig
-from teacher_service.precision import compute_dtype as precision_dtype
 from teacher_service.sources import LoadedTeacher, TeacherModel, load_teacher, to_pixels
 
 __all__ = [

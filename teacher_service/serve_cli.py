@@ -64,9 +64,9 @@ def serve_command(**given: Any) -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if settings.teacher is not None:
         # Fail before uvicorn starts: a broken checkpoint is one clear line, not a startup trace.
+        from store.precision import compute_dtype
         from store.runtime import resolve_device
         from teacher_service.checkpoint import recipe_for
-        from teacher_service.precision import compute_dtype
         from teacher_service.sources import load_teacher
 
         try:

@@ -24,6 +24,8 @@ import torch
 from store.dataset_base import ImageDataset
 from store.embedding_store import EmbeddingStore
 from store.errors import DecodeError, StoreError, StoreMismatchError
+from store.precision import COMPUTE_DTYPES, parse_precision
+from store.precision import compute_dtype as precision_dtype
 from store.relocate import open_moved_dataset
 from store.runtime import autocast, resolve_device
 from store.views import (
@@ -33,8 +35,6 @@ from store.views import (
     resolve_renderer,
 )
 from teacher_service.config import VerifyConfig
-from teacher_service.precision import COMPUTE_DTYPES, parse_precision
-from teacher_service.precision import compute_dtype as precision_dtype
 from teacher_service.sources import LoadedTeacher, load_teacher, to_pixels
 
 __all__ = ["VerifyResult", "sample_slots", "verify_store"]

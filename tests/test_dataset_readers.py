@@ -88,7 +88,8 @@ def test_views_replay_exactly_as_from_the_imagefolder(
             ),
         )
     (ref, ref_store), (ds, store) = stores["imagefolder"], stores[name]
-    assert np.array_equal(ref_store.manifest.sha256, store.manifest.sha256)
+    for field in ("sha256", "heights", "widths", "valid", "indices", "labels"):
+        assert np.array_equal(getattr(ref_store.manifest, field), getattr(store.manifest, field))
     params, ref_params = store.params, ref_store.params
     assert np.array_equal(params, ref_params)
     for row in range(N):
@@ -268,3 +269,62 @@ def test_parquet_table_of_relative_paths(formats: dict[str, str], tmp_path: Path
     broken = open_dataset(f"parquet:{root.parent / 'tables' / 'broken.parquet'}?image=file")
     with pytest.raises(DecodeError, match=r"nowhere\.png"):
         broken.load(0)
+
+
+def _fork_hashes(args: tuple[bytes, list[int]]) -> list[str]:
+    return _hashes(args)
+
+
+def test_readers_on_s3(formats: dict[str, str], s3: str, tmp_path: Path) -> None:
+    """hfds/parquet/wds and a labels file in a bucket of the loopback S3 server (endpoint from the
+    environment): same bytes as the ImageFolder; a copy in a forked process (a DataLoader worker)
+    reads from the bucket too; one epoch trains from shards in the bucket with a worker."""
+    from store.remote import url_to_fs
+
+    fs, bucket = url_to_fs(s3)
+    root = Path(formats["imagefolder"].partition(":")[2]).parent
+    for name in ("hf", "shards"):
+        fs.put(f"{root / name}/", f"{bucket}/{name}", recursive=True)
+    fs.put(str(root / "table.parquet"), f"{bucket}/table.parquet")
+    ref = open_dataset(formats["imagefolder"])
+    rows = zip(ref.keys, ref.labels.tolist(), strict=True)
+    names = "\n".join(f"{key},{ref.classes[label]}" for key, label in rows)
+    fs.pipe(f"{bucket}/labels.csv", names.encode())
+    fs.invalidate_cache()
+    specs = {
+        "hfds": f"hfds:{s3}/hf",
+        "parquet": f"parquet:{s3}/table.parquet?image=jpg&label=class&key=name",
+        "wds": f"wds:{s3}/shards/part-{{000..001}}.tar",
+    }
+    rows = [0, 11, N - 1]
+    for name, spec in specs.items():
+        ds = open_dataset(spec)
+        assert [ds.sha256(i) for i in range(N)] == [ref.sha256(i) for i in range(N)], name
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            got = pool.map(_fork_hashes, [(pickle.dumps(ds), rows)])[0]
+        assert got == [ref.sha256(i) for i in rows], name
+    relabelled = open_dataset(f"{specs['wds']}?labels={s3}/labels.csv")
+    assert relabelled.classes == ref.classes and np.array_equal(relabelled.labels, ref.labels)
+    store = str(tmp_path / "store.zarr")
+    _ok(["precompute", "--teacher", str(TEACHER), "--dataset", specs["wds"], "--store", store,
+         "--views", "2", "--size", "16", "--workers", "1", "--device", "cpu",
+         "--no-progress"])  # fmt: skip
+    _ok(["train", "--method", "disco", "--store", store, "--arch", "tiny", "--epochs", "1",
+         "--batch-size", "8", "--queue-size", "16", "--head-hidden", "32", "--workers", "1",
+         "--threads", "1", "--no-progress", "--out", str(tmp_path / "run")])  # fmt: skip
+    assert (tmp_path / "run" / "deployed.pt").is_file()
+
+
+@pytest.mark.parametrize("name", READERS)
+def test_manifest_in_a_process_pool(formats: dict[str, str], name: str) -> None:
+    """The manifest's worker pool (forked processes) probes each reader like the main process:
+    header sizes equal decoded sizes, hashes of the encoded bytes; the reader is read before the
+    fork too, so open files and clients of the parent must not be reused by the children."""
+    ds = open_dataset(formats[name])
+    ds.load(0)  # the parent holds open files / a user object now
+    pooled = build_manifest(ds, "all", progress=False, workers=2)
+    here = build_manifest(open_dataset(formats["imagefolder"]), "all", progress=False, workers=1)
+    for field in ("sha256", "heights", "widths", "valid", "labels"):
+        assert np.array_equal(getattr(pooled, field), getattr(here, field)), field
+    shapes = [ds.load(int(i)).shape[:2] for i in pooled.indices]
+    assert [tuple(hw) for hw in zip(pooled.heights, pooled.widths, strict=True)] == shapes

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from store.embedding_store import EmbeddingStore
 from store.errors import ConfigError
 from student_trainer.cli import app
-from student_trainer.demo.pipeline import DemoConfig
+from student_trainer.demo.config import DemoConfig
 from student_trainer.demo.service_check import check_service
 from teacher_service.checkpoint import file_sha256, save_checkpoint
 from teacher_service.encoders import EncoderConfig, build_encoder
@@ -155,7 +155,7 @@ def test_quick_shrinks_every_stage() -> None:
 
 def test_demo_and_study_students_share_one_config_assembly() -> None:
     """``DemoConfig.student``: shared defaults, then ``extra``, then an arm's overrides."""
-    from student_trainer.demo.pipeline import STUDENT_DEFAULTS
+    from student_trainer.demo.config import STUDENT_DEFAULTS
 
     cfg = DemoConfig(out="runs/x", quick=True, student_arch="tiny", epochs=3, workers=0)
     plain = cfg.student("disco", 5, "disco-s5", {"store": "s.zarr"})

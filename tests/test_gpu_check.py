@@ -48,12 +48,23 @@ def test_tiny_run_writes_every_bench_line(tmp_path: Path) -> None:
     assert by["gpu_tests"]["skipped"] >= 5 and by["gpu_tests"]["failed"] == 0
     assert by["gpu_tests"]["errors"] == 0
     pre = by["precompute"]
-    assert pre["device"] == "cpu" and pre["bare_img_s"] > 0 and pre["pipeline_store_img_s"] > 0
+    # the ratios are the printed medians' ratios (a bench that mixed up its stages would not be)
+    assert pre["device"] == "cpu" and pre["store_cost_ratio"] == pytest.approx(
+        pre["pipeline_store_img_s"] / pre["pipeline_null_img_s"], rel=0.02
+    )
+    assert pre["pipeline_ratio"] == pytest.approx(
+        pre["pipeline_store_img_s"] / pre["bare_img_s"], rel=0.02
+    )
     train = by["train_throughput"]
     runs = ("mocov2_sps", "disco_cached_sps", "disco_ram_sps", "disco_online_sps")
-    assert min(train[k] for k in runs) > 0 and train["lazy_fill_sps"] > 0
-    # the ratios are medians of the per-repeat ratios of the printed samples/s figures
+    # each samples/s figure is the median of its repeats; the ratios are medians of the
+    # per-repeat ratios of the printed figures
     reps = train["sps_repeats"]
+    for k in runs:
+        assert train[k] == pytest.approx(statistics.median(reps[k.removesuffix("_sps")]), abs=0.01)
+    assert train["lazy_fill_vs_online"] == pytest.approx(
+        train["lazy_fill_sps"] / train["disco_online_sps"], rel=0.01
+    )
 
     def paired(a: str, b: str) -> float:
         return statistics.median(x / y for x, y in zip(reps[a], reps[b], strict=True))
@@ -66,7 +77,9 @@ def test_tiny_run_writes_every_bench_line(tmp_path: Path) -> None:
     )
     assert train["lazy_fill_log"]["epoch1"]["fill_fetched"] > 0  # the service filled targets
     assert by["knn"]["agreement"] == 1.0 and by["knn"]["faiss_gpu"] is False
-    assert by["service"]["errors"] == 0 and by["service"]["service_img_s"] > 0
+    assert by["service"]["errors"] == 0 and by["service"]["service_ratio"] == pytest.approx(
+        by["service"]["service_img_s"] / by["service"]["inprocess_img_s"], rel=0.01
+    )
     assert by["render"]["cpu_exact"] is True and by["render"]["render_ratio"] > 0
     assert by["time_budget"]["train_forward_ms"] > 0 and by["time_budget"]["store_write_ms"] > 0
 

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from store.datasets import open_dataset
 from store.embedding_store import EmbeddingStore
 from store.errors import ConfigError, StoreError
-from teacher_service.precision import COMPUTE_DTYPES, PRECISIONS, compute_dtype, parse_precision
+from store.precision import COMPUTE_DTYPES, PRECISIONS, compute_dtype, parse_precision
 from teacher_service.service.app import ERROR_STATUS, create_app
 from teacher_service.service.model import load_runtime
 from teacher_service.service.settings import ServiceSettings, settings_reference
@@ -120,6 +120,7 @@ def test_request_id_is_echoed_generated_or_replaced(client: TestClient) -> None:
     ] == ("abc-1.2:3")
     generated = client.get("/healthz").headers["x-request-id"]
     assert re.fullmatch(r"[0-9a-f]{32}", generated)
+    assert client.get("/healthz").headers["x-request-id"] != generated  # a new one each time
     for bad in ("has space", "x" * 129, "new\u00e9line"):
         sent = {b"X-Request-ID": bad.encode("utf-8")}
         got = client.get("/healthz", headers=sent).headers["x-request-id"]
@@ -184,7 +185,9 @@ def test_a_failed_store_write_is_a_500_from_the_one_table(
         raise StoreError("disk full")
 
     monkeypatch.setattr(EmbeddingStore, "write_slots", broken)
-    image = {"data": png(0, arr=open_dataset("synthetic:8").load(0)), "index": 0, "view": 0}
+    rows = EmbeddingStore.open(str(files[1] / "synth")).manifest.indices  # row -> sample
+    sample = open_dataset("synthetic:8").load(int(rows[0]))
+    image = {"data": png(0, arr=sample), "index": 0, "view": 0}
     r = client.post("/v1/embeddings", json={"images": [image], "store": "synth"}, headers=AUTH)
     assert r.status_code == 500, r.text
     assert r.json()["detail"] == "store write failed: disk full"
@@ -255,7 +258,10 @@ def test_verify_precision(files: tuple[Path, Path], client: TestClient) -> None:
 
     teacher, stores = files
     dataset = open_dataset("synthetic:8")
-    images = [{"data": png(0, arr=dataset.load(i)), "index": i, "view": 1} for i in range(4)]
+    rows = EmbeddingStore.open(str(stores / "synth")).manifest.indices  # row -> sample
+    images = [
+        {"data": png(0, arr=dataset.load(int(rows[i]))), "index": i, "view": 1} for i in range(4)
+    ]
     r = client.post("/v1/embeddings", json={"images": images, "store": "synth"}, headers=AUTH)
     assert r.status_code == 200, r.text
     url = str(stores / "synth")
@@ -293,4 +299,5 @@ def test_settings_reference_is_rendered_from_the_model() -> None:
     assert cells["port"][3:5] == ["`int`", "`8000`"]
     assert cells["teacher"][4] == "required"
     assert cells["metrics"][3] == "`open` \\| `token` \\| `off`"
-    assert cells["store_root"][3] == "`Path` or `None`" and cells["store_root"][4] == "`None`"
+    assert cells["teacher_weights"][3] == "`Path` or `None`"
+    assert cells["store_root"][4] == "`None`"

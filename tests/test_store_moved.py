@@ -49,14 +49,16 @@ def test_moved_copy_accepted_changed_file_refused_by_key(tmp_path: Path) -> None
     change(there / "b" / "03.png")
     with pytest.raises(DatasetMismatchError, match=r"'b/03.png': content changed") as exc:
         open_moved_dataset(manifest, f"imagefolder:{there}", full=True)
-    assert exc.value.key == "b/03.png" and exc.value.row == 9
+    assert exc.value.key == "b/03.png"
+    assert exc.value.row == manifest.keys.tolist().index("b/03.png")  # rows are permuted
     shutil.copy(here / "b" / "03.png", there / "b" / "03.png")
 
-    (there / "a" / "04.png").unlink()  # every later key shifts: the first one gone is named
+    (there / "a" / "04.png").unlink()  # later keys shift too: the one gone is named
     with pytest.raises(DatasetMismatchError, match=r"key 'a/04.png': key not found"):
         open_moved_dataset(manifest, f"imagefolder:{there}")
     shutil.rmtree(there / "a")
-    with pytest.raises(DatasetMismatchError, match=r"row 0, key 'a/00.png'"):
+    first_a = next(k for k in manifest.keys.tolist() if k.startswith("a/"))
+    with pytest.raises(DatasetMismatchError, match=rf"key '{first_a}': key not found"):
         open_moved_dataset(manifest, f"imagefolder:{there}")
 
 

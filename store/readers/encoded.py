@@ -11,12 +11,15 @@ and caches are dropped by ``__getstate__`` and re-made on first use in the new p
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 import numpy as np
 
 from store.dataset_base import ImageDataset
-from store.decode import decode_image
+from store.decode import decode_image, image_size
+from store.errors import DecodeError
+from store.remote import url_to_fs
 
 __all__ = ["EncodedDataset"]
 
@@ -24,10 +27,35 @@ __all__ = ["EncodedDataset"]
 class EncodedDataset(ImageDataset):
     """An :class:`ImageDataset` of encoded images; subclasses implement :meth:`read_bytes`."""
 
+    probe_in_pool = True
     max_pixels: int | None = None
     """Refuse images with more pixels than this (decompression bombs); None = no limit."""
+    url: str = ""
+    """A path or URL naming the filesystem the samples live on ("" for none)."""
+    storage_options: dict[str, Any] = {}  # noqa: RUF012 - replaced per instance, never mutated
+    """fsspec options for ``url``, resolved when the dataset was opened (``store.remote``), so
+    every process that gets a copy reads with the same ones."""
     _transient: tuple[str, ...] = ()
     """Attributes (open files, caches) dropped when pickled and re-made lazily."""
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem of :attr:`url` in this process. Made again after a fork or an
+        unpickle: an object-storage client does not survive either (fsspec refuses to reuse an
+        async filesystem in a forked DataLoader worker)."""
+        held = self.__dict__.get("_fs")
+        if held is None or held[0] != os.getpid():
+            held = (os.getpid(), url_to_fs(self.url, self.storage_options)[0])
+            self.__dict__["_fs"] = held
+        return held[1]
+
+    def _this_process(self) -> None:
+        """Reset the ``_transient`` state when this object has crossed a fork (a manifest pool,
+        DataLoader workers): open files, object-storage clients and locks of the parent are not
+        safe to share."""
+        if self.__dict__.get("_pid") != os.getpid():
+            self._init_transient()
+            self.__dict__["_pid"] = os.getpid()
 
     def read_bytes(self, i: int) -> bytes:
         """Encoded bytes of sample ``i``; raises ``DecodeError`` naming its key if unreadable."""
@@ -46,9 +74,25 @@ class EncodedDataset(ImageDataset):
         """Hex sha256 of sample ``i``'s encoded bytes (no decode; also for undecodable ones)."""
         return hashlib.sha256(self.read_bytes(i)).hexdigest()
 
+    def probe(self, i: int) -> tuple[int, int, str, str | None]:
+        """``(height, width, sha256 hex, error)`` of sample ``i`` from one read of its bytes: the
+        hash of all bytes and the size from the image header (``store.decode.image_size``), as
+        ImageFolder probes a file; pixel data damaged behind a good header is caught later, when
+        precompute decodes it."""
+        try:
+            data = self.read_bytes(i)
+        except DecodeError as exc:
+            return 0, 0, "", exc.reason
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            height, width = image_size(data, self.keys[i], self.max_pixels)
+        except DecodeError as exc:
+            return 0, 0, digest, exc.reason
+        return height, width, digest, None
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for name in self._transient:
+        for name in (*self._transient, "_fs", "_pid"):
             state.pop(name, None)
         return state
 

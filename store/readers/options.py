@@ -15,10 +15,10 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import parse_qsl
 
-import fsspec
 import numpy as np
 
 from store.errors import DatasetError
+from store.remote import storage_errors, url_to_fs
 
 __all__ = [
     "LABELS_OPTION",
@@ -127,8 +127,9 @@ def read_label_file(
     n01751748 x y x y``) reads as is. A header row simply matches no image.
     """
     try:
-        with fsspec.open(url, "rb", **dict(storage_options or {})) as fh:
-            text = fh.read().decode("utf-8-sig")
+        with storage_errors(url, "cannot read labels file"):
+            fs, path = url_to_fs(url, storage_options)
+            text = bytes(fs.cat_file(path)).decode("utf-8-sig")
     except (OSError, ValueError) as exc:
         raise DatasetError(f"cannot read labels file {url!r}: {exc}") from None
     first = text.split("\n", 1)[0]
@@ -144,26 +145,32 @@ def read_label_file(
     return out
 
 
+def _variants(key: str) -> tuple[str, ...]:
+    """A key, without its extension, its file name, and its file name without extension."""
+    name = key.rsplit("/", 1)[-1]
+    return key, os.path.splitext(key)[0], name, os.path.splitext(name)[0]
+
+
 def relabel(
     keys: Sequence[str], table: Mapping[str, str], source: str
 ) -> tuple[np.ndarray, list[str]]:
     """Labels (N,) int64 and class names for ``keys`` from a label file's ``{key: label}``.
 
-    A key matches its row exactly, or without its extension, or by its file name (with or without
-    extension), so ``val/ILSVRC2012_val_00000001.JPEG`` finds ``ILSVRC2012_val_00000001``. Keys with
-    no row get -1; a file that matches no key at all raises DatasetError.
+    Keys match with or without extension and with or without their folders, on either side, so
+    ``val/ILSVRC2012_val_00000001.JPEG`` finds the row ``ILSVRC2012_val_00000001`` and a
+    WebDataset ``__key__`` (no extension) finds ``cat/001.jpg`` (an exact match is tried first).
+    Keys with no row get -1; a file that matches no key at all raises DatasetError.
     """
+    lookup: dict[str, str] = dict(table)
+    for row_key, label in table.items():
+        for variant in _variants(row_key)[1:]:
+            lookup.setdefault(variant, label)
     values: list[str | None] = []
     matched = 0
     for key in keys:
-        name = key.rsplit("/", 1)[-1]
-        for candidate in (key, os.path.splitext(key)[0], name, os.path.splitext(name)[0]):
-            if candidate in table:
-                values.append(table[candidate])
-                matched += 1
-                break
-        else:
-            values.append(None)
+        found = next((lookup[v] for v in _variants(key) if v in lookup), None)
+        matched += found is not None
+        values.append(found)
     if matched == 0:
         sample = ", ".join(list(table)[:3])
         raise DatasetError(

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from store.dataset_base import ImageDataset
 from store.errors import DatasetError, DecodeError
 from store.readers.encoded import EncodedDataset
 from store.readers.options import first_duplicate, label_values
@@ -64,7 +65,9 @@ class PythonDataset(EncodedDataset):
         self.labels, self.classes = label_values(raw, list(names) if names else None)
 
     def _user(self) -> Any:
-        """The factory's object, made once per process."""
+        """The factory's object, made once per process (again after a fork: a user's open files
+        must not be shared by two processes)."""
+        self._this_process()
         obj = self.__dict__.get("_obj")
         if obj is not None:
             return obj
@@ -91,6 +94,9 @@ class PythonDataset(EncodedDataset):
         self._obj = obj
         return obj
 
+    def _init_transient(self) -> None:
+        self._obj = None
+
     def read_bytes(self, i: int) -> bytes:
         """``encoded(i)`` of the user's object; its failures become ``DecodeError`` for the key."""
         try:
@@ -102,6 +108,13 @@ class PythonDataset(EncodedDataset):
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise DecodeError(self.keys[i], f"encoded({i}) returned {type(data).__name__}")
         return bytes(data)
+
+    def probe(self, i: int) -> tuple[int, int, str, str | None]:
+        """As :meth:`EncodedDataset.probe` (header size), or a full decode when the user's object
+        decodes its bytes itself (its output size need not be the header's)."""
+        if getattr(self._user(), "decode", None) is not None:
+            return ImageDataset.probe(self, i)
+        return super().probe(i)
 
     def decode(self, data: bytes, key: str) -> np.ndarray:
         """The user's ``decode`` if it has one (checked: (H, W, 3) uint8), else the project's."""

@@ -35,13 +35,13 @@ from typing import Any
 
 import fsspec
 import numpy as np
-from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from store.errors import DatasetError, DecodeError
 from store.readers.encoded import EncodedDataset
 from store.readers.extras import require
 from store.readers.options import check_options, first_duplicate, label_values
+from store.remote import storage_errors, storage_options_for, url_to_fs
 
 __all__ = ["GROUP_CACHE", "TableDataset", "open_hfds", "open_parquet"]
 
@@ -50,13 +50,6 @@ LABEL_COLUMNS = ("label", "labels", "cls", "class")
 OPTIONS = ("image", "label", "key")
 GROUP_CACHE = 2
 """Row groups of the image column kept in memory per process (sequential reads hit them)."""
-
-
-def _url_to_fs(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
-    try:
-        return url_to_fs(url, **dict(storage_options or {}))
-    except (ImportError, ValueError) as exc:
-        raise DatasetError(f"cannot open {url!r}: {exc}") from None
 
 
 def _is_local(fs: Any) -> bool:
@@ -96,7 +89,8 @@ def _hf_features(schema: Any) -> dict[str, Any]:
 class TableDataset(EncodedDataset):
     """Rows of Parquet or Arrow (IPC stream) files as images (see module docstring).
 
-    ``files``: paths of ``fs`` in table order; ``fmt``: "parquet" or "arrow"; ``image``/``label``
+    ``url``/``storage_options``: where the files are (``store.remote``); ``files``: paths in
+    that filesystem, in table order; ``fmt``: "parquet" or "arrow"; ``image``/``label``
     /``key``: column names (``label`` "" = unlabelled, None = the default choice).
     """
 
@@ -105,7 +99,8 @@ class TableDataset(EncodedDataset):
     def __init__(
         self,
         spec: str,
-        fs: Any,
+        url: str,
+        storage_options: dict[str, Any],
         files: Sequence[str],
         fmt: str,
         image: str | None = None,
@@ -116,7 +111,7 @@ class TableDataset(EncodedDataset):
         if not files:
             raise DatasetError(f"{spec}: no {fmt} files")
         self.spec = spec
-        self.fs = fs
+        self.url, self.storage_options = url, storage_options
         self.files = list(files)
         self.fmt = fmt
         self.max_pixels = max_pixels
@@ -198,6 +193,7 @@ class TableDataset(EncodedDataset):
 
     def _open(self, f: int) -> Any:
         """The open ParquetFile, or the (memory-mapped) Arrow table, of file ``f``."""
+        self._this_process()
         handle = self._handles.get(f)
         if handle is None:
             pa = require("pyarrow", self.spec)
@@ -239,6 +235,7 @@ class TableDataset(EncodedDataset):
 
     def _group(self, g: int) -> Any:
         """The image column (ChunkedArray) of global row group ``g``, through the LRU cache."""
+        self._this_process()
         with self._lock:  # one reader of a file at a time (the service reads from threads)
             col = self._cache.get(g)
             if col is not None:
@@ -317,7 +314,18 @@ def open_hfds(
     check_options(spec, options, OPTIONS)
     if not path:
         raise DatasetError("hfds needs a path: hfds:PATH (a save_to_disk folder or Parquet files)")
-    fs, root = _url_to_fs(path, storage_options)
+    options_ = storage_options_for(path, storage_options)
+    with storage_errors(path, "hfds: cannot read"):
+        fs, root = url_to_fs(path, options_)
+        files, fmt = _hfds_files(spec, path, fs, root)
+        return TableDataset(
+            spec, path, options_, files, fmt,
+            image=options.get("image"), label=options.get("label"), key=options.get("key"),
+        )  # fmt: skip
+
+
+def _hfds_files(spec: str, path: str, fs: Any, root: str) -> tuple[list[str], str]:
+    """(table files in order, "arrow" or "parquet") of the Hugging Face dataset at ``root``."""
     if fs.isdir(root) and fs.isfile(posixpath.join(root, "dataset_dict.json")):
         with fs.open(posixpath.join(root, "dataset_dict.json"), "rb") as fh:
             splits = json.load(fh).get("splits", [])
@@ -345,9 +353,7 @@ def open_hfds(
         fmt = kinds.pop() if kinds else "parquet"
     if not files:
         raise DatasetError(f"hfds: no Arrow or Parquet files under {path!r}")
-    return TableDataset(
-        spec, fs, files, fmt, options.get("image"), options.get("label"), options.get("key")
-    )
+    return files, fmt
 
 
 def open_parquet(
@@ -360,10 +366,13 @@ def open_parquet(
     check_options(spec, options, OPTIONS)
     if not path:
         raise DatasetError("parquet needs a path: parquet:PATH (a file, folder or glob)")
-    fs, root = _url_to_fs(path, storage_options)
-    files = _find(fs, root, (".parquet", ".pq"), spec)
-    if not files:
-        raise DatasetError(f"parquet: no .parquet files at {path!r}")
-    return TableDataset(
-        spec, fs, files, "parquet", options.get("image"), options.get("label"), options.get("key")
-    )
+    options_ = storage_options_for(path, storage_options)
+    with storage_errors(path, "parquet: cannot read"):
+        fs, root = url_to_fs(path, options_)
+        files = _find(fs, root, (".parquet", ".pq"), spec)
+        if not files:
+            raise DatasetError(f"parquet: no .parquet files at {path!r}")
+        return TableDataset(
+            spec, path, options_, files, "parquet",
+            image=options.get("image"), label=options.get("label"), key=options.get("key"),
+        )  # fmt: skip

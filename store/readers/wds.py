@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fsspec.core import url_to_fs
 
 from store.atomic import atomic_write
 from store.errors import DatasetError, DecodeError
 from store.readers.encoded import EncodedDataset
 from store.readers.extras import require
 from store.readers.options import check_options, first_duplicate, label_values
+from store.remote import storage_errors, storage_options_for, url_to_fs
 
 __all__ = ["IMAGE_EXTENSIONS", "INDEX_VERSION", "WebDatasetShards", "index_cache_dir", "open_wds"]
 
@@ -99,7 +99,8 @@ class WebDatasetShards(EncodedDataset):
     def __init__(
         self,
         spec: str,
-        fs: Any,
+        url: str,
+        storage_options: dict[str, Any],
         shards: Sequence[str],
         image_exts: Sequence[str] = IMAGE_EXTENSIONS,
         label_ext: str = "cls",
@@ -109,8 +110,9 @@ class WebDatasetShards(EncodedDataset):
         if not shards:
             raise DatasetError(f"{spec}: the pattern names no shard")
         self.spec = spec
-        self.fs = fs
+        self.url, self.storage_options = url, storage_options
         self.shards = list(shards)
+        fs = self.fs
         self.max_pixels = max_pixels
         ident = self._identity(image_exts, label_ext, workers)
         cache = index_cache_dir() / f"{hashlib.sha256(ident.encode()).hexdigest()[:32]}.npz"
@@ -198,12 +200,10 @@ def open_wds(
     if not pattern:
         raise DatasetError("wds needs a shard pattern: wds:PATH/train-{000..099}.tar")
     urls = expand_pattern(pattern, spec)
-    try:
-        fs, _ = url_to_fs(urls[0], **dict(storage_options or {}))
-    except (ImportError, ValueError) as exc:
-        raise DatasetError(f"cannot open {urls[0]!r}: {exc}") from None
-    paths = [url_to_fs(u, **dict(storage_options or {}))[1] for u in urls]
+    options_ = storage_options_for(urls[0], storage_options)
     image = options.get("image")
     exts = tuple(e.strip().lower().lstrip(".") for e in image.split(",")) if image else None
     label = options.get("label", "cls").lower().lstrip(".")
-    return WebDatasetShards(spec, fs, paths, exts or IMAGE_EXTENSIONS, label)
+    with storage_errors(urls[0], "wds: cannot read"):
+        paths = [url_to_fs(u, options_)[1] for u in urls]
+        return WebDatasetShards(spec, urls[0], options_, paths, exts or IMAGE_EXTENSIONS, label)

@@ -240,8 +240,7 @@ class DigitsRecipe(Recipe):
     centre, bilinear, black fill), brightness then gamma jitter; no flips, no hue, no blur.
 
     Parameters: crop box in source pixels, ``angle`` and ``shear`` in degrees, ``brightness``
-    factor,
-    ``gamma`` exponent.
+    factor, ``gamma`` exponent.
     """
 
     mean: tuple[float, float, float] = (0.1307, 0.1307, 0.1307)

@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING
 from store.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from student_trainer.demo.pipeline import DemoConfig, run_demo
+    from student_trainer.demo.config import DemoConfig
+    from student_trainer.demo.pipeline import run_demo
 
 __all__ = ["DemoConfig", "run_demo"]
 
 __getattr__, __dir__ = lazy_exports(
     __name__,
-    {"DemoConfig": "student_trainer.demo.pipeline", "run_demo": "student_trainer.demo.pipeline"},
+    {"DemoConfig": "student_trainer.demo.config", "run_demo": "student_trainer.demo.pipeline"},
 )

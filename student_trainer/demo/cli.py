@@ -1,4 +1,9 @@
-"""``disco demo``: the end-to-end demo (or, with --train-teacher, retrain its teacher)."""
+"""``disco demo``: the end-to-end demo (or, with --train-teacher, retrain its teacher).
+
+The demo's options are derived from :class:`~student_trainer.demo.config.DemoConfig` and the
+study's defaults and help come from :class:`~student_trainer.demo.config.StudyConfig`, so a flag
+and its field cannot disagree.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +11,30 @@ from typing import Annotated, Any
 
 import typer
 
-from store.cli_options import exits_on_error
+from store.cli_options import dataclass_options, exits_on_error, field_docs, with_options
+from student_trainer.demo.config import DemoConfig, StudyConfig
 
 __all__ = ["demo_command"]
 
+_STUDY = field_docs(StudyConfig)
 
+_OPTIONS = dataclass_options(
+    DemoConfig,
+    # set through the study or a library call, not as flags
+    exclude=("recipe", "methods", "distill_weight", "verify_samples", "extra"),
+    helps={"student_width": "Student ResNet base width (0: the architecture's default)."},
+)
+"""The ``DemoConfig`` fields as options (name, type, default, help from the field)."""
+
+
+@with_options(_OPTIONS)
 @exits_on_error
 def demo_command(
-    out: Annotated[str, typer.Option(help="Output folder.")] = "runs/demo",
-    quick: Annotated[
-        bool, typer.Option(help="Same stages at a ~3-minute size (2 views, 1 epoch).")
-    ] = False,
     train_teacher: Annotated[
         bool,
         typer.Option(
             help="Retrain the demo teacher from scratch (MoCo-v2, 80 epochs: ~70 minutes on 2 CPU "
-            "cores) and install "
-            "it as student_trainer/assets/demo_teacher.pt; then stop."
+            "cores) and install it as student_trainer/assets/demo_teacher.pt; then stop."
         ),
     ] = False,
     teacher_epochs: Annotated[
@@ -37,77 +49,42 @@ def demo_command(
             "resumable)."
         ),
     ] = False,
-    seeds: Annotated[int, typer.Option(help="With --study: seeds of mocov2 and disco.")] = 3,
+    seeds: Annotated[
+        int, typer.Option(help=f"With --study: {_STUDY['seeds']}")
+    ] = StudyConfig.seeds,
     ablation_seeds: Annotated[
-        int, typer.Option(help="With --study: seeds of every other study arm.")
-    ] = 2,
+        int, typer.Option(help=f"With --study: {_STUDY['ablation_seeds']}")
+    ] = StudyConfig.ablation_seeds,
     study_views: Annotated[
         list[int] | None,
-        typer.Option(help="With --study: other cached-view counts V (repeatable; default 2, 32)."),
+        typer.Option(help=f"With --study (repeatable): {_STUDY['views']}"),
     ] = None,
     study_heads: Annotated[
         list[int] | None,
-        typer.Option(help="With --study: other head hidden widths (repeatable; default 128, 512)."),
+        typer.Option(help=f"With --study (repeatable): {_STUDY['head_hidden']}"),
     ] = None,
     study_lambdas: Annotated[
         list[float] | None,
-        typer.Option(help="With --study: other DisCo λ values (repeatable; default 2)."),
+        typer.Option(help=f"With --study (repeatable): {_STUDY['lambdas']}"),
     ] = None,
-    dataset: Annotated[str, typer.Option(help="Dataset spec (train split is distilled).")] = (
-        "mnist5k"
-    ),
-    teacher: Annotated[
-        str | None,
-        typer.Option(
-            help="Teacher: checkpoint, timm:NAME, hf:PATH_OR_ID, open_clip:ARCH, "
-            "py:MODULE:FUNCTION (default: the shipped demo teacher)."
-        ),
-    ] = None,
-    teacher_weights: Annotated[
-        str | None, typer.Option(help="Teacher weights (.safetensors, .pth, snapshot folder).")
-    ] = None,
-    size: Annotated[int, typer.Option(help="View size in px (224 for ImageNet-like data).")] = 32,
-    views: Annotated[int, typer.Option(help="Cached views V per train image.")] = 8,
-    student_arch: Annotated[str, typer.Option(help="Student backbone.")] = "resnet10",
-    student_width: Annotated[
-        int | None, typer.Option(help="Student ResNet base width (0: architecture default).")
-    ] = 16,
-    epochs: Annotated[int, typer.Option(help="Student epochs.")] = 8,
-    seed: Annotated[int, typer.Option(help="Seed of the view plan and the students.")] = 0,
-    workers: Annotated[int, typer.Option(help="DataLoader workers.")] = 2,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    **config: Any,
 ) -> None:
     """Run the whole pipeline on real data: precompute → verify → students → FAISS evaluation.
 
     With --study, also measure the DisCo claim and the cache's claim over seeds (study.md).
     """
-    # lazy: torch loads only when a command runs, so --help stays instant
-    from student_trainer.demo.pipeline import DemoConfig, run_demo, train_demo_teacher
-
     if train_teacher:
-        path = train_demo_teacher(epochs=teacher_epochs, progress=progress)
+        # lazy: torch loads only when a command runs, so --help stays instant
+        from student_trainer.demo.pipeline import train_demo_teacher
+
+        path = train_demo_teacher(epochs=teacher_epochs, progress=config["progress"])
         typer.echo(f"demo teacher written to {path}")
         return
-    cfg = DemoConfig(
-        out=out,
-        dataset=dataset,
-        teacher=teacher,
-        teacher_weights=teacher_weights,
-        size=size,
-        views=views,
-        student_arch=student_arch,
-        student_width=student_width or None,
-        epochs=epochs,
-        seed=seed,
-        workers=workers,
-        device=device,
-        quick=quick,
-        progress=progress,
-    )
+    config["student_width"] = config["student_width"] or None  # 0: the architecture's default
+    cfg = DemoConfig(**config)
     if study:
         # lazy: torch loads only when a command runs, so --help stays instant
-        from student_trainer.demo.study import StudyConfig, run_study
+        from student_trainer.demo.study import run_study
 
         arms: dict[str, Any] = {"seeds": seeds, "ablation_seeds": ablation_seeds}
         if study_views:
@@ -118,4 +95,7 @@ def demo_command(
             arms["lambdas"] = tuple(study_lambdas)
         run_study(cfg, StudyConfig(**arms))
     else:
+        # lazy: torch loads only when a command runs, so --help stays instant
+        from student_trainer.demo.pipeline import run_demo
+
         run_demo(cfg)

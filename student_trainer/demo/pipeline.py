@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ import torch
 from rich.console import Console
 
 from store.atomic import atomic_write_text
-from store.errors import ConfigError, DiscoError
+from store.errors import DiscoError
+from student_trainer.demo.config import DEMO_TEACHER_PATH, DemoConfig
 from student_trainer.demo.ledger import RunLedger
 from student_trainer.demo.service_check import check_service
 from student_trainer.eval.evaluate import evaluate
@@ -29,7 +30,6 @@ from student_trainer.eval.features import EncoderFeatures, TeacherFeatures
 from student_trainer.eval.linear_probe import ProbeConfig
 from student_trainer.train.config import TrainConfig
 from student_trainer.train.loop import train
-from student_trainer.train.methods import METHODS
 from teacher_service.checkpoint import load_encoder, save_checkpoint
 from teacher_service.precompute import PrecomputeConfig, run_precompute
 from teacher_service.sources import parse_teacher, weights_sha256
@@ -46,8 +46,6 @@ __all__ = [
     "train_demo_teacher",
 ]
 
-DEMO_TEACHER_PATH = Path(__file__).parents[1] / "assets" / "demo_teacher.pt"
-"""The shipped demo teacher (fp16, project format), trained by ``disco demo --train-teacher``."""
 
 DEMO_TEACHER: dict[str, Any] = {
     "method": "mocov2",
@@ -66,129 +64,6 @@ DEMO_TEACHER: dict[str, Any] = {
 }
 """How the demo teacher is trained: ResNet-18 layout at half width, small stem, 32 px, MoCo-v2
 with a pre-filled queue and grouped head BN (the small-scale settings of DESIGN §7)."""
-
-STUDENT_DEFAULTS: dict[str, Any] = {
-    "batch_size": 128,
-    "queue_size": 4096,
-    "key_momentum": 0.99,
-    "lr": 0.06,
-    "weight_decay": 5e-4,
-}
-"""Student optimisation settings shared by every method (same budget, same seed)."""
-
-
-@dataclass
-class DemoConfig:
-    """One demo run. Defaults are the mnist5k demo; ``quick`` shrinks every stage."""
-
-    out: str = "runs/demo"
-    """Output folder: store, student runs, results.md/json, neighbour pictures."""
-    dataset: str = "mnist5k"
-    """Dataset spec; its train split is distilled, its test split is the kNN query set."""
-    teacher: str | None = None
-    """Teacher (checkpoint, timm:NAME, hf:PATH_OR_ID, open_clip:ARCH, py:MODULE:FUNCTION);
-    None = the shipped demo teacher (mnist5k only)."""
-    teacher_weights: str | None = None
-    """Weights of a timm:/hf:/open_clip:/py: teacher (.safetensors, .pth, snapshot folder)."""
-    size: int = 32
-    """View size in px."""
-    recipe: str | None = None
-    """View recipe; None = "digits" for digit datasets, else "mocov2"."""
-    views: int = 8
-    """Cached views V per train image."""
-    student_arch: str = "resnet10"
-    """Student backbone (teacher_service.encoders.ARCHS)."""
-    student_width: int | None = 16
-    """Student ResNet base width (None = the architecture's default)."""
-    methods: tuple[str, ...] = ("mocov2", "disco", "seed")
-    """Student methods, trained from the same seed and budget."""
-    epochs: int = 8
-    """Student epochs (8 keeps ``make demo`` within 15 minutes on 2 CPU cores)."""
-    distill_weight: float = 8.0
-    """DisCo λ (batch mean, per view)."""
-    seed: int = 0
-    """Seed of the view plan and of every student."""
-    workers: int = 2
-    """DataLoader workers for precompute and training."""
-    device: str = "auto"
-    """auto, cpu, cuda or cuda:N."""
-    quick: bool = False
-    """A ~3-minute run of the same stages (fewer views, epochs, verify samples; queue 512)."""
-    progress: bool = True
-    """Show progress bars."""
-    verify_samples: int = 64
-    """Views re-computed by the live teacher in the verify stage."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Extra TrainConfig fields applied to every student (e.g. {"head_hidden": 512})."""
-
-    def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise ConfigError(
-                f"unknown demo methods {unknown}; valid methods: {', '.join(sorted(METHODS))}"
-            )
-        if self.views < 2:
-            raise ConfigError(f"views must be >= 2 (a student pairs two views), got {self.views}")
-        if self.epochs < 1 or self.size < 8:
-            raise ConfigError("epochs must be >= 1 and size >= 8")
-        if self.quick:
-            self.views = min(self.views, 2)
-            self.epochs = min(self.epochs, 1)
-            self.verify_samples = min(self.verify_samples, 16)
-            self.extra = {"queue_size": 512, **self.extra}  # fewer prefill batches
-
-    def student(
-        self,
-        method: str,
-        seed: int,
-        name: str,
-        source: dict[str, Any],
-        overrides: dict[str, Any] | None = None,
-    ) -> TrainConfig:
-        """The ``TrainConfig`` of one demo or study student, trained into ``out/students/name``.
-
-        ``source`` says where the targets come from (``{"store": ..., "expect": ...}`` or
-        ``{"dataset": ..., "online_teacher": ...}``); the settings are :data:`STUDENT_DEFAULTS`,
-        then ``extra``, then ``overrides`` (a study arm's), with this demo's architecture,
-        epochs, λ, workers and device.
-        """
-        settings: dict[str, Any] = {**STUDENT_DEFAULTS, **self.extra, **(overrides or {})}
-        return TrainConfig(
-            method=method,
-            arch=self.student_arch,
-            width=self.student_width,
-            out=str(Path(self.out) / "students" / name),
-            epochs=self.epochs,
-            distill_weight=settings.pop("distill_weight", self.distill_weight),
-            seed=seed,
-            num_workers=self.workers,
-            device=self.device,
-            progress=self.progress,
-            **source,
-            **settings,
-        )
-
-    def resolved_recipe(self) -> str:
-        """Recipe name ("digits" for mnist5k/digits unless given)."""
-        if self.recipe is not None:
-            return self.recipe
-        return "digits" if self.dataset.split(":", 1)[0] in ("mnist5k", "digits") else "mocov2"
-
-    def resolved_teacher(self) -> str:
-        """The teacher spec or checkpoint path; the shipped one only fits mnist5k."""
-        if self.teacher is not None:
-            if parse_teacher(self.teacher)[0] != "checkpoint":
-                return self.teacher
-            if not Path(self.teacher).is_file():
-                raise ConfigError(f"teacher checkpoint not found: {self.teacher}")
-            return self.teacher
-        if self.dataset != "mnist5k":
-            raise ConfigError("the shipped demo teacher is for mnist5k; give --teacher CKPT")
-        if not DEMO_TEACHER_PATH.is_file():
-            raise ConfigError(
-                f"demo teacher missing at {DEMO_TEACHER_PATH}; run `disco demo --train-teacher`"
-            )
-        return str(DEMO_TEACHER_PATH)
 
 
 @dataclass

@@ -102,6 +102,34 @@ def check_service(
     if len(slots) < 2:
         raise StoreError(f"store {store_url} has fewer than 2 written views to check")
     log = Path(log_path) if log_path else path.parent / "service.log"
+    start = time.perf_counter()
+    proc, url = _serve(store, path, teacher, device, teacher_weights, log)
+    try:
+        with TeacherClient(url, timeout=120) as client:
+            while not client.ready():
+                if proc.poll() is not None or time.perf_counter() - start > timeout_s:
+                    tail = log.read_text(errors="replace")[-2000:]
+                    raise DiscoError(f"disco serve did not become ready at {url}:\n{tail}")
+                time.sleep(0.2)
+            ready_s = time.perf_counter() - start
+            t0 = time.perf_counter()
+            answers = _ask(client, store, path.name, slots)
+            query_s = time.perf_counter() - t0
+    finally:
+        _stop(proc)
+    return _score(store, slots, answers, threshold, url, ready_s, query_s)
+
+
+def _serve(
+    store: EmbeddingStore,
+    path: Path,
+    teacher: str,
+    device: str,
+    teacher_weights: str | None,
+    log: Path,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``disco serve`` on a free loopback port over the store's folder, rendering with the
+    store's recipe; its output goes to ``log``. Returns the process and its URL."""
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
@@ -113,30 +141,36 @@ def check_service(
     cmd = [sys.executable, "-m", "student_trainer.cli", "serve", "--teacher", teacher]
     cmd += ["--store-root", str(path.parent), "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--device", device, "--log-level", "warning"]
-    start = time.perf_counter()
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with TeacherClient(url, timeout=120) as client:
-            while not client.ready():
-                if proc.poll() is not None or time.perf_counter() - start > timeout_s:
-                    tail = log.read_text(errors="replace")[-2000:]
-                    raise DiscoError(f"disco serve did not become ready at {url}:\n{tail}")
-                time.sleep(0.2)
-            ready_s = time.perf_counter() - start
-            t0 = time.perf_counter()
-            model = client.model()
-            if model["sha256"] != store.teacher.get("sha256"):
-                raise StoreError("the served checkpoint is not the store's teacher")
-            manifest = store.manifest
-            dataset = open_dataset(manifest.dataset)
-            rows, views = [int(r) for r in slots[:, 0]], [int(v) for v in slots[:, 1]]
-            images = [dataset.load(int(manifest.indices[r])) for r in rows]
-            answers = client.embed_planned(path.name, images, rows, views)
-            query_s = time.perf_counter() - t0
-    finally:
-        _stop(proc)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _ask(client: TeacherClient, store: EmbeddingStore, name: str, slots: np.ndarray) -> np.ndarray:
+    """The served embeddings ``(k, D)`` of the planned views ``slots`` (the service must serve
+    the store's teacher)."""
+    model = client.model()
+    if model["sha256"] != (store.teacher or {}).get("sha256"):
+        raise StoreError("the served checkpoint is not the store's teacher")
+    manifest = store.manifest
+    dataset = open_dataset(manifest.dataset)
+    rows, views = [int(r) for r in slots[:, 0]], [int(v) for v in slots[:, 1]]
+    images = [dataset.load(int(manifest.indices[r])) for r in rows]
+    return np.asarray(client.embed_planned(name, images, rows, views))
+
+
+def _score(
+    store: EmbeddingStore,
+    slots: np.ndarray,
+    answers: np.ndarray,
+    threshold: float,
+    url: str,
+    ready_s: float,
+    query_s: float,
+) -> ServiceCheck:
+    """Cosine of each answer to its cached target, and a control: each answer against another
+    row's target must stay below ``threshold`` (with no other row the check fails)."""
+    rows, views = [int(r) for r in slots[:, 0]], [int(v) for v in slots[:, 1]]
     targets = np.zeros_like(answers)
     for k, (row, view) in enumerate(zip(rows, views, strict=True)):
         block = store.read_shard(row // store.shard_size)
@@ -144,21 +178,20 @@ def check_service(
     cos = np.sum(answers * targets, axis=1) / (
         np.linalg.norm(answers, axis=1) * np.linalg.norm(targets, axis=1)
     )
-    # Control: each answer against another sample's target must not match.
     control = [
         float(answers[k] @ targets[j])
         for k in range(len(rows))
         for j in [next((j for j in range(len(rows)) if rows[j] != rows[k]), -1)]
         if j >= 0
     ]
-    control_max = max(control, default=-1.0)
+    control_max = max(control, default=float("nan"))
     return ServiceCheck(
         url=url,
         samples=len(rows),
         threshold=threshold,
         cos_min=float(cos.min()),
         control_max=control_max,
-        passed=bool(cos.min() >= threshold and control_max < threshold),
+        passed=bool(cos.min() >= threshold and bool(control) and control_max < threshold),
         ready_s=round(ready_s, 2),
         query_s=round(query_s, 3),
     )

@@ -26,22 +26,16 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from store.atomic import atomic_write_text
-from store.errors import ConfigError
+from student_trainer.demo.config import STUDENT_DEFAULTS, DemoConfig, StudyConfig
 from student_trainer.demo.ledger import RunLedger
-from student_trainer.demo.pipeline import (
-    STUDENT_DEFAULTS,
-    DemoConfig,
-    build_store,
-    run_demo,
-    train_run,
-)
+from student_trainer.demo.pipeline import build_store, run_demo, train_run
 from student_trainer.eval.evaluate import evaluate
 from student_trainer.eval.features import EncoderFeatures
 from student_trainer.eval.report import format_pct
@@ -49,48 +43,6 @@ from student_trainer.train.config import TrainConfig
 from teacher_service.checkpoint import file_sha256
 
 __all__ = ["Arm", "StudyConfig", "StudyResult", "plan_arms", "render_study", "run_study"]
-
-
-@dataclass
-class StudyConfig:
-    """What the study measures beyond the demo (whose settings every arm starts from)."""
-
-    seeds: int = 3
-    """Student seeds of the main arms (mocov2, disco): seeds demo.seed .. demo.seed + seeds - 1."""
-    ablation_seeds: int = 2
-    """Student seeds of every other arm (each costs one student run per seed)."""
-    lambdas: tuple[float, ...] = (2.0,)
-    """DisCo λ values besides the demo's."""
-    views: tuple[int, ...] = (2, 32)
-    """Cached-view counts besides the demo's V (fewer: a prefix of the demo's store; more: a
-    store of their own)."""
-    online: bool = True
-    """Also train ``disco`` with a live teacher on fresh views every step."""
-    head_hidden: tuple[int, ...] = (128, 512)
-    """Student head hidden widths besides the default 2048 (the Distilling BottleNeck)."""
-    weak_teacher: bool = True
-    """Also distil from the seed-0 mocov2 student (a teacher no better than the student)."""
-    symmetric_mocov2: bool = True
-    """Also train ``mocov2`` with the symmetric loss (``--symmetric``: both views query and key
-    each step): the better no-teacher baseline at the demo's epochs."""
-
-    def shrunk(self, demo_views: int) -> StudyConfig:
-        """The ``--quick`` study: 2 main seeds, 1 ablation seed, one extra V (demo's + 1), one
-        extra head width; every arm kind still runs."""
-        return replace(
-            self,
-            seeds=min(self.seeds, 2),
-            ablation_seeds=1,
-            lambdas=self.lambdas[:1],
-            views=(demo_views + 1,),
-            head_hidden=self.head_hidden[:1],
-        )
-
-    def __post_init__(self) -> None:
-        if self.seeds < 1 or self.ablation_seeds < 1:
-            raise ConfigError("seeds and ablation_seeds must be >= 1")
-        if any(v < 2 for v in self.views):
-            raise ConfigError(f"views must be >= 2, got {self.views}")
 
 
 @dataclass(frozen=True)
@@ -353,13 +305,7 @@ def render_study(summary: dict[str, Any]) -> str:
     t = summary["teacher"]["knn_weighted"]
     px = summary["pixels"]["knn_weighted"]
     demo = summary["demo"]
-
-    def cell(a: dict[str, Any]) -> str:
-        per = ", ".join(format_pct(v) for v in a["knn_weighted"].values())
-        if len(a["seeds"]) > 1:
-            return f"{format_pct(a['mean'])} ± {format_pct(a['std'])} | {per}"
-        return f"{format_pct(a['mean'])} | {per}"
-
+    cell = _cell
     lines = [
         "# DisCo study",
         "",
@@ -381,6 +327,27 @@ def render_study(summary: dict[str, Any]) -> str:
     for a in summary["arms"]:
         if a["group"] == "main":
             lines.append(f"| {a['label']} | {cell(a)} | {100 * (a['mean'] - base):+.1f} |")
+    lines += _ablations(summary, arms)
+    lines += _cost_section(summary["cost"])
+    lines += ["", "## Goals", ""]
+    lines += [
+        f"- {k.replace('_', ' ')}: **{'yes' if v else 'no'}**" for k, v in summary["goals"].items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(a: dict[str, Any]) -> str:
+    """``mean ± std | per-seed values`` of an arm (percent)."""
+    per = ", ".join(format_pct(v) for v in a["knn_weighted"].values())
+    if len(a["seeds"]) > 1:
+        return f"{format_pct(a['mean'])} ± {format_pct(a['std'])} | {per}"
+    return f"{format_pct(a['mean'])} | {per}"
+
+
+def _ablations(summary: dict[str, Any], arms: dict[str, dict[str, Any]]) -> list[str]:
+    """One table per ablation group (λ, V, head width, weak teacher) against the disco arm."""
+    lines: list[str] = []
+    cell = _cell
     for group, title, note in (
         ("lambda", "DisCo λ", "distillation weight (batch mean of ‖ŝ − t‖², both views)"),
         ("views", "Cached views V against an online teacher", "views per train image"),
@@ -409,8 +376,12 @@ def render_study(summary: dict[str, Any]) -> str:
             first = group_rows[0]["seeds"][0]
             weak = format_pct(arms["mocov2"]["knn_weighted"][first])
             lines.append(f"| the weak teacher itself (mocov2 seed {first}) | {weak} | | |")
-    cost = summary["cost"]
-    lines += ["", "## Cost: cache build against per-run teacher time", ""]
+    return lines
+
+
+def _cost_section(cost: dict[str, Any]) -> list[str]:
+    """The cache's cost: teacher time per run online against each store's build time."""
+    lines = ["", "## Cost: cache build against per-run teacher time", ""]
     if "break_even" in cost:
         lines += [
             f"One cached disco run took {cost['cached_run_s']:.0f} s, the same run with an online "
@@ -425,8 +396,4 @@ def render_study(summary: dict[str, Any]) -> str:
             lines.append(f"| {name} | {b['build_s']:.0f} | {b['runs_to_pay_off']} |")
     else:
         lines.append("(needs the online arm and a measured cache build)")
-    lines += ["", "## Goals", ""]
-    lines += [
-        f"- {k.replace('_', ' ')}: **{'yes' if v else 'no'}**" for k, v in summary["goals"].items()
-    ]
-    return "\n".join(lines) + "\n"
+    return lines

@@ -71,9 +71,8 @@ class FeatureModel(Protocol):
 def _eval_recipe(preprocessing: dict[str, Any], size: int) -> Any:
     """The view recipe used for ``render_center`` at ``size`` px, with the checkpoint's mean/std.
 
-    ``preprocessing["recipe"]`` may be a recipe name, a ``Recipe.to_dict()`` dict, or None (MoCo-v2
-    /
-    torchvision files: the "mocov2" recipe with the recorded ImageNet mean/std).
+    ``preprocessing["recipe"]`` may be a recipe name, a ``Recipe.to_dict()`` dict, or None
+    (MoCo-v2 / torchvision files: the "mocov2" recipe with the recorded ImageNet mean/std).
     """
     named = preprocessing.get("recipe")
     if isinstance(named, dict):
@@ -91,8 +90,7 @@ class EncoderFeatures:
     """Backbone features of a checkpoint (see module docstring).
 
     ``size`` overrides the checkpoint's preprocessing size (pixels). ``info`` is the loader's info
-    dict;
-    ``meta``/``train`` are the checkpoint's free-form dicts (empty for foreign formats).
+    dict; ``meta``/``train`` are the checkpoint's free-form dicts (empty for foreign formats).
     """
 
     def __init__(
@@ -207,9 +205,8 @@ class PixelFeatures:
     """Raw pixels scaled to [0, 1] and flattened: the baseline rows (DESIGN §12).
 
     Images already ``size`` x ``size`` are used as they are; others are resized (shorter side ->
-    size,
-    bilinear) and centre-cropped. ``size=None`` takes the shorter side of the dataset's first image
-    (28 for mnist5k, 8 for digits) — call :meth:`bind` before use.
+    size, bilinear) and centre-cropped. ``size=None`` takes the shorter side of the dataset's first
+    image (28 for mnist5k, 8 for digits) — call :meth:`bind` before use.
     """
 
     method = "pixels"

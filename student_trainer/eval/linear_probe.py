@@ -1,8 +1,8 @@
 """Linear probe: multinomial logistic regression on frozen, standardised features (the papers'
 headline).
 
-Deterministic: zero-initialised weights, a seeded ``torch.Generator`` for the batch order, CPU
-float32.
+Deterministic: zero-initialised weights, a seeded ``torch.Generator`` for the batch order, and
+CPU float32 arithmetic.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ from typing import Any
 from store.atomic import atomic_write_text
 from store.devices import parse_device_name
 from store.errors import ConfigError
+from store.precision import parse_precision
 from student_trainer.train.methods import MethodSpec, get_method
 from student_trainer.train.schedule import scaled_lr
-from teacher_service.precision import parse_precision
 
 __all__ = [
     "MISSING_CHOICES",

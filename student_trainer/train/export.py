@@ -61,8 +61,8 @@ def export_deployed(
 ) -> dict[str, str]:
     """Write ``deployed.pt``, ``deployed.safetensors`` (if ``safetensors`` is installed) and
     ``deployed.json`` into ``out`` (each atomically); returns ``{"pt", "json"[, "safetensors"]}``
-    paths. ``deployed`` is a head-less student
-    (:func:`student_trainer.train.models.deployed_backbone`).
+    paths. ``deployed`` is a head-less student (see
+    :func:`student_trainer.train.models.deployed_backbone`).
     """
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,7 @@ from store.embedding_store import EmbeddingStore
 from store.errors import CheckpointError, ConfigError, DiscoError
 from store.manifest import build_manifest
 from store.memory import InMemoryStore
+from store.precision import compute_dtype
 from store.relocate import open_moved_dataset
 from store.runtime import (
     autocast,
@@ -95,7 +96,6 @@ from student_trainer.train.models import (
 from student_trainer.train.schedule import cosine_lr
 from teacher_service.checkpoint import atomic_torch_save, save_checkpoint
 from teacher_service.encoders import TIMM_PREFIX, Encoder, count_parameters
-from teacher_service.precision import compute_dtype
 from teacher_service.sources import TeacherModel, load_teacher, to_pixels
 
 __all__ = ["STATE_FORMAT", "NonFiniteLossError", "TrainResult", "train"]

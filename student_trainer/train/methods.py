@@ -4,8 +4,8 @@ Every method runs through :class:`student_trainer.train.moco.MoCo`; a :class:`Me
 whether it trains MoCo's InfoNCE (momentum key encoder + key queue), whether it needs teacher
 targets (from a store or an online teacher), whether it keeps SEED's queue of teacher embeddings,
 and its teacher loss. Adding a method is one entry in :data:`METHODS` plus its loss function (in
-``student_trainer.train.losses``). Importing this module imports no torch (the CLI's help lists
-methods).
+``student_trainer.train.losses``). Importing this module imports no torch: the CLI's help lists
+the methods.
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from store.precision import compute_dtype
 from store.runtime import autocast, prepare_model, resolve_device, to_device
 from store.views import Recipe
 from teacher_service.checkpoint import recipe_for
-from teacher_service.precision import compute_dtype
 from teacher_service.sources import TeacherModel, load_teacher, to_pixels
 
 __all__ = ["TeacherRuntime", "load_runtime"]
@@ -102,7 +102,7 @@ def load_runtime(
     The recipe is ``recipe`` / ``size`` (px) where given, else the teacher's recorded ones
     (:func:`teacher_service.checkpoint.recipe_for`, the rule precompute uses too; a timm:/hf:/
     open_clip:/py: teacher: ``mocov2`` at its input size). ``precision`` is ``fp32|bf16|fp16``
-    (:mod:`teacher_service.precision`; bf16/fp16 need CUDA). Raises ``CheckpointError`` /
+    (:mod:`store.precision`; bf16/fp16 need CUDA). Raises ``CheckpointError`` /
     ``ConfigError``.
     """
     if threads is not None:

@@ -18,9 +18,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from store.precision import parse_precision
 from store.remote import is_remote
 from teacher_service.config import parse_teacher
-from teacher_service.precision import parse_precision
 
 __all__ = ["ServiceSettings", "get_settings", "settings_reference"]
 
