@@ -434,7 +434,7 @@ class EmbeddingStore:
         # Two processes may attach at once (a batch job and the service): one creates the
         # arrays, the other then sees its record.
         with store_lock(self._url, timeout=None):
-            self.refresh()
+            self.refresh(force=True)
             self._attach(teacher, dim, dtype, features_dim, int8_scale)
 
     def _attach(
@@ -505,7 +505,7 @@ class EmbeddingStore:
         if len(rows) == 0:
             return
         with store_lock(self._url, timeout=None):
-            self.refresh()
+            self.refresh(force=True)
             mgroup: Any = self._group["manifest"]
             valid = np.asarray(mgroup["valid"][: self.n], dtype=bool)
             valid[rows] = False
@@ -737,7 +737,7 @@ class EmbeddingStore:
         todo = log.shards() if shards is None else list(shards)
         for s in todo:
             with shard_lock(self._url, s):
-                self.sync()
+                self.refresh()
                 empty = np.zeros(0, np.int64)
                 self._update_shard(s, empty, empty, np.zeros((0, self.dim or 0)), None, False)
         return len(todo)
@@ -760,10 +760,24 @@ class EmbeddingStore:
         q = np.rint(block.astype(np.float32) / scale)
         return np.clip(q, -127, 127).astype(np.int8)
 
-    def refresh(self) -> bool:
-        """Re-read the group attrs from storage (another process may have appended rows or
-        attached the teacher); drop the cached manifest, plan and array handles when N or the
-        teacher changed. Returns True when they did."""
+    def refresh(self, force: bool = False) -> bool:
+        """See the store's newest state (the one freshness mechanism: another process may have
+        appended rows, attached the teacher or marked rows invalid). Drops the cached manifest,
+        plan and array handles when N or the teacher changed and returns True then. Cheap when
+        N and the teacher are unchanged on a local store (it reads the root ``zarr.json``), so
+        every write calls it under its shard lock; ``force`` (and object storage) re-opens the
+        group, for callers about to read-modify-write group attrs under the store lock."""
+        if is_local(self._url) and not force:
+            try:
+                meta = json.loads((Path(local_path(self._url)) / "zarr.json").read_text())
+                attrs = meta["attributes"]
+                same = _get_path(attrs, "dataset.n") == self.n and attrs.get(
+                    "teacher"
+                ) == self._attrs.get("teacher")
+            except (OSError, ValueError, KeyError, TypeError):
+                same = False
+            if same:
+                return False
         group = zarr.open_group(
             open_zarr_store(
                 self._url, read_only=self._mode == "r", storage_options=self._storage_options
@@ -785,21 +799,6 @@ class EmbeddingStore:
             self._scale_cache = None
         return changed
 
-    def sync(self) -> None:
-        """Catch up with an append that ran since this handle was opened (cached array shapes
-        would cut the grown last shard); every write calls it under its shard lock. Cheap (reads
-        the root ``zarr.json``); local stores only: a remote store is appended with no writer
-        running (README)."""
-        if not is_local(self._url):
-            return
-        try:
-            meta = json.loads((Path(local_path(self._url)) / "zarr.json").read_text())
-            n = int(meta["attributes"]["dataset"]["n"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return
-        if n != self.n:
-            self.refresh()
-
     def write_shard(
         self,
         s: int,
@@ -815,7 +814,7 @@ class EmbeddingStore:
         the data writes returned."""
         self._require_writable()
         with shard_lock(self._url, s):
-            self.sync()
+            self.refresh()
             a, b = self.shard_bounds(s)
             n, v, d = b - a, self.views, self.dim
             emb = np.asarray(embeddings)
@@ -861,7 +860,7 @@ class EmbeddingStore:
         slots written."""
         self._require_writable()
         with shard_lock(self._url, s):
-            self.sync()
+            self.refresh()
             a, b = self.shard_bounds(s)
             n, v, d = b - a, self.views, self.dim
             emb = np.asarray(embeddings)
@@ -924,7 +923,7 @@ class EmbeddingStore:
         for s in np.unique(shards).tolist():
             sel = np.flatnonzero(shards == s)
             with shard_lock(self._url, s):
-                self.sync()
+                self.refresh()
                 a = s * self.shard_size
                 rows, views, f_sel = idx[sel] - a, vw[sel], None if f16 is None else f16[sel]
                 if self._slotlog() is None:  # fsspec URL: rewrite the shard

@@ -449,9 +449,7 @@ class StorePlan:
                 None, self._read_params(start, int(rows.max()) + 1)[local, views], ones
             )
         if self.fill_dim is not None and self.store.teacher is None:
-            fresh = type(self.store).open(self.store.url)  # the service attaches a teacher at
-            if fresh.teacher is not None:  # its first write-through
-                self.store = fresh
+            self.store.refresh()  # the service attaches a teacher at its first write-through
         if self.store.teacher is None:  # lazy fill before the service's first write: zeros
             assert self.fill_dim is not None
             params = self._read_params(start, int(rows.max()) + 1)[local, views]

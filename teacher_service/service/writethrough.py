@@ -54,7 +54,7 @@ def open_target(registry: StoreRegistry, name: str, runtime: TeacherRuntime) -> 
     """
     with registry.lock(name):
         store = registry.writer(name)
-        store.sync()  # rows appended by `disco store append` since the writer was opened
+        store.refresh()  # rows appended by `disco store append` since the writer was opened
         _check_teacher(store.teacher, runtime, name)
         store.check_render()
         manifest = store.manifest
