@@ -236,15 +236,7 @@ class EmbeddingStore:
         """
         single_writer_acknowledged(url, single_writer)
         n = len(manifest)
-        if views < 1:
-            raise ConfigError(f"views must be >= 1, got {views}")
-        if shard_size < 1:
-            raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
-        # One inner chunk per shard by default: fastest whole-shard I/O (bench/store_io.py).
-        chunk = shard_size if chunk_size is None else chunk_size
-        if chunk < 1 or shard_size % chunk:
-            raise ConfigError(f"chunk_size {chunk} must divide shard_size {shard_size}")
-        _compressors(codec)
+        chunk = _check_layout(views, shard_size, chunk_size, codec)
         if params is None:
             params = plan_views(recipe, seed, manifest.heights, manifest.widths, views, progress)
         params = np.asarray(params, dtype=np.float32)
@@ -253,73 +245,36 @@ class EmbeddingStore:
                 f"params shape {params.shape} != (N, V, P) = {(n, views, recipe.num_params)}"
             )
         render = render_record(recipe)  # before the group exists: readers wait for its attrs
-        if is_remote(url) and protocol(url) != "memory":
-            _probe_remote(url, "cannot create store at", storage_options)
-        zstore = open_zarr_store(url, read_only=False, storage_options=storage_options)
-        try:
-            with storage_errors(url, "cannot create store at"):
-                exists = zarr.open_group(zstore, mode="r") is not None
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
-            exists = False
-        if exists and not overwrite:
-            raise StoreError(f"a store already exists at {url!r} (use overwrite)")
-        group = zarr.open_group(zstore, mode="w")
-        mgroup = group.create_group("manifest")
-        rows = max(1, min(n, 1 << 16))
-        for name in _MANIFEST_FIELDS:
-            arr = np.asarray(getattr(manifest, name))
-            if name == "sha256":
-                arr = sha256_to_bytes(arr)
-            if arr.dtype.kind == "U":  # keys: no core-spec string type exists
-                za = mgroup.create_array(name, shape=(n,), chunks=(rows,), dtype=str)
-            else:
-                za = mgroup.create_array(
-                    name,
-                    shape=arr.shape,
-                    chunks=(rows, *arr.shape[1:]),
-                    dtype=arr.dtype,
-                    compressors=None,  # zarr's default (zstd) is not a core-spec codec
-                )
-            if n:
-                za[:] = arr
-        mgroup.attrs.update({"errors": dict(manifest.errors)})
-        vgroup = group.create_group("views")
-        pa = vgroup.create_array(
-            "params",
-            shape=params.shape,
-            chunks=(shard_size, views, recipe.num_params),
-            dtype="float32",
-            compressors=None,
-            fill_value=0.0,
+        group = _new_group(url, overwrite, storage_options)
+        _write_manifest(group, manifest)
+        _write_params(group, params, shard_size)
+        group.attrs.update(
+            {
+                "schema": SCHEMA,
+                "dataset": {
+                    "spec": manifest.dataset,
+                    "split": manifest.split,
+                    "n": n,
+                    "manifest_hash": manifest.hash,
+                    "row_order": manifest.row_order,
+                    "validity": manifest.validity,
+                },
+                "recipe": {**recipe.to_dict(), "seed": int(seed), "views": int(views)},
+                "teacher": None,
+                "storage": {
+                    "dtype": None,
+                    "shard_size": int(shard_size),
+                    "chunk_size": int(chunk),
+                    "codec": codec,
+                    # Single-slot writes of a local store: store.slotlog records under this
+                    # folder, applied over the shard files by every reader of this code (disco
+                    # store compact merges them for plain zarr readers).
+                    "slot_log": WAL_DIR,
+                },
+                "versions": _versions(),
+                "render": render,
+            }
         )
-        if n:
-            pa[:] = params
-        attrs: dict[str, Any] = {
-            "schema": SCHEMA,
-            "dataset": {
-                "spec": manifest.dataset,
-                "split": manifest.split,
-                "n": n,
-                "manifest_hash": manifest.hash,
-                "row_order": manifest.row_order,
-                "validity": manifest.validity,
-            },
-            "recipe": {**recipe.to_dict(), "seed": int(seed), "views": int(views)},
-            "teacher": None,
-            "storage": {
-                "dtype": None,
-                "shard_size": int(shard_size),
-                "chunk_size": int(chunk),
-                "codec": codec,
-                # Single-slot writes of a local store: store.slotlog records under this folder,
-                # applied over the shard files by every reader of this code (disco store compact
-                # merges them for plain zarr readers).
-                "slot_log": WAL_DIR,
-            },
-            "versions": _versions(),
-            "render": render,
-        }
-        group.attrs.update(attrs)
         store = cls(url, group, "r+")
         store._storage_options = None if storage_options is None else dict(storage_options)
         store._manifest = manifest
@@ -1104,3 +1059,72 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _check_layout(views: int, shard_size: int, chunk_size: int | None, codec: str) -> int:
+    """Check a new store's layout options; returns the inner chunk's rows (default: one chunk
+    per shard, the fastest whole-shard I/O in bench/store_io.py). Raises ConfigError."""
+    if views < 1:
+        raise ConfigError(f"views must be >= 1, got {views}")
+    if shard_size < 1:
+        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
+    chunk = shard_size if chunk_size is None else chunk_size
+    if chunk < 1 or shard_size % chunk:
+        raise ConfigError(f"chunk_size {chunk} must divide shard_size {shard_size}")
+    _compressors(codec)
+    return chunk
+
+
+def _new_group(url: str, overwrite: bool, storage_options: Mapping[str, Any] | None) -> zarr.Group:
+    """An empty root group at ``url``; StoreError if a store exists there and not ``overwrite``."""
+    if is_remote(url) and protocol(url) != "memory":
+        _probe_remote(url, "cannot create store at", storage_options)
+    zstore = open_zarr_store(url, read_only=False, storage_options=storage_options)
+    try:
+        with storage_errors(url, "cannot create store at"):
+            exists = zarr.open_group(zstore, mode="r") is not None
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
+        exists = False
+    if exists and not overwrite:
+        raise StoreError(f"a store already exists at {url!r} (use overwrite)")
+    return zarr.open_group(zstore, mode="w")
+
+
+def _write_manifest(group: zarr.Group, manifest: Manifest) -> None:
+    """``manifest/*``: one (N, ...) array per manifest field in 65,536-row chunks (sha256 as
+    (N, 32) uint8, keys as strings) and the unusable samples' reasons in the ``errors`` attr."""
+    n = len(manifest)
+    mgroup = group.create_group("manifest")
+    rows = max(1, min(n, 1 << 16))
+    for name in _MANIFEST_FIELDS:
+        arr = np.asarray(getattr(manifest, name))
+        if name == "sha256":
+            arr = sha256_to_bytes(arr)
+        if arr.dtype.kind == "U":  # keys: no core-spec string type exists
+            za = mgroup.create_array(name, shape=(n,), chunks=(rows,), dtype=str)
+        else:
+            za = mgroup.create_array(
+                name,
+                shape=arr.shape,
+                chunks=(rows, *arr.shape[1:]),
+                dtype=arr.dtype,
+                compressors=None,  # zarr's default (zstd) is not a core-spec codec
+            )
+        if n:
+            za[:] = arr
+    mgroup.attrs.update({"errors": dict(manifest.errors)})
+
+
+def _write_params(group: zarr.Group, params: np.ndarray, shard_size: int) -> None:
+    """``views/params``: the (N, V, P) float32 view plan, chunked by shard."""
+    vgroup = group.create_group("views")
+    pa = vgroup.create_array(
+        "params",
+        shape=params.shape,
+        chunks=(shard_size, *params.shape[1:]),
+        dtype="float32",
+        compressors=None,
+        fill_value=0.0,
+    )
+    if len(params):
+        pa[:] = params
