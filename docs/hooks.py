@@ -30,10 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Guides written under other issues: a stand-in page is generated only while the file is absent.
 PENDING_GUIDES = {
-    "guides/imagenet.md": ("ImageNet-sized distillation on several GPUs", 23),
-    "guides/production.md": ("The service in production", 25),
-    "guides/data.md": ("Your data", 24),
-    "guides/object-storage.md": ("Object storage", 24),
+    "guides/several-teachers.md": ("Several teachers, one store", 28),
 }
 
 _MARKER = re.compile(r"^<!-- gen:(?P<kind>[a-z-]+)(?: (?P<arg>[\w.]+))? -->$", re.MULTILINE)

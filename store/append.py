@@ -162,7 +162,7 @@ def append_rows(
     )
     n_new = len(grown)
     with store_lock(url, timeout=lock_timeout):
-        store.refresh()
+        store.refresh(force=True)
         if store.n != n_old:
             raise StoreError(f"store {url!r} changed while append prepared; run it again")
         _resize(store, grown, n_old, params)
@@ -179,7 +179,7 @@ def append_rows(
                          "manifest_hash": grown.hash}  # fmt: skip
         # Last: until the new N is recorded, readers see the old store.
         store.group.attrs.update({"dataset": dataset_attrs, "history": history})
-        store.refresh()
+        store.refresh(force=True)
     return AppendReport(
         store=url,
         dataset=ds.spec,

@@ -264,15 +264,7 @@ class EmbeddingStore:
         """
         single_writer_acknowledged(url, single_writer)
         n = len(manifest)
-        if views < 1:
-            raise ConfigError(f"views must be >= 1, got {views}")
-        if shard_size < 1:
-            raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
-        # One inner chunk per shard by default: fastest whole-shard I/O (bench/store_io.py).
-        chunk = shard_size if chunk_size is None else chunk_size
-        if chunk < 1 or shard_size % chunk:
-            raise ConfigError(f"chunk_size {chunk} must divide shard_size {shard_size}")
-        _compressors(codec)
+        chunk = _check_layout(views, shard_size, chunk_size, codec)
         if params is None:
             params = plan_views(recipe, seed, manifest.heights, manifest.widths, views, progress)
         params = np.asarray(params, dtype=np.float32)
@@ -281,73 +273,36 @@ class EmbeddingStore:
                 f"params shape {params.shape} != (N, V, P) = {(n, views, recipe.num_params)}"
             )
         render = render_record(recipe)  # before the group exists: readers wait for its attrs
-        if is_remote(url) and protocol(url) != "memory":
-            _probe_remote(url, "cannot create store at", storage_options)
-        zstore = open_zarr_store(url, read_only=False, storage_options=storage_options)
-        try:
-            with storage_errors(url, "cannot create store at"):
-                exists = zarr.open_group(zstore, mode="r") is not None
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
-            exists = False
-        if exists and not overwrite:
-            raise StoreError(f"a store already exists at {url!r} (use overwrite)")
-        group = zarr.open_group(zstore, mode="w")
-        mgroup = group.create_group("manifest")
-        rows = max(1, min(n, 1 << 16))
-        for name in _MANIFEST_FIELDS:
-            arr = np.asarray(getattr(manifest, name))
-            if name == "sha256":
-                arr = sha256_to_bytes(arr)
-            if arr.dtype.kind == "U":  # keys: no core-spec string type exists
-                za = mgroup.create_array(name, shape=(n,), chunks=(rows,), dtype=str)
-            else:
-                za = mgroup.create_array(
-                    name,
-                    shape=arr.shape,
-                    chunks=(rows, *arr.shape[1:]),
-                    dtype=arr.dtype,
-                    compressors=None,  # zarr's default (zstd) is not a core-spec codec
-                )
-            if n:
-                za[:] = arr
-        mgroup.attrs.update({"errors": dict(manifest.errors)})
-        vgroup = group.create_group("views")
-        pa = vgroup.create_array(
-            "params",
-            shape=params.shape,
-            chunks=(shard_size, views, recipe.num_params),
-            dtype="float32",
-            compressors=None,
-            fill_value=0.0,
+        group = _new_group(url, overwrite, storage_options)
+        _write_manifest(group, manifest)
+        _write_params(group, params, shard_size)
+        group.attrs.update(
+            {
+                "schema": SCHEMA,
+                "dataset": {
+                    "spec": manifest.dataset,
+                    "split": manifest.split,
+                    "n": n,
+                    "manifest_hash": manifest.hash,
+                    "row_order": manifest.row_order,
+                    "validity": manifest.validity,
+                },
+                "recipe": {**recipe.to_dict(), "seed": int(seed), "views": int(views)},
+                "teacher": None,
+                "storage": {
+                    "dtype": None,
+                    "shard_size": int(shard_size),
+                    "chunk_size": int(chunk),
+                    "codec": codec,
+                    # Single-slot writes of a local store: store.slotlog records under this
+                    # folder, applied over the shard files by every reader of this code (disco
+                    # store compact merges them for plain zarr readers).
+                    "slot_log": WAL_DIR,
+                },
+                "versions": _versions(),
+                "render": render,
+            }
         )
-        if n:
-            pa[:] = params
-        attrs: dict[str, Any] = {
-            "schema": SCHEMA,
-            "dataset": {
-                "spec": manifest.dataset,
-                "split": manifest.split,
-                "n": n,
-                "manifest_hash": manifest.hash,
-                "row_order": manifest.row_order,
-                "validity": manifest.validity,
-            },
-            "recipe": {**recipe.to_dict(), "seed": int(seed), "views": int(views)},
-            "teacher": None,
-            "storage": {
-                "dtype": None,
-                "shard_size": int(shard_size),
-                "chunk_size": int(chunk),
-                "codec": codec,
-                # Single-slot writes of a local store: store.slotlog records under this folder,
-                # applied over the shard files by every reader of this code (disco store compact
-                # merges them for plain zarr readers).
-                "slot_log": WAL_DIR,
-            },
-            "versions": _versions(),
-            "render": render,
-        }
-        group.attrs.update(attrs)
         store = cls(url, group, "r+", target)
         store._storage_options = None if storage_options is None else dict(storage_options)
         store._manifest = manifest
@@ -473,7 +428,7 @@ class EmbeddingStore:
         # Two processes may attach at once (a batch job and the service): one creates the
         # arrays, the other then sees its record.
         with store_lock(self._url, timeout=None):
-            self.refresh()
+            self.refresh(force=True)
             self._attach(teacher, dim, dtype, features_dim, int8_scale)
 
     def _attach(
@@ -562,7 +517,7 @@ class EmbeddingStore:
         if len(rows) == 0:
             return
         with store_lock(self._url, timeout=None):
-            self.refresh()
+            self.refresh(force=True)
             mgroup: Any = self._group["manifest"]
             valid = np.asarray(mgroup["valid"][: self.n], dtype=bool)
             valid[rows] = False
@@ -878,7 +833,7 @@ class EmbeddingStore:
         todo = log.shards() if shards is None else list(shards)
         for s in todo:
             with shard_lock(self._url, s):
-                self.sync()
+                self.refresh()
                 empty = np.zeros(0, np.int64)
                 self._update_shard(s, empty, empty, np.zeros((0, self.dim or 0)), None, False)
         return len(todo)
@@ -901,10 +856,27 @@ class EmbeddingStore:
         q = np.rint(block.astype(np.float32) / scale)
         return np.clip(q, -127, 127).astype(np.int8)
 
-    def refresh(self) -> bool:
-        """Re-read the group attrs from storage (another process may have appended rows or
-        attached the teacher); drop the cached manifest, plan and array handles when N or the
-        teacher changed. Returns True when they did."""
+    def refresh(self, force: bool = False) -> bool:
+        """See the store's newest state (the one freshness mechanism: another process may have
+        appended rows, attached the teacher or marked rows invalid). Drops the cached manifest,
+        plan and array handles when N or the teacher changed and returns True then. Cheap when
+        N and the teacher are unchanged on a local store (it reads the root ``zarr.json``), so
+        every write calls it under its shard lock; ``force`` (and object storage) re-opens the
+        group, for callers about to read-modify-write group attrs under the store lock."""
+        if is_local(self._url) and not force:
+            try:
+                meta = json.loads((Path(local_path(self._url)) / "zarr.json").read_text())
+                attrs = meta["attributes"]
+                # the teachers as stored (the root one and every targets/NAME record)
+                same = (
+                    _get_path(attrs, "dataset.n") == self.n
+                    and attrs.get("teacher") == self._raw.get("teacher")
+                    and attrs.get("targets") == self._raw.get("targets")
+                )
+            except (OSError, ValueError, KeyError, TypeError):
+                same = False
+            if same:
+                return False
         group = zarr.open_group(
             open_zarr_store(
                 self._url, read_only=self._mode == "r", storage_options=self._storage_options
@@ -924,21 +896,6 @@ class EmbeddingStore:
             self._scale_cache = None
         return changed
 
-    def sync(self) -> None:
-        """Catch up with an append that ran since this handle was opened (cached array shapes
-        would cut the grown last shard); every write calls it under its shard lock. Cheap (reads
-        the root ``zarr.json``); local stores only: a remote store is appended with no writer
-        running (README)."""
-        if not is_local(self._url):
-            return
-        try:
-            meta = json.loads((Path(local_path(self._url)) / "zarr.json").read_text())
-            n = int(meta["attributes"]["dataset"]["n"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return
-        if n != self.n:
-            self.refresh()
-
     def write_shard(
         self,
         s: int,
@@ -954,7 +911,7 @@ class EmbeddingStore:
         the data writes returned."""
         self._require_writable()
         with shard_lock(self._url, s):
-            self.sync()
+            self.refresh()
             a, b = self.shard_bounds(s)
             n, v, d = b - a, self.views, self.dim
             emb = np.asarray(embeddings)
@@ -1000,7 +957,7 @@ class EmbeddingStore:
         slots written."""
         self._require_writable()
         with shard_lock(self._url, s):
-            self.sync()
+            self.refresh()
             a, b = self.shard_bounds(s)
             n, v, d = b - a, self.views, self.dim
             emb = np.asarray(embeddings)
@@ -1063,7 +1020,7 @@ class EmbeddingStore:
         for s in np.unique(shards).tolist():
             sel = np.flatnonzero(shards == s)
             with shard_lock(self._url, s):
-                self.sync()
+                self.refresh()
                 a = s * self.shard_size
                 rows, views, f_sel = idx[sel] - a, vw[sel], None if f16 is None else f16[sel]
                 if self._slotlog() is None:  # fsspec URL: rewrite the shard
@@ -1244,3 +1201,72 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _check_layout(views: int, shard_size: int, chunk_size: int | None, codec: str) -> int:
+    """Check a new store's layout options; returns the inner chunk's rows (default: one chunk
+    per shard, the fastest whole-shard I/O in bench/store_io.py). Raises ConfigError."""
+    if views < 1:
+        raise ConfigError(f"views must be >= 1, got {views}")
+    if shard_size < 1:
+        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
+    chunk = shard_size if chunk_size is None else chunk_size
+    if chunk < 1 or shard_size % chunk:
+        raise ConfigError(f"chunk_size {chunk} must divide shard_size {shard_size}")
+    _compressors(codec)
+    return chunk
+
+
+def _new_group(url: str, overwrite: bool, storage_options: Mapping[str, Any] | None) -> zarr.Group:
+    """An empty root group at ``url``; StoreError if a store exists there and not ``overwrite``."""
+    if is_remote(url) and protocol(url) != "memory":
+        _probe_remote(url, "cannot create store at", storage_options)
+    zstore = open_zarr_store(url, read_only=False, storage_options=storage_options)
+    try:
+        with storage_errors(url, "cannot create store at"):
+            exists = zarr.open_group(zstore, mode="r") is not None
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
+        exists = False
+    if exists and not overwrite:
+        raise StoreError(f"a store already exists at {url!r} (use overwrite)")
+    return zarr.open_group(zstore, mode="w")
+
+
+def _write_manifest(group: zarr.Group, manifest: Manifest) -> None:
+    """``manifest/*``: one (N, ...) array per manifest field in 65,536-row chunks (sha256 as
+    (N, 32) uint8, keys as strings) and the unusable samples' reasons in the ``errors`` attr."""
+    n = len(manifest)
+    mgroup = group.create_group("manifest")
+    rows = max(1, min(n, 1 << 16))
+    for name in _MANIFEST_FIELDS:
+        arr = np.asarray(getattr(manifest, name))
+        if name == "sha256":
+            arr = sha256_to_bytes(arr)
+        if arr.dtype.kind == "U":  # keys: no core-spec string type exists
+            za = mgroup.create_array(name, shape=(n,), chunks=(rows,), dtype=str)
+        else:
+            za = mgroup.create_array(
+                name,
+                shape=arr.shape,
+                chunks=(rows, *arr.shape[1:]),
+                dtype=arr.dtype,
+                compressors=None,  # zarr's default (zstd) is not a core-spec codec
+            )
+        if n:
+            za[:] = arr
+    mgroup.attrs.update({"errors": dict(manifest.errors)})
+
+
+def _write_params(group: zarr.Group, params: np.ndarray, shard_size: int) -> None:
+    """``views/params``: the (N, V, P) float32 view plan, chunked by shard."""
+    vgroup = group.create_group("views")
+    pa = vgroup.create_array(
+        "params",
+        shape=params.shape,
+        chunks=(shard_size, *params.shape[1:]),
+        dtype="float32",
+        compressors=None,
+        fill_value=0.0,
+    )
+    if len(params):
+        pa[:] = params

@@ -24,13 +24,5 @@ if TYPE_CHECKING:
 
 __all__ = ["METHODS", "MethodSpec", "TrainConfig", "TrainResult", "get_method"]
 
-__getattr__, __dir__ = lazy_exports(
-    __name__,
-    {
-        "METHODS": "student_trainer.train.methods",
-        "MethodSpec": "student_trainer.train.methods",
-        "TrainConfig": "student_trainer.train.config",
-        "TrainResult": "student_trainer.train.loop",
-        "get_method": "student_trainer.train.methods",
-    },
-)
+# resolved through student_trainer.train's own lazy exports (one map of where each name lives)
+__getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(__all__, "student_trainer.train"))

@@ -449,8 +449,8 @@ class StorePlan:
                 None, self._read_params(start, int(rows.max()) + 1)[local, views], ones
             )
         if self.fill_dim is not None and self.store.teacher is None:
-            # the service attaches a teacher at its first write-through (re-read for this
-            # handle's teacher: in a store of several, another one may be there already)
+            # the service attaches a teacher at its first write-through (this handle's teacher:
+            # in a store of several, another one may be there already)
             self.store.refresh()
         if self.store.teacher is None:  # lazy fill before the service's first write: zeros
             assert self.fill_dim is not None

@@ -158,38 +158,12 @@ async def create_embeddings(
     started = time.perf_counter()
     parsed = await _parse(request, settings)
     parsed_at = time.perf_counter()
-    rows = check_request(parsed, settings)
-    try:
-        batcher.reserve(rows)  # refuse overload before decoding anything
-        try:
-            name, teacher_name = parsed.options.store, parsed.options.target
-            target = None
-            if name is not None:
-                target = await run_in_threadpool(open_target, stores, name, runtime, teacher_name)
-            loop = asyncio.get_running_loop()
-            renderer = resolve_renderer(settings.renderer, runtime.device)
-            prepared = await loop.run_in_executor(
-                prep_pool,
-                prepare,
-                parsed,
-                runtime.recipe,
-                target,
-                settings,
-                renderer,
-                runtime.device,
-            )
-        finally:
-            batcher.release(rows)
-        prepared_at = time.perf_counter()
-        futures = batcher.submit(prepared.rows)
-    except QueueFullError as exc:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            detail=str(exc),
-            headers={"Retry-After": str(settings.retry_after_s)},
-        ) from None
-    except BatcherClosedError as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from None
+    name = parsed.options.store
+    renderer = resolve_renderer(settings.renderer, runtime.device)
+    prepared, futures = await _admit(
+        parsed, runtime, batcher, settings, stores, prep_pool, renderer
+    )
+    prepared_at = time.perf_counter()
     try:
         results = await _results(request, batcher, futures)
     except ClientGoneError:
@@ -203,27 +177,14 @@ async def create_embeddings(
         # lists every (renderer, device type) that produced any of its targets.
         await run_in_threadpool(stores.record_renderer, name, renderer, runtime.device)
         await run_in_threadpool(
-            write_slots, stores, name, runtime, prepared.slots, vectors, teacher_name
+            write_slots, stores, name, runtime, prepared.slots, vectors, parsed.options.target
         )
         metrics.store_writes.inc(len(prepared.slots))
     out = vectors.reshape(*prepared.shape, vectors.shape[-1])
-    queue_ms = 1000 * max(r.queue_s for r in results)
-    inference_ms = 1000 * max(r.inference_s for r in results)
-    batch = max(r.batch_size for r in results)
-    access = {
-        "images": prepared.shape[0],
-        "rows": len(results),
-        "queue_ms": round(queue_ms, 3),
-        "inference_ms": round(inference_ms, 3),
-        "batch_size": batch,
-        "store": name,
-        # Where the rest of the request's time went (ms): read + parse the body, decode +
-        # render (incl. the wait for a prep thread), submit -> all rows back (queue + model +
-        # hand-off), the store write and the response encoding.
-        "parse_ms": round(1000 * (parsed_at - started), 3),
-        "prep_ms": round(1000 * (prepared_at - parsed_at), 3),
-        "wait_ms": round(1000 * (done_at - prepared_at), 3),
-    }
+    access = _access_record(
+        results, prepared.shape[0], name, (started, parsed_at, prepared_at, done_at)
+    )
+    queue_ms, inference_ms, batch = access["queue_ms"], access["inference_ms"], access["batch_size"]
     request.state.access = access  # the app's guard middleware writes the access line
     headers = {
         "x-queue-time": f"{queue_ms:.3f}",
@@ -276,4 +237,72 @@ async def model_info(runtime: RuntimeDep, settings: SettingsDep) -> dict[str, An
         "max_images": settings.max_images,
         "max_views": settings.max_views,
         "max_pixels": settings.max_pixels,
+    }
+
+
+async def _admit(
+    parsed: Any,
+    runtime: Any,
+    batcher: Any,
+    settings: Any,
+    stores: Any,
+    prep_pool: Any,
+    renderer: str,
+) -> tuple[Any, list[Any]]:
+    """Reserve the request's rows in the batcher (429 when over the queue, before anything is
+    decoded), decode + render them in the prep pool (with the write-through target's view
+    params when ``store`` is set) and submit them; returns (prepared request, row futures).
+    A batcher shutting down is a 503."""
+    rows = check_request(parsed, settings)
+    try:
+        batcher.reserve(rows)  # refuse overload before decoding anything
+        try:
+            name = parsed.options.store
+            target = None
+            if name is not None:
+                target = await run_in_threadpool(
+                    open_target, stores, name, runtime, parsed.options.target
+                )
+            loop = asyncio.get_running_loop()
+            prepared = await loop.run_in_executor(
+                prep_pool,
+                prepare,
+                parsed,
+                runtime.recipe,
+                target,
+                settings,
+                renderer,
+                runtime.device,
+            )
+        finally:
+            batcher.release(rows)
+        return prepared, batcher.submit(prepared.rows)
+    except QueueFullError as exc:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=str(exc),
+            headers={"Retry-After": str(settings.retry_after_s)},
+        ) from None
+    except BatcherClosedError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from None
+
+
+def _access_record(
+    results: list[Any], images: int, store: str | None, marks: tuple[float, float, float, float]
+) -> dict[str, Any]:
+    """The request's access-log fields: queue/inference ms of its slowest row, its largest model
+    batch, and where the rest of the time went (ms) between the ``marks`` (started, parsed,
+    prepared, done): read + parse the body, decode + render (incl. the wait for a prep thread),
+    submit -> all rows back (queue + model + hand-off)."""
+    started, parsed_at, prepared_at, done_at = marks
+    return {
+        "images": images,
+        "rows": len(results),
+        "queue_ms": round(1000 * max(r.queue_s for r in results), 3),
+        "inference_ms": round(1000 * max(r.inference_s for r in results), 3),
+        "batch_size": max(r.batch_size for r in results),
+        "store": store,
+        "parse_ms": round(1000 * (parsed_at - started), 3),
+        "prep_ms": round(1000 * (prepared_at - parsed_at), 3),
+        "wait_ms": round(1000 * (done_at - prepared_at), 3),
     }

@@ -51,19 +51,19 @@ def open_target(
     """Open teacher ``target`` (None: the only one) of store ``name`` for write-through and check
     it is this service's teacher (blocking; run in a thread).
 
-    Raises the registry's name errors, 409 when the store holds several teachers and target
+    Raises the registry's name errors, 409 when the store holds several teachers and ``target``
     names none of them, and ``StoreMismatchError`` when another teacher's embeddings are
     attached or this install renders the store's views differently (``render.fingerprint``).
     """
     with registry.lock(name):
+        store = registry.writer(name, target)
+        # rows appended by `disco store append`, or (no target named) another teacher added,
+        # since the writer was opened
+        store.refresh()
         try:
-            store = registry.writer(name, target)
-            if target is None:  # "the only teacher": another may have been added meanwhile
-                store.refresh()
             store.require_target()
-        except StoreError as exc:  # several teachers and none named, or no such teacher
+        except StoreError as exc:  # several teachers and none named
             raise StoreMismatchError("target", "a teacher of the store", target, str(exc)) from None
-        store.sync()  # rows appended by `disco store append` since the writer was opened
         _check_teacher(store.teacher, runtime, name)
         store.check_render()
         manifest = store.manifest
