@@ -101,7 +101,8 @@ def test_each_teacher_resumes_after_sigkill(teachers: list[Path], tmp_path: Path
     run_precompute(config(teachers[1], ref, dataset=SMALL))
     root_before = target_files(store, None)
     cfg = config(teachers[1], store, target="b", dataset=SMALL)
-    proc = run_child(cfg, {"at": "forward", "n": 5})  # SIGKILL inside shard 2's compute
+    # SIGKILL inside the 2nd shard write, after its data and before its mask
+    proc = run_child(cfg, {"at": "write", "n": 2})
     proc.communicate(timeout=240)
     assert proc.returncode == -9
     b = EmbeddingStore.open(str(store), target="b")
