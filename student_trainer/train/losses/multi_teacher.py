@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from student_trainer.train.losses.seed import seed_loss
+
 __all__ = ["multi_teacher_loss", "multi_teacher_seed_loss", "teacher_present"]
 
 
@@ -114,8 +116,6 @@ def multi_teacher_seed_loss(
     (:func:`~student_trainer.train.losses.seed_loss`) of head k's L2-normalised output against
     teacher k's target, over the images where k wrote the view, with teacher k's slice of the
     teacher ``queue`` ``(K_t, ΣD)`` as negatives (rows where k wrote nothing left out)."""
-    from student_trainer.train.losses.seed import seed_loss
-
     terms = []
     active = []
     for i, (a, b) in enumerate(segments):
