@@ -49,8 +49,8 @@ def open_target(registry: StoreRegistry, name: str, runtime: TeacherRuntime) -> 
     """Open store ``name`` for write-through and check its teacher (blocking; run in a thread).
 
     Raises the registry's name errors, and ``StoreMismatchError`` when another teacher's
-    embeddings are attached or this install renders the store's views differently (see
-    ``render.fingerprint``).
+    embeddings are attached or this install renders the store's views differently (the
+    store's ``render.fingerprint`` attr).
     """
     with registry.lock(name):
         store = registry.writer(name)
