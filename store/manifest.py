@@ -230,8 +230,7 @@ def manifest_rows(
     """The manifest of the samples ``indices`` (int64 dataset indices, in row order) of
     ``dataset``, built as :func:`build_manifest` does (``disco store append`` builds its new rows
     with it). ``workers`` processes (None: all cores for datasets of files, else this process;
-    1: this process) each probe ``chunk`` samples per task; the result does not depend on
-    either."""
+    1: this process) each probe ``chunk`` samples per task; the result depends on neither."""
     indices = np.asarray(indices, dtype=np.int64)
     n = len(indices)
     if workers is not None and workers < 1:

@@ -9,8 +9,8 @@ once the device is known. Stores record the resulting dtype name as ``teacher.co
 
 Old spellings still parse, with one deprecation line on stderr: ``--amp`` (train: a bool meaning
 bf16), ``--amp none|bf16|fp16`` (precompute) and ``--dtype float32|bfloat16|float16`` (serve).
-Importing this module imports no torch (CLI help stays instant); the autocast context itself is
-``store.runtime.autocast``.
+Importing this module imports no torch (CLI help stays instant); autocast lives in
+``store.runtime`` (its ``autocast`` context).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """``disco eval``: kNN / retrieval evaluation of checkpoints, written as markdown + JSON + PNGs.
 
 The options are derived from :class:`~student_trainer.eval.config.EvalConfig` (plus the shared
-object-storage options). Torch, FAISS and the models are imported when the command runs, not for
-``--help``.
+object-storage options). Torch, FAISS and the models are imported when the command runs, not
+for ``--help``.
 """
 
 from __future__ import annotations

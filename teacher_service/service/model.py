@@ -102,8 +102,7 @@ def load_runtime(
     The recipe is ``recipe`` / ``size`` (px) where given, else the teacher's recorded ones
     (:func:`teacher_service.checkpoint.recipe_for`, the rule precompute uses too; a timm:/hf:/
     open_clip:/py: teacher: ``mocov2`` at its input size). ``precision`` is ``fp32|bf16|fp16``
-    (:mod:`store.precision`; bf16/fp16 need CUDA). Raises ``CheckpointError`` /
-    ``ConfigError``.
+    (:mod:`store.precision`; bf16/fp16 need CUDA). Raises ``CheckpointError``/``ConfigError``.
     """
     if threads is not None:
         torch.set_num_threads(threads)

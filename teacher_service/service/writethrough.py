@@ -53,7 +53,8 @@ def open_target(
 
     Raises the registry's name errors, 409 when the store holds several teachers and ``target``
     names none of them, and ``StoreMismatchError`` when another teacher's embeddings are
-    attached or this install renders the store's views differently (``render.fingerprint``).
+    attached or this install renders the store's views differently (the store's
+    ``render.fingerprint`` attr).
     """
     with registry.lock(name):
         store = registry.writer(name, target)
