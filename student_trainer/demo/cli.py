@@ -83,18 +83,7 @@ def demo_command(
     With --study, also measure the DisCo claim and the cache's claim over seeds (study.md).
     """
     if teachers_study:
-        # lazy: torch loads only when a command runs, so --help stays instant
-        from student_trainer.demo.teachers_study import TeachersStudyConfig, run_teachers_study
-
-        run_teachers_study(
-            TeachersStudyConfig(
-                out=config["out"],
-                seeds=seeds,
-                workers=config["workers"],
-                device=config["device"],
-                progress=config["progress"],
-            )
-        )
+        _teachers_study(config, seeds)
         return
     if train_teacher:
         # lazy: torch loads only when a command runs, so --help stays instant
@@ -109,16 +98,44 @@ def demo_command(
         # lazy: torch loads only when a command runs, so --help stays instant
         from student_trainer.demo.study import run_study
 
-        arms: dict[str, Any] = {"seeds": seeds, "ablation_seeds": ablation_seeds}
-        if study_views:
-            arms["views"] = tuple(study_views)
-        if study_heads:
-            arms["head_hidden"] = tuple(study_heads)
-        if study_lambdas:
-            arms["lambdas"] = tuple(study_lambdas)
+        arms = _study_arms(seeds, ablation_seeds, study_views, study_heads, study_lambdas)
         run_study(cfg, StudyConfig(**arms))
     else:
         # lazy: torch loads only when a command runs, so --help stays instant
         from student_trainer.demo.pipeline import run_demo
 
         run_demo(cfg)
+
+
+def _teachers_study(config: dict[str, Any], seeds: int) -> None:
+    """``--teachers-study``: two complementary teachers in one store, students over ``seeds``."""
+    # lazy: torch loads only when a command runs, so --help stays instant
+    from student_trainer.demo.teachers_study import TeachersStudyConfig, run_teachers_study
+
+    run_teachers_study(
+        TeachersStudyConfig(
+            out=config["out"],
+            seeds=seeds,
+            workers=config["workers"],
+            device=config["device"],
+            progress=config["progress"],
+        )
+    )
+
+
+def _study_arms(
+    seeds: int,
+    ablation_seeds: int,
+    views: list[int] | None,
+    heads: list[int] | None,
+    lambdas: list[float] | None,
+) -> dict[str, Any]:
+    """``StudyConfig`` keyword arguments from the ``--study`` options (unset lists: defaults)."""
+    arms: dict[str, Any] = {"seeds": seeds, "ablation_seeds": ablation_seeds}
+    if views:
+        arms["views"] = tuple(views)
+    if heads:
+        arms["head_hidden"] = tuple(heads)
+    if lambdas:
+        arms["lambdas"] = tuple(lambdas)
+    return arms

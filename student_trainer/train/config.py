@@ -239,8 +239,13 @@ class TrainConfig:
         self.precision = parse_precision(self.precision)
         if self.amp:  # the old flag: one deprecation line, then the one vocabulary
             self.precision, self.amp = parse_precision(True, old_flag="--amp"), False
-        spec = get_method(self.method)
         parse_device_name(self.device)
+        self._check_sources()
+        self._check_values()
+
+    def _check_sources(self) -> None:
+        """Where data and targets come from: store, dataset, online teacher, lazy fill."""
+        spec = get_method(self.method)
         if self.store is None and self.dataset is None:
             raise ConfigError("give a store or a dataset (or both: the store's data moved)")
         if self.full_check and (self.store is None or self.dataset is None):
@@ -272,6 +277,9 @@ class TrainConfig:
                 "store_in_ram needs a store, and cannot be combined with teacher_url (lazy fill "
                 "reads each shard as the service fills it)"
             )
+
+    def _check_values(self) -> None:
+        """Ranges and choices of the numeric and named settings."""
         if self.split not in ("all", "train", "test"):
             raise ConfigError(f"split must be all, train or test, got {self.split!r}")
         positive_ints = {
@@ -320,7 +328,7 @@ class TrainConfig:
             raise ConfigError(f"monitor_max_bank must be >= 20 (k), got {self.monitor_max_bank}")
         if self.teacher_queue_size is not None and self.teacher_queue_size < 1:
             raise ConfigError(f"teacher_queue_size must be >= 1, got {self.teacher_queue_size}")
-        self._check_targets(spec)
+        self._check_targets(get_method(self.method))
 
     def _check_targets(self, spec: MethodSpec) -> None:
         if self.target_layout not in TARGET_LAYOUTS:
