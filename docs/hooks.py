@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -123,51 +122,12 @@ def cli_reference() -> str:
 # ---- service settings -----------------------------------------------------------------------
 
 
-def _type_name(annotation: Any) -> str:
-    """``int``, ``Path or None``, ```a` | `b``` for a Literal: the type as a reader wants it."""
-    origin = typing.get_origin(annotation)
-    if origin is typing.Literal:
-        return " \\| ".join(f"`{c}`" for c in typing.get_args(annotation))
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(annotation)
-        named = [_type_name(a) for a in args if a is not type(None)]
-        return " or ".join(named) + (" or `None`" if type(None) in args else "")
-    return f"`{getattr(annotation, '__name__', str(annotation))}`"
-
-
 def settings_reference() -> str:
-    """Markdown table of ``ServiceSettings``: setting, variable, flag, type, default, meaning.
+    """Markdown table of ``ServiceSettings`` (setting, variable, flag, type, default, meaning),
+    rendered by the service's own ``settings_reference()``, the one copy of that table."""
+    from teacher_service.service.settings import settings_reference as render
 
-    The service's own ``settings_reference()`` (issue #25) renders it when present; the body below
-    is the stand-in until that lands, to be deleted then.
-    """
-    from pydantic_core import PydanticUndefined
-
-    from teacher_service.service import settings as service_settings
-
-    own = getattr(service_settings, "settings_reference", None)
-    if callable(own):
-        return str(own())
-    ServiceSettings = service_settings.ServiceSettings
-
-    prefix = ServiceSettings.model_config.get("env_prefix", "")
-    rows = [
-        "| setting | environment | flag | type | default | meaning |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, field in ServiceSettings.model_fields.items():
-        if field.default is PydanticUndefined and field.default_factory is None:
-            default = "required"
-        elif field.default_factory is not None:
-            default = "(computed)"
-        else:
-            default = f"`{field.default}`"
-        rows.append(
-            f"| `{name}` | `{prefix}{name.upper()}` | `--{name.replace('_', '-')}` "
-            f"| {_type_name(field.annotation)} | {default} "
-            f"| {_cell(field.description or '')} |"
-        )
-    return "\n".join(rows) + "\n"
+    return render()
 
 
 # ---- HTTP API -------------------------------------------------------------------------------

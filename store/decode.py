@@ -16,8 +16,10 @@ How inputs are normalised (one rule per mode, applied after EXIF orientation):
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from store.errors import DecodeError
 
-__all__ = ["decode_image", "image_size", "load_image_file"]
+__all__ = ["decode_image", "image_size", "load_image_file", "probe_bytes"]
 
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _EXIF_ORIENTATION = 0x0112
@@ -135,3 +137,22 @@ def load_image_file(
     except OSError as exc:
         raise DecodeError(name, f"cannot read file: {exc.strerror or exc}") from exc
     return decode_image(data, name, max_pixels=max_pixels)
+
+
+def probe_bytes(
+    read: Callable[[], bytes], key: str, max_pixels: int | None = None
+) -> tuple[int, int, str, str | None]:
+    """``(height, width, sha256 hex, error)`` of one sample from one ``read()`` of its encoded
+    bytes: the hash of all bytes and the size from the image header (:func:`image_size`, no
+    pixel decode). A read or header failure is returned as ``error`` (size 0), never raised;
+    pixel data damaged behind a good header is caught later, when precompute decodes it."""
+    try:
+        data = read()
+    except DecodeError as exc:
+        return 0, 0, "", exc.reason
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        height, width = image_size(data, key, max_pixels)
+    except DecodeError as exc:
+        return 0, 0, digest, exc.reason
+    return height, width, digest, None

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from store.dataset_base import ImageDataset
-from store.decode import decode_image, image_size
+from store.decode import decode_image, probe_bytes
 from store.errors import DatasetError, DecodeError
 from store.remote import is_remote, storage_errors, storage_options_for, url_to_fs
 
@@ -156,16 +156,7 @@ class ImageFolder(ImageDataset):
         hash of all bytes, the size from the image header (no pixel decode; see
         :func:`store.decode.image_size`). A file whose pixel data is damaged behind a good
         header passes here; the precompute job records it when it fails to decode."""
-        try:
-            data = self._read(i)
-        except DecodeError as exc:
-            return 0, 0, "", exc.reason
-        digest = hashlib.sha256(data).hexdigest()
-        try:
-            height, width = image_size(data, self.keys[i], self.max_pixels)
-        except DecodeError as exc:
-            return 0, 0, digest, exc.reason
-        return height, width, digest, None
+        return probe_bytes(lambda: self._read(i), self.keys[i], self.max_pixels)
 
     def load_with_hash(self, i: int) -> tuple[np.ndarray, str]:
         """Read file ``i`` once: ((H, W, 3) uint8, sha256 hex of the file bytes)."""

@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 
 from store.dataset_base import ImageDataset
-from store.decode import decode_image, image_size
-from store.errors import DecodeError
+from store.decode import decode_image, probe_bytes
 from store.remote import url_to_fs
 
 __all__ = ["EncodedDataset"]
@@ -79,16 +78,7 @@ class EncodedDataset(ImageDataset):
         hash of all bytes and the size from the image header (``store.decode.image_size``), as
         ImageFolder probes a file; pixel data damaged behind a good header is caught later, when
         precompute decodes it."""
-        try:
-            data = self.read_bytes(i)
-        except DecodeError as exc:
-            return 0, 0, "", exc.reason
-        digest = hashlib.sha256(data).hexdigest()
-        try:
-            height, width = image_size(data, self.keys[i], self.max_pixels)
-        except DecodeError as exc:
-            return 0, 0, digest, exc.reason
-        return height, width, digest, None
+        return probe_bytes(lambda: self.read_bytes(i), self.keys[i], self.max_pixels)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
