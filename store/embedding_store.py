@@ -13,8 +13,8 @@ Layout (group attrs carry ``schema: disco-store/2``)::
     embeddings_scale      (D,) float32, int8 only: value = int8 * scale
     features              (N, V, F) float16, optional, same row sharding
     written               (N, V) bool, one chunk per shard, set only after the data write returned
-    targets/<NAME>/{embeddings,embeddings_scale,features,written}
-                          the same arrays for each further teacher (``disco-store/4``)
+    targets/<NAME>/...    embeddings, embeddings_scale, features, written: the same arrays for
+                          each further teacher (``disco-store/4``)
 
 Several teachers (``disco-store/4``): the first teacher's arrays stay at the root (so a
 single-teacher store of an earlier version *is* a one-teacher store: it opens unchanged, and adding
